@@ -1,0 +1,183 @@
+"""Model graph: a list of ops with static shapes and, for each windowed op, its spatial footprint.
+
+Tensors are single images without the batch axis: feature maps are (C, H, W), head vectors (K,).
+The graph knows shapes and weights; it knows nothing of MPI or partitions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Shape = tuple[int, ...]
+
+
+class ModelError(ValueError):
+    """A model we cannot run: unsupported op or attribute, bad shape, bad weights (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """Sliding-window footprint: kernel, stride, pads (top, left, bottom, right), dilation, ceil mode."""
+
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    ceil: bool = False
+
+    def out_len(self, axis: int, n: int) -> int:
+        """Output length along axis (0 rows, 1 cols) for an input of length n (ONNX/PyTorch rule)."""
+        k, s, d = self.kernel[axis], self.stride[axis], self.dilation[axis]
+        padded = n + self.pads[axis] + self.pads[axis + 2]
+        span = d * (k - 1) + 1
+        if padded < span:
+            raise ModelError(f"window {span} larger than padded input {padded}")
+        q, r = divmod(padded - span, s)
+        out = q + 1 + (1 if self.ceil and r else 0)
+        # A ceil-mode window must start inside the input or left padding (PyTorch/ONNX rule).
+        if self.ceil and (out - 1) * s >= n + self.pads[axis]:
+            out -= 1
+        return out
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        return self.out_len(0, h), self.out_len(1, w)
+
+    def need(self, axis: int, lo: int, hi: int) -> tuple[int, int]:
+        """Input interval [lo', hi') read by outputs [lo, hi) along axis; unclipped (may leave the image)."""
+        k, s, d, p = self.kernel[axis], self.stride[axis], self.dilation[axis], self.pads[axis]
+        return lo * s - p, (hi - 1) * s - p + d * (k - 1) + 1
+
+
+# Op kinds. "window" ops read a footprint around each output pixel; "pointwise" ops read the same
+# pixel of each input (spatially local, so they run on any tile as is); "head" ops see whole maps.
+WINDOW_OPS = {"conv", "maxpool", "avgpool"}
+POINTWISE_OPS = {"relu", "clip", "leakyrelu", "sigmoid", "affine", "lrn", "add", "mul", "concat", "shuffle"}
+HEAD_OPS = {"gap", "adaptive_avgpool", "flatten", "gemm", "softmax"}
+ACTIVATIONS = {"relu", "clip", "leakyrelu"}
+
+
+@dataclass
+class Node:
+    """One op. attrs hold scalars (groups, act, alpha, lo, hi, size, beta, bias, count_include_pad, out);
+    params hold float32 arrays (conv/gemm: w, b; affine: scale, shift)."""
+
+    op: str
+    name: str
+    inputs: tuple[str, ...]
+    output: str
+    attrs: dict = field(default_factory=dict)
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    window: Window | None = None
+
+    @property
+    def spatial(self) -> bool:
+        return self.op in WINDOW_OPS or self.op in POINTWISE_OPS
+
+
+@dataclass
+class Graph:
+    """A topologically ordered list of nodes from one input tensor to one output tensor."""
+
+    name: str
+    input: str
+    input_shape: Shape
+    output: str
+    nodes: list[Node]
+    shapes: dict[str, Shape] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.infer_shapes()
+
+    def infer_shapes(self) -> None:
+        """Fill self.shapes for every tensor; raise ModelError on any inconsistency."""
+        shapes: dict[str, Shape] = {self.input: tuple(self.input_shape)}
+        for node in self.nodes:
+            missing = [t for t in node.inputs if t not in shapes]
+            if missing:
+                raise ModelError(f"node {node.name!r} ({node.op}) reads unknown tensor(s) {missing}")
+            try:
+                shapes[node.output] = _out_shape(node, [shapes[t] for t in node.inputs])
+            except ModelError as e:
+                raise ModelError(f"{self.name}: node {node.name!r} ({node.op}): {e}") from None
+        if self.output not in shapes:
+            raise ModelError(f"{self.name}: output tensor {self.output!r} is never produced")
+        self.shapes = shapes
+
+    def consumers(self, tensor: str) -> list[Node]:
+        return [n for n in self.nodes if tensor in n.inputs]
+
+    def with_input_hw(self, h: int, w: int) -> Graph:
+        """The same graph for another input size (weights shared, shapes re-inferred)."""
+        return Graph(self.name, self.input, (self.input_shape[0], h, w), self.output, self.nodes)
+
+    def fingerprint(self) -> str:
+        """Hash of structure, attributes and weights: ranks compare it to prove they run one model."""
+        h = hashlib.sha256(repr((self.input, self.input_shape, self.output)).encode())
+        for n in self.nodes:
+            h.update(repr((n.op, n.name, n.inputs, n.output, sorted(n.attrs.items()), n.window)).encode())
+            for k in sorted(n.params):
+                h.update(k.encode())
+                h.update(np.ascontiguousarray(n.params[k]).tobytes())
+        return h.hexdigest()[:16]
+
+    def flops(self) -> int:
+        """Multiply-accumulates × 2 of conv and gemm nodes (what GFLOP/s figures count)."""
+        total = 0
+        for n in self.nodes:
+            if n.op in ("conv", "gemm"):
+                out = self.shapes[n.output]
+                total += 2 * int(np.prod(out)) * int(np.prod(n.params["w"].shape[1:]))
+        return total
+
+
+def _out_shape(node: Node, ins: list[Shape]) -> Shape:
+    op, a = node.op, node.attrs
+    x = ins[0]
+    if op in WINDOW_OPS or op in POINTWISE_OPS or op in ("gap", "adaptive_avgpool"):
+        if len(x) != 3:
+            raise ModelError(f"expects a (C, H, W) feature map, got shape {x}")
+    if op == "conv":
+        w = node.params["w"]
+        g = a.get("groups", 1)
+        if w.ndim != 4 or x[0] != w.shape[1] * g or w.shape[0] % g:
+            raise ModelError(f"weight {w.shape} with groups={g} does not fit input {x}")
+        if "b" in node.params and node.params["b"].shape != (w.shape[0],):
+            raise ModelError(f"bias {node.params['b'].shape} does not fit {w.shape[0]} output channels")
+        if node.window.kernel != tuple(w.shape[2:]):
+            raise ModelError(f"kernel_shape {node.window.kernel} differs from weight {w.shape}")
+        return (w.shape[0], *node.window.out_hw(x[1], x[2]))
+    if op in ("maxpool", "avgpool"):
+        return (x[0], *node.window.out_hw(x[1], x[2]))
+    if op in ("relu", "clip", "leakyrelu", "sigmoid", "lrn", "softmax"):
+        return x
+    if op == "affine":
+        if node.params["scale"].shape != (x[0],) or node.params["shift"].shape != (x[0],):
+            raise ModelError(f"per-channel scale/shift do not fit {x[0]} channels")
+        return x
+    if op in ("add", "mul"):
+        if any(s != x for s in ins):
+            raise ModelError(f"inputs differ in shape: {ins}")
+        return x
+    if op == "concat":
+        if any(len(s) != 3 or s[1:] != x[1:] for s in ins):
+            raise ModelError(f"channel concat of maps with different H×W: {ins}")
+        return (sum(s[0] for s in ins), x[1], x[2])
+    if op == "shuffle":
+        if x[0] % a["groups"]:
+            raise ModelError(f"{x[0]} channels not divisible into {a['groups']} groups")
+        return x
+    if op == "gap":
+        return (x[0], 1, 1)
+    if op == "adaptive_avgpool":
+        return (x[0], *a["out"])
+    if op == "flatten":
+        return (int(np.prod(x)),)
+    if op == "gemm":
+        w = node.params["w"]
+        if len(x) != 1 or w.shape[1] != x[0]:
+            raise ModelError(f"weight {w.shape} does not fit input {x}")
+        return (w.shape[0],)
+    raise ModelError(f"unknown op {op!r}")

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# nptp-mpi: set up what is missing, then run the demo, the tests, or a command.
+#   ./run.sh            set up if needed, then the 4-rank demo
+#   ./run.sh setup      create .venv, install the package and its MPI runtime, warm the Numba cache
+#   ./run.sh test       set up if needed, then every test (plain, then under MPI)
+#   ./run.sh help       this text
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+VENV=$ROOT/.venv
+STAMP=$VENV/.nptp-setup
+RANKS=${NPTP_RANKS:-4}
+
+# One thread per rank: several ranks share a board's cores, and BLAS/Numba pools would fight.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1} \
+       MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} NUMBA_NUM_THREADS=${NUMBA_NUM_THREADS:-1}
+
+die() { echo "run.sh: $*" >&2; exit 2; }
+say() { echo "run.sh: $*" >&2; }
+
+find_python() {
+  for p in python3.13 python3.12 python3.11 python3.10 python3; do
+    if command -v "$p" >/dev/null && "$p" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+      echo "$p"; return
+    fi
+  done
+  die "Python >= 3.10 not found; install python3 and python3-venv"
+}
+
+# A system MPI launcher on PATH wins (real clusters use it); otherwise the mpich wheel's.
+system_mpiexec() {
+  local m
+  m=$(command -v mpiexec 2>/dev/null) || return 1
+  case "$m" in "$VENV"/*) return 1 ;; esac
+  echo "$m"
+}
+
+setup_key() {
+  { cat setup.cfg pyproject.toml; system_mpiexec || echo "wheel"; } | sha256sum | cut -c1-16
+}
+
+setup() {
+  local key extras py
+  key=$(setup_key)
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$key" ]; then
+    return 0
+  fi
+  py=$(find_python)
+  say "setting up $VENV with $($py --version)"
+  [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV" || die "could not create $VENV (on Debian/Ubuntu: apt install python3-venv)"
+  extras="test,plot"
+  system_mpiexec >/dev/null || extras="$extras,mpich"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e ".[${extras}]" || die "pip install failed (see above)"
+  warm
+  echo "$key" > "$STAMP"
+  say "ready: $(mpiexec_cmd) with $("$VENV/bin/python" -c 'import mpi4py.MPI as M; print(M.Get_library_version().splitlines()[0].strip())')"
+}
+
+# Compile every kernel once, in one process, so many ranks never race to write the Numba cache.
+warm() {
+  say "warming the Numba cache"
+  "$VENV/bin/python" -m nptp_mpi warm
+}
+
+mpiexec_cmd() {
+  local m
+  m=$(system_mpiexec) || m=$VENV/bin/mpiexec
+  if "$m" --version 2>/dev/null | grep -q "Open MPI"; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    echo "$m --oversubscribe"
+  else
+    echo "$m"
+  fi
+}
+
+demo() {
+  local out=$ROOT/results/demo
+  mkdir -p "$out"
+  [ -f "$out/sample.png" ] || "$VENV/bin/python" -m nptp_mpi sample -o "$out/sample.png"
+  say "demo: $RANKS ranks, VGG-16 (seeded random weights) on a 480x640 picture, NPTP partition"
+  # shellcheck disable=SC2046
+  $(mpiexec_cmd) -n "$RANKS" "$VENV/bin/python" -m nptp_mpi run --model vgg16 --image "$out/sample.png" \
+    --size 480x640 --strategy nptp --verify --repeat 3 --png "$out/tiles.png" --report "$out/report.json" \
+    --output "$out/output.npy"
+  say "tiles drawn in $out/tiles.png, report in $out/report.json"
+}
+
+run_tests() {
+  local rc=0
+  "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests || rc=$?
+  [ "$rc" -eq 0 ] || { say "plain tests failed (exit $rc)"; return "$rc"; }
+  say "MPI tests: $RANKS ranks (sub-communicators of 2 and 3 ranks inside)"
+  # shellcheck disable=SC2046
+  $(mpiexec_cmd) -n "$RANKS" "$VENV/bin/python" -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests \
+    || { rc=$?; say "MPI tests failed (exit $rc)"; return "$rc"; }
+}
+
+usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; }
+
+case "${1:-demo}" in
+  demo) setup; demo ;;
+  setup) setup ;;
+  test) setup; run_tests ;;
+  help|-h|--help) usage ;;
+  *) usage >&2; die "unknown command '$1'" ;;
+esac
