@@ -1,0 +1,13 @@
+"""Compute kernels for one image: numpy + Numba, float32, no MPI, no model knowledge.
+
+Feature maps are C-contiguous (C, H, W) float32 with no batch axis: channel-major rows make the im2col
+column rows and the GEMM operands contiguous, and a halo of whole rows is one contiguous slice per channel.
+Spatial kernels compute an output region from an input tile buffer plus its origin in the full image.
+"""
+
+from .conv import conv2d
+from .pointwise import add, affine, clip, concat, gemm, leakyrelu, lrn, mul, relu, shuffle, sigmoid, softmax
+from .pool import adaptive_avgpool, global_avgpool, pool2d
+
+__all__ = ["add", "adaptive_avgpool", "affine", "clip", "concat", "conv2d", "gemm", "global_avgpool",
+           "leakyrelu", "lrn", "mul", "pool2d", "relu", "shuffle", "sigmoid", "softmax"]

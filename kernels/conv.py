@@ -1,0 +1,111 @@
+"""2-D convolution of an output region: im2col into a bounded, reused column buffer + float32 BLAS GEMM."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .pointwise import act1, act_code, epilogue
+from .window import window
+
+COL_BYTES = 8 << 20  # column-buffer budget: im2col + GEMM run in chunks of output rows that fit it
+
+
+@njit(cache=True)
+def _im2col(p, kh, kw, sh, sw, dh, dw, r0, r1, cols):
+    """cols[(c*kh+ky)*kw+kx, i*ow+j] = p[c, (r0+i)*sh+ky*dh, j*sw+kx*dw] for output rows [r0, r1)."""
+    ow = cols.shape[1] // (r1 - r0)
+    for c in range(p.shape[0]):
+        for ky in range(kh):
+            for kx in range(kw):
+                dst = cols[(c * kh + ky) * kw + kx]
+                for i in range(r1 - r0):
+                    src = p[c, (r0 + i) * sh + ky * dh]
+                    # Slice first so indices are the loop counter: LLVM then drops the negative-index
+                    # checks and vectorises the unit-stride copy.
+                    d, sv = dst[i * ow:(i + 1) * ow], src[kx * dw:]
+                    if sw == 1:
+                        for j in range(ow):
+                            d[j] = sv[j]
+                    else:
+                        for j in range(ow):
+                            d[j] = sv[j * sw]
+
+
+@njit(cache=True)
+def _depthwise(p, w, b, sh, sw, dh, dw, out, code, alpha, lo, hi):
+    """Direct conv with one input channel per group (output o reads channel o // multiplier)."""
+    cout, oh, ow = out.shape
+    mult = cout // p.shape[0]
+    acc = np.empty(ow, np.float32)
+    for o in range(cout):
+        for i in range(oh):
+            acc[:] = b[o]
+            for ky in range(w.shape[2]):
+                src = p[o // mult, i * sh + ky * dh]
+                for kx in range(w.shape[3]):
+                    wv, sv = w[o, 0, ky, kx], src[kx * dw:]
+                    if sw == 1:  # unit-stride loop vectorises
+                        for j in range(ow):
+                            acc[j] += wv * sv[j]
+                    else:
+                        for j in range(ow):
+                            acc[j] += wv * sv[j * sw]
+            dst = out[o, i]
+            for j in range(ow):
+                dst[j] = act1(acc[j], code, alpha, lo, hi)
+
+
+def _gemm_conv(p: np.ndarray, wm: np.ndarray, out: np.ndarray, kernel: tuple[int, int],
+               stride: tuple[int, int], dilation: tuple[int, int], step: int, cols: np.ndarray | None) -> None:
+    """One group: out (Cout, oh, ow) = wm @ im2col(p), `step` output rows at a time.
+
+    cols is the flat column buffer, or None for a 1x1 stride-1 conv whose slab already is the column matrix.
+    """
+    cout, oh, ow = out.shape
+    k = wm.shape[1]
+    flat = out.reshape(cout, oh * ow)
+    for r0 in range(0, oh, step):
+        r1 = min(oh, r0 + step)
+        n = (r1 - r0) * ow
+        if cols is None:
+            col = p[:, r0:r1].reshape(k, n)
+        else:
+            col = cols[:k * n].reshape(k, n)
+            _im2col(p, *kernel, *stride, *dilation, r0, r1, col)
+        np.matmul(wm, col, out=flat[:, r0 * ow:r1 * ow])
+
+
+def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
+           b: np.ndarray | None, stride: tuple[int, int], pads: tuple[int, int, int, int],
+           dilation: tuple[int, int], groups: int, region: tuple[int, int, int, int], act: str = "",
+           alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0) -> np.ndarray:
+    """Conv (+ bias + fused activation) of output `region` from an input tile buffer x (Cin, bh, bw).
+
+    An empty region returns an empty (Cout, rows, cols) array without reading x.
+    """
+    cout, cin_g, kh, kw = w.shape
+    if x.shape[0] != cin_g * groups or cout % groups:
+        raise ValueError(f"conv: input has {x.shape[0]} channels, weights {w.shape} with {groups} groups")
+    y0, x0, y1, x1 = region
+    out = np.empty((cout, max(0, y1 - y0), max(0, x1 - x0)), np.float32)
+    if out.size == 0:
+        return out
+    p = np.ascontiguousarray(window(x, origin, in_hw, (kh, kw), stride, pads, dilation, region, 0.0))
+    w = np.asarray(w, np.float32)
+    b = np.zeros(cout, np.float32) if b is None else np.asarray(b, np.float32)
+    epi = (act_code(act), np.float32(alpha), np.float32(lo), np.float32(hi))
+    if cin_g == 1 and groups > 1:
+        _depthwise(p, w, b, *stride, *dilation, out, *epi)
+        return out
+    k = cin_g * kh * kw
+    cout_g, (oh, ow) = cout // groups, out.shape[1:]
+    step = min(oh, max(1, COL_BYTES // (4 * k * ow)))
+    direct = (kh, kw, *stride) == (1, 1, 1, 1)
+    cols = None if direct else np.empty(k * step * ow, np.float32)
+    wm = w.reshape(cout, k)
+    for g in range(groups):
+        o = slice(g * cout_g, (g + 1) * cout_g)
+        _gemm_conv(p[g * cin_g:(g + 1) * cin_g], wm[o], out[o], (kh, kw), stride, dilation, step, cols)
+    epilogue(out.reshape(cout, -1), np.ones(cout, np.float32), b, *epi)
+    return out

@@ -1,0 +1,135 @@
+"""Spatially local kernels (activations, per-channel affine, LRN, merges, head ops): any tile works as is."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+ACTS = {"": 0, "relu": 1, "clip": 2, "leakyrelu": 3, "sigmoid": 4}
+
+
+def act_code(act: str) -> int:
+    """Numeric code of a fused activation name, for the Numba epilogues."""
+    if act not in ACTS:
+        raise ValueError(f"unknown activation {act!r}; expected one of {sorted(ACTS)}")
+    return ACTS[act]
+
+
+@njit(cache=True, inline="always")
+def act1(v, code, alpha, lo, hi):
+    """Activation `code` of one float32 value (shared by every epilogue so fused and standalone ops agree)."""
+    if code == 1:
+        return max(v, np.float32(0.0))
+    if code == 2:
+        return min(max(v, lo), hi)
+    if code == 3:
+        return v if v >= 0 else v * alpha
+    if code == 4:  # split by sign so exp never overflows
+        e = np.exp(-abs(v))
+        return np.float32(1.0) / (np.float32(1.0) + e) if v >= 0 else e / (np.float32(1.0) + e)
+    return v
+
+
+@njit(cache=True)
+def epilogue(y, scale, shift, code, alpha, lo, hi):
+    """In place over C-contiguous 2-D y (rows, n): y = act(y * scale[row] + shift[row])."""
+    for r in range(y.shape[0]):
+        s, t = scale[r], shift[r]
+        for j in range(y.shape[1]):
+            y[r, j] = act1(y[r, j] * s + t, code, alpha, lo, hi)
+
+
+def _rows(x: np.ndarray, rows: int, code: int, scale: np.ndarray, shift: np.ndarray,
+          alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0) -> np.ndarray:
+    """New float32 copy of x with the epilogue applied to its (rows, -1) reshape."""
+    out = np.array(x, dtype=np.float32, order="C")
+    epilogue(out.reshape(rows, -1), np.asarray(scale, np.float32), np.asarray(shift, np.float32),
+             code, np.float32(alpha), np.float32(lo), np.float32(hi))
+    return out
+
+
+_ONE, _ZERO = np.ones(1, np.float32), np.zeros(1, np.float32)
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return _rows(x, 1, ACTS["relu"], _ONE, _ZERO)
+
+
+def clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return _rows(x, 1, ACTS["clip"], _ONE, _ZERO, lo=lo, hi=hi)
+
+
+def leakyrelu(x: np.ndarray, alpha: float) -> np.ndarray:
+    return _rows(x, 1, ACTS["leakyrelu"], _ONE, _ZERO, alpha=alpha)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return _rows(x, 1, ACTS["sigmoid"], _ONE, _ZERO)
+
+
+def affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Per-channel x*scale[c] + shift[c] on (C, H, W): batch-norm folded at load time."""
+    return _rows(x, x.shape[0], 0, scale, shift)
+
+
+@njit(cache=True)
+def _lrn(x, size, alpha, beta, bias, out):
+    c_n = x.shape[0]
+    below, above = (size - 1) // 2, size // 2  # floor and ceil of (size-1)/2
+    sq = np.empty(x.shape[1:], np.float32)
+    for c in range(c_n):
+        sq[:] = 0.0
+        for k in range(max(0, c - below), min(c_n, c + above + 1)):
+            sq += x[k] * x[k]
+        out[c] = x[c] / (bias + alpha / size * sq) ** beta
+
+
+def lrn(x: np.ndarray, size: int, alpha: float, beta: float, bias: float) -> np.ndarray:
+    """ONNX LRN across channels of (C, H, W)."""
+    out = np.empty(x.shape, np.float32)
+    f = np.float32
+    _lrn(np.ascontiguousarray(x, f), size, f(alpha), f(beta), f(bias), out)
+    return out
+
+
+def _fold(op: np.ufunc, xs: tuple[np.ndarray, ...]) -> np.ndarray:
+    out = np.array(xs[0], dtype=np.float32, order="C")
+    for y in xs[1:]:
+        op(out, y, out=out)
+    return out
+
+
+def add(*xs: np.ndarray) -> np.ndarray:
+    """Element-wise sum of same-shaped arrays (ONNX Add / Sum)."""
+    return _fold(np.add, xs)
+
+
+def mul(*xs: np.ndarray) -> np.ndarray:
+    """Element-wise product of same-shaped arrays."""
+    return _fold(np.multiply, xs)
+
+
+def concat(xs: list[np.ndarray]) -> np.ndarray:
+    """Concatenate (C_i, H, W) maps along channels."""
+    return np.concatenate(xs, axis=0).astype(np.float32, copy=False)
+
+
+def shuffle(x: np.ndarray, groups: int) -> np.ndarray:
+    """Channel shuffle (ShuffleNet): (g, C/g, H, W) -> transpose -> (C/g, g, H, W), flattened back."""
+    c = x.shape[0]
+    y = x.reshape(groups, c // groups, *x.shape[1:]).swapaxes(0, 1)
+    return np.ascontiguousarray(y, np.float32).reshape(x.shape)
+
+
+def gemm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, act: str = "", alpha: float = 0.0,
+         lo: float = 0.0, hi: float = 0.0) -> np.ndarray:
+    """Fully connected layer: act(w @ x + b) for x (K,), w (M, K), b (M,) or None."""
+    y = np.dot(np.asarray(w, np.float32), np.asarray(x, np.float32))
+    shift = np.zeros(w.shape[0], np.float32) if b is None else b
+    return _rows(y, y.shape[0], act_code(act), np.ones(w.shape[0], np.float32), shift, alpha, lo, hi)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax of a 1-D vector."""
+    e = np.exp(np.asarray(x, np.float32) - np.max(x))
+    return (e / e.sum()).astype(np.float32)

@@ -1,0 +1,293 @@
+"""Kernels against single-node onnxruntime models, and tiled region computation against whole-image."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import kernels as K
+
+
+def randn(shape, seed: int = 0) -> np.ndarray:
+    """Deterministic standard-normal float32 array."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def ort_run(inputs: list[np.ndarray], *stages: tuple[str, list[np.ndarray], dict]) -> np.ndarray:
+    """Run a chain of ONNX nodes on ORT (1 thread, no graph optimisation), opset 17.
+
+    Each stage is (op, constants, attributes); the first stage reads `inputs`, each later one the previous
+    output, followed by its constants (fed as initializers).
+    """
+    names = [f"in{n}" for n in range(len(inputs))]
+    nodes, inits, prev = [], [], names
+    for n, (op, consts, attrs) in enumerate(stages):
+        cnames = [f"c{n}_{m}" for m in range(len(consts))]
+        inits += [numpy_helper.from_array(np.asarray(c), cn) for cn, c in zip(cnames, consts, strict=True)]
+        nodes.append(helper.make_node(op, prev + cnames, [f"y{n}"], **attrs))
+        prev = [f"y{n}"]
+    graph = helper.make_graph(
+        nodes, "t", [helper.make_tensor_value_info(n, TensorProto.FLOAT, a.shape)
+                     for n, a in zip(names, inputs, strict=True)],
+        [helper.make_tensor_value_info(prev[0], TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, dict(zip(names, inputs, strict=True)))[0]
+
+
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    """Max abs error within 1e-4 of the largest expected magnitude; dtype float32, C-contiguous."""
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert got.shape == want.shape, (got.shape, want.shape)
+    scale = max(float(np.abs(want).max()), 1e-30)
+    err = float(np.abs(got - want).max())
+    assert err <= 1e-4 * scale, f"max abs error {err} vs max |expected| {scale}"
+
+
+# (cin, cout, h, w, kernel, stride, pads (t, l, b, r), dilation, groups, bias)
+CONVS = [
+    (3, 8, 13, 17, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
+    (4, 6, 13, 17, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, False),
+    (5, 7, 16, 15, (5, 3), (3, 2), (2, 0, 1, 2), (1, 1), 1, True),
+    (4, 8, 14, 13, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 2, True),
+    (6, 6, 13, 17, (3, 3), (2, 1), (0, 1, 2, 0), (2, 1), 2, False),
+    (8, 8, 13, 17, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8, True),
+    (8, 16, 12, 11, (5, 5), (2, 2), (2, 1, 2, 3), (1, 2), 8, True),
+    (16, 12, 9, 10, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
+    (16, 12, 9, 10, (1, 1), (2, 2), (1, 0, 0, 1), (1, 1), 4, False),
+    (3, 4, 20, 19, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1, True),
+]
+
+
+def conv_case(case, seed=0):
+    cin, cout, h, w, k, s, pads, d, g, bias = case
+    x = randn((cin, h, w), seed)
+    wt = randn((cout, cin // g, *k), seed + 1)
+    b = randn(cout, seed + 2) if bias else None
+    attrs = dict(kernel_shape=k, strides=s, pads=pads, dilations=d, group=g)
+    return x, wt, b, attrs
+
+
+F32 = np.float32
+# (our act name, its keyword arguments, the ORT node that follows Conv)
+ACTS = [("", {}, None), ("relu", {}, ("Relu", [], {})),
+        ("clip", dict(lo=-0.5, hi=0.7), ("Clip", [F32(-0.5), F32(0.7)], {})),
+        ("leakyrelu", dict(alpha=0.1), ("LeakyRelu", [], dict(alpha=0.1)))]
+
+
+@pytest.mark.parametrize("case", CONVS)
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: a[0] or "none")
+def test_conv2d(case, act):
+    name, kw, post = act
+    x, wt, b, attrs = conv_case(case)
+    stages = [("Conv", [wt] if b is None else [wt, b], attrs)] + ([post] if post else [])
+    want = ort_run([x[None]], *stages)[0]
+    got = K.conv2d(x, (0, 0), x.shape[1:], wt, b, case[5], case[6], case[7], case[8], (0, 0, *want.shape[1:]),
+                   name, **kw)
+    assert_close(got, want)
+
+
+# (kind, c, h, w, kernel, stride, pads (t, l, b, r), dilation, ceil_mode, count_include_pad)
+POOLS = [
+    ("max", 3, 13, 17, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0, 0),
+    ("max", 3, 13, 17, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, 0),
+    ("max", 4, 14, 15, (3, 2), (2, 3), (1, 0, 0, 1), (2, 1), 1, 0),
+    ("max", 2, 12, 11, (3, 3), (1, 1), (1, 1, 1, 1), (2, 2), 0, 0),
+    ("avg", 3, 13, 17, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 0, 0),
+    ("avg", 3, 13, 17, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, 0),
+    ("avg", 3, 13, 17, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, 1),
+    ("avg", 4, 14, 15, (3, 2), (2, 3), (1, 0, 0, 1), (1, 1), 0, 1),
+    ("avg", 4, 15, 16, (5, 5), (3, 3), (2, 2, 1, 0), (1, 1), 1, 1),
+    ("avg", 2, 11, 13, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 0, 0),
+]
+
+
+def pool_attrs(case) -> tuple[str, dict]:
+    kind, _, _, _, k, s, pads, d, ceil, cip = case
+    attrs = dict(kernel_shape=k, strides=s, pads=pads, ceil_mode=ceil)
+    if kind == "max":
+        return "MaxPool", dict(attrs, dilations=d)
+    return "AveragePool", dict(attrs, count_include_pad=cip)
+
+
+def pool_call(case, x, origin, region):
+    kind, _, h, w, k, s, pads, d, _, cip = case
+    return K.pool2d(x, origin, (h, w), kind, k, s, pads, d, region, bool(cip))
+
+
+@pytest.mark.parametrize("case", POOLS)
+def test_pool2d(case):
+    x = randn(case[1:4])
+    op, attrs = pool_attrs(case)
+    want = ort_run([x[None]], (op, [], attrs))[0]
+    assert_close(pool_call(case, x, (0, 0), (0, 0, *want.shape[1:])), want)
+
+
+def test_global_avgpool():
+    x = randn((5, 13, 17))
+    assert_close(K.global_avgpool(x), ort_run([x[None]], ("GlobalAveragePool", [], {}))[0])
+
+
+@pytest.mark.parametrize("out_hw", [(1, 1), (3, 5), (7, 7), (13, 17)])
+def test_adaptive_avgpool(out_hw):
+    x = randn((3, 13, 17))
+    (h, w), (oh, ow) = x.shape[1:], out_hw
+    want = np.empty((3, oh, ow), np.float32)
+    for i in range(oh):
+        for j in range(ow):
+            ys, ye = (i * h) // oh, -((-(i + 1) * h) // oh)
+            xs, xe = (j * w) // ow, -((-(j + 1) * w) // ow)
+            want[:, i, j] = x[:, ys:ye, xs:xe].mean(axis=(1, 2))
+    assert_close(K.adaptive_avgpool(x, out_hw), want)
+
+
+UNARY = [
+    ("relu", lambda x: K.relu(x), ("Relu", [], {})),
+    ("clip", lambda x: K.clip(x, -0.3, 0.4), ("Clip", [F32(-0.3), F32(0.4)], {})),
+    ("leakyrelu", lambda x: K.leakyrelu(x, 0.2), ("LeakyRelu", [], dict(alpha=0.2))),
+    ("sigmoid", lambda x: K.sigmoid(x), ("Sigmoid", [], {})),
+    ("lrn5", lambda x: K.lrn(x, 5, 1e-3, 0.75, 2.0), ("LRN", [], dict(size=5, alpha=1e-3, beta=0.75, bias=2.0))),
+    ("lrn3", lambda x: K.lrn(x, 3, 0.1, 0.5, 1.0), ("LRN", [], dict(size=3, alpha=0.1, beta=0.5, bias=1.0))),
+]
+
+
+@pytest.mark.parametrize("name, ours, stage", UNARY, ids=[u[0] for u in UNARY])
+def test_unary(name, ours, stage):
+    x = randn((7, 13, 17)) * 30  # large magnitudes exercise sigmoid saturation
+    assert_close(ours(x), ort_run([x[None]], stage)[0])
+
+
+@pytest.mark.parametrize("op, ours, n", [("Add", K.add, 2), ("Sum", K.add, 3), ("Mul", K.mul, 2)])
+def test_merge(op, ours, n):
+    xs = [randn((4, 9, 11), seed) for seed in range(n)]
+    assert_close(ours(*xs), ort_run([x[None] for x in xs], (op, [], {}))[0])
+
+
+def test_concat():
+    xs = [randn((c, 9, 11), c) for c in (3, 1, 5)]
+    assert_close(K.concat(xs), ort_run([x[None] for x in xs], ("Concat", [], dict(axis=1)))[0])
+
+
+def test_shuffle():
+    x = randn((12, 5, 7))
+    want = ort_run([x[None]], ("Reshape", [np.array([1, 3, 4, 5, 7])], {}),
+                   ("Transpose", [], dict(perm=[0, 2, 1, 3, 4])), ("Reshape", [np.array([1, 12, 5, 7])], {}))
+    assert_close(K.shuffle(x, 3), want[0])
+
+
+def test_batchnorm_as_affine():
+    c, eps = 6, 1e-5
+    x = randn((c, 9, 11))
+    gamma, beta, mean = randn(c, 1), randn(c, 2), randn(c, 3)
+    var = np.abs(randn(c, 4)) + 0.1
+    scale = gamma / np.sqrt(var + eps)
+    want = ort_run([x[None]], ("BatchNormalization", [gamma, beta, mean, var], dict(epsilon=eps)))[0]
+    assert_close(K.affine(x, scale, beta - mean * scale), want)
+
+
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: a[0] or "none")
+@pytest.mark.parametrize("bias", [True, False])
+def test_gemm(act, bias):
+    name, kw, post = act
+    x, w, b = randn(37, 0), randn((10, 37), 1), randn(10, 2)
+    stages = [("Gemm", [w, b] if bias else [w], dict(transB=1))] + ([post] if post else [])
+    want = ort_run([x[None]], *stages)[0]
+    assert_close(K.gemm(x, w, b if bias else None, name, **kw), want)
+
+
+def test_softmax():
+    x = randn(1000) * 50
+    assert_close(K.softmax(x), ort_run([x[None]], ("Softmax", [], dict(axis=-1)))[0])
+
+
+
+def need(o0: int, o1: int, k: int, s: int, d: int, p: int, n: int) -> tuple[int, int]:
+    """Input interval read by outputs [o0, o1) along one axis, clipped to the image [0, n)."""
+    return max(0, o0 * s - p), min(n, (o1 - 1) * s - p + (k - 1) * d + 1)
+
+
+def out_len(n: int, k: int, s: int, d: int, p0: int, p1: int, ceil: bool) -> int:
+    """ONNX output length, ceil mode included (a last window must start inside image or left padding)."""
+    q, r = divmod(n + p0 + p1 - (d * (k - 1) + 1), s)
+    out = q + 1 + (ceil and r > 0)
+    return out - (ceil and (out - 1) * s >= n + p0)
+
+
+def tiled(compute, x: np.ndarray, kernel, stride, pads, dilation, out_hw) -> list[np.ndarray]:
+    """Stitch compute(buffer, origin, region) over two tilings: 2x3 uneven, and 1-pixel-wide edge tiles.
+
+    Each buffer is exactly its tile's input slice clipped to the image.
+    """
+    (h, w), (oh, ow) = x.shape[1:], out_hw
+    results = []
+    for rows, cols in (([0, oh // 3, oh], [0, ow // 4, ow // 2 + 1, ow]),
+                       ([0, 1, oh - 1, oh], [0, 1, 2, ow - 1, ow])):
+        bands = []
+        for y0, y1 in pairwise(rows):
+            r0, r1 = need(y0, y1, kernel[0], stride[0], dilation[0], pads[0], h)
+            band = []
+            for x0, x1 in pairwise(cols):
+                c0, c1 = need(x0, x1, kernel[1], stride[1], dilation[1], pads[1], w)
+                band.append(compute(np.ascontiguousarray(x[:, r0:r1, c0:c1]), (r0, c0), (y0, x0, y1, x1)))
+            bands.append(np.concatenate(band, axis=2))
+        results.append(np.concatenate(bands, axis=1))
+    return results
+
+
+def region_cases():
+    """(compute(buffer, origin, region), x, window, out_hw) for conv and pool attribute combos."""
+    for n in (1, 2, 3, 6, 8):
+        case = CONVS[n]
+        x, wt, b, _ = conv_case(case)
+        k, s, pads, d, g = case[4:9]
+        hw = tuple(out_len(x.shape[1 + a], k[a], s[a], d[a], pads[a], pads[a + 2], False) for a in (0, 1))
+        yield (f"conv{n}", lambda buf, org, reg, x=x, wt=wt, b=b, s=s, pads=pads, d=d, g=g:
+               K.conv2d(buf, org, x.shape[1:], wt, b, s, pads, d, g, reg, "relu"), x, (k, s, pads, d), hw)
+    for n in (1, 2, 3, 6, 8):
+        case = POOLS[n]
+        x = randn(case[1:4])
+        k, s, pads, d, ceil = case[4:9]
+        hw = tuple(out_len(x.shape[1 + a], k[a], s[a], d[a], pads[a], pads[a + 2], ceil) for a in (0, 1))
+        yield (f"pool{n}", lambda buf, org, reg, case=case: pool_call(case, buf, org, reg), x, (k, s, pads, d), hw)
+
+
+REGION_CASES = list(region_cases())
+
+
+@pytest.mark.parametrize("name, compute, x, win, out_hw", REGION_CASES, ids=[c[0] for c in REGION_CASES])
+def test_tiles_match_whole(name, compute, x, win, out_hw):
+    whole = compute(x, (0, 0), (0, 0, *out_hw))
+    for got in tiled(compute, x, *win, out_hw):
+        np.testing.assert_allclose(got, whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
+    # A buffer larger than the image, with garbage outside it: padding must come from the kernel, not x.
+    big = np.full((x.shape[0], x.shape[1] + 5, x.shape[2] + 7), 1e6, np.float32)
+    big[:, 2:-3, 3:-4] = x
+    np.testing.assert_allclose(compute(big, (-2, -3), (0, 0, *out_hw)), whole, rtol=1e-6,
+                               atol=1e-6 * np.abs(whole).max())
+
+
+@pytest.mark.parametrize("name, compute, x, win, out_hw", REGION_CASES, ids=[c[0] for c in REGION_CASES])
+def test_missing_interior_row_raises(name, compute, x, win, out_hw):
+    (k, s, pads, d), h = win, x.shape[1]
+    region = (out_hw[0] // 2, 0, out_hw[0] // 2 + 1, out_hw[1])
+    r0, r1 = need(region[0], region[2], k[0], s[0], d[0], pads[0], h)
+    assert 0 < r0 and r1 < h  # an interior band: none of its rows is padding
+    compute(x[:, r0:r1], (r0, 0), region)
+    with pytest.raises(ValueError, match="missing rows"):
+        compute(x[:, r0 + 1:r1], (r0 + 1, 0), region)
+    with pytest.raises(ValueError, match="missing rows"):
+        compute(x[:, r0:r1 - 1], (r0, 0), region)
+
+
+@pytest.mark.parametrize("name, compute, x, win, out_hw", REGION_CASES[::5], ids=[c[0] for c in REGION_CASES[::5]])
+def test_empty_region_returns_empty(name, compute, x, win, out_hw):
+    """Documented choice: an empty region gives an empty (C, rows, cols) array, the buffer is not read."""
+    got = compute(x[:, :0], (0, 0), (2, 1, 2, 4))
+    assert got.shape[1:] == (0, 3) and got.dtype == np.float32
