@@ -1,0 +1,515 @@
+"""ONNX import of classic ImageNet CNN exports (opset 7+, batch 1) into a Graph, and export of any Graph."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+from onnx import external_data_helper, helper, numpy_helper
+
+from .graph import ACTIVATIONS, Graph, ModelError, Node, Shape, Window, _out_shape
+from .passes import simplify
+
+# ---------------------------------------------------------------------------------------------- import
+
+_HANDLERS: dict[str, tuple[Callable, set[str]]] = {}
+
+
+def _op(*types: str, attrs: str = "") -> Callable:
+    """Register an import handler for ONNX op types, with the attribute names it understands."""
+
+    def register(f: Callable) -> Callable:
+        for t in types:
+            _HANDLERS[t] = (f, set(attrs.split()))
+        return f
+
+    return register
+
+
+def load_onnx(path: str, size: tuple[int, int] | None = None) -> Graph:
+    """Read an ONNX CNN as a simplified Graph; size (h, w) fills or overrides the input's spatial dims."""
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf decode errors have no common public base class
+        raise ModelError(f"cannot read ONNX model {path}: {e}") from None
+    return simplify(_Importer(model, path).run(size))
+
+
+class _Importer:
+    """Walks the ONNX nodes in order, tracking constants, aliases and the (batch-less) shape of each tensor."""
+
+    def __init__(self, model: onnx.ModelProto, path: str) -> None:
+        self.model, self.path, self.where = model, path, os.path.basename(path)
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.consts = {t.name: self._initializer(t) for t in model.graph.initializer}
+        self.uses = Counter(t for n in model.graph.node for t in n.input)
+        self.uses.update(o.name for o in model.graph.output)
+        self.alias: dict[str, str] = {}
+        self.shapes: dict[str, Shape] = {}
+        self.pending: dict[str, tuple[str, str, int]] = {}  # channel-shuffle stage: (stage, source, groups)
+        self.producer: dict[str, Node] = {}
+        self.nodes: list[Node] = []
+
+    def _initializer(self, t: onnx.TensorProto) -> np.ndarray:
+        """Initializer as an array; external data only from files inside the model's folder."""
+        if external_data_helper.uses_external_data(t):
+            base = os.path.dirname(os.path.realpath(self.path))
+            location = external_data_helper.ExternalDataInfo(t).location
+            full = os.path.realpath(os.path.join(base, location))
+            if os.path.commonpath([base, full]) != base:
+                raise ModelError(
+                    f"initializer {t.name!r} in {self.where}: external data {location!r} lies outside the model folder"
+                )
+            try:
+                external_data_helper.load_external_data_for_tensor(t, base)
+            except OSError as e:
+                raise ModelError(f"initializer {t.name!r} in {self.where}: {e}") from None
+        return numpy_helper.to_array(t)
+
+    def run(self, size: tuple[int, int] | None) -> Graph:
+        g = self.model.graph
+        inputs = [i for i in g.input if i.name not in self.consts]
+        if len(inputs) != 1 or len(g.output) != 1:
+            raise ModelError(f"{self.where}: expected one image input and one output")
+        dims = [d.dim_value if d.dim_value > 0 else None for d in inputs[0].type.tensor_type.shape.dim]
+        if len(dims) != 4 or dims[0] not in (1, None) or dims[1] is None:
+            raise ModelError(f"{self.where}: input {inputs[0].name!r} must be (1, C, H, W), got {dims}")
+        h, w = size or dims[2:]
+        if h is None or w is None:
+            raise ModelError(f"{self.where}: input {inputs[0].name!r} has symbolic H/W; give a size (h, w)")
+        self.shapes[inputs[0].name] = (dims[1], h, w)
+        names: set[str] = set()
+        for i, n in enumerate(g.node):
+            name = n.name or f"{n.op_type}_{i}"
+            name = name if name not in names else f"{name}_{i}"
+            names.add(name)
+            handler, known = _HANDLERS.get(n.op_type, (None, set())) if n.domain in ("", "ai.onnx") else (None, set())
+            if handler is None:
+                raise self.err(n, name)
+            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            for k, v in attrs.items():
+                if k not in known:
+                    raise self.err(n, name, f" attribute {k}={v!r}")
+            attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+            handler(self, n, name, attrs)
+        out = self.alias.get(g.output[0].name, g.output[0].name)
+        if out not in self.shapes:
+            raise ModelError(f"{self.where}: output {g.output[0].name!r} is not a computed feature map or vector")
+        name = os.path.splitext(self.where)[0]
+        return Graph(name, inputs[0].name, self.shapes[inputs[0].name], out, self.nodes)
+
+    def err(self, n: onnx.NodeProto, name: str, detail: str = "") -> ModelError:
+        return ModelError(f"unsupported ONNX op {n.op_type!r}{detail} (node {name!r}) in {self.where}")
+
+    def x(self, n: onnx.NodeProto, name: str, i: int = 0) -> str:
+        """Dynamic input i (a feature map or vector computed by an earlier node)."""
+        t = self.alias.get(n.input[i], n.input[i])
+        if t not in self.shapes:
+            raise self.err(n, name, f" with constant or unsupported input {n.input[i]!r}")
+        return t
+
+    def const(self, n: onnx.NodeProto, name: str, i: int) -> np.ndarray:
+        """Constant input i (initializer or Constant output)."""
+        if i >= len(n.input) or n.input[i] not in self.consts:
+            raise self.err(n, name, f" with non-constant input {i}")
+        return self.consts[n.input[i]]
+
+    def opt_const(self, n: onnx.NodeProto, name: str, i: int) -> np.ndarray | None:
+        """Optional constant input i; None when absent."""
+        return self.const(n, name, i) if i < len(n.input) and n.input[i] else None
+
+    def emit(self, n, name, op, inputs, attrs=None, params=None, window=None) -> None:
+        """Append a graph node computing ONNX output 0 of n (an activation of a vector fuses into its gemm)."""
+        if op in ACTIVATIONS and len(self.shapes[inputs[0]]) == 1:
+            self.into_gemm(n, name, inputs[0]).attrs.update(attrs or {}, act=op)
+            return
+        node = Node(op, name, tuple(inputs), n.output[0], attrs or {}, params or {}, window)
+        try:
+            self.shapes[node.output] = _out_shape(node, [self.shapes[t] for t in inputs])
+        except ModelError as e:
+            raise ModelError(f"ONNX op {n.op_type!r} (node {name!r}) in {self.where}: {e}") from None
+        self.nodes.append(node)
+        self.producer[node.output] = node
+
+    def into_gemm(self, n, name, x: str, bias: bool = False) -> Node:
+        """The gemm computing vector x (and nothing else), made to compute n's output instead."""
+        src = self.producer.get(x)
+        if src is None or src.op != "gemm" or src.attrs["act"] or (bias and "b" in src.params) or self.uses[x] != 1:
+            raise self.err(n, name, " on a vector that is not the sole use of a Gemm/MatMul output")
+        src.output = n.output[0]
+        self.shapes[src.output], self.producer[src.output] = self.shapes[x], src
+        return src
+
+    def window(self, n, name, x: str, a: dict, kernel) -> Window:
+        """Sliding window of a Conv/pool node, auto_pad resolved against the known input size."""
+        k, s = tuple(a.get("kernel_shape", kernel)), tuple(a.get("strides", (1, 1)))
+        d = tuple(a.get("dilations", (1, 1)))
+        if len(k) != 2:
+            raise self.err(n, name, f" with {len(k)}-D window")
+        pads, auto = tuple(a.get("pads", (0, 0, 0, 0))), a.get("auto_pad", "NOTSET")
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = _same_pads(self.shapes[x][1:], k, s, d, auto == "SAME_LOWER")
+        elif auto == "VALID":
+            pads = (0, 0, 0, 0)
+        elif auto != "NOTSET":
+            raise self.err(n, name, f" attribute auto_pad={auto!r}")
+        return Window(k, s, pads, d, bool(a.get("ceil_mode", 0)))
+
+
+def _same_pads(hw: tuple[int, ...], k: tuple, s: tuple, d: tuple, lower: bool) -> tuple[int, int, int, int]:
+    """Explicit (top, left, bottom, right) pads for auto_pad SAME_UPPER/SAME_LOWER: output = ceil(n / stride)."""
+    total = [max((-(-n // st) - 1) * st + (kk - 1) * dd + 1 - n, 0) for n, kk, st, dd in zip(hw, k, s, d, strict=True)]
+    begin = [t - t // 2 if lower else t // 2 for t in total]
+    return begin[0], begin[1], total[0] - begin[0], total[1] - begin[1]
+
+
+def _per_channel(c: np.ndarray, channels: int) -> np.ndarray | None:
+    """A constant that broadcasts over (1, C, H, W) per channel, as a (C,) float32 vector; else None."""
+    shape = (1,) * (4 - c.ndim) + c.shape
+    if c.ndim > 4 or shape[0] != 1 or shape[2:] != (1, 1) or shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(c.astype(np.float32).reshape(-1), (channels,)).copy()
+
+
+@_op("Constant", attrs="value value_float value_floats value_int value_ints")
+def _constant(imp: _Importer, n, name, a) -> None:
+    (value,) = a.values()
+    imp.consts[n.output[0]] = numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.array(value)
+
+
+@_op("Identity")
+@_op("Dropout", attrs="ratio is_test seed")
+def _forward(imp: _Importer, n, name, a) -> None:
+    if n.input[0] in imp.consts:
+        imp.consts[n.output[0]] = imp.consts[n.input[0]]
+    else:
+        imp.alias[n.output[0]] = imp.x(n, name)
+
+
+@_op("Conv", attrs="kernel_shape strides pads dilations group auto_pad")
+def _conv(imp: _Importer, n, name, a) -> None:
+    x, w = imp.x(n, name), imp.const(n, name, 1).astype(np.float32)
+    if w.ndim != 4:
+        raise imp.err(n, name, f" with {w.ndim - 2}-D kernel")
+    params = {"w": w}
+    if (b := imp.opt_const(n, name, 2)) is not None:
+        params["b"] = b.astype(np.float32)
+    window = imp.window(n, name, x, a, w.shape[2:])
+    imp.emit(n, name, "conv", [x], {"groups": a.get("group", 1), "act": ""}, params, window)
+
+
+@_op("MaxPool", attrs="kernel_shape strides pads dilations auto_pad ceil_mode storage_order")
+@_op("AveragePool", attrs="kernel_shape strides pads auto_pad ceil_mode count_include_pad")
+def _pool(imp: _Importer, n, name, a) -> None:
+    if a.get("storage_order", 0) or len([o for o in n.output if o]) > 1:
+        raise imp.err(n, name, " with storage_order=1 or an indices output")
+    x = imp.x(n, name)
+    if n.op_type == "MaxPool":
+        imp.emit(n, name, "maxpool", [x], {}, window=imp.window(n, name, x, a, ()))
+    else:
+        attrs = {"count_include_pad": bool(a.get("count_include_pad", 0))}
+        imp.emit(n, name, "avgpool", [x], attrs, window=imp.window(n, name, x, a, ()))
+
+
+_UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "GlobalAveragePool": "gap"}
+
+
+@_op(*_UNARY)
+def _unary(imp: _Importer, n, name, a) -> None:
+    imp.emit(n, name, _UNARY[n.op_type], [imp.x(n, name)])
+
+
+@_op("LeakyRelu", attrs="alpha")
+def _leakyrelu(imp: _Importer, n, name, a) -> None:
+    imp.emit(n, name, "leakyrelu", [imp.x(n, name)], {"alpha": float(a.get("alpha", 0.01))})
+
+
+@_op("Clip", attrs="min max")
+def _clip(imp: _Importer, n, name, a) -> None:
+    lo, hi = a.get("min", -np.inf), a.get("max", np.inf)  # opset < 11: attributes; later: optional inputs
+    lo = lo if (c := imp.opt_const(n, name, 1)) is None else c.item()
+    hi = hi if (c := imp.opt_const(n, name, 2)) is None else c.item()
+    imp.emit(n, name, "clip", [imp.x(n, name)], {"lo": float(lo), "hi": float(hi)})
+
+
+@_op("LRN", attrs="size alpha beta bias")
+def _lrn(imp: _Importer, n, name, a) -> None:
+    attrs = {"size": a["size"], **{k: float(a.get(k, v)) for k, v in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0))}}
+    imp.emit(n, name, "lrn", [imp.x(n, name)], attrs)
+
+
+@_op("BatchNormalization", attrs="epsilon momentum spatial training_mode is_test consumed_inputs")
+def _batchnorm(imp: _Importer, n, name, a) -> None:
+    if a.get("spatial", 1) != 1 or a.get("training_mode", 0) or len([o for o in n.output if o]) > 1:
+        raise imp.err(n, name, " in training mode or with spatial=0")
+    gamma, beta, mean, var = (imp.const(n, name, i).astype(np.float64) for i in (1, 2, 3, 4))
+    scale = gamma / np.sqrt(var + a.get("epsilon", 1e-5))
+    params = {"scale": scale.astype(np.float32), "shift": (beta - mean * scale).astype(np.float32)}
+    imp.emit(n, name, "affine", [imp.x(n, name)], {}, params)
+
+
+# Elementwise op with one per-channel constant c: (scale, shift) of the equivalent affine.
+_AFFINE = {
+    "Add": lambda c: (1, c),
+    "Sum": lambda c: (1, c),
+    "Sub": lambda c: (1, -c),
+    "Mul": lambda c: (c, 0),
+    "Div": lambda c: (1 / c, 0),
+}
+
+
+@_op(*_AFFINE, attrs="broadcast axis")
+def _arith(imp: _Importer, n, name, a) -> None:
+    consts = [t for t in n.input if t in imp.consts]
+    if not consts and n.op_type in ("Add", "Sum", "Mul"):
+        ins = [imp.x(n, name, i) for i in range(len(n.input))]
+        return imp.emit(n, name, "mul" if n.op_type == "Mul" else "add", ins)
+    if len(n.input) != 2 or len(consts) != 1 or (n.op_type in ("Sub", "Div") and consts[0] != n.input[1]):
+        raise imp.err(n, name, " with these constant operands")
+    x, c = imp.x(n, name, 1 - list(n.input).index(consts[0])), imp.consts[consts[0]]
+    if "axis" in a:  # opset < 7 broadcast: the constant's dims start at axis
+        c = c.reshape(c.shape + (1,) * (4 - a["axis"] - c.ndim))
+    shape = imp.shapes[x]
+    if len(shape) == 1 and n.op_type in ("Add", "Sum"):
+        imp.into_gemm(n, name, x, bias=True).params["b"] = _vector(imp, n, name, c, shape[0])
+        return
+    per_channel = _per_channel(c, shape[0]) if len(shape) == 3 else None
+    if per_channel is None:
+        raise imp.err(n, name, f" with a constant of shape {c.shape} (not per-channel)")
+    c = per_channel
+    scale, shift = _AFFINE[n.op_type](c)
+    params = {k: np.broadcast_to(np.float32(v), c.shape).copy() for k, v in (("scale", scale), ("shift", shift))}
+    imp.emit(n, name, "affine", [x], {}, params)
+
+
+def _vector(imp: _Importer, n, name, c: np.ndarray, m: int) -> np.ndarray:
+    """A bias constant of m or 1 elements (any leading unit axes) as an (m,) float32 vector."""
+    if c.size not in (1, m):
+        raise imp.err(n, name, f" with bias of shape {c.shape} for {m} outputs")
+    return np.broadcast_to(c.astype(np.float32).reshape(-1), (m,)).copy()
+
+
+@_op("Concat", attrs="axis")
+def _concat(imp: _Importer, n, name, a) -> None:
+    ins = [imp.x(n, name, i) for i in range(len(n.input))]
+    if a["axis"] not in (1, -3):
+        raise imp.err(n, name, f" attribute axis={a['axis']}")
+    imp.emit(n, name, "concat", ins)
+
+
+@_op("Flatten", attrs="axis")
+def _flatten(imp: _Importer, n, name, a) -> None:
+    if a.get("axis", 1) != 1:
+        raise imp.err(n, name, f" attribute axis={a['axis']}")
+    imp.emit(n, name, "flatten", [imp.x(n, name)])
+
+
+@_op("Reshape", attrs="shape allowzero")
+def _reshape(imp: _Importer, n, name, a) -> None:
+    """Flatten to (1, K), a no-op reshape, or a step of the channel shuffle Reshape-Transpose-Reshape."""
+    src = imp.alias.get(n.input[0], n.input[0])
+    stage, x, g = imp.pending.get(src, ("", src, 0))
+    x = x if stage else imp.x(n, name)
+    c, *hw = imp.shapes[x]
+    full = {"": (1, c, *hw), "split": (1, g, c // max(g, 1), *hw), "swapped": (1, c // max(g, 1), g, *hw)}[stage]
+    target = [int(d) for d in (a["shape"] if "shape" in a else imp.const(n, name, 1))]
+    dims = [full[i] if d == 0 and not a.get("allowzero", 0) else d for i, d in enumerate(target)]
+    if -1 in dims:
+        dims[dims.index(-1)] = int(np.prod(full)) // -int(np.prod(dims))
+    if stage == "swapped" and dims == [1, c, *hw]:
+        imp.emit(n, name, "shuffle", [x], {"groups": g})
+    elif not stage and dims == list(full):
+        imp.alias[n.output[0]] = x
+    elif not stage and len(dims) == 2 and dims[0] == 1:
+        imp.emit(n, name, "flatten", [x])
+    elif not stage and len(hw) == 2 and len(dims) == 5 and dims[:3] == [1, dims[1], c // dims[1]] and dims[3:] == hw:
+        imp.pending[n.output[0]] = ("split", x, dims[1])
+    else:
+        raise imp.err(n, name, f" to shape {target}")
+
+
+@_op("Transpose", attrs="perm")
+def _transpose(imp: _Importer, n, name, a) -> None:
+    stage, x, g = imp.pending.get(imp.alias.get(n.input[0], n.input[0]), ("", "", 0))
+    if stage != "split" or list(a.get("perm", ())) != [0, 2, 1, 3, 4]:
+        raise imp.err(n, name, " other than the channel-shuffle transpose (0, 2, 1, 3, 4)")
+    imp.pending[n.output[0]] = ("swapped", x, g)
+
+
+@_op("Gemm", attrs="alpha beta transA transB broadcast")
+def _gemm(imp: _Importer, n, name, a) -> None:
+    if a.get("transA", 0):
+        raise imp.err(n, name, " attribute transA=1")
+    w = imp.const(n, name, 1).astype(np.float32)
+    w = (w if a.get("transB", 0) else w.T) * np.float32(a.get("alpha", 1.0))
+    params = {"w": np.ascontiguousarray(w)}
+    if (c := imp.opt_const(n, name, 2)) is not None:
+        params["b"] = _vector(imp, n, name, c, w.shape[0]) * np.float32(a.get("beta", 1.0))
+    imp.emit(n, name, "gemm", [imp.x(n, name)], {"act": ""}, params)
+
+
+@_op("MatMul")
+def _matmul(imp: _Importer, n, name, a) -> None:
+    w = imp.const(n, name, 1).astype(np.float32)
+    if w.ndim != 2:
+        raise imp.err(n, name, f" with weight of shape {w.shape}")
+    imp.emit(n, name, "gemm", [imp.x(n, name)], {"act": ""}, {"w": np.ascontiguousarray(w.T)})
+
+
+@_op("Softmax", attrs="axis")
+def _softmax(imp: _Importer, n, name, a) -> None:
+    x = imp.x(n, name)
+    if len(imp.shapes[x]) != 1 or a.get("axis", 1 if imp.opset < 13 else -1) not in (1, -1):
+        raise imp.err(n, name, " on anything but a (1, K) vector")
+    imp.emit(n, name, "softmax", [x])
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def save_onnx(graph: Graph, path: str, opset: int = 17) -> None:
+    """Write graph as an ONNX file (see to_onnx)."""
+    onnx.save(to_onnx(graph, opset), path)
+
+
+def to_onnx(graph: Graph, opset: int = 17) -> onnx.ModelProto:
+    """The graph as an ONNX model with input 'input' (1, C, H, W) and output 'output' (batch axis added)."""
+    if not 11 <= opset <= onnx.defs.onnx_opset_version():
+        raise ModelError(f"cannot export to ONNX opset {opset} (supported: 11..{onnx.defs.onnx_opset_version()})")
+    ex = _Exporter(graph)
+    for n in graph.nodes:
+        ins = [ex.name(t) for t in n.inputs]
+        _EXPORT[n.op](ex, n, ins, ex.name(n.output))
+    io = [
+        helper.make_tensor_value_info(nm, onnx.TensorProto.FLOAT, (1, *graph.shapes[t]))
+        for nm, t in (("input", graph.input), ("output", graph.output))
+    ]
+    g = helper.make_graph(ex.nodes, graph.name, io[:1], io[1:], ex.inits)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(g, opset_imports=opsets, producer_name="nptp-mpi")
+    model.ir_version = helper.find_min_ir_version_for(opsets)
+    return model
+
+
+class _Exporter:
+    """Collects ONNX nodes and initializers."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph, self.nodes, self.inits = graph, [], []
+
+    def name(self, tensor: str) -> str:
+        return {self.graph.input: "input", self.graph.output: "output"}.get(tensor, tensor)
+
+    def add(self, op_type: str, inputs: list[str], output: str, name: str, **attrs) -> str:
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name, **attrs))
+        return output
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+
+def _act(ex: _Exporter, act: str, attrs: dict, x: str, out: str, name: str) -> None:
+    """Standalone or fused activation as its ONNX node."""
+    if act == "relu":
+        ex.add("Relu", [x], out, name)
+    elif act == "leakyrelu":
+        ex.add("LeakyRelu", [x], out, name, alpha=float(attrs["alpha"]))
+    elif act == "clip":
+        lo, hi = (ex.const(f"{name}.{k}", np.float32(attrs[k])) for k in ("lo", "hi"))
+        ex.add("Clip", [x, lo, hi], out, name)
+    else:
+        raise ModelError(f"cannot export activation {act!r} of node {name!r}")
+
+
+def _with_act(ex: _Exporter, n: Node, op_type: str, ins: list[str], out: str, **attrs) -> None:
+    """A conv/gemm node followed by its fused activation, if any."""
+    act = n.attrs.get("act", "")
+    y = ex.add(op_type, ins, f"{out}.preact" if act else out, n.name, **attrs)
+    if act:
+        _act(ex, act, n.attrs, y, out, f"{n.name}.{act}")
+
+
+def _params(ex: _Exporter, n: Node, *keys: str) -> list[str]:
+    return [ex.const(f"{n.name}.{k}", n.params[k]) for k in keys if k in n.params]
+
+
+def _window(win: Window) -> dict:
+    return {"kernel_shape": list(win.kernel), "strides": list(win.stride), "pads": list(win.pads)}
+
+
+def _ex_conv(ex, n, ins, out):
+    attrs = {**_window(n.window), "dilations": list(n.window.dilation), "group": n.attrs.get("groups", 1)}
+    _with_act(ex, n, "Conv", ins + _params(ex, n, "w", "b"), out, **attrs)
+
+
+def _ex_gemm(ex, n, ins, out):
+    _with_act(ex, n, "Gemm", ins + _params(ex, n, "w", "b"), out, transB=1)
+
+
+def _ex_pool(ex, n, ins, out):
+    attrs = {**_window(n.window), "ceil_mode": int(n.window.ceil)}
+    if n.op == "maxpool":
+        ex.add("MaxPool", ins, out, n.name, dilations=list(n.window.dilation), **attrs)
+    elif n.window.dilation != (1, 1):
+        raise ModelError(f"node {n.name!r}: ONNX AveragePool (opset < 19) has no dilation")
+    else:
+        ex.add("AveragePool", ins, out, n.name, count_include_pad=int(n.attrs.get("count_include_pad", 0)), **attrs)
+
+
+def _ex_adaptive(ex, n, ins, out):
+    (h, w), (oh, ow) = ex.graph.shapes[n.inputs[0]][1:], n.attrs["out"]
+    if h % oh or w % ow:
+        raise ModelError(f"node {n.name!r}: ONNX has no adaptive pooling from {h}x{w} to {oh}x{ow} (not a multiple)")
+    k = [h // oh, w // ow]
+    ex.add("AveragePool", ins, out, n.name, kernel_shape=k, strides=k)
+
+
+def _ex_affine(ex, n, ins, out):
+    scale, shift = (ex.const(f"{n.name}.{k}", n.params[k].reshape(-1, 1, 1)) for k in ("scale", "shift"))
+    ex.add("Add", [ex.add("Mul", [ins[0], scale], f"{out}.scaled", f"{n.name}.mul"), shift], out, n.name)
+
+
+def _ex_mul(ex, n, ins, out):
+    y = ins[0]
+    for i, t in enumerate(ins[1:], 1):
+        y = ex.add("Mul", [y, t], out if i == len(ins) - 1 else f"{out}.{i}", f"{n.name}.{i}")
+
+
+def _ex_shuffle(ex, n, ins, out):
+    (c, h, w), g = ex.graph.shapes[n.inputs[0]], n.attrs["groups"]
+    split = ex.const(f"{n.name}.shape5", np.array([1, g, c // g, h, w], np.int64))
+    merge = ex.const(f"{n.name}.shape4", np.array([1, c, h, w], np.int64))
+    y = ex.add("Reshape", [ins[0], split], f"{out}.split", f"{n.name}.split")
+    y = ex.add("Transpose", [y], f"{out}.swapped", f"{n.name}.transpose", perm=[0, 2, 1, 3, 4])
+    ex.add("Reshape", [y, merge], out, n.name)
+
+
+def _simple(op_type: str, *keys: str, **fixed) -> Callable:
+    """Exporter for a one-to-one op: copies the listed attrs and adds fixed ONNX attributes."""
+    return lambda ex, n, ins, out: ex.add(op_type, ins, out, n.name, **{k: n.attrs[k] for k in keys}, **fixed)
+
+
+_EXPORT: dict[str, Callable] = {
+    "conv": _ex_conv,
+    "gemm": _ex_gemm,
+    "maxpool": _ex_pool,
+    "avgpool": _ex_pool,
+    "adaptive_avgpool": _ex_adaptive,
+    "affine": _ex_affine,
+    "mul": _ex_mul,
+    "shuffle": _ex_shuffle,
+    "relu": lambda ex, n, ins, out: _act(ex, "relu", n.attrs, ins[0], out, n.name),
+    "clip": lambda ex, n, ins, out: _act(ex, "clip", n.attrs, ins[0], out, n.name),
+    "leakyrelu": lambda ex, n, ins, out: _act(ex, "leakyrelu", n.attrs, ins[0], out, n.name),
+    "sigmoid": _simple("Sigmoid"),
+    "lrn": _simple("LRN", "size", "alpha", "beta", "bias"),
+    "add": _simple("Sum"),
+    "concat": _simple("Concat", axis=1),
+    "gap": _simple("GlobalAveragePool"),
+    "flatten": _simple("Flatten", axis=1),
+    "softmax": _simple("Softmax", axis=1),
+}

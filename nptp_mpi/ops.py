@@ -1,0 +1,90 @@
+"""Run one graph node on a region with the kernels: the single place where ops meet kernels.
+
+The reference engine calls it with whole maps, the distributed engine with tiles and halos, so both
+compute every pixel with the very same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import kernels as K
+
+from .graph import Node
+
+Rect = tuple[int, int, int, int]
+
+
+@dataclass
+class Tile:
+    """A buffer holding rect (y0, x0, y1, x1) of a (C, H, W) tensor."""
+
+    data: np.ndarray
+    rect: Rect
+
+    def view(self, rect: Rect) -> np.ndarray:
+        """The part of the buffer holding rect (which must lie inside it)."""
+        y0, x0 = self.rect[0], self.rect[1]
+        if rect[0] < y0 or rect[1] < x0 or rect[2] > self.rect[2] or rect[3] > self.rect[3]:
+            raise ValueError(f"region {rect} is not inside buffer {self.rect}")
+        return self.data[:, rect[0] - y0 : rect[2] - y0, rect[1] - x0 : rect[3] - x0]
+
+
+def _act(node: Node) -> dict:
+    a = node.attrs
+    return {"act": a.get("act", ""), "alpha": a.get("alpha", 0.0), "lo": a.get("lo", 0.0), "hi": a.get("hi", 0.0)}
+
+
+def run_spatial(node: Node, ins: list[Tile], in_hw: tuple[int, int], region: Rect) -> np.ndarray:
+    """Output `region` of a window or pointwise node from input tiles that cover what it reads."""
+    op, a, p = node.op, node.attrs, node.params
+    if op == "conv":
+        w = node.window
+        x = ins[0]
+        return K.conv2d(x.data, x.rect[:2], in_hw, p["w"], p.get("b"), w.stride, w.pads, w.dilation,
+                        a.get("groups", 1), region, **_act(node))
+    if op in ("maxpool", "avgpool"):
+        w = node.window
+        x = ins[0]
+        return K.pool2d(x.data, x.rect[:2], in_hw, op[:3], w.kernel, w.stride, w.pads, w.dilation, region,
+                        count_include_pad=bool(a.get("count_include_pad", 0)))
+    xs = [t.view(region) for t in ins]
+    if op == "relu":
+        return K.relu(xs[0])
+    if op == "clip":
+        return K.clip(xs[0], a["lo"], a["hi"])
+    if op == "leakyrelu":
+        return K.leakyrelu(xs[0], a["alpha"])
+    if op == "sigmoid":
+        return K.sigmoid(xs[0])
+    if op == "affine":
+        return K.affine(xs[0], p["scale"], p["shift"])
+    if op == "lrn":
+        return K.lrn(xs[0], a["size"], a["alpha"], a["beta"], a["bias"])
+    if op == "add":
+        return K.add(*xs)
+    if op == "mul":
+        return K.mul(*xs)
+    if op == "concat":
+        return K.concat(xs)
+    if op == "shuffle":
+        return K.shuffle(xs[0], a["groups"])
+    raise ValueError(f"node {node.name!r}: {op!r} is not a spatial op")
+
+
+def run_head(node: Node, ins: list[np.ndarray]) -> np.ndarray:
+    """A head node on whole tensors (global pooling, flatten, classifier, softmax)."""
+    op, x = node.op, ins[0]
+    if op == "gap":
+        return K.global_avgpool(x)
+    if op == "adaptive_avgpool":
+        return K.adaptive_avgpool(x, tuple(node.attrs["out"]))
+    if op == "flatten":
+        return np.ascontiguousarray(x).reshape(-1)
+    if op == "gemm":
+        return K.gemm(x, node.params["w"], node.params.get("b"), **_act(node))
+    if op == "softmax":
+        return K.softmax(x)
+    raise ValueError(f"node {node.name!r}: {op!r} is not a head op")

@@ -1,0 +1,31 @@
+"""Single-process reference engine: the whole graph on whole tensors, with the same kernels.
+
+Every distributed run is compared against it, and it is compared against onnxruntime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import Graph, ModelError
+from .ops import Tile, run_head, run_spatial
+
+
+def run(graph: Graph, x: np.ndarray) -> np.ndarray:
+    """Output of graph for one input x of shape graph.input_shape (no batch axis)."""
+    if tuple(x.shape) != tuple(graph.input_shape):
+        raise ModelError(f"{graph.name}: input shape {tuple(x.shape)} differs from {tuple(graph.input_shape)}")
+    values: dict[str, np.ndarray] = {graph.input: np.ascontiguousarray(x, dtype=np.float32)}
+    last_use = {t: i for i, n in enumerate(graph.nodes) for t in n.inputs}
+    for i, node in enumerate(graph.nodes):
+        ins = [values[t] for t in node.inputs]
+        for t in node.inputs:
+            if last_use[t] == i and t != graph.output:
+                del values[t]  # keeps peak memory near two layers' worth on large inputs
+        if node.spatial:
+            _, h, w = graph.shapes[node.output]
+            tiles = [Tile(v, (0, 0, v.shape[1], v.shape[2])) for v in ins]
+            values[node.output] = run_spatial(node, tiles, tuple(ins[0].shape[1:]), (0, 0, h, w))
+        else:
+            values[node.output] = run_head(node, ins)
+    return values[graph.output]

@@ -1,0 +1,57 @@
+"""Compile every kernel once into the Numba cache, so ranks started together never race to compile.
+
+A tiny graph holding every op and every conv flavour runs through the reference engine; the kernels
+take contiguous float32 arrays and scalar attributes of fixed types, so these calls cover every
+signature a real run uses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import Graph, Node, Window
+from .reference import run
+
+
+def every_op_graph(seed: int = 0) -> Graph:
+    """A small network using each op and conv flavour (plain, strided, 1×1, grouped, depthwise, fused acts)."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.3).astype(np.float32)
+
+    def conv(name, src, cin, cout, k, stride=1, groups=1, act="", **attrs):
+        p = k // 2
+        return Node("conv", name, (src,), name, {"groups": groups, "act": act, **attrs},
+                    {"w": w(cout, cin // groups, k, k), "b": w(cout)}, Window((k, k), (stride, stride), (p, p, p, p)))
+
+    nodes = [
+        conv("c1", "x", 3, 8, 3, act="relu"),
+        conv("c2", "c1", 8, 8, 3, stride=2, groups=2, act="clip", lo=0.0, hi=6.0),
+        conv("c3", "c2", 8, 8, 3, groups=8, act="leakyrelu", alpha=0.1),
+        conv("c4", "c3", 8, 8, 1),
+        Node("maxpool", "mp", ("c4",), "mp", window=Window((3, 3), (1, 1), (1, 1, 1, 1))),
+        Node("avgpool", "ap", ("c4",), "ap", {"count_include_pad": 1}, window=Window((3, 3), (1, 1), (1, 1, 1, 1))),
+        Node("add", "sum", ("mp", "ap"), "sum"),
+        Node("mul", "prod", ("sum", "c4"), "prod"),
+        Node("relu", "r", ("prod",), "r"),
+        Node("sigmoid", "s", ("r",), "s"),
+        Node("clip", "cl", ("s",), "cl", {"lo": 0.1, "hi": 0.9}),
+        Node("leakyrelu", "lr", ("cl",), "lr", {"alpha": 0.2}),
+        Node("affine", "bn", ("lr",), "bn", params={"scale": w(8), "shift": w(8)}),
+        Node("lrn", "lrn", ("bn",), "lrn", {"size": 3, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}),
+        Node("concat", "cat", ("lrn", "c4"), "cat"),
+        Node("shuffle", "sh", ("cat",), "sh", {"groups": 2}),
+        Node("adaptive_avgpool", "aap", ("sh",), "aap", {"out": (3, 3)}),
+        Node("gap", "gap", ("sh",), "gap"),
+        Node("flatten", "fl", ("aap",), "fl"),
+        Node("gemm", "fc", ("fl",), "fc", {"act": "relu"}, {"w": w(10, 144), "b": w(10)}),
+        Node("softmax", "sm", ("fc",), "sm"),
+    ]
+    return Graph("every-op", "x", (3, 16, 16), "sm", nodes)
+
+
+def warm() -> None:
+    """Run every kernel once (compiling into, or loading from, the on-disk cache)."""
+    g = every_op_graph()
+    run(g, np.random.default_rng(1).standard_normal(g.input_shape, dtype=np.float32))

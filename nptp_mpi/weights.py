@@ -1,0 +1,47 @@
+"""Graph weights as .npz files (keys "<node>.<param>"), loaded without unpickling."""
+
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+
+import numpy as np
+
+from .graph import Graph, ModelError
+
+
+def save_npz(graph: Graph, path: str) -> None:
+    """Write every node parameter of graph to path (exactly that name, no .npz appended)."""
+    with open(path, "wb") as f:
+        np.savez(f, **{f"{n.name}.{k}": v for n in graph.nodes for k, v in n.params.items()})
+
+
+def load_npz(graph: Graph, path: str) -> Graph:
+    """A copy of graph with its parameters read from path; every key must be present with the right shape."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            expected = {f"{n.name}.{k}" for n in graph.nodes for k in n.params}
+            if extra := sorted(set(data.files) - expected):
+                raise ModelError(f"{path}: weights {extra[:3]} belong to no node of {graph.name}")
+            nodes = [
+                dataclasses.replace(
+                    n, params={k: _read(data, f"{n.name}.{k}", v.shape, path) for k, v in n.params.items()}
+                )
+                for n in graph.nodes
+            ]
+    except (OSError, zipfile.BadZipFile) as e:
+        raise ModelError(f"cannot read weights {path}: {e}") from None
+    return Graph(graph.name, graph.input, graph.input_shape, graph.output, nodes)
+
+
+def _read(data: np.lib.npyio.NpzFile, key: str, shape: tuple[int, ...], path: str) -> np.ndarray:
+    """One float32 parameter; ModelError naming the key when missing, pickled or misshapen."""
+    if key not in data.files:
+        raise ModelError(f"{path}: missing weight {key!r}")
+    try:
+        value = data[key]
+    except ValueError as e:  # object arrays would need unpickling
+        raise ModelError(f"{path}: weight {key!r} cannot be loaded safely: {e}") from None
+    if value.shape != shape or not np.issubdtype(value.dtype, np.floating):
+        raise ModelError(f"{path}: weight {key!r} is {value.dtype}{value.shape}, expected float32{shape}")
+    return value.astype(np.float32)

@@ -1,0 +1,99 @@
+"""Zoo models end to end against onnxruntime on their ONNX export; weights .npz round trip."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from test_onnx_io import assert_close, ort_run
+
+from nptp_mpi import reference, zoo
+from nptp_mpi.graph import ModelError
+from nptp_mpi.onnx_io import to_onnx
+from nptp_mpi.weights import load_npz, save_npz
+
+# VGG and AlexNet export to ONNX only where their adaptive pool is a plain pool: 224 (7x7 / 6x6 maps).
+# The big VGGs take ~20 s each there (0.5 GB of weights through ONNX): by default they run at 32x32 on
+# the reference engine only (the adaptive pool upsamples 1x1 to 7x7); NPTP_SLOW_TESTS=1 runs them fully.
+SIZES = {"alexnet": 224, "vgg11": 224, "vgg13": 224, "vgg16": 224, "vgg19": 224}
+SLOW = {"vgg13", "vgg16", "vgg19"}
+
+
+@pytest.mark.parametrize("name", zoo.MODELS)
+def test_zoo_model_matches_onnxruntime(name):
+    quick = name in SLOW and not os.environ.get("NPTP_SLOW_TESTS")
+    size = 32 if quick else SIZES.get(name, 64)
+    graph = zoo.build(name, (size, size))
+    assert graph.shapes[graph.output] == (1000,)
+    x = np.random.default_rng(1).standard_normal(graph.input_shape, dtype=np.float32)
+    got = reference.run(graph, x)
+    assert 1e-3 < np.abs(got).max() < 1e3
+    if quick:
+        return
+    model = to_onnx(graph)
+    if name not in SIZES:  # the checker re-serialises the model: cheap only for the small ones
+        onnx.checker.check_model(model)
+    assert_close(got, ort_run(model, x))
+
+
+def test_batchnorm_folded_and_names_readable():
+    graph = zoo.build("resnet18", (32, 32))
+    ops = [n.op for n in graph.nodes]
+    assert "affine" not in ops and "relu" in ops  # the relu after each residual add stays
+    assert graph.nodes[0].name == "conv1" and graph.nodes[0].attrs["act"] == "relu"
+    assert "layer1.0.conv1" in {n.name for n in graph.nodes}
+    mobilenet = zoo.build("mobilenet_v2", (32, 32))
+    assert {n.op for n in mobilenet.nodes} == {"conv", "add", "gap", "flatten", "gemm"}
+
+
+def test_deterministic_and_seeded():
+    a, b = zoo.build("mobilenet_v2", (32, 32)), zoo.build("mobilenet_v2", (32, 32))
+    assert a.fingerprint() == b.fingerprint()
+    assert zoo.build("mobilenet_v2", (32, 32), seed=1).fingerprint() != a.fingerprint()
+
+
+def test_any_allowed_size_and_too_small():
+    assert zoo.build("resnet50", (40, 72)).shapes["layer4.2.relu"] == (2048, 2, 3)
+    with pytest.raises(ModelError, match="alexnet: input 62x224 too small"):
+        zoo.build("alexnet", (62, 224))
+    assert zoo.build("alexnet", (63, 63)).shapes["features.12"] == (256, 1, 1)
+    with pytest.raises(ModelError, match="unknown model"):
+        zoo.build("resnet101")
+
+
+def test_export_refuses_adaptive_pool_that_is_not_a_plain_pool():
+    graph = zoo.build("alexnet", (256, 256))  # features end 7x7, pooled to 6x6
+    assert "avgpool" in {n.name for n in graph.nodes}
+    with pytest.raises(ModelError, match="adaptive"):
+        to_onnx(graph)
+
+
+def test_weights_round_trip(tmp_path):
+    graph = zoo.build("resnet18", (32, 32))
+    save_npz(graph, str(tmp_path / "w.npz"))
+    back = load_npz(zoo.build("resnet18", (32, 32), seed=5), str(tmp_path / "w.npz"))
+    assert back.fingerprint() == graph.fingerprint()
+
+
+def test_weights_missing_key_or_bad_shape_refused(tmp_path):
+    graph = zoo.build("mobilenet_v2", (32, 32))
+    params = {f"{n.name}.{k}": v for n in graph.nodes for k, v in n.params.items()}
+    del params["features.0.0.w"]
+    np.savez(tmp_path / "missing.npz", **params)
+    with pytest.raises(ModelError, match="'features.0.0.w'"):
+        load_npz(graph, str(tmp_path / "missing.npz"))
+    params["features.0.0.w"] = np.zeros((1, 2, 3), np.float32)
+    np.savez(tmp_path / "shape.npz", **params)
+    with pytest.raises(ModelError, match="'features.0.0.w'"):
+        load_npz(graph, str(tmp_path / "shape.npz"))
+
+
+def test_weights_pickled_object_refused(tmp_path):
+    graph = zoo.build("mobilenet_v2", (32, 32))
+    params = {f"{n.name}.{k}": v for n in graph.nodes for k, v in n.params.items()}
+    params["classifier.1.b"] = np.array([{"evil": 1}], dtype=object)
+    np.savez(tmp_path / "pickled.npz", **params)
+    with pytest.raises(ModelError, match="'classifier.1.b'"):
+        load_npz(graph, str(tmp_path / "pickled.npz"))
