@@ -87,6 +87,7 @@ class Graph:
     output: str
     nodes: list[Node]
     shapes: dict[str, Shape] = field(default_factory=dict)
+    weights_digest: str = field(default="", compare=False)  # cached: hashing VGG's 0.5 GB takes seconds
 
     def __post_init__(self) -> None:
         self.infer_shapes()
@@ -111,16 +112,21 @@ class Graph:
 
     def with_input_hw(self, h: int, w: int) -> Graph:
         """The same graph for another input size (weights shared, shapes re-inferred)."""
-        return Graph(self.name, self.input, (self.input_shape[0], h, w), self.output, self.nodes)
+        return Graph(self.name, self.input, (self.input_shape[0], h, w), self.output, self.nodes,
+                     weights_digest=self.weights_digest)
 
     def fingerprint(self) -> str:
-        """Hash of structure, attributes and weights: ranks compare it to prove they run one model."""
-        h = hashlib.sha256(repr((self.input, self.input_shape, self.output)).encode())
+        """Hash of structure, attributes, input size and weights: ranks compare it to prove they run one model."""
+        if not self.weights_digest:
+            w = hashlib.blake2b(digest_size=16)
+            for n in self.nodes:
+                for k in sorted(n.params):
+                    w.update(f"{n.name}.{k}{n.params[k].shape}".encode())
+                    w.update(np.ascontiguousarray(n.params[k]).data)
+            self.weights_digest = w.hexdigest()
+        h = hashlib.sha256(repr((self.input, self.input_shape, self.output, self.weights_digest)).encode())
         for n in self.nodes:
             h.update(repr((n.op, n.name, n.inputs, n.output, sorted(n.attrs.items()), n.window)).encode())
-            for k in sorted(n.params):
-                h.update(k.encode())
-                h.update(np.ascontiguousarray(n.params[k]).tobytes())
         return h.hexdigest()[:16]
 
     def flops(self) -> int:

@@ -1,0 +1,162 @@
+"""Geometry: rectangles, the cell grid, and which input region an output region needs.
+
+Rects are half-open (y0, x0, y1, x1). The functions accept one rect (a tuple) or a stack of rects
+(an integer array of shape (..., 4)) so the planner and the partition search share one formula;
+`as_rect` turns a result back into a plain tuple. Nothing here knows MPI or arrays of pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .graph import HEAD_OPS, WINDOW_OPS, Graph, ModelError, Window
+
+Rect = tuple[int, int, int, int]
+
+
+def as_rect(r) -> Rect:
+    """A plain (y0, x0, y1, x1) tuple of ints (plans hold no numpy)."""
+    return tuple(int(v) for v in r)
+
+
+def area(r) -> np.ndarray:
+    """Pixels (or cells) inside r; 0 for an empty rect."""
+    r = np.asarray(r)
+    return np.maximum(r[..., 2] - r[..., 0], 0) * np.maximum(r[..., 3] - r[..., 1], 0)
+
+
+def is_empty(r) -> np.ndarray:
+    return area(r) == 0
+
+
+def intersect(a, b) -> np.ndarray:
+    """The overlap of a and b (empty when they do not overlap)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return np.concatenate([np.maximum(a[..., :2], b[..., :2]), np.minimum(a[..., 2:], b[..., 2:])], -1)
+
+
+def bbox(a, b) -> np.ndarray:
+    """The smallest rect holding both a and b (both non-empty)."""
+    a, b = np.asarray(a), np.asarray(b)
+    return np.concatenate([np.minimum(a[..., :2], b[..., :2]), np.maximum(a[..., 2:], b[..., 2:])], -1)
+
+
+def need(window: Window, r, in_hw: tuple[int, int]) -> np.ndarray:
+    """The input rect that window outputs r read, clipped to the in_hw input (padding is not sent)."""
+    r = np.asarray(r)
+    y0, y1 = window.need(0, r[..., 0], r[..., 2])
+    x0, x1 = window.need(1, r[..., 1], r[..., 3])
+    h, w = in_hw
+    return np.stack([np.clip(y0, 0, h), np.clip(x0, 0, w), np.clip(y1, 0, h), np.clip(x1, 0, w)], -1)
+
+
+def edge(e, n_cells: int, ratio: int, size: int) -> np.ndarray:
+    """Position of cell edge e in a tensor whose stride is 1/ratio of the grid's; the last edge is the end."""
+    e = np.asarray(e)
+    return np.where(e == n_cells, size, np.minimum(e * ratio, size))
+
+
+def scale(r, cells: tuple[int, int], ratio: tuple[int, int], hw: tuple[int, int]) -> np.ndarray:
+    """A rect in cells mapped onto a tensor of size hw and cell-to-tensor ratio (per axis)."""
+    r = np.asarray(r)
+    ys = [edge(r[..., i], cells[0], ratio[0], hw[0]) for i in (0, 2)]
+    xs = [edge(r[..., i], cells[1], ratio[1], hw[1]) for i in (1, 3)]
+    return np.stack([ys[0], xs[0], ys[1], xs[1]], -1)
+
+
+@dataclass(frozen=True)
+class Spatial:
+    """The spatial prefix of a graph: its (C, H, W) tensors in order, strides as cell ratios, the grid.
+
+    readers[t] lists (window, output) per spatial consumer of t; window is None for pointwise ops.
+    """
+
+    tensors: tuple[str, ...]
+    channels: dict[str, int]
+    hw: dict[str, tuple[int, int]]
+    ratio: dict[str, tuple[int, int]]
+    readers: dict[str, tuple[tuple[Window | None, str], ...]]
+    last: str
+    head: str | None
+
+    @property
+    def cells(self) -> tuple[int, int]:
+        return self.hw[self.last]
+
+    def halo_tensors(self) -> list[str]:
+        """Tensors some window op reads, except the graph input (which is scattered instead)."""
+        return [t for t in self.tensors[1:] if any(w is not None for w, _ in self.readers[t])]
+
+
+def spatial(graph: Graph) -> Spatial:
+    """Split off the spatial prefix and compute every tensor's cumulative stride (tiles align to it)."""
+    strides = {graph.input: (1, 1)}
+    readers: dict[str, list] = {graph.input: []}
+    head = None
+    for n in graph.nodes:
+        if n.op in HEAD_OPS:
+            head = head or n
+            continue
+        if head is not None:
+            raise ModelError(f"{graph.name}: spatial op {n.name!r} ({n.op}) after head op {head.name!r}")
+        ins = [strides[t] for t in n.inputs]
+        if n.op in WINDOW_OPS:
+            strides[n.output] = (ins[0][0] * n.window.stride[0], ins[0][1] * n.window.stride[1])
+        elif any(s != ins[0] for s in ins):
+            raise ModelError(f"{graph.name}: {n.op} {n.name!r} joins maps of different strides {ins}")
+        else:
+            strides[n.output] = ins[0]
+        for t in n.inputs:
+            readers[t].append((n.window if n.op in WINDOW_OPS else None, n.output))
+        readers[n.output] = []
+    last = next((n.output for n in reversed(graph.nodes) if n.spatial), graph.input)
+    for n in graph.nodes:
+        if n.op in HEAD_OPS and any(t in strides and t != last for t in n.inputs):
+            raise ModelError(f"{graph.name}: head op {n.name!r} reads {n.inputs}, not the last map {last!r}")
+    big = strides[last]
+    for t, s in strides.items():
+        if big[0] % s[0] or big[1] % s[1]:
+            raise ModelError(f"{graph.name}: stride {s} of {t!r} does not divide the output stride {big}")
+    shapes = graph.shapes
+    return Spatial(
+        tensors=tuple(strides),
+        channels={t: shapes[t][0] for t in strides},
+        hw={t: tuple(shapes[t][1:]) for t in strides},
+        ratio={t: (big[0] // s[0], big[1] // s[1]) for t, s in strides.items()},
+        readers={t: tuple(r) for t, r in readers.items()},
+        last=last,
+        head=head.op if head else None,
+    )
+
+
+def regions(sp: Spatial, cell_rects) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per tensor, the (N, 4) rects each rank owns and needs (own ∪ what its consumers read), walking back."""
+    own = {t: scale(cell_rects, sp.cells, sp.ratio[t], sp.hw[t]) for t in sp.tensors}
+    needs = {}
+    for t in sp.tensors:
+        region = own[t]
+        for window, out in sp.readers[t]:
+            if window is not None:
+                region = bbox(region, need(window, own[out], sp.hw[t]))
+        needs[t] = region
+    return own, needs
+
+
+def overlaps(own: np.ndarray, needs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every (dst, src) pair of ranks: need[dst] ∩ own[src] and its area (0 on the diagonal)."""
+    rects = intersect(needs[:, None, :], own[None, :, :])
+    areas = area(rects)
+    np.fill_diagonal(areas, 0)
+    return rects, areas
+
+
+def halo_matrix(sp: Spatial, cell_rects) -> np.ndarray:
+    """(N, N) halo bytes that rank src sends rank dst, summed over tensors (float32 elements)."""
+    own, needs = regions(sp, cell_rects)
+    n = len(cell_rects)
+    total = np.zeros((n, n), dtype=np.int64)
+    for t in sp.halo_tensors():
+        total += 4 * sp.channels[t] * overlaps(own[t], needs[t])[1]
+    return total

@@ -1,0 +1,101 @@
+"""Plan invariants: own rects partition every tensor, need covers exactly what is read, bytes add up."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from nptp_mpi import zoo
+from nptp_mpi.geometry import area, halo_matrix, intersect, spatial
+from nptp_mpi.partition import halo_cost, objective_bytes
+from nptp_mpi.plan import draw_tiles, format_plan, make_plan
+from tests.test_partition import small_net
+
+
+def check_invariants(graph, plan):
+    sp = spatial(graph)
+    for t, rects in plan.own.items():
+        h, w = graph.shapes[t][1:]
+        grid = np.zeros((h, w), int)
+        for y0, x0, y1, x1 in rects:
+            assert y0 < y1 and x0 < x1, t
+            grid[y0:y1, x0:x1] += 1
+        assert (grid == 1).all(), t  # disjoint and covering
+    assert set(plan.halos) == set(sp.halo_tensors())
+    for t, halo in plan.halos.items():
+        own = plan.own[t]
+        for r, need in enumerate(halo.need):
+            assert tuple(intersect(need, own[r])) == own[r]  # need ⊇ own
+        expect = {(q, r): tuple(intersect(halo.need[r], own[q])) for r in range(plan.ranks) for q in range(plan.ranks)
+                  if q != r and area(intersect(halo.need[r], own[q])) > 0}
+        got = {(x.src, x.dst): x.rect for x in halo.transfers}
+        assert got == expect, t
+        assert all(x.nbytes == 4 * halo.channels * area(x.rect) for x in halo.transfers)
+        assert [(x.dst, x.src) for x in halo.transfers] == sorted((x.dst, x.src) for x in halo.transfers)
+    assert plan.halo_bytes == sum(x.nbytes for h in plan.halos.values() for x in h.transfers)
+    assert plan.halo_bytes == int(halo_matrix(sp, np.array(plan.cell_tiles)).sum())
+    rows = plan.per_rank
+    assert sum(r["bytes_sent"] for r in rows) == sum(r["bytes_recv"] for r in rows) == plan.halo_bytes
+
+
+def read_pixels(node, out_rect, in_hw):
+    """Every input pixel a window op's outputs in out_rect read, enumerated directly (brute force)."""
+    win, (h, w) = node.window, in_hw
+    (ky, kx), (sy, sx), (py, px), (dy, dx) = win.kernel, win.stride, win.pads[:2], win.dilation
+    ys = {oy * sy - py + i * dy for oy in range(out_rect[0], out_rect[2]) for i in range(ky)}
+    xs = {ox * sx - px + j * dx for ox in range(out_rect[1], out_rect[3]) for j in range(kx)}
+    return [y for y in ys if 0 <= y < h], [x for x in xs if 0 <= x < w]
+
+
+@pytest.mark.parametrize("strategy,ranks,speeds", [("nptp", 3, None), ("nptp", 5, [1, 2, 0.5, 1.5, 1]),
+                                                   ("grid", 4, None), ("coedge", 3, [1, 2, 1])])
+def test_plan_on_small_graph_is_sufficient_and_minimal(strategy, ranks, speeds):
+    g = small_net((40, 36))  # non-divisible by the stride 8: partial last cells
+    plan = make_plan(g, ranks, strategy, speeds)
+    check_invariants(g, plan)
+    for t in [g.input, *plan.halos]:
+        need = plan.scatter if t == g.input else plan.halos[t].need
+        for r in range(ranks):
+            ys, xs = [], []
+            for node in g.consumers(t):
+                if node.window is not None:
+                    y, x = read_pixels(node, plan.own[node.output][r], g.shapes[t][1:])
+                    ys += y
+                    xs += x
+            own = plan.own[t][r]
+            lo_y, lo_x = min(ys + [own[0]]), min(xs + [own[1]])
+            hi_y, hi_x = max(ys + [own[2] - 1]) + 1, max(xs + [own[3] - 1]) + 1
+            assert need[r] == (lo_y, lo_x, hi_y, hi_x), (t, r)  # exactly the bbox of own and what is read
+
+
+def test_plan_on_zoo_models():
+    for name in ("resnet18", "mobilenet_v2", "alexnet"):
+        g = zoo.build(name)
+        plan = make_plan(g, 4, "nptp", [1, 2, 1, 1])
+        check_invariants(g, plan)
+        assert plan.gather == ("reduce" if name != "alexnet" else "gather")
+        assert plan.halo_bytes == objective_bytes(halo_matrix(spatial(g), np.array(plan.cell_tiles)), "total")
+
+
+def test_deterministic_and_serialisable(tmp_path):
+    g = small_net()
+    a, b = make_plan(g, 3), make_plan(g, 3)
+    assert a.fingerprint() == b.fingerprint() and a == b and hash(a) == hash(b)
+    assert make_plan(g, 3, "coedge").fingerprint() != a.fingerprint()
+    doc = json.loads(json.dumps(a.to_json()))
+    for key in ("strategy", "ranks", "speeds", "objective", "model", "tiles", "halo_bytes", "per_rank", "layers",
+                "scatter_bytes", "gather_bytes", "fingerprint"):
+        assert key in doc
+    text = format_plan(a)
+    assert "small" in text and "halo total" in text
+    path = tmp_path / "tiles.png"
+    draw_tiles(a, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and os.listdir(tmp_path) == ["tiles.png"]
+
+
+def test_exact_cost_equals_plan_bytes():
+    g = small_net()
+    plan = make_plan(g, 4, objective="max")
+    cost = halo_cost(spatial(g), "max")
+    assert cost.exact(list(plan.cell_tiles)) == max(r["bytes_sent"] + r["bytes_recv"] for r in plan.per_rank)
