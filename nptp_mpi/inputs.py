@@ -226,6 +226,14 @@ def image_to_tensor(img: Image.Image, size: tuple[int, int], what: str = "image"
     return out
 
 
+def tensor_to_image(x: np.ndarray) -> Image.Image | None:
+    """The picture a normalised (3, h, w) input tensor shows (for drawing tiles over it); None otherwise."""
+    if x.ndim != 3 or x.shape[0] != 3:
+        return None
+    hwc = x.transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
+    return Image.fromarray(np.clip(np.rint(hwc * 255.0), 0, 255).astype(np.uint8))
+
+
 @contextlib.contextmanager
 def _strict_pillow() -> Iterator[None]:
     """Within the block: truncated images fail, and Pillow's bomb limit equals MAX_PIXELS (as errors)."""

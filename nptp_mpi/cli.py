@@ -1,0 +1,270 @@
+"""Command line: `python -m nptp_mpi [run|plan|export|sample|warm|bench] …` (run is the default).
+
+Failure rules: errors every rank meets identically (arguments, model, plan) are printed once by rank 0
+and every rank exits 2; an error on one rank prints one line naming rank, host and cause and aborts the
+whole job at once, so no rank is left waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .graph import Graph, ModelError
+
+COMMANDS = ("run", "plan", "export", "sample", "warm", "bench")
+
+
+class UsageError(ValueError):
+    """Bad arguments (exit code 2)."""
+
+
+class JobError(Exception):
+    """An error that every rank has met identically: rank 0 reports it, all exit with code."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing, so that under mpiexec only one rank reports."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see: python -m nptp_mpi {self.prog.split()[-1]} --help)")
+
+
+def launcher_rank() -> int:
+    """This process's rank as the MPI launcher says, read before MPI starts (0 outside mpiexec)."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512' → (512, 512); '480x640' → (480, 640) (height × width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise UsageError(f"bad --size {text!r}: use N or HxW, e.g. 512 or 480x640")
+    return parts[0], parts[1]
+
+
+def load_model(spec: str, size: tuple[int, int] | None, weights: str | None) -> Graph:
+    """A zoo model by name or an ONNX file, optionally with weights from an .npz file."""
+    from . import zoo
+
+    if spec in zoo.MODELS:
+        graph = zoo.build(spec, size or (224, 224))
+    elif spec.endswith(".onnx"):
+        from .onnx_io import load_onnx
+
+        if not Path(spec).is_file():
+            raise ModelError(f"model file {spec!r} not found")
+        graph = load_onnx(spec, size=size)
+    else:
+        raise UsageError(f"unknown model {spec!r}: use one of {', '.join(zoo.MODELS)} or a .onnx file")
+    if weights:
+        from .weights import load_npz
+
+        graph = load_npz(graph, weights)
+    return graph
+
+
+def describe(graph: Graph, spec: str, weights: str | None) -> str:
+    c, h, w = graph.input_shape
+    origin = "seeded random weights" if not (weights or spec.endswith(".onnx")) else "weights from file"
+    return f"{graph.name} ({origin}), input {c}x{h}x{w}"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write text to path via a temp file in the same folder and a rename: never a half-written file."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def check_writable(path: str | None, flag: str) -> None:
+    """Refuse before any work if an output path cannot be written."""
+    if path is None:
+        return
+    parent = Path(path).resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: folder {parent} does not exist or is not writable")
+
+
+# -- argument parsing --------------------------------------------------------------------------------
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="vgg16", help="zoo name (vgg11/13/16/19, resnet18/34/50, mobilenet_v2, "
+                   "alexnet) or a .onnx file (default vgg16)")
+    p.add_argument("--size", type=parse_size, default=None, help="input N or HxW (default 224, or the model's)")
+    p.add_argument("--weights", help=".npz weights for a zoo model (never unpickled)")
+
+
+def _partition_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", default="nptp", help="coedge | grid | nptp (default nptp)")
+    p.add_argument("--speeds", help="relative board speeds, e.g. 1,1,2,0.5 (default equal)" )
+    p.add_argument("--objective", default="total", choices=("total", "max"),
+                   help="minimise total halo bytes (shared medium) or the largest per-board bytes (switched)")
+    p.add_argument("--png", help="draw the partition over the input image into this PNG")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="python -m nptp_mpi", description=__doc__.splitlines()[0])
+    top.add_argument("--version", action="version", version=f"nptp-mpi {__version__}")
+    sub = top.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="distributed inference (under mpiexec; one process works too)")
+    _model_args(run)
+    _partition_args(run)
+    src = run.add_mutually_exclusive_group()
+    src.add_argument("--image", help="input picture (any format pillow reads)")
+    src.add_argument("--input", help="input tensor .npy, (C,H,W) or (1,C,H,W) float")
+    run.add_argument("--warmup", type=int, default=1, help="untimed inferences first (default 1)")
+    run.add_argument("--repeat", type=int, default=1, help="timed inferences; latency is their median")
+    run.add_argument("--verify", action="store_true", help="rank 0 also runs the single-process reference")
+    run.add_argument("--output", help="write the output tensor (.npy) here")
+    run.add_argument("--report", help="write the JSON report here")
+    run.add_argument("--timeout", type=float, default=300.0,
+                     help="seconds any wait on another rank may take before the job aborts naming it (default 300)")
+    run.add_argument("--debug", action="store_true", help="full tracebacks")
+
+    plan = sub.add_parser("plan", help="print a partition plan (no MPI needed)")
+    _model_args(plan)
+    _partition_args(plan)
+    plan.add_argument("--ranks", type=int, required=True)
+    plan.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+    exp = sub.add_parser("export", help="write a model as ONNX")
+    _model_args(exp)
+    exp.add_argument("-o", "--output", required=True)
+
+    sample = sub.add_parser("sample", help="write the bundled synthetic sample picture")
+    sample.add_argument("-o", "--output", required=True)
+    sample.add_argument("--size", type=parse_size, default=(480, 640))
+
+    sub.add_parser("warm", help="compile every kernel once into the Numba cache")
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench.add_argument("what", choices=("kernels",))
+    bench.add_argument("--models", default="vgg16,resnet50")
+    bench.add_argument("--size", type=parse_size, default=(224, 224))
+    bench.add_argument("--repeat", type=int, default=5)
+    return top
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["run", *argv]
+    args = build_parser().parse_args(argv)
+    if getattr(args, "timeout", 1) <= 0:
+        raise UsageError("--timeout must be > 0 seconds")
+    for flag in ("warmup", "repeat", "ranks"):
+        if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < (0 if flag == "warmup" else 1):
+            raise UsageError(f"--{flag} must be {'≥ 0' if flag == 'warmup' else '≥ 1'}")
+    return args
+
+
+# -- commands without MPI ----------------------------------------------------------------------------
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from .partition import parse_speeds
+    from .plan import draw_tiles, format_plan, make_plan
+
+    graph = load_model(args.model, args.size, args.weights)
+    speeds = parse_speeds(args.speeds, args.ranks) if args.speeds else None
+    plan = make_plan(graph, args.ranks, args.strategy, speeds, args.objective)
+    print(json.dumps(plan.to_json(), indent=1) if args.json else format_plan(plan))
+    if args.png:
+        check_writable(args.png, "--png")
+        draw_tiles(plan, args.png)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .onnx_io import save_onnx
+
+    check_writable(args.output, "-o")
+    graph = load_model(args.model, args.size, args.weights)
+    save_onnx(graph, args.output)
+    print(f"wrote {args.output}: {describe(graph, args.model, args.weights)}")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from .inputs import write_sample
+
+    check_writable(args.output, "-o")
+    write_sample(args.output, args.size)
+    print(f"wrote {args.output}")
+
+
+def cmd_warm(args: argparse.Namespace) -> None:
+    from .warm import warm
+
+    t0 = time.perf_counter()
+    warm()
+    print(f"kernels compiled and cached in {time.perf_counter() - t0:.1f} s")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import bench_convs, conv_layers, format_table
+
+    layers = [layer for m in args.models.split(",") for layer in conv_layers(load_model(m, args.size, None))]
+    print(format_table(bench_convs(layers, repeat=args.repeat)))
+
+
+# -- the distributed run -----------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args(argv)
+    except UsageError as e:
+        if launcher_rank() == 0:
+            print(f"nptp-mpi: error: {e}", file=sys.stderr)
+        return 2
+    if args.command != "run":
+        try:
+            {"plan": cmd_plan, "export": cmd_export, "sample": cmd_sample, "warm": cmd_warm,
+             "bench": cmd_bench}[args.command](args)
+        except (ValueError, OSError) as e:  # ModelError, InputError, PartitionError, UsageError are ValueErrors
+            print(f"nptp-mpi: error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    from .run import run_job
+
+    return run_job(args)
+
+
+def report_failure(world, exc: BaseException, debug: bool) -> int:
+    """One line naming rank, host and cause (the traceback with --debug); the exit code to use."""
+    user = isinstance(exc, (ValueError, OSError))
+    kind = "" if user else f"{type(exc).__name__}: "
+    print(f"nptp-mpi: error on rank {world.rank} (host {world.host}): {kind}{exc}", file=sys.stderr)
+    if debug:
+        traceback.print_exception(exc)
+    return 2 if user else 1

@@ -1,0 +1,154 @@
+"""Distributed engine: one rank's share of an inference, step by step as the plan says.
+
+Rank 0 scatters the input (each rank gets its tile plus the halo its first layers read); every layer
+computes the rank's own tile from its buffer and, if a later window op reads past the tile, exchanges
+the halo with the neighbours that own it; the head is reduced (global pooling) or gathered to rank 0.
+Buffers and MPI datatypes are made once, in the constructor, and reused by every inference.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .exchange import Messages, World
+from .graph import Graph
+from .ops import Tile, run_head, run_spatial
+from .plan import Plan
+
+Rect = tuple[int, int, int, int]
+
+
+class _Msg(NamedTuple):
+    src: int
+    dst: int
+    rect: Rect
+
+
+@dataclass
+class Stats:
+    """What one rank measured in one inference."""
+
+    compute_s: float
+    comm_s: float
+    halo_sent: int
+    halo_recv: int
+    other_sent: int
+    other_recv: int
+
+
+def _full(shape: tuple[int, ...]) -> Rect:
+    return (0, 0, shape[1], shape[2])
+
+
+class Engine:
+    """Runs plan on world's ranks; infer() returns the output on rank 0 and None elsewhere."""
+
+    def __init__(self, graph: Graph, plan: Plan, world: World) -> None:
+        if plan.ranks != world.size:
+            raise ValueError(f"plan is for {plan.ranks} ranks, the job has {world.size}")
+        self.graph, self.plan, self.world = graph, plan, world
+        r = world.rank
+        k = next((i for i, n in enumerate(graph.nodes) if not n.spatial), len(graph.nodes))
+        self.spatial, self.head = graph.nodes[:k], graph.nodes[k:]
+        self.last = self.spatial[-1].output if self.spatial else graph.input
+
+        # Each tensor's buffer holds what this rank reads of it: its halo'd need, else its own tile.
+        self.rects: dict[str, Rect] = {}
+        for t, own in plan.own.items():
+            if t == graph.input:
+                self.rects[t] = plan.scatter[r]
+            elif t in plan.halos:
+                self.rects[t] = plan.halos[t].need[r]
+            else:
+                self.rects[t] = own[r]
+        self.buffers = {t: np.zeros(self._shape(t, rect), np.float32) for t, rect in self.rects.items()}
+        self.msgs: dict[str, Messages] = {
+            t: world.halo_messages(self.buffers[t].shape, self.rects[t], h.transfers) for t, h in plan.halos.items()
+        }
+        self.tags = {t: i + 2 for i, t in enumerate(plan.halos)}
+
+        x_shape = tuple(graph.input_shape)
+        scatter = [_Msg(0, q, plan.scatter[q]) for q in range(plan.ranks) if q != 0]
+        self.scatter = world.halo_messages(
+            x_shape if r == 0 else self.buffers[graph.input].shape,
+            _full(x_shape) if r == 0 else self.rects[graph.input], scatter)
+
+        self.reduce = plan.gather == "reduce"
+        last_shape = graph.shapes[self.last]
+        self.gathered = np.zeros(last_shape, np.float32) if (r == 0 and not self.reduce) else None
+        gather = [] if self.reduce else [_Msg(q, 0, plan.own[self.last][q]) for q in range(plan.ranks) if q != 0]
+        self.gather = world.halo_messages(
+            last_shape if r == 0 else self.buffers[self.last].shape,
+            _full(last_shape) if r == 0 else self.rects[self.last], gather)
+
+    def _shape(self, tensor: str, rect: Rect) -> tuple[int, int, int]:
+        return (self.graph.shapes[tensor][0], rect[2] - rect[0], rect[3] - rect[1])
+
+    def _own(self, tensor: str) -> Rect:
+        return self.plan.own[tensor][self.world.rank]
+
+    def _store(self, tensor: str, data: np.ndarray) -> None:
+        """Put this rank's own tile of tensor into its buffer (a copy only when the buffer has a halo)."""
+        rect = self.rects[tensor]
+        if rect == self._own(tensor):
+            self.buffers[tensor] = data
+        else:
+            Tile(self.buffers[tensor], rect).view(self._own(tensor))[...] = data
+
+    def infer(self, x: np.ndarray | None) -> tuple[np.ndarray | None, Stats]:
+        """One inference; x is the whole input (C, H, W) on rank 0 and ignored elsewhere."""
+        w, r = self.world, self.world.rank
+        w.traffic.reset()
+        compute = 0.0
+        if r == 0:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            Tile(self.buffers[self.graph.input], self.rects[self.graph.input]).data[...] = Tile(
+                x, _full(x.shape)).view(self.rects[self.graph.input])
+        w.exchange(x if r == 0 else self.buffers[self.graph.input], self.scatter, 1, "the input scatter", halo=False)
+
+        for node in self.spatial:
+            t0 = time.perf_counter()
+            ins = [Tile(self.buffers[t], self.rects[t]) for t in node.inputs]
+            in_hw = self.graph.shapes[node.inputs[0]][1:]
+            self._store(node.output, run_spatial(node, ins, in_hw, self._own(node.output)))
+            compute += time.perf_counter() - t0
+            if node.output in self.msgs:
+                w.exchange(self.buffers[node.output], self.msgs[node.output], self.tags[node.output],
+                           f"the halo exchange after {node.name!r}")
+
+        t0 = time.perf_counter()
+        head_in = self._head_input()
+        compute += time.perf_counter() - t0
+        out = None
+        if r == 0:
+            t0 = time.perf_counter()
+            out = head_in
+            for node in self.head[1:] if self.reduce else self.head:
+                out = run_head(node, [out])
+            compute += time.perf_counter() - t0
+        tr = w.traffic
+        return out, Stats(compute, tr.wait_s, tr.halo_sent, tr.halo_recv, tr.other_sent, tr.other_recv)
+
+    def _head_input(self) -> np.ndarray | None:
+        """The last spatial tensor made whole at rank 0: summed (global pooling) or gathered."""
+        w = self.world
+        own = Tile(self.buffers[self.last], self.rects[self.last]).view(self._own(self.last))
+        if self.reduce:
+            c, h, wd = self.graph.shapes[self.last]
+            total = w.reduce_sum(own.sum(axis=(1, 2), dtype=np.float64))
+            return None if total is None else (total / (h * wd)).astype(np.float32).reshape(c, 1, 1)
+        if w.rank == 0:
+            Tile(self.gathered, _full(self.gathered.shape)).view(self._own(self.last))[...] = own
+            w.exchange(self.gathered, self.gather, 0, "the head gather", halo=False)
+            return self.gathered
+        w.exchange(self.buffers[self.last], self.gather, 0, "the head gather", halo=False)
+        return None
+
+    def close(self) -> None:
+        """Free the MPI datatypes."""
+        for m in (*self.msgs.values(), self.scatter, self.gather):
+            m.free()

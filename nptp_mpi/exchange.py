@@ -1,0 +1,152 @@
+"""Everything that touches MPI: the job's ranks, halo exchange, input scatter, head gather, agreement.
+
+Messages are described by MPI subarray datatypes built once per tensor and reused every inference,
+so halos travel straight from one rank's buffer into the neighbour's, with no packing copies. The
+bytes each rank moves are read back from MPI (datatype sizes and receive statuses), independently
+of the plan, so tests can check the wire against the plan's prediction.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from mpi4py import MPI
+
+Rect = tuple[int, int, int, int]
+
+
+class PeerTimeout(TimeoutError):
+    """A peer did not answer within --timeout: a link is down or a board froze."""
+
+
+def _subarray(shape: tuple[int, ...], buf_rect: Rect, rect: Rect) -> MPI.Datatype:
+    """Datatype selecting rect (all channels) of a (C, h, w) float32 buffer that holds buf_rect."""
+    c = shape[0]
+    sub = (c, rect[2] - rect[0], rect[3] - rect[1])
+    start = (0, rect[0] - buf_rect[0], rect[1] - buf_rect[1])
+    return MPI.FLOAT.Create_subarray(list(shape), list(sub), list(start)).Commit()
+
+
+@dataclass
+class Traffic:
+    """Bytes and seconds one rank spent communicating (measured, not predicted)."""
+
+    halo_sent: int = 0
+    halo_recv: int = 0
+    other_sent: int = 0
+    other_recv: int = 0
+    wait_s: float = 0.0
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+@dataclass
+class Messages:
+    """Pre-built point-to-point messages on one buffer: (peer, datatype) to send and to receive."""
+
+    sends: list[tuple[int, MPI.Datatype]] = field(default_factory=list)
+    recvs: list[tuple[int, MPI.Datatype]] = field(default_factory=list)
+
+    def free(self) -> None:
+        for _, t in self.sends + self.recvs:
+            t.Free()
+        self.sends.clear()
+        self.recvs.clear()
+
+
+class World:
+    """This job's ranks: who we are, agreement at start-up, abort, and the messages of a plan."""
+
+    def __init__(self, comm: MPI.Comm | None = None, timeout: float | None = None) -> None:
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.host = socket.gethostname()
+        self.hosts: list[str] | None = None  # every rank's host, once known (for messages)
+        self.timeout = timeout
+        self.traffic = Traffic()
+
+    def wait(self, reqs: list[MPI.Request], what: str, peers: list[int] | None = None,
+             statuses: list[MPI.Status] | None = None) -> None:
+        """Waitall bounded by self.timeout, yielding the core between polls: free on a board's own core,
+        and it keeps ranks that share a laptop's cores from spinning while their peers compute."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while not MPI.Request.Testall(reqs, statuses):
+            if deadline is not None and time.monotonic() > deadline:
+                raise PeerTimeout(f"timed out after {self.timeout:g} s waiting for {self._pending(reqs, peers)} "
+                                  f"in {what}")
+            os.sched_yield()
+
+    def _pending(self, reqs: list[MPI.Request], peers: list[int] | None) -> str:
+        if peers is None:
+            return "another rank"
+        late = sorted({p for r, p in zip(reqs, peers, strict=True) if not r.Get_status()})
+        hosts = self.hosts or ["?"] * self.size
+        return ", ".join(f"rank {p} (host {hosts[p]})" for p in late) or "another rank"
+
+    # -- start-up agreement: small Python values, each after a bounded barrier -------------
+    def allgather(self, value):
+        """Small Python values from every rank (start-up facts, timings); never feature maps."""
+        self.barrier()
+        return self.comm.allgather(value)
+
+    def bcast(self, value, root: int = 0):
+        self.barrier()
+        return self.comm.bcast(value, root=root)
+
+    def abort(self, code: int) -> None:
+        """End the whole job now: no rank may be left waiting in a collective."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+    def barrier(self) -> None:
+        self.wait([self.comm.Ibarrier()], "a barrier (some rank has not arrived)")
+
+    # -- messages ---------------------------------------------------------------------------
+    def halo_messages(self, shape: tuple[int, ...], buf_rect: Rect, transfers) -> Messages:
+        """This rank's sends and receives of one tensor's halo, on its (C, h, w) buffer holding buf_rect."""
+        m = Messages()
+        for t in transfers:
+            if t.src == self.rank:
+                m.sends.append((t.dst, _subarray(shape, buf_rect, t.rect)))
+            elif t.dst == self.rank:
+                m.recvs.append((t.src, _subarray(shape, buf_rect, t.rect)))
+        return m
+
+    def exchange(self, buf: np.ndarray, msgs: Messages, tag: int, what: str, halo: bool = True) -> None:
+        """Receives pre-posted, then sends, then wait: the basic neighbour-only exchange."""
+        reqs = [self.comm.Irecv([buf, 1, t], source=src, tag=tag) for src, t in msgs.recvs]
+        reqs += [self.comm.Isend([buf, 1, t], dest=dst, tag=tag) for dst, t in msgs.sends]
+        t0 = time.perf_counter()
+        statuses = [MPI.Status() for _ in reqs]
+        self.wait(reqs, what, [p for p, _ in msgs.recvs + msgs.sends], statuses)
+        self.traffic.wait_s += time.perf_counter() - t0
+        recv = sum(s.Get_count(MPI.BYTE) for s in statuses[: len(msgs.recvs)])
+        sent = sum(t.Get_size() for _, t in msgs.sends)
+        if halo:
+            self.traffic.halo_recv += recv
+            self.traffic.halo_sent += sent
+        else:
+            self.traffic.other_recv += recv
+            self.traffic.other_sent += sent
+
+    def reduce_sum(self, x: np.ndarray, root: int = 0) -> np.ndarray | None:
+        """Element-wise sum over ranks at root (global pooling of per-tile partial sums)."""
+        out = np.empty_like(x) if self.rank == root else None
+        t0 = time.perf_counter()
+        self.wait([self.comm.Ireduce(x, out, op=MPI.SUM, root=root)], "the global-pooling reduction")
+        self.traffic.wait_s += time.perf_counter() - t0
+        if self.rank != root:
+            self.traffic.other_sent += x.nbytes
+        return out
+
+    def gather_values(self, value, root: int = 0):
+        self.barrier()
+        return self.comm.gather(value, root=root)

@@ -1,0 +1,235 @@
+"""`run`: one distributed inference (or a timed series) under mpiexec, with a report at rank 0.
+
+Start-up is local work first (arguments, model, speed probe), then one agreement in which every rank
+shows its errors and fingerprints, so a rank that failed early can never leave the others stranded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+from .cli import (
+    JobError,
+    atomic_write_text,
+    check_writable,
+    describe,
+    human_bytes,
+    load_model,
+    report_failure,
+)
+from .engine import Engine, Stats
+from .exchange import World
+from .graph import Graph
+from .plan import Plan
+
+VERIFY_TOL = 1e-5  # max |distributed − reference| relative to max |reference|
+
+
+def inject_fault(world: World, phase: str) -> None:
+    """Test hook: NPTP_FAULT=rank:phase[:stall] raises (or hangs) on that rank in that phase; inert when unset."""
+    spec = os.environ.get("NPTP_FAULT", "").split(":")
+    if spec[:2] == [str(world.rank), phase]:
+        if spec[2:] == ["stall"]:
+            time.sleep(24 * 3600)
+        raise RuntimeError(f"injected fault in {phase}")
+
+
+def measure_speed(repeat: int = 3) -> float:
+    """This board's speed: inverse median time of a fixed 3×3 conv (what --speeds auto uses)."""
+    import kernels as K
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 56, 56), dtype=np.float32)
+    w = rng.standard_normal((32, 32, 3, 3), dtype=np.float32)
+    times = []
+    for _ in range(repeat + 1):
+        t0 = time.perf_counter()
+        K.conv2d(x, (0, 0), (56, 56), w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, (0, 0, 56, 56))
+        times.append(time.perf_counter() - t0)
+    return 1.0 / statistics.median(times[1:])
+
+
+def _local_setup(args: argparse.Namespace, world: World) -> tuple[Graph, dict, float | None]:
+    """Everything a rank can do alone before talking to the others; may raise."""
+    from .partition import parse_speeds
+
+    if world.rank == 0:
+        for path, flag in ((args.output, "--output"), (args.report, "--report"), (args.png, "--png")):
+            check_writable(path, flag)
+    graph = load_model(args.model, args.size, args.weights)
+    auto = args.speeds == "auto"
+    if args.speeds and not auto:
+        parse_speeds(args.speeds, world.size)
+    facts = {"version": __version__, "model": graph.fingerprint(),
+             "args": [args.model, args.size, args.weights, args.strategy, args.speeds, args.objective,
+                      args.warmup, args.repeat]}
+    return graph, facts, measure_speed() if auto else None
+
+
+def _agree(world: World, err: str | None, facts: dict | None, speed: float | None) -> list[float | None]:
+    """Every rank learns every rank's start-up error and facts; any error or difference → JobError."""
+    everyone = world.allgather((err, facts, speed, world.host))
+    world.hosts = [e[3] for e in everyone]
+    failed = [(r, h, e) for r, (e, _, _, h) in enumerate(everyone) if e]
+    if failed:
+        r, h, e = failed[0]
+        if len(failed) == world.size and len({e for _, _, e in failed}) == 1:
+            raise JobError(e)
+        more = f" (and {len(failed) - 1} more ranks)" if len(failed) > 1 else ""
+        raise JobError(f"rank {r} (host {h}): {e}{more}")
+    for key in facts:
+        values = [f[key] for _, f, _, _ in everyone]
+        odd = next((r for r, v in enumerate(values) if v != values[0]), None)
+        if odd is not None:
+            raise JobError(f"ranks disagree on {key}: rank 0 has {values[0]}, rank {odd} "
+                           f"(host {everyone[odd][3]}) has {values[odd]}; run the same checkout and arguments")
+    return [s for _, _, s, _ in everyone]
+
+
+def _make_plan(args: argparse.Namespace, graph: Graph, world: World, measured: list[float | None]) -> Plan:
+    from .partition import parse_speeds
+    from .plan import make_plan
+
+    if args.speeds == "auto":
+        speeds = measured
+    else:
+        speeds = parse_speeds(args.speeds, world.size) if args.speeds else None
+    try:
+        plan = make_plan(graph, world.size, args.strategy, speeds, args.objective)
+    except ValueError as e:  # deterministic: every rank has just met the same error
+        raise JobError(str(e)) from None
+    prints = world.allgather(plan.fingerprint())
+    if len(set(prints)) != 1:
+        raise JobError(f"ranks computed different plans ({', '.join(prints)}); same checkout on every board?")
+    return plan
+
+
+def _load_input(args: argparse.Namespace, graph: Graph, world: World) -> np.ndarray | None:
+    """Rank 0 reads the input; every rank learns whether that worked."""
+    from .inputs import image_to_tensor, load_image, load_tensor, sample_image
+
+    x, err = None, None
+    if world.rank == 0:
+        try:
+            c, h, w = graph.input_shape
+            if args.input:
+                x = load_tensor(args.input, (c, h, w))
+            elif args.image:
+                x = load_image(args.image, (h, w))
+            else:
+                x = image_to_tensor(sample_image(), (h, w), "the sample picture")
+        except (ValueError, OSError) as e:
+            err = str(e)
+    err = world.bcast(err)
+    if err:
+        raise JobError(err)
+    return x
+
+
+def run_job(args: argparse.Namespace) -> int:
+    """The `run` command on this rank; returns the exit code (or aborts the job)."""
+    world = World(timeout=args.timeout)
+    try:
+        return _run(args, world)
+    except JobError as e:
+        if world.rank == 0:
+            print(f"nptp-mpi: error: {e}", file=sys.stderr)
+        return e.code
+    except BaseException as e:  # noqa: BLE001 - any failure on one rank must end every rank
+        world.abort(report_failure(world, e, args.debug))
+        return 1
+
+
+def _run(args: argparse.Namespace, world: World) -> int:
+    err, facts, speed, graph = None, None, None, None
+    try:
+        inject_fault(world, "setup")
+        graph, facts, speed = _local_setup(args, world)
+    except (ValueError, OSError, RuntimeError) as e:
+        err = str(e)
+    measured = _agree(world, err, facts, speed)
+    plan = _make_plan(args, graph, world, measured)
+    x = _load_input(args, graph, world)
+
+    engine = Engine(graph, plan, world)
+    for _ in range(args.warmup):
+        engine.infer(x)
+    latencies, stats, out = [], [], None
+    for i in range(args.repeat):
+        world.barrier()
+        inject_fault(world, "infer")
+        t0 = time.perf_counter()
+        out, st = engine.infer(x)
+        latencies.append(time.perf_counter() - t0)
+        stats.append(st)
+        if world.rank == 0 and args.repeat > 1:
+            print(f"inference {i + 1}/{args.repeat}: {latencies[-1]:.3f} s", file=sys.stderr, flush=True)
+    engine.close()
+    everyone = world.gather_values((world.host, stats, latencies))
+    if world.rank == 0:
+        _finish(args, graph, plan, x, out, everyone)
+    return 0
+
+
+def _median_stats(stats: list[Stats]) -> dict:
+    return {"compute_s": statistics.median(s.compute_s for s in stats),
+            "comm_s": statistics.median(s.comm_s for s in stats),
+            "bytes_sent": stats[-1].halo_sent, "bytes_recv": stats[-1].halo_recv}
+
+
+def _finish(args, graph: Graph, plan: Plan, x: np.ndarray, out: np.ndarray, everyone: list) -> None:
+    """Rank 0: verify, print the table, write output, report and picture."""
+    from .inputs import atomic_save_npy, tensor_to_image
+
+    latency = statistics.median(everyone[0][2])
+    per_rank = [{"rank": r, "host": host, "tile": list(plan.tiles[r]), **_median_stats(st)}
+                for r, (host, st, _) in enumerate(everyone)]
+    measured = sum(p["bytes_recv"] for p in per_rank)
+    report = {"model": graph.name, "model_fingerprint": graph.fingerprint(), "input_shape": list(graph.input_shape),
+              "weights": "file" if (args.weights or args.model.endswith(".onnx")) else "seeded random",
+              "strategy": plan.strategy, "ranks": plan.ranks, "speeds": list(plan.speeds),
+              "objective": plan.objective, "latency_s": latency, "latencies_s": everyone[0][2],
+              "halo_bytes": measured, "plan_halo_bytes": plan.halo_bytes, "per_rank": per_rank,
+              "plan_fingerprint": plan.fingerprint(), "version": __version__}
+    if args.verify:
+        from .reference import run as reference
+
+        ref = reference(graph, x)
+        scale = float(np.max(np.abs(ref))) or 1.0
+        report["verify_rel_error"] = float(np.max(np.abs(out - ref))) / scale
+    print(format_report(report, describe(graph, args.model, args.weights)))
+    if args.output:
+        atomic_save_npy(args.output, out[None])
+    if args.report:
+        atomic_write_text(args.report, json.dumps(report, indent=1) + "\n")
+    if args.png:
+        from .plan import draw_tiles
+
+        draw_tiles(plan, args.png, image=tensor_to_image(x))
+
+
+def format_report(rep: dict, what: str) -> str:
+    """The console table: one row per rank, then latency, bytes and the verification."""
+    head = (f"{'rank':>4}  {'host':<16} {'tile y0,x0,y1,x1':<20} {'compute':>9} {'comm wait':>10} "
+            f"{'sent':>10} {'recv':>10}")
+    lines = [f"nptp-mpi: {what}; strategy {rep['strategy']}, {rep['ranks']} rank(s), speeds "
+             f"{','.join(f'{s:g}' for s in rep['speeds'])}", head, "-" * len(head)]
+    for p in rep["per_rank"]:
+        lines.append(f"{p['rank']:>4}  {p['host'][:16]:<16} {','.join(map(str, p['tile'])):<20} "
+                     f"{p['compute_s']:>8.3f}s {p['comm_s']:>9.3f}s {human_bytes(p['bytes_sent']):>10} "
+                     f"{human_bytes(p['bytes_recv']):>10}")
+    n = len(rep["latencies_s"])
+    lines.append(f"latency {rep['latency_s']:.3f} s (median of {n}); halo moved {human_bytes(rep['halo_bytes'])} "
+                 f"(plan {human_bytes(rep['plan_halo_bytes'])})")
+    if "verify_rel_error" in rep:
+        ok = "ok" if rep["verify_rel_error"] <= VERIFY_TOL else f"ABOVE {VERIFY_TOL:g}"
+        lines.append(f"verify: max |distributed - reference| / max |reference| = {rep['verify_rel_error']:.2e} ({ok})")
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""The command line as users run it: mpiexec jobs, reports, output files, and every error path ending fast."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import numpy as np
+import pytest
+from conftest import assert_close, run_cli
+
+SMALL = ["--model", "resnet18", "--size", "96x128"]
+
+
+def test_run_writes_output_report_and_picture(tmp_path) -> None:
+    out, rep, png = tmp_path / "y.npy", tmp_path / "r.json", tmp_path / "tiles.png"
+    p = run_cli(["run", *SMALL, "--strategy", "nptp", "--verify", "--repeat", "2", "--output", str(out),
+                 "--report", str(rep), "--png", str(png)], ranks=3)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(rep.read_text())
+    for key in ("strategy", "ranks", "latency_s", "halo_bytes", "per_rank"):
+        assert key in report
+    assert report["ranks"] == 3 and report["strategy"] == "nptp"
+    assert report["halo_bytes"] == report["plan_halo_bytes"] > 0
+    assert report["verify_rel_error"] <= 1e-5
+    assert [r["rank"] for r in report["per_rank"]] == [0, 1, 2]
+    for r in report["per_rank"]:
+        assert {"host", "tile", "compute_s", "comm_s", "bytes_sent", "bytes_recv"} <= r.keys()
+    assert sum(r["bytes_sent"] for r in report["per_rank"]) == report["halo_bytes"]
+    assert np.load(out, allow_pickle=False).shape == (1, 1000)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "seeded random weights" in p.stdout and "verify" in p.stdout
+    assert p.stdout.count("latency") == 1  # one table, from rank 0 only
+
+
+def test_input_tensor_matches_reference(tmp_path) -> None:
+    from nptp_mpi import zoo
+    from nptp_mpi.reference import run as reference
+
+    x = np.random.default_rng(3).standard_normal((3, 96, 128), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    p = run_cli(["run", *SMALL, "--strategy", "grid", "--input", str(tmp_path / "x.npy"),
+                 "--output", str(tmp_path / "y.npy")], ranks=2)
+    assert p.returncode == 0, p.stderr
+    want = reference(zoo.build("resnet18", (96, 128)), x)
+    assert_close(np.load(tmp_path / "y.npy")[0], want, 1e-5)
+
+
+def test_plan_json_without_mpi() -> None:
+    p = run_cli(["plan", "--model", "vgg16", "--size", "224", "--ranks", "4", "--strategy", "nptp", "--json"])
+    assert p.returncode == 0, p.stderr
+    plan = json.loads(p.stdout)
+    assert plan["strategy"] == "nptp" and plan["ranks"] == 4 and len(plan["tiles"]) == 4
+    assert plan["halo_bytes"] == sum(r["bytes_recv"] for r in plan["per_rank"]) > 0
+
+
+def test_export_writes_onnx(tmp_path) -> None:
+    p = run_cli(["export", "--model", "mobilenet_v2", "--size", "64", "-o", str(tmp_path / "m.onnx")])
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "m.onnx").stat().st_size > 1000
+
+
+def _fails_fast(args, ranks, needle, code=2, limit=60.0, env=None):
+    t0 = time.monotonic()
+    p = run_cli(args, ranks=ranks, timeout=limit, env=env)
+    assert p.returncode == code if code else p.returncode != 0, (p.returncode, p.stderr)
+    assert needle in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    return p, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--strategy", "coedge", "--model", "resnet18", "--size", "64"], "largest"),  # 2x2 cells: no 3 strips
+    (["--strategy", "zigzag", *SMALL], "zigzag"),
+    (["--speeds", "1,x,1", *SMALL], "speeds"),
+    (["--speeds", "1,1", *SMALL], "speeds"),
+    (["--model", "nosuchnet"], "nosuchnet"),
+    (["--warmup", "x", *SMALL], "--warmup"),
+    (["--model", "resnet18", "--size", "0x5"], "--size"),
+    (["--image", "/nonexistent.png", *SMALL], "nonexistent"),
+])
+def test_bad_arguments_end_every_rank_with_one_message(args, needle) -> None:
+    p, _ = _fails_fast(["run", *args], ranks=3, needle=needle)
+    assert p.stderr.count("nptp-mpi: error") == 1, p.stderr
+
+
+def test_failure_on_one_rank_at_startup_is_reported_once() -> None:
+    p, _ = _fails_fast(["run", *SMALL], ranks=3, needle="rank 1", env={"NPTP_FAULT": "1:setup"})
+    assert p.stderr.count("nptp-mpi: error") == 1 and "injected fault" in p.stderr
+
+
+def test_failure_on_one_rank_mid_run_aborts_the_job() -> None:
+    p, took = _fails_fast(["run", *SMALL, "--repeat", "3"], ranks=3, needle="rank 2", code=None,
+                          env={"NPTP_FAULT": "2:infer"})
+    assert f"host {socket.gethostname()}" in p.stderr and "injected fault" in p.stderr
+    assert took < 60
+
+
+def test_bad_input_files_give_one_line_and_exit_2(tmp_path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    nan = np.zeros((3, 96, 128), np.float32)
+    nan[0, 1, 2] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "shape.npy", np.zeros((3, 50, 50), np.float32))
+    node = helper.make_node("Resize", ["x"], ["y"], name="up1")
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, (1, 3, 8, 8)) for n in ("x", "y")]
+    onnx.save(helper.make_model(helper.make_graph([node], "g", io[:1], io[1:])), tmp_path / "resize.onnx")
+    cases = [(["--image", str(tmp_path / "bad.png")], "bad.png"),
+             (["--input", str(tmp_path / "nan.npy")], "NaN"),
+             (["--input", str(tmp_path / "shape.npy")], "expected"),
+             (["--model", str(tmp_path / "resize.onnx")], "Resize"),
+             (["--output", str(tmp_path / "no" / "dir" / "y.npy")], "not writable")]
+    for args, needle in cases:
+        p = run_cli(["run", *SMALL, *args])
+        assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = run_cli(["run", "--model", str(tmp_path / "resize.onnx")])
+    assert "up1" in p.stderr and "resize.onnx" in p.stderr
+
+
+def test_stalled_peer_times_out_naming_it() -> None:
+    p, took = _fails_fast(["run", *SMALL, "--timeout", "4"], ranks=3, needle="rank 1 (host", code=None,
+                          env={"NPTP_FAULT": "1:infer:stall"})
+    assert "timed out after 4 s" in p.stderr
+    assert took < 60

@@ -1,0 +1,76 @@
+"""Distributed output equals the single-process reference, and the wire carries exactly the plan's bytes.
+
+`./run.sh test` runs this file under `mpiexec -n N python -m mpi4py -m pytest --with-mpi -m mpi` for
+N = 2, 3 and 4; every case runs on all N ranks of the job.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+STRATEGIES = ("coedge", "grid", "nptp")
+# Square, non-square and non-divisible (by the cumulative stride) inputs, each with ≥ 4 cell rows so
+# that 4 strips fit.
+SIZES = {"default": ((128, 128), (128, 160), (136, 150)), "alexnet": ((160, 160), (160, 192), (167, 181))}
+MODELS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "mobilenet_v2", "alexnet")
+
+
+@functools.lru_cache(maxsize=1)  # one model at a time: the VGGs hold 0.5 GB of weights each
+def zoo_graph(name: str):
+    from nptp_mpi import zoo
+
+    return zoo.build(name, SIZES.get(name, SIZES["default"])[0])
+
+
+def check_against_reference(graph, strategy: str, speeds=None) -> None:
+    """Run on every rank of the job; rank 0 checks output and bytes, then everyone learns the verdict."""
+    from mpi4py import MPI
+    from nptp_mpi.plan import make_plan
+
+    from nptp_mpi.engine import Engine
+    from nptp_mpi.exchange import World
+    from nptp_mpi.reference import run as reference
+
+    world = World(MPI.COMM_WORLD)
+    x = np.random.default_rng(1).standard_normal(graph.input_shape, dtype=np.float32)
+    plan = make_plan(graph, world.size, strategy, speeds and speeds[: world.size])
+    engine = Engine(graph, plan, world)
+    out, stats = engine.infer(x if world.rank == 0 else None)
+    engine.close()
+    recv, sent = world.comm.reduce(stats.halo_recv), world.comm.reduce(stats.halo_sent)
+    failure = None
+    if world.rank == 0:
+        try:
+            assert_close(out, reference(graph, x), 1e-5)
+            assert recv == sent == plan.halo_bytes, (recv, sent, plan.halo_bytes)
+        except AssertionError as e:
+            failure = str(e)
+    failure = world.bcast(failure)  # every rank passes or fails the same test: no rank runs ahead
+    assert failure is None, failure
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("size_index", range(3))
+@pytest.mark.parametrize("model", MODELS)  # outermost, so each model is built once
+def test_zoo_equals_reference(model: str, size_index: int, strategy: str) -> None:
+    hw = SIZES.get(model, SIZES["default"])[size_index]
+    check_against_reference(zoo_graph(model).with_input_hw(*hw), strategy)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_mixed_speeds_equal_reference(strategy: str) -> None:
+    check_against_reference(zoo_graph("resnet18").with_input_hw(160, 128), strategy, [1.0, 2.0, 0.5, 1.5])
+
+
+def test_onnx_file_equals_reference(tmp_path) -> None:
+    from nptp_mpi.onnx_io import load_onnx, save_onnx
+
+    path = tmp_path / "resnet18.onnx"  # tmp_path differs per rank: each rank writes and reads its own copy
+    save_onnx(zoo_graph("resnet18").with_input_hw(128, 128), path)
+    check_against_reference(load_onnx(str(path)), "nptp")
