@@ -3,6 +3,8 @@
 #   ./run.sh            set up if needed, then the 4-rank demo
 #   ./run.sh setup      create .venv, install the package and its MPI runtime, warm the Numba cache
 #   ./run.sh test       set up if needed, then every test (plain, then under MPI)
+#   ./run.sh run [-n N] [--hostfile F] ARGS…   python -m nptp_mpi ARGS on N ranks (default 4), on the
+#                       boards of hostfile F (MPICH host:slots or Open MPI "host slots=N", either works)
 #   ./run.sh help       this text
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -109,12 +111,35 @@ run_tests() {
   done
 }
 
-usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; }
+launch() {
+  local n=$RANKS hostfile="" args=() launcher fmt conv
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      -n|-np) [ $# -ge 2 ] || die "$1 needs a number"; n=$2; shift 2 ;;
+      -f|--hostfile) [ $# -ge 2 ] || die "$1 needs a file"; hostfile=$2; shift 2 ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "-n must be a positive number of ranks, not '$n'"
+  read -r -a launcher <<< "$(mpiexec_cmd)"
+  if [ -n "$hostfile" ]; then
+    fmt=mpich
+    [[ "${launcher[*]}" == *--oversubscribe* ]] && fmt=openmpi
+    conv=$(mktemp "${TMPDIR:-/tmp}/nptp-hosts.XXXXXX")
+    trap "rm -f '$conv'" EXIT
+    "$VENV/bin/python" -m nptp_mpi hostfile "$hostfile" --launcher "$fmt" > "$conv" || exit 2
+    if [ "$fmt" = mpich ]; then launcher+=(-f "$conv"); else launcher+=(--hostfile "$conv"); fi
+  fi
+  "${launcher[@]}" -n "$n" "$VENV/bin/python" -m nptp_mpi "${args[@]}"
+}
+
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
 
 case "${1:-demo}" in
   demo) setup; demo ;;
   setup) setup ;;
   test) setup; run_tests ;;
+  run) shift; setup; launch "$@" ;;
   help|-h|--help) usage ;;
   *) usage >&2; die "unknown command '$1'" ;;
 esac

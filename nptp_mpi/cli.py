@@ -18,7 +18,7 @@ from pathlib import Path
 from . import __version__
 from .graph import Graph, ModelError
 
-COMMANDS = ("run", "plan", "export", "sample", "warm", "bench")
+COMMANDS = ("run", "plan", "export", "sample", "warm", "bench", "hostfile")
 
 
 class UsageError(ValueError):
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = run.add_mutually_exclusive_group()
     src.add_argument("--image", help="input picture (any format pillow reads)")
     src.add_argument("--input", help="input tensor .npy, (C,H,W) or (1,C,H,W) float")
+    src.add_argument("--images", help="stream: one inference per picture in this folder (bad ones skipped)")
+    run.add_argument("--results", help="with --images: JSON lines, one per picture, flushed as each completes")
     run.add_argument("--warmup", type=int, default=1, help="untimed inferences first (default 1)")
     run.add_argument("--repeat", type=int, default=1, help="timed inferences; latency is their median")
     run.add_argument("--verify", action="store_true", help="rank 0 also runs the single-process reference")
@@ -169,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--size", type=parse_size, default=(480, 640))
 
     sub.add_parser("warm", help="compile every kernel once into the Numba cache")
+
+    hostfile = sub.add_parser("hostfile", help="check a hostfile and print it in a launcher's syntax")
+    hostfile.add_argument("path")
+    hostfile.add_argument("--launcher", choices=("mpich", "openmpi"), default="mpich")
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("what", choices=("kernels",))
@@ -230,6 +236,12 @@ def cmd_warm(args: argparse.Namespace) -> None:
     print(f"kernels compiled and cached in {time.perf_counter() - t0:.1f} s")
 
 
+def cmd_hostfile(args: argparse.Namespace) -> None:
+    from .hostfile import parse, render
+
+    print(render(parse(args.path), args.launcher), end="")
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import bench_convs, conv_layers, format_table
 
@@ -250,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "run":
         try:
             {"plan": cmd_plan, "export": cmd_export, "sample": cmd_sample, "warm": cmd_warm,
-             "bench": cmd_bench}[args.command](args)
+             "bench": cmd_bench, "hostfile": cmd_hostfile}[args.command](args)
         except (ValueError, OSError) as e:  # ModelError, InputError, PartitionError, UsageError are ValueErrors
             print(f"nptp-mpi: error: {e}", file=sys.stderr)
             return 2
@@ -264,7 +276,8 @@ def report_failure(world, exc: BaseException, debug: bool) -> int:
     """One line naming rank, host and cause (the traceback with --debug); the exit code to use."""
     user = isinstance(exc, (ValueError, OSError))
     kind = "" if user else f"{type(exc).__name__}: "
-    print(f"nptp-mpi: error on rank {world.rank} (host {world.host}): {kind}{exc}", file=sys.stderr)
+    text = f"nptp-mpi: error on rank {world.rank} (host {world.host}): {kind}{exc}\n"
     if debug:
-        traceback.print_exception(exc)
+        text += "".join(traceback.format_exception(exc))
+    sys.stderr.write(text)  # one write: the launcher forwards it whole before tearing the job down
     return 2 if user else 1

@@ -113,10 +113,10 @@ class Graph:
     def with_input_hw(self, h: int, w: int) -> Graph:
         """The same graph for another input size (weights shared, shapes re-inferred)."""
         return Graph(self.name, self.input, (self.input_shape[0], h, w), self.output, self.nodes,
-                     weights_digest=self.weights_digest)
+                     weights_digest=self.digest_weights())
 
-    def fingerprint(self) -> str:
-        """Hash of structure, attributes, input size and weights: ranks compare it to prove they run one model."""
+    def digest_weights(self) -> str:
+        """Hash of every weight, computed once per loaded model and shared by its resized copies."""
         if not self.weights_digest:
             w = hashlib.blake2b(digest_size=16)
             for n in self.nodes:
@@ -124,7 +124,11 @@ class Graph:
                     w.update(f"{n.name}.{k}{n.params[k].shape}".encode())
                     w.update(np.ascontiguousarray(n.params[k]).data)
             self.weights_digest = w.hexdigest()
-        h = hashlib.sha256(repr((self.input, self.input_shape, self.output, self.weights_digest)).encode())
+        return self.weights_digest
+
+    def fingerprint(self) -> str:
+        """Hash of structure, attributes, input size and weights: ranks compare it to prove they run one model."""
+        h = hashlib.sha256(repr((self.input, self.input_shape, self.output, self.digest_weights())).encode())
         for n in self.nodes:
             h.update(repr((n.op, n.name, n.inputs, n.output, sorted(n.attrs.items()), n.window)).encode())
         return h.hexdigest()[:16]

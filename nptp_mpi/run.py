@@ -9,15 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .cli import (
     JobError,
+    UsageError,
     atomic_write_text,
     check_writable,
     describe,
@@ -31,14 +34,19 @@ from .graph import Graph
 from .plan import Plan
 
 VERIFY_TOL = 1e-5  # max |distributed − reference| relative to max |reference|
+# Arguments every rank must share (others, like --output, only matter on rank 0).
+AGREED_ARGS = ("model", "size", "weights", "strategy", "speeds", "objective", "warmup", "repeat", "timeout")
 
 
 def inject_fault(world: World, phase: str) -> None:
-    """Test hook: NPTP_FAULT=rank:phase[:stall] raises (or hangs) on that rank in that phase; inert when unset."""
+    """Test hook: NPTP_FAULT=rank:phase[:stall|:kill] raises (hangs, dies) on that rank in that phase; inert
+    when unset. Phases: setup, infer, write."""
     spec = os.environ.get("NPTP_FAULT", "").split(":")
     if spec[:2] == [str(world.rank), phase]:
         if spec[2:] == ["stall"]:
             time.sleep(24 * 3600)
+        if spec[2:] == ["kill"]:
+            os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"injected fault in {phase}")
 
 
@@ -62,15 +70,17 @@ def _local_setup(args: argparse.Namespace, world: World) -> tuple[Graph, dict, f
     from .partition import parse_speeds
 
     if world.rank == 0:
-        for path, flag in ((args.output, "--output"), (args.report, "--report"), (args.png, "--png")):
+        for path, flag in ((args.output, "--output"), (args.report, "--report"), (args.png, "--png"),
+                           (args.results, "--results")):
             check_writable(path, flag)
+        if args.images and not Path(args.images).is_dir():
+            raise UsageError(f"--images {args.images}: not a folder")
     graph = load_model(args.model, args.size, args.weights)
     auto = args.speeds == "auto"
     if args.speeds and not auto:
         parse_speeds(args.speeds, world.size)
-    facts = {"version": __version__, "model": graph.fingerprint(),
-             "args": [args.model, args.size, args.weights, args.strategy, args.speeds, args.objective,
-                      args.warmup, args.repeat]}
+    facts = {"version": __version__, **{f"--{k}": getattr(args, k) for k in AGREED_ARGS},
+             "model file and weights": graph.fingerprint()}
     return graph, facts, measure_speed() if auto else None
 
 
@@ -157,11 +167,35 @@ def _run(args: argparse.Namespace, world: World) -> int:
         err = str(e)
     measured = _agree(world, err, facts, speed)
     plan = _make_plan(args, graph, world, measured)
-    x = _load_input(args, graph, world)
+    x = None if args.images else _load_input(args, graph, world)
 
     engine = Engine(graph, plan, world)
+    try:
+        if args.images:
+            _stream(args, graph, engine, world)
+        else:
+            _timed(args, graph, plan, x, engine, world)
+    finally:
+        engine.close()
+    return 0
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+
+
+def _timed(args: argparse.Namespace, graph: Graph, plan: Plan, x, engine: Engine, world: World) -> None:
+    """Warm-up, then `repeat` timed inferences; rank 0 reports medians."""
     for _ in range(args.warmup):
         engine.infer(x)
+    rss_start = rss_mb()
     latencies, stats, out = [], [], None
     for i in range(args.repeat):
         world.barrier()
@@ -172,11 +206,74 @@ def _run(args: argparse.Namespace, world: World) -> int:
         stats.append(st)
         if world.rank == 0 and args.repeat > 1:
             print(f"inference {i + 1}/{args.repeat}: {latencies[-1]:.3f} s", file=sys.stderr, flush=True)
-    engine.close()
-    everyone = world.gather_values((world.host, stats, latencies))
+    everyone = world.gather_values((world.host, stats, latencies, (rss_start, rss_mb())))
     if world.rank == 0:
+        inject_fault(world, "write")
         _finish(args, graph, plan, x, out, everyone)
-    return 0
+
+
+def _stream(args: argparse.Namespace, graph: Graph, engine: Engine, world: World) -> None:
+    """One inference per picture of a folder; a bad picture is reported and skipped, the stream goes on.
+
+    Rank 0 appends one JSON line per picture to --results (or stdout), flushed as it completes, so a
+    crash keeps every result finished before it.
+    """
+    from .inputs import InputError, load_image
+
+    files = sorted(p for p in Path(args.images).iterdir() if p.is_file() and not p.name.startswith("."))
+    sink = (open(args.results, "w") if args.results else sys.stdout) if world.rank == 0 else None
+    done, skipped, latencies, i = 0, [], [], 0
+    try:
+        while True:
+            x, msg = None, None
+            if world.rank == 0:
+                if i == len(files):
+                    msg = ("done", "")
+                else:
+                    path, i = files[i], i + 1
+                    try:
+                        x, msg = load_image(path, graph.input_shape[1:]), ("run", path.name)
+                    except InputError as e:
+                        msg = ("skip", path.name, str(e))
+            msg = world.bcast(msg)
+            if msg[0] == "done":
+                break
+            if msg[0] == "skip":
+                skipped.append(msg[1])
+                _emit(sink, {"image": msg[1], "ok": False, "error": msg[2]})
+                continue
+            inject_fault(world, "infer")
+            t0 = time.perf_counter()
+            out, _ = engine.infer(x)
+            latencies.append(time.perf_counter() - t0)
+            done += 1
+            if world.rank == 0:
+                _emit(sink, {"image": msg[1], "ok": True, "latency_s": latencies[-1], **_summary(out)})
+    finally:
+        if sink not in (None, sys.stdout):
+            sink.close()
+    if world.rank == 0:
+        med = f", median latency {statistics.median(latencies):.3f} s" if latencies else ""
+        bad = f" ({', '.join(skipped)})" if skipped else ""
+        print(f"nptp-mpi: stream of {done + len(skipped)} pictures: {done} done, {len(skipped)} skipped{bad}{med}",
+              file=sys.stderr)
+
+
+def _emit(sink, record: dict) -> None:
+    """One stream line, on disk before the next picture starts (rank 0 only; sink is None elsewhere)."""
+    if sink is not None:
+        sink.write(json.dumps(record) + "\n")
+        sink.flush()
+        if sink is not sys.stdout:
+            os.fsync(sink.fileno())
+
+
+def _summary(out: np.ndarray) -> dict:
+    """What a stream line says about an output: the top five classes of a score vector, else the shape."""
+    if out.ndim != 1:
+        return {"output_shape": list(out.shape)}
+    top = np.argsort(out)[::-1][:5]
+    return {"top5": [[int(k), float(out[k])] for k in top]}
 
 
 def _median_stats(stats: list[Stats]) -> dict:
@@ -190,8 +287,9 @@ def _finish(args, graph: Graph, plan: Plan, x: np.ndarray, out: np.ndarray, ever
     from .inputs import atomic_save_npy, tensor_to_image
 
     latency = statistics.median(everyone[0][2])
-    per_rank = [{"rank": r, "host": host, "tile": list(plan.tiles[r]), **_median_stats(st)}
-                for r, (host, st, _) in enumerate(everyone)]
+    per_rank = [{"rank": r, "host": host, "tile": list(plan.tiles[r]), **_median_stats(st),
+                 "rss_mb_start": rss[0], "rss_mb_end": rss[1]}
+                for r, (host, st, _, rss) in enumerate(everyone)]
     measured = sum(p["bytes_recv"] for p in per_rank)
     report = {"model": graph.name, "model_fingerprint": graph.fingerprint(), "input_shape": list(graph.input_shape),
               "weights": "file" if (args.weights or args.model.endswith(".onnx")) else "seeded random",

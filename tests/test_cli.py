@@ -127,3 +127,12 @@ def test_stalled_peer_times_out_naming_it() -> None:
                           env={"NPTP_FAULT": "1:infer:stall"})
     assert "timed out after 4 s" in p.stderr
     assert took < 60
+
+
+def test_auto_speeds_are_measured_and_agreed(tmp_path) -> None:
+    rep = tmp_path / "r.json"
+    p = run_cli(["run", *SMALL, "--speeds", "auto", "--verify", "--report", str(rep)], ranks=2)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(rep.read_text())
+    assert len(report["speeds"]) == 2 and min(report["speeds"]) > 0
+    assert report["verify_rel_error"] <= 1e-5

@@ -31,10 +31,10 @@ def zoo_graph(name: str):
 def check_against_reference(graph, strategy: str, speeds=None) -> None:
     """Run on every rank of the job; rank 0 checks output and bytes, then everyone learns the verdict."""
     from mpi4py import MPI
-    from nptp_mpi.plan import make_plan
 
     from nptp_mpi.engine import Engine
     from nptp_mpi.exchange import World
+    from nptp_mpi.plan import make_plan
     from nptp_mpi.reference import run as reference
 
     world = World(MPI.COMM_WORLD)

@@ -1,0 +1,107 @@
+"""Faults and bad input end the job fast with one clear line; streams skip bad pictures; memory stays flat.
+
+Each case is a real `mpiexec` job in a subprocess with a timeout; NPTP_FAULT=rank:phase[:stall|:kill]
+injects the fault (it is inert when unset).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, mpiexec, run_cli
+from PIL import Image
+
+SMALL = ["--model", "resnet18", "--size", "96x128"]
+
+
+def _timed(args, ranks=3, env=None, timeout=90):
+    t0 = time.monotonic()
+    p = run_cli(args, ranks=ranks, env=env, timeout=timeout)
+    return p, time.monotonic() - t0
+
+
+def test_killed_rank_ends_the_job_with_nonzero_code() -> None:
+    p, took = _timed(["run", *SMALL, "--repeat", "3"], env={"NPTP_FAULT": "1:infer:kill"})
+    assert p.returncode != 0
+    assert took < 60, took  # MPICH's hydra tears the job down when a rank dies (README: Open MPI likewise)
+
+
+def test_failure_while_writing_aborts_and_writes_nothing(tmp_path) -> None:
+    out = tmp_path / "y.npy"
+    p, took = _timed(["run", *SMALL, "--output", str(out)], env={"NPTP_FAULT": "0:write"})
+    assert p.returncode != 0 and "rank 0 (host" in p.stderr and "injected fault in write" in p.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_debug_shows_the_traceback() -> None:
+    p, _ = _timed(["run", *SMALL, "--debug"], env={"NPTP_FAULT": "1:infer"})
+    assert p.returncode != 0 and "Traceback" in p.stderr and "rank 1 (host" in p.stderr
+
+
+def test_ranks_that_disagree_are_stopped_at_start() -> None:
+    py = [sys.executable, "-m", "nptp_mpi", "run", "--model", "resnet18"]
+    cmd = [*mpiexec(), "-n", "1", *py, "--size", "96x128", ":", "-n", "1", *py, "--size", "96x96"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=90, cwd=ROOT)
+    assert p.returncode == 2, p.stderr
+    assert "ranks disagree on --size" in p.stderr and "(96, 96)" in p.stderr
+    assert p.stderr.count("nptp-mpi: error") == 1
+
+
+def test_model_too_deep_for_the_image() -> None:
+    p, _ = _timed(["run", "--model", "vgg16", "--size", "16"], ranks=2)
+    assert p.returncode == 2 and "too small" in p.stderr and p.stderr.count("nptp-mpi: error") == 1
+
+
+def test_stream_skips_bad_pictures_and_keeps_going(tmp_path) -> None:
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    Image.new("RGB", (160, 120), (200, 30, 30)).save(pics / "a.png")
+    (pics / "b.png").write_bytes(b"not a picture")
+    Image.new("L", (90, 200), 128).save(pics / "c.jpg")
+    (pics / "d.txt").write_text("notes")
+    results = tmp_path / "out.jsonl"
+    p, _ = _timed(["run", *SMALL, "--images", str(pics), "--results", str(results)], ranks=2)
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["image"], r["ok"]) for r in lines] == [("a.png", True), ("b.png", False), ("c.jpg", True),
+                                                       ("d.txt", False)]
+    assert len(lines[0]["top5"]) == 5 and "b.png" in lines[1]["error"]
+    assert "4 pictures: 2 done, 2 skipped" in p.stderr
+
+
+def test_memory_stays_flat_over_many_inferences(tmp_path) -> None:
+    rep = tmp_path / "r.json"
+    p, _ = _timed(["run", "--model", "resnet18", "--size", "64", "--warmup", "3", "--repeat", "60",
+                   "--report", str(rep)], ranks=2, timeout=180)
+    assert p.returncode == 0, p.stderr
+    for r in json.loads(rep.read_text())["per_rank"]:
+        assert r["rss_mb_end"] <= 1.05 * r["rss_mb_start"], r
+
+
+def test_run_sh_refuses_bad_hostfiles(tmp_path) -> None:
+    bad = tmp_path / "hosts.txt"
+    bad.write_text("pi1:2\npi2 slots=two\n")
+    for path, needle in ((bad, "line 2"), (tmp_path / "missing.txt", "cannot read")):
+        p = subprocess.run([str(ROOT / "run.sh"), "run", "--hostfile", str(path), *SMALL], capture_output=True,
+                           text=True, timeout=120, cwd=ROOT)
+        assert p.returncode == 2 and needle in p.stderr, p.stderr
+        assert p.stderr.strip().splitlines()[-1].startswith("nptp-mpi: error: hostfile")
+
+
+def test_run_sh_runs_on_a_hostfile() -> None:
+    p = subprocess.run([str(ROOT / "run.sh"), "run", "-n", "2", "--hostfile", "hostfiles/localhost.txt", *SMALL],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert "2 rank(s)" in p.stdout
+
+
+def test_hostfile_syntaxes_convert() -> None:
+    from nptp_mpi.hostfile import parse, render
+
+    path = ROOT / "hostfiles" / "pis.openmpi.txt"
+    assert render(parse(str(path)), "mpich") == "pi1:1\npi2:1\npi3:1\npi4:1\n"
+    assert parse(str(ROOT / "hostfiles" / "pis.txt")) == parse(str(path))
+    assert parse(str(ROOT / "hostfiles" / "localhost.txt")) == [("localhost", 4)]
