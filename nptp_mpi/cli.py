@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warmup", type=int, default=1, help="untimed inferences first (default 1)")
     run.add_argument("--repeat", type=int, default=1, help="timed inferences; latency is their median")
     run.add_argument("--verify", action="store_true", help="rank 0 also runs the single-process reference")
+    run.add_argument("--overlap", choices=("on", "off"), default="on",
+                     help="compute each tile's core while its halo travels (default on; same output bit for bit)")
     run.add_argument("--output", help="write the output tensor (.npy) here")
     run.add_argument("--report", help="write the JSON report here")
     run.add_argument("--timeout", type=float, default=300.0,

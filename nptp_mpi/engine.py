@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .exchange import Messages, World
+from .geometry import area, core, ring
 from .graph import Graph
 from .ops import Tile, run_head, run_spatial
 from .plan import Plan
@@ -45,9 +46,15 @@ def _full(shape: tuple[int, ...]) -> Rect:
 
 
 class Engine:
-    """Runs plan on world's ranks; infer() returns the output on rank 0 and None elsewhere."""
+    """Runs plan on world's ranks; infer() returns the output on rank 0 and None elsewhere.
 
-    def __init__(self, graph: Graph, plan: Plan, world: World) -> None:
+    A window layer whose input has a halo is computed in pieces: the core, which reads only the rank's
+    own tile, then the border strips. With overlap (Intra-DP's idea) the halo travels while the core
+    is computed and the rank waits only before the border; without, it waits right after the producing
+    layer. Both compute the same pieces, so their outputs are identical bit for bit.
+    """
+
+    def __init__(self, graph: Graph, plan: Plan, world: World, overlap: bool = True) -> None:
         if plan.ranks != world.size:
             raise ValueError(f"plan is for {plan.ranks} ranks, the job has {world.size}")
         self.graph, self.plan, self.world = graph, plan, world
@@ -70,6 +77,8 @@ class Engine:
             t: world.halo_messages(self.buffers[t].shape, self.rects[t], h.transfers) for t, h in plan.halos.items()
         }
         self.tags = {t: i + 2 for i, t in enumerate(plan.halos)}
+        self.overlap = overlap
+        self.pieces = {n.name: self._pieces(n) for n in self.spatial}
 
         x_shape = tuple(graph.input_shape)
         scatter = [_Msg(0, q, plan.scatter[q]) for q in range(plan.ranks) if q != 0]
@@ -84,6 +93,15 @@ class Engine:
         self.gather = world.halo_messages(
             last_shape if r == 0 else self.buffers[self.last].shape,
             _full(last_shape) if r == 0 else self.rects[self.last], gather)
+
+    def _pieces(self, node) -> tuple[list[Rect], list[Rect]]:
+        """(core, border) output rects of a node: what needs only own input tiles, and what needs halos."""
+        out = self._own(node.output)
+        t = node.inputs[0]
+        if node.window is None or self.rects[t] == self._own(t):
+            return [out], []
+        inner = core(node.window, out, self._own(t), self.graph.shapes[t][1:])
+        return ([inner] if area(inner) else []), ring(out, inner)
 
     def _shape(self, tensor: str, rect: Rect) -> tuple[int, int, int]:
         return (self.graph.shapes[tensor][0], rect[2] - rect[0], rect[3] - rect[1])
@@ -110,15 +128,32 @@ class Engine:
                 x, _full(x.shape)).view(self.rects[self.graph.input])
         w.exchange(x if r == 0 else self.buffers[self.graph.input], self.scatter, 1, "the input scatter", halo=False)
 
+        pending = {}
         for node in self.spatial:
             t0 = time.perf_counter()
             ins = [Tile(self.buffers[t], self.rects[t]) for t in node.inputs]
             in_hw = self.graph.shapes[node.inputs[0]][1:]
-            self._store(node.output, run_spatial(node, ins, in_hw, self._own(node.output)))
+            out_rect = self._own(node.output)
+            inner, border = self.pieces[node.name]
+            out = Tile(np.empty(self._shape(node.output, out_rect), np.float32), out_rect)
+            for piece in inner:
+                out.view(piece)[...] = run_spatial(node, ins, in_hw, piece)
+            if border and node.inputs[0] in pending:
+                compute += time.perf_counter() - t0
+                w.complete(pending.pop(node.inputs[0]), f"the halo exchange before {node.name!r}")
+                t0 = time.perf_counter()
+            for piece in border:
+                out.view(piece)[...] = run_spatial(node, ins, in_hw, piece)
+            self._store(node.output, out.data)
             compute += time.perf_counter() - t0
             if node.output in self.msgs:
-                w.exchange(self.buffers[node.output], self.msgs[node.output], self.tags[node.output],
-                           f"the halo exchange after {node.name!r}")
+                posted = w.post(self.buffers[node.output], self.msgs[node.output], self.tags[node.output])
+                if self.overlap:
+                    pending[node.output] = posted
+                else:
+                    w.complete(posted, f"the halo exchange after {node.name!r}")
+        for t, posted in pending.items():  # halos no window layer waited for (none in practice)
+            w.complete(posted, f"the halo exchange of {t!r}")
 
         t0 = time.perf_counter()
         head_in = self._head_input()

@@ -60,6 +60,15 @@ class Messages:
         self.recvs.clear()
 
 
+@dataclass
+class Pending:
+    """An exchange in flight: its requests and what they carry."""
+
+    reqs: list[MPI.Request]
+    msgs: Messages
+    halo: bool
+
+
 class World:
     """This job's ranks: who we are, agreement at start-up, abort, and the messages of a plan."""
 
@@ -130,22 +139,30 @@ class World:
                 m.recvs.append((t.src, _subarray(shape, buf_rect, t.rect)))
         return m
 
-    def exchange(self, buf: np.ndarray, msgs: Messages, tag: int, what: str, halo: bool = True) -> None:
-        """Receives pre-posted, then sends, then wait: the basic neighbour-only exchange."""
+    def post(self, buf: np.ndarray, msgs: Messages, tag: int, halo: bool = True) -> Pending:
+        """Start an exchange on buf: receives posted first, then sends; complete() waits for it."""
         reqs = [self.comm.Irecv([buf, 1, t], source=src, tag=tag) for src, t in msgs.recvs]
         reqs += [self.comm.Isend([buf, 1, t], dest=dst, tag=tag) for dst, t in msgs.sends]
+        return Pending(reqs, msgs, halo)
+
+    def complete(self, p: Pending, what: str) -> None:
+        """Wait for a posted exchange and count the bytes MPI says it moved."""
         t0 = time.perf_counter()
-        statuses = [MPI.Status() for _ in reqs]
-        self.wait(reqs, what, [p for p, _ in msgs.recvs + msgs.sends], statuses)
+        statuses = [MPI.Status() for _ in p.reqs]
+        self.wait(p.reqs, what, [q for q, _ in p.msgs.recvs + p.msgs.sends], statuses)
         self.traffic.wait_s += time.perf_counter() - t0
-        recv = sum(s.Get_count(MPI.BYTE) for s in statuses[: len(msgs.recvs)])
-        sent = sum(t.Get_size() for _, t in msgs.sends)
-        if halo:
+        recv = sum(s.Get_count(MPI.BYTE) for s in statuses[: len(p.msgs.recvs)])
+        sent = sum(t.Get_size() for _, t in p.msgs.sends)
+        if p.halo:
             self.traffic.halo_recv += recv
             self.traffic.halo_sent += sent
         else:
             self.traffic.other_recv += recv
             self.traffic.other_sent += sent
+
+    def exchange(self, buf: np.ndarray, msgs: Messages, tag: int, what: str, halo: bool = True) -> None:
+        """The basic neighbour-only exchange: post, then wait at once."""
+        self.complete(self.post(buf, msgs, tag, halo), what)
 
     def reduce_sum(self, x: np.ndarray, root: int = 0) -> np.ndarray | None:
         """Element-wise sum over ranks at root (global pooling of per-tile partial sums)."""

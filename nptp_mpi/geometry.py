@@ -52,6 +52,30 @@ def need(window: Window, r, in_hw: tuple[int, int]) -> np.ndarray:
     return np.stack([np.clip(y0, 0, h), np.clip(x0, 0, w), np.clip(y1, 0, h), np.clip(x1, 0, w)], -1)
 
 
+def core(window: Window, out: Rect, own_in: Rect, in_hw: tuple[int, int]) -> Rect:
+    """The largest part of output rect `out` that reads only `own_in` (besides image padding): what a rank
+    can compute while its halo is still travelling. Empty (y0 == y1) when every output needs the halo."""
+    bounds = []
+    for axis in (0, 1):
+        ys = np.arange(out[axis], out[axis + 2])
+        lo, hi = window.need(axis, ys, ys + 1)
+        n = in_hw[axis]
+        inside = np.nonzero((np.clip(lo, 0, n) >= own_in[axis]) & (np.clip(hi, 0, n) <= own_in[axis + 2]))[0]
+        if not len(inside):  # the test is monotone in y, so `inside` is one run of outputs
+            return (out[0], out[1], out[0], out[1])
+        bounds.append((out[axis] + int(inside[0]), out[axis] + int(inside[-1]) + 1))
+    return (bounds[0][0], bounds[1][0], bounds[0][1], bounds[1][1])
+
+
+def ring(out: Rect, inner: Rect) -> list[Rect]:
+    """out minus inner (inner ⊆ out) as at most four non-empty strips: top, bottom, left, right."""
+    if area(inner) == 0:
+        return [out]
+    strips = [(out[0], out[1], inner[0], out[3]), (inner[2], out[1], out[2], out[3]),
+              (inner[0], out[1], inner[2], inner[1]), (inner[0], inner[3], inner[2], out[3])]
+    return [r for r in strips if area(r) > 0]
+
+
 def edge(e, n_cells: int, ratio: int, size: int) -> np.ndarray:
     """Position of cell edge e in a tensor whose stride is 1/ratio of the grid's; the last edge is the end."""
     e = np.asarray(e)

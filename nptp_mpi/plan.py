@@ -196,7 +196,7 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
 
 def draw_tiles(plan: Plan, path: str, image=None) -> None:
     """PNG of the partition over the input image (or grey): translucent tile per rank, outline, rank number."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     _, h, w = plan.input_shape
     base = (image if image is not None else Image.new("RGB", (w, h), (200, 200, 200))).convert("RGBA")
@@ -206,7 +206,10 @@ def draw_tiles(plan: Plan, path: str, image=None) -> None:
     for r, (y0, x0, y1, x1) in enumerate(plan.tiles):
         colour = PALETTE[r % len(PALETTE)]
         draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(*colour, 90), outline=(*colour, 255), width=2)
-        draw.text(((x0 + x1) // 2, (y0 + y1) // 2), str(r), fill=(0, 0, 0, 255), anchor="mm")
+        size = max(10, min(y1 - y0, x1 - x0) // 5)  # readable at a glance, still inside small tiles
+        draw.text(((x0 + x1) // 2, (y0 + y1) // 2), f"rank {r}" if size >= 24 else str(r), fill=(255, 255, 255, 255),
+                  anchor="mm", font=ImageFont.load_default(size=size), stroke_width=max(1, size // 12),
+                  stroke_fill=(0, 0, 0, 255))
     out = Image.alpha_composite(base, overlay).convert("RGB")
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)

@@ -35,7 +35,8 @@ from .plan import Plan
 
 VERIFY_TOL = 1e-5  # max |distributed − reference| relative to max |reference|
 # Arguments every rank must share (others, like --output, only matter on rank 0).
-AGREED_ARGS = ("model", "size", "weights", "strategy", "speeds", "objective", "warmup", "repeat", "timeout")
+AGREED_ARGS = ("model", "size", "weights", "strategy", "speeds", "objective", "warmup", "repeat", "timeout",
+               "overlap")
 
 
 def inject_fault(world: World, phase: str) -> None:
@@ -169,7 +170,7 @@ def _run(args: argparse.Namespace, world: World) -> int:
     plan = _make_plan(args, graph, world, measured)
     x = None if args.images else _load_input(args, graph, world)
 
-    engine = Engine(graph, plan, world)
+    engine = Engine(graph, plan, world, overlap=args.overlap == "on")
     try:
         if args.images:
             _stream(args, graph, engine, world)
@@ -294,7 +295,7 @@ def _finish(args, graph: Graph, plan: Plan, x: np.ndarray, out: np.ndarray, ever
     report = {"model": graph.name, "model_fingerprint": graph.fingerprint(), "input_shape": list(graph.input_shape),
               "weights": "file" if (args.weights or args.model.endswith(".onnx")) else "seeded random",
               "strategy": plan.strategy, "ranks": plan.ranks, "speeds": list(plan.speeds),
-              "objective": plan.objective, "latency_s": latency, "latencies_s": everyone[0][2],
+              "objective": plan.objective, "overlap": args.overlap, "latency_s": latency, "latencies_s": everyone[0][2],
               "halo_bytes": measured, "plan_halo_bytes": plan.halo_bytes, "per_rank": per_rank,
               "plan_fingerprint": plan.fingerprint(), "version": __version__}
     if args.verify:

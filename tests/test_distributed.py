@@ -28,7 +28,7 @@ def zoo_graph(name: str):
     return zoo.build(name, SIZES.get(name, SIZES["default"])[0])
 
 
-def check_against_reference(graph, strategy: str, speeds=None) -> None:
+def check_against_reference(graph, strategy: str, speeds=None, overlap: bool = True) -> np.ndarray | None:
     """Run on every rank of the job; rank 0 checks output and bytes, then everyone learns the verdict."""
     from mpi4py import MPI
 
@@ -40,7 +40,7 @@ def check_against_reference(graph, strategy: str, speeds=None) -> None:
     world = World(MPI.COMM_WORLD)
     x = np.random.default_rng(1).standard_normal(graph.input_shape, dtype=np.float32)
     plan = make_plan(graph, world.size, strategy, speeds and speeds[: world.size])
-    engine = Engine(graph, plan, world)
+    engine = Engine(graph, plan, world, overlap=overlap)
     out, stats = engine.infer(x if world.rank == 0 else None)
     engine.close()
     recv, sent = world.comm.reduce(stats.halo_recv), world.comm.reduce(stats.halo_sent)
@@ -53,6 +53,7 @@ def check_against_reference(graph, strategy: str, speeds=None) -> None:
             failure = str(e)
     failure = world.bcast(failure)  # every rank passes or fails the same test: no rank runs ahead
     assert failure is None, failure
+    return out
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -74,3 +75,14 @@ def test_onnx_file_equals_reference(tmp_path) -> None:
     path = tmp_path / "resnet18.onnx"  # tmp_path differs per rank: each rank writes and reads its own copy
     save_onnx(zoo_graph("resnet18").with_input_hw(128, 128), path)
     check_against_reference(load_onnx(str(path)), "nptp")
+
+
+@pytest.mark.parametrize("model", ("resnet18", "mobilenet_v2", "vgg11"))
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_overlap_changes_nothing_bit_for_bit(model: str, strategy: str) -> None:
+    graph = zoo_graph(model).with_input_hw(136, 150)
+    on = check_against_reference(graph, strategy, overlap=True)
+    off = check_against_reference(graph, strategy, overlap=False)
+    assert (on is None) == (off is None)
+    if on is not None:
+        assert np.array_equal(on, off)
