@@ -178,11 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
     hostfile.add_argument("path")
     hostfile.add_argument("--launcher", choices=("mpich", "openmpi"), default="mpich")
 
-    bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("what", choices=("kernels",))
-    bench.add_argument("--models", default="vgg16,resnet50")
-    bench.add_argument("--size", type=parse_size, default=(224, 224))
-    bench.add_argument("--repeat", type=int, default=5)
+    bench = sub.add_parser("bench", help="benchmarks: kernels, scaling").add_subparsers(dest="what", required=True)
+    kern = bench.add_parser("kernels", help="our conv kernel vs onnxruntime, one thread, per distinct conv layer")
+    kern.add_argument("--models", default="vgg16,resnet50")
+    kern.add_argument("--size", type=parse_size, default=(224, 224))
+    kern.add_argument("--repeat", type=int, default=5)
+    scal = bench.add_parser("scaling", help="latency vs boards, size and strategy (CSV, JSON, plots)")
+    scal.add_argument("--models", default="vgg16,resnet18")
+    scal.add_argument("--sizes", default="224,512")
+    scal.add_argument("--strategies", default="coedge,grid,nptp")
+    scal.add_argument("--ranks", default="1,2,3,4")
+    scal.add_argument("--overlap", default="on", help="on, off or on,off (both, to measure the gain)")
+    scal.add_argument("--warmup", type=int, default=1)
+    scal.add_argument("--repeat", type=int, default=3)
+    scal.add_argument("--timeout", type=float, default=1800, help="seconds one case may take")
+    scal.add_argument("--launcher", default=None,
+                      help="command that runs `python -m nptp_mpi ARGS` on {n} ranks; default: mpiexec -n {n} "
+                      "… (add -f hostfile for boards; './run.sh cluster run -n {n} --' for the virtual cluster)")
+    scal.add_argument("-o", "--output", default="results/scaling", help="folder for CSV, JSON and PNG")
     return top
 
 
@@ -192,7 +205,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if getattr(args, "timeout", 1) <= 0:
         raise UsageError("--timeout must be > 0 seconds")
-    for flag in ("warmup", "repeat", "ranks"):
+    for flag in ("warmup", "repeat", "ranks") if args.command in ("run", "plan") else ():
         if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < (0 if flag == "warmup" else 1):
             raise UsageError(f"--{flag} must be {'≥ 0' if flag == 'warmup' else '≥ 1'}")
     return args
@@ -245,10 +258,29 @@ def cmd_hostfile(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import bench_convs, conv_layers, format_table
+    if args.what == "kernels":
+        from .bench import bench_convs, conv_layers, format_table
 
-    layers = [layer for m in args.models.split(",") for layer in conv_layers(load_model(m, args.size, None))]
-    print(format_table(bench_convs(layers, repeat=args.repeat)))
+        layers = [layer for m in args.models.split(",") for layer in conv_layers(load_model(m, args.size, None))]
+        print(format_table(bench_convs(layers, repeat=args.repeat)))
+        return
+    from .scaling import bench_scaling, default_launcher, format_rows
+
+    items = {k: [v for v in getattr(args, k).split(",") if v] for k in ("models", "sizes", "strategies", "ranks")}
+    for size in items["sizes"]:
+        parse_size(size)
+    try:
+        ranks = [int(n) for n in items["ranks"]]
+    except ValueError:
+        raise UsageError(f"--ranks {args.ranks!r}: use numbers like 1,2,3,4") from None
+    overlaps = args.overlap.split(",")
+    if not set(overlaps) <= {"on", "off"} or min(ranks, default=0) < 1:
+        raise UsageError("--overlap takes on, off or on,off; --ranks positive numbers")
+    rows = bench_scaling(items["models"], items["sizes"], items["strategies"], ranks, overlaps,
+                         args.launcher or default_launcher(), args.warmup, args.repeat, args.timeout,
+                         Path(args.output))
+    print(format_rows(rows))
+    print(f"wrote {args.output}/scaling.csv, scaling.json, scaling.png")
 
 
 # -- the distributed run -----------------------------------------------------------------------------

@@ -1,0 +1,162 @@
+"""`bench scaling`: latency against boards, image size and strategy, written as CSV, JSON and plots.
+
+Each case is one `run` job (warm-up, repeats, median) started through a launcher template, so the
+same benchmark runs on one machine, on real boards (`-f hostfile` in the template) or on the virtual
+board cluster (`./run.sh cluster run -n {n} --`). One board is one case per model and size: with one
+rank every strategy is the same single tile.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .cli import atomic_write_text
+
+FIELDS = ("model", "size", "strategy", "overlap", "ranks", "latency_s", "speedup", "halo_bytes",
+          "max_rank_bytes", "compute_s", "comm_s", "hosts", "error")
+
+
+def default_launcher() -> str:
+    """mpiexec next to this Python (the mpich wheel's), else the one on PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    return f"{here if here.exists() else 'mpiexec'} -n {{n}} {sys.executable} -m nptp_mpi"
+
+
+def cases(models: list[str], sizes: list[str], strategies: list[str], ranks: list[int],
+          overlaps: list[str]) -> list[dict]:
+    """Every combination, one-rank cases once per model and size (strategy and overlap are moot there)."""
+    out = []
+    for model in models:
+        for size in sizes:
+            for n in ranks:
+                for strategy in strategies if n > 1 else strategies[:1]:
+                    for overlap in overlaps if n > 1 else overlaps[:1]:
+                        out.append({"model": model, "size": size, "strategy": strategy if n > 1 else "-",
+                                    "overlap": overlap if n > 1 else "-", "ranks": n,
+                                    "_strategy": strategy, "_overlap": overlap})
+    return out
+
+
+def run_case(case: dict, launcher: str, warmup: int, repeat: int, timeout: float) -> dict:
+    """One `run` job; the row holds the report's medians, or the job's one-line error."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "r.json"
+        cmd = [*shlex.split(launcher.format(n=case["ranks"])), "run", "--model", case["model"], "--size",
+               case["size"], "--strategy", case["_strategy"], "--overlap", case["_overlap"], "--warmup",
+               str(warmup), "--repeat", str(repeat), "--report", str(report)]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {**case, "error": f"timed out after {timeout:g} s"}
+        if p.returncode != 0 or not report.exists():
+            lines = [ln for ln in p.stderr.splitlines() if "error" in ln] or p.stderr.splitlines() or ["failed"]
+            return {**case, "error": lines[0].strip()}
+        rep = json.loads(report.read_text())
+    ranks = rep["per_rank"]
+    return {**case, "latency_s": rep["latency_s"], "halo_bytes": rep["halo_bytes"],
+            "max_rank_bytes": max(r["bytes_sent"] + r["bytes_recv"] for r in ranks),
+            "compute_s": max(r["compute_s"] for r in ranks), "comm_s": max(r["comm_s"] for r in ranks),
+            "hosts": " ".join(sorted({r["host"] for r in ranks})), "error": ""}
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """speedup = one board's latency / this case's, per model and size."""
+    single = {(r["model"], r["size"]): r.get("latency_s") for r in rows if r["ranks"] == 1}
+    for r in rows:
+        base = single.get((r["model"], r["size"]))
+        r["speedup"] = base / r["latency_s"] if base and r.get("latency_s") else None
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, FIELDS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """One row of panels per model × size: latency, speedup over one board, halo bytes, against boards."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    groups = sorted({(r["model"], r["size"]) for r in rows}, key=lambda g: (g[0], int(g[1].split("x")[0])))
+    fig, axes = plt.subplots(len(groups), 3, figsize=(13, 3.4 * len(groups)), squeeze=False)
+    for (model, size), ax in zip(groups, axes, strict=True):
+        mine = [r for r in rows if (r["model"], r["size"]) == (model, size) and r.get("latency_s")]
+        one = [r for r in mine if r["ranks"] == 1]
+        series = sorted({(r["strategy"], r["overlap"]) for r in mine if r["ranks"] > 1})
+        for strategy, overlap in series:
+            pts = sorted(one + [r for r in mine if (r["strategy"], r["overlap"]) == (strategy, overlap)],
+                         key=lambda r: r["ranks"])
+            label = strategy if len({o for _, o in series}) == 1 else f"{strategy}, overlap {overlap}"
+            xs = [r["ranks"] for r in pts]
+            ax[0].plot(xs, [r["latency_s"] for r in pts], "o-", label=label)
+            ax[1].plot(xs, [r["speedup"] or 0 for r in pts], "o-", label=label)
+            ax[2].plot(xs, [r["halo_bytes"] / 1e6 for r in pts], "o-", label=label)
+        if mine:
+            top = max(r["ranks"] for r in mine)
+            ax[1].plot([1, top], [1, top], ":", color="grey", label="ideal")
+        for a, title in zip(ax, ("latency (s)", "speedup over 1 board", "halo per inference (MB)"), strict=True):
+            a.set_title(f"{model} {size}: {title}", fontsize=10)
+            a.set_xlabel("boards (ranks)")
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+            a.grid(alpha=0.3)
+        ax[0].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ranks: list[int], overlaps: list[str],
+                  launcher: str, warmup: int, repeat: int, timeout: float, out: Path) -> list[dict]:
+    """Run every case with progress on stderr; write scaling.csv, scaling.json and scaling.png into out."""
+    out.mkdir(parents=True, exist_ok=True)
+    todo = cases(models, sizes, strategies, ranks, overlaps)
+    rows = []
+    for i, case in enumerate(todo, 1):
+        t0 = time.monotonic()
+        row = run_case(case, launcher, warmup, repeat, timeout)
+        rows.append(row)
+        what = f"{row['latency_s']:.3f} s" if row.get("latency_s") else f"error: {row['error']}"
+        print(f"[{i}/{len(todo)}] {case['model']} {case['size']} {case['ranks']} rank(s) {case['strategy']} "
+              f"overlap {case['overlap']}: {what} ({time.monotonic() - t0:.0f} s wall)", file=sys.stderr, flush=True)
+    add_speedups(rows)
+    public = [{k: r.get(k) for k in FIELDS} for r in rows]
+    atomic_write_text(str(out / "scaling.csv"), to_csv(public))
+    atomic_write_text(str(out / "scaling.json"), json.dumps({"launcher": launcher, "warmup": warmup, "repeat": repeat,
+                                                             "rows": public}, indent=1) + "\n")
+    try:
+        plot(public, out / "scaling.png")
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install nptp-mpi[plot])", file=sys.stderr)
+    return public
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The console table: one line per case, medians."""
+    head = (f"{'model':<10} {'size':>9} {'ranks':>5} {'strategy':<8} {'ovl':<3} {'latency':>9} {'speedup':>7} "
+            f"{'halo':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r.get("latency_s"):
+            lines.append(f"{r['model']:<10} {r['size']:>9} {r['ranks']:>5} {r['strategy']:<8} {r['overlap']:<3} "
+                         f"{r['latency_s']:>8.3f}s {r['speedup'] or 0:>6.2f}x {r['halo_bytes'] / 1e6:>7.2f}MB")
+        else:
+            lines.append(f"{r['model']:<10} {r['size']:>9} {r['ranks']:>5} {r['strategy']:<8} {r['overlap']:<3} "
+                         f"{r['error']}")
+    return "\n".join(lines)
