@@ -5,6 +5,7 @@
 #   ./run.sh test       set up if needed, then every test (plain, then under MPI)
 #   ./run.sh run [-n N] [--hostfile F] ARGS…   python -m nptp_mpi ARGS on N ranks (default 4), on the
 #                       boards of hostfile F (MPICH host:slots or Open MPI "host slots=N", either works)
+#   ./run.sh cluster up N|down|status|run [-n N] -- ARGS…   virtual boards on this machine (root; netns + tc)
 #   ./run.sh help       this text
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -140,6 +141,7 @@ case "${1:-demo}" in
   setup) setup ;;
   test) setup; run_tests ;;
   run) shift; setup; launch "$@" ;;
+  cluster) shift; setup; "$VENV/bin/python" -m nptp_mpi.cluster "$@" ;;
   help|-h|--help) usage ;;
   *) usage >&2; die "unknown command '$1'" ;;
 esac

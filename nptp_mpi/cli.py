@@ -88,14 +88,6 @@ def describe(graph: Graph, spec: str, weights: str | None) -> str:
     return f"{graph.name} ({origin}), input {c}x{h}x{w}"
 
 
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n} B"
-
-
 def atomic_write_text(path: str, text: str) -> None:
     """Write text to path via a temp file in the same folder and a rename: never a half-written file."""
     target = Path(path)

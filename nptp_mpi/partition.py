@@ -10,7 +10,7 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -355,8 +355,13 @@ def check(rects: list[Rect], sp: Spatial) -> None:
 
 
 def partition(strategy: str, graph: Graph, ranks: int, speeds: list[float] | None = None,
-              objective: str = "total") -> list[Rect]:
-    """One rect in cells per rank for this model, chosen by the named strategy."""
+              objective: str = "total", cost_model: Callable[[list[Rect]], float] | None = None) -> list[Rect]:
+    """One rect in cells per rank for this model, chosen by the named strategy.
+
+    cost_model (cell rects -> predicted seconds, e.g. cost.model_cost) replaces the exact halo bytes
+    where a strategy compares whole partitions (NPTP's final pick among its trees, strips and grids;
+    grid's r x c shape); the search's per-cut estimate stays in bytes. None: bytes, as before.
+    """
     if strategy not in STRATEGIES:
         raise PartitionError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if objective not in OBJECTIVES:
@@ -367,6 +372,9 @@ def partition(strategy: str, graph: Graph, ranks: int, speeds: list[float] | Non
     if len(speeds) != ranks or not all(math.isfinite(s) and s > 0 for s in speeds):
         raise PartitionError(f"need {ranks} positive speeds, got {speeds}")
     sp = spatial(graph)
-    rects = STRATEGIES[strategy](sp.cells, speeds, halo_cost(sp, objective))
+    cost = halo_cost(sp, objective)
+    if cost_model is not None:
+        cost = replace(cost, exact=cost_model)
+    rects = STRATEGIES[strategy](sp.cells, speeds, cost)
     check(rects, sp)
     return rects

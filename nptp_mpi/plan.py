@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -119,11 +120,22 @@ class Plan:
 
 
 def make_plan(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] | None = None,
-              objective: str = "total") -> Plan:
-    """The plan for running graph on `ranks` boards with the named partition strategy (deterministic)."""
-    sp = spatial(graph)
+              objective: str = "total", cost_model: Callable[[list[Rect]], float] | None = None) -> Plan:
+    """The plan for running graph on `ranks` boards with the named partition strategy (deterministic).
+
+    cost_model: see partition.partition (None: halo bytes decide)."""
     speeds = tuple(float(s) for s in speeds) if speeds is not None else (1.0,) * ranks
-    cell_tiles = partition(strategy, graph, ranks, list(speeds), objective)
+    cell_tiles = partition(strategy, graph, ranks, list(speeds), objective, cost_model)
+    return plan_from_cells(graph, cell_tiles, strategy, speeds, objective)
+
+
+def plan_from_cells(graph: Graph, cell_tiles, strategy: str = "nptp", speeds: tuple[float, ...] | None = None,
+                    objective: str = "total") -> Plan:
+    """The plan for given cell rects (one per rank, already checked): what make_plan builds around them."""
+    sp = spatial(graph)
+    ranks = len(cell_tiles)
+    speeds = tuple(float(s) for s in speeds) if speeds is not None else (1.0,) * ranks
+    cell_tiles = [as_rect(r) for r in cell_tiles]
     own, needs = regions(sp, np.array(cell_tiles))
     halos = {}
     for t in sp.halo_tensors():

@@ -24,14 +24,13 @@ from .cli import (
     atomic_write_text,
     check_writable,
     describe,
-    human_bytes,
     load_model,
     report_failure,
 )
 from .engine import Engine, Stats
 from .exchange import World
 from .graph import Graph
-from .plan import Plan
+from .plan import Plan, human
 
 VERIFY_TOL = 1e-5  # max |distributed − reference| relative to max |reference|
 # Arguments every rank must share (others, like --output, only matter on rank 0).
@@ -323,11 +322,11 @@ def format_report(rep: dict, what: str) -> str:
              f"{','.join(f'{s:g}' for s in rep['speeds'])}", head, "-" * len(head)]
     for p in rep["per_rank"]:
         lines.append(f"{p['rank']:>4}  {p['host'][:16]:<16} {','.join(map(str, p['tile'])):<20} "
-                     f"{p['compute_s']:>8.3f}s {p['comm_s']:>9.3f}s {human_bytes(p['bytes_sent']):>10} "
-                     f"{human_bytes(p['bytes_recv']):>10}")
+                     f"{p['compute_s']:>8.3f}s {p['comm_s']:>9.3f}s {human(p['bytes_sent']):>10} "
+                     f"{human(p['bytes_recv']):>10}")
     n = len(rep["latencies_s"])
-    lines.append(f"latency {rep['latency_s']:.3f} s (median of {n}); halo moved {human_bytes(rep['halo_bytes'])} "
-                 f"(plan {human_bytes(rep['plan_halo_bytes'])})")
+    lines.append(f"latency {rep['latency_s']:.3f} s (median of {n}); halo moved {human(rep['halo_bytes'])} "
+                 f"(plan {human(rep['plan_halo_bytes'])})")
     if "verify_rel_error" in rep:
         ok = "ok" if rep["verify_rel_error"] <= VERIFY_TOL else f"ABOVE {VERIFY_TOL:g}"
         lines.append(f"verify: max |distributed - reference| / max |reference| = {rep['verify_rel_error']:.2e} ({ok})")
