@@ -134,7 +134,7 @@ launch() {
   "${launcher[@]}" -n "$n" "$VENV/bin/python" -m nptp_mpi "${args[@]}"
 }
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 
 case "${1:-demo}" in
   demo) setup; demo ;;

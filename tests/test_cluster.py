@@ -1,0 +1,207 @@
+"""The virtual board cluster (nptp_mpi.cluster): shaped links measured by MPI ping-pong, shared bottleneck,
+clean-up after a crash, ranks on distinct hostnames. Root and Linux network namespaces only; skipped otherwise."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from nptp_mpi import cluster
+
+REASON = cluster.unsupported_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+RATE = 100e6
+
+PINGPONG = r"""
+import json, socket, statistics, sys, time
+import numpy as np
+from mpi4py import MPI
+c = MPI.COMM_WORLD; r = c.rank
+big = np.zeros(4 << 20, np.uint8); small = np.zeros(1, np.uint8)
+bw, rtt = [], []
+for rep in range(4):
+    c.Barrier(); t = time.perf_counter()
+    if r == 0: c.Send(big, 1); c.Recv(small, 1)
+    elif r == 1: c.Recv(big, 0); c.Send(small, 0)
+    bw.append(big.nbytes * 8 / (time.perf_counter() - t))
+for rep in range(5):
+    c.Barrier(); t = time.perf_counter()
+    for i in range(10):
+        if r == 0: c.Send(small, 1); c.Recv(small, 1)
+        elif r == 1: c.Recv(small, 0); c.Send(small, 0)
+    rtt.append((time.perf_counter() - t) / 10)
+hosts = c.gather(socket.gethostname())
+if r == 0:
+    print("RESULT " + json.dumps({"bw": statistics.median(bw[1:]), "rtt": statistics.median(rtt), "hosts": hosts}))
+"""
+
+# Two concurrent transfers on three boards: 0 -> 1 and 1 -> 2 (board 1 receives and sends at once). Per-link
+# (full duplex, switched) both run at the full rate; through one shared channel they split it.
+CONCURRENT = r"""
+import json, statistics, time
+import numpy as np
+from mpi4py import MPI
+c = MPI.COMM_WORLD; r = c.rank
+out = np.zeros(6 << 20, np.uint8); inn = np.zeros(6 << 20, np.uint8)
+flows, totals = [], []
+for rep in range(3):
+    c.Barrier(); t = time.perf_counter()
+    reqs = []
+    if r < 2: reqs.append(c.Isend(out, r + 1))
+    if r > 0: reqs.append(c.Irecv(inn, r - 1))
+    MPI.Request.Waitall(reqs)
+    mine = time.perf_counter() - t if r > 0 else None
+    times = c.gather(mine)
+    if r == 0:
+        t1, t2 = times[1], times[2]
+        flows.append(sorted([inn.nbytes * 8 / t1, inn.nbytes * 8 / t2]))
+        totals.append(2 * inn.nbytes * 8 / max(t1, t2))
+if r == 0:
+    print("RESULT " + json.dumps({"slow": statistics.median(f[0] for f in flows),
+                                   "fast": statistics.median(f[1] for f in flows),
+                                   "total": statistics.median(totals)}))
+"""
+
+PROBE = r"""
+import json, socket
+from mpi4py import MPI
+cg = [line.split(":", 2)[2] for line in open("/proc/self/cgroup").read().splitlines()]
+ranks = MPI.COMM_WORLD.gather([socket.gethostname(), cg])
+if MPI.COMM_WORLD.rank == 0:
+    print("RESULT " + json.dumps(ranks))
+"""
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nptp_mpi.cluster", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def ns_left() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith("nptp-")]
+
+
+def mpi_script(tmp_path, source: str, n: int, timeout: float = 30):
+    script = tmp_path / "probe.py"
+    script.write_text(source)
+    argv, env = cluster.launch_command([sys.executable, str(script)], n)
+    p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    line = next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.fixture
+def virtual():
+    """Serialises tests that build the cluster (one machine, one set of names) and always tears it down."""
+    with open("/tmp/nptp-cluster-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield cli
+        finally:
+            cli("down")
+
+
+def up(virtual, *args: str) -> None:
+    p = virtual("up", *args)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_pingpong_rate_and_rtt_then_down(virtual, tmp_path):
+    p = virtual("up", "2", "--rate", "100mbit", "--delay", "5ms")
+    netem = p.returncode == 0
+    if not netem:  # this kernel has no netem: the delay is refused in one line (test below); measure without it
+        assert "netem" in p.stderr
+        up(virtual, "2", "--rate", "100mbit")
+    r = mpi_script(tmp_path, PINGPONG, 2)
+    print("per-link ping-pong", r)
+    assert r["hosts"] == ["board0", "board1"]
+    # TCP/IP/Ethernet headers take ~5% of what the shaper counts: goodput ~ 0.95 x rate.
+    assert 0.85 * RATE <= r["bw"] <= 1.15 * RATE, r
+    if netem:  # both boards' egress delay the round trip once each: 2 x 5 ms, + up to 1.5 ms of CPU on a busy box
+        assert 0.010 * 0.97 <= r["rtt"] <= 0.010 * 1.15 + 0.0015, r
+    else:
+        assert r["rtt"] < 0.005, r
+    assert virtual("down").returncode == 0
+    s = virtual("status")
+    assert s.returncode == 0 and "cluster: down" in s.stdout, s.stdout
+    assert ns_left() == []
+    assert not cluster.HOSTFILE.exists()
+
+
+def test_delay_without_netem_is_refused_cleanly(virtual):
+    p = virtual("up", "2", "--delay", "5ms")
+    if p.returncode == 0:
+        pytest.skip("this kernel has netem: --delay works (measured in the ping-pong test)")
+    assert p.returncode == 2
+    assert len(p.stderr.strip().splitlines()) == 1 and "netem" in p.stderr, p.stderr
+    assert ns_left() == [] and cluster.links() == []
+
+
+def test_shared_bottleneck_splits_the_rate(virtual, tmp_path):
+    up(virtual, "3", "--rate", "100mbit")
+    per_link = mpi_script(tmp_path, CONCURRENT, 3)
+    up(virtual, "3", "--rate", "100mbit", "--shared")  # up when up: tears down first
+    shared = mpi_script(tmp_path, CONCURRENT, 3)
+    print("concurrent per-link", per_link, "shared", shared)
+    # per-link: 0->1 and 1->2 use different directions of board 1's link, both at (nearly) full rate; two TCP
+    # streams at once on a busy 2-core machine measured 0.74-0.95 x rate each, so the bound leaves room
+    assert per_link["slow"] >= 0.6 * RATE and per_link["total"] >= 1.3 * RATE, per_link
+    # shared: one channel; both together move ~rate, the later-finishing flow got ~half of it
+    assert 0.8 * RATE <= shared["total"] <= 1.15 * RATE, shared
+    assert 0.35 * RATE <= shared["slow"] <= 0.6 * RATE, shared
+
+
+def test_down_after_crash_without_state_file(virtual):
+    up(virtual, "2", "--shared")
+    # a process left running on a board, and the state file lost, as after a crash
+    stray = subprocess.Popen(["ip", "netns", "exec", "nptp-b0", "sleep", "300"])
+    cluster.STATE.unlink()
+    s = virtual("status")
+    assert "leftovers" in s.stdout and "nptp-b0" in s.stdout, s.stdout
+    assert virtual("down").returncode == 0
+    assert stray.wait(timeout=10) != 0
+    assert ns_left() == [] and cluster.links() == [] and cluster.cgroups() == []
+    assert "cluster: down" in virtual("status").stdout
+
+
+def test_cluster_run_places_ranks_on_boards(virtual, tmp_path):
+    up(virtual, "2")
+    report = tmp_path / "r.json"
+    p = virtual("run", "-n", "2", "--", "run", "--model", "resnet18", "--size", "64", "--report", str(report),
+                timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    hosts = [r["host"] for r in json.loads(report.read_text())["per_rank"]]
+    assert hosts == ["board0", "board1"]
+
+
+def test_cpu_quota(virtual, tmp_path):
+    p = virtual("up", "2", "--cpu", "0.5,1")
+    if p.returncode != 0:
+        assert p.returncode == 2 and "cgroup" in p.stderr, p.stderr
+        pytest.skip(p.stderr.strip())
+    assert "0.5 core" in virtual("status").stdout
+    ranks = mpi_script(tmp_path, PROBE, 2)
+    for k, (host, groups) in enumerate(ranks):
+        assert host == f"board{k}"
+        assert any(g.endswith(f"/nptp-cluster/b{k}") for g in groups), groups
+    kind, base = cluster.cgroup_root()
+    quota = (base / "nptp-cluster" / "b0" / ("cpu.max" if kind == "v2" else "cpu.cfs_quota_us")).read_text()
+    assert quota.split()[0] == "50000"
+
+
+def test_bad_arguments_and_unsupported(monkeypatch, capsys):
+    assert cluster.main(["up", "0"]) == 2
+    assert cluster.main(["up", "2", "--rate", "fast"]) == 2
+    assert cluster.main(["up", "2", "--cpu", "1,2,3"]) == 2
+    monkeypatch.setattr(cluster.os, "geteuid", lambda: 1000)
+    assert cluster.main(["status"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "cluster: the virtual cluster needs root (network namespaces, bridges, tc)"
