@@ -18,7 +18,7 @@ from pathlib import Path
 from . import __version__
 from .graph import Graph, ModelError
 
-COMMANDS = ("run", "plan", "export", "sample", "warm", "bench", "hostfile")
+COMMANDS = ("run", "plan", "export", "sample", "warm", "bench", "hostfile", "calibrate")
 
 
 class UsageError(ValueError):
@@ -155,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     _partition_args(plan)
     plan.add_argument("--ranks", type=int, required=True)
     plan.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    plan.add_argument("--bandwidth", help="link rate (e.g. 100mbit): predict each strategy's latency; NPTP then "
+                      "picks its layout by predicted latency instead of bytes")
+    plan.add_argument("--latency", help="per-message link latency, e.g. 1ms (default: calibrated, else 0)")
+    plan.add_argument("--calibration", help="cal.json from `mpiexec … python -m nptp_mpi calibrate -o cal.json`")
+    plan.add_argument("--shared", action="store_true", help="the links are one shared medium (Wi-Fi)")
+    plan.add_argument("--overlap", choices=("on", "off"), default="on")
 
     exp = sub.add_parser("export", help="write a model as ONNX")
     _model_args(exp)
@@ -207,15 +213,61 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def cmd_plan(args: argparse.Namespace) -> None:
     from .partition import parse_speeds
-    from .plan import draw_tiles, format_plan, make_plan
+    from .plan import draw_tiles, format_plan, human, make_plan
 
     graph = load_model(args.model, args.size, args.weights)
     speeds = parse_speeds(args.speeds, args.ranks) if args.speeds else None
-    plan = make_plan(graph, args.ranks, args.strategy, speeds, args.objective)
-    print(json.dumps(plan.to_json(), indent=1) if args.json else format_plan(plan))
+    if args.bandwidth or args.calibration:
+        plan, predictions = _predict(args, graph, speeds)
+    else:
+        plan, predictions = make_plan(graph, args.ranks, args.strategy, speeds, args.objective), None
+    if args.json:
+        print(json.dumps({**plan.to_json(), **({"predicted": predictions} if predictions else {})}, indent=1))
+    else:
+        print(format_plan(plan))
+        if predictions:
+            print("\npredicted latency (cost model: " + predictions["model"] + ")")
+            for row in predictions["strategies"]:
+                what = (f"{row['latency_s']:.3f} s  (compute {row['compute_s']:.3f} s, communication "
+                        f"{row['comm_s']:.3f} s, halo {human(row['halo_bytes'])})" if "latency_s" in row
+                        else f"cannot run: {row['error']}")
+                print(f"  {row['strategy']:<8} {what}")
     if args.png:
         check_writable(args.png, "--png")
         draw_tiles(plan, args.png)
+
+
+def _predict(args: argparse.Namespace, graph: Graph, speeds: list[float] | None):
+    """Plans of every strategy with their predicted latency, from a calibration and/or the given link."""
+    from .calibrate import measure_board
+    from .cost import Boards, Links, load_calibration, parse_rate, parse_time, predict_strategies
+
+    cal = load_calibration(args.calibration) if args.calibration else None
+    if cal:
+        boards = cal.to_boards(args.ranks)
+    else:  # this machine's kernel speed stands for a board; --speeds scale it per rank
+        here = measure_board()
+        rel = speeds or [1.0] * args.ranks
+        boards = Boards(tuple(here["flops_per_s"] * s for s in rel), here["layer_overhead_s"])
+    links = Links(parse_time(args.latency) if args.latency else (cal.links.alpha_s if cal else 0.0),
+                  parse_rate(args.bandwidth) if args.bandwidth else cal.links.bytes_per_s,
+                  args.shared or bool(cal and cal.links.shared))
+    rows, chosen = [], None
+    for strategy, plan, pred in predict_strategies(graph, args.ranks, speeds, args.objective, boards, links,
+                                                   overlap=args.overlap == "on"):
+        if plan is None:
+            rows.append({"strategy": strategy, "error": pred})
+            continue
+        rows.append({"strategy": strategy, "latency_s": pred.latency_s, "compute_s": pred.compute_s,
+                     "comm_s": pred.comm_s, "halo_bytes": plan.halo_bytes})
+        chosen = plan if strategy == args.strategy else chosen
+    if chosen is None:
+        raise UsageError(f"strategy {args.strategy!r} cannot run here: "
+                         + next((r.get("error", "") for r in rows if r["strategy"] == args.strategy), "unknown"))
+    model = (f"{'shared' if links.shared else 'switched'} {links.bytes_per_s * 8 / 1e6:g} Mbit/s, "
+             f"latency {links.alpha_s * 1e3:g} ms, overlap {args.overlap}, boards "
+             + ", ".join(f"{f / 1e9:.1f}" for f in boards.flops_per_s) + " GFLOP/s")
+    return chosen, {"model": model, "strategies": rows}
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -279,6 +331,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["calibrate"]:  # its own parser and MPI job: python -m nptp_mpi.calibrate
+        from .calibrate import main as calibrate
+
+        return calibrate(argv[1:])
     try:
         args = parse_args(argv)
     except UsageError as e:

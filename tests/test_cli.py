@@ -136,3 +136,19 @@ def test_auto_speeds_are_measured_and_agreed(tmp_path) -> None:
     report = json.loads(rep.read_text())
     assert len(report["speeds"]) == 2 and min(report["speeds"]) > 0
     assert report["verify_rel_error"] <= 1e-5
+
+
+def test_plan_predicts_latency_per_strategy(tmp_path) -> None:
+    cal = tmp_path / "cal.json"
+    p = run_cli(["calibrate", "-o", str(cal), "--repeat", "1", "--pings", "5", "--large-mb", "1"], ranks=2)
+    assert p.returncode == 0, p.stderr
+    p = run_cli(["plan", "--model", "resnet18", "--size", "224", "--ranks", "2", "--calibration", str(cal),
+                 "--bandwidth", "100mbit", "--latency", "1ms", "--shared", "--json"])
+    assert p.returncode == 0, p.stderr
+    pred = json.loads(p.stdout)["predicted"]
+    assert "shared 100 Mbit/s" in pred["model"]
+    rows = {r["strategy"]: r for r in pred["strategies"]}
+    assert set(rows) == {"coedge", "grid", "nptp"}
+    assert 0 < rows["nptp"]["latency_s"] <= rows["coedge"]["latency_s"] + 1e-9
+    bad = run_cli(["plan", "--model", "resnet18", "--ranks", "2", "--bandwidth", "fast"])
+    assert bad.returncode == 2 and "fast" in bad.stderr

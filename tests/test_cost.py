@@ -1,0 +1,267 @@
+"""Latency model: units, a hand-computed prediction, monotonicity, NPTP by the model, calibration files."""
+
+import json
+import math
+import subprocess
+import sys
+from functools import cache
+
+import numpy as np
+import pytest
+
+from nptp_mpi import zoo
+from nptp_mpi.calibrate import _check_output
+from nptp_mpi.cost import (
+    BoardCal,
+    Boards,
+    Calibration,
+    Links,
+    load_calibration,
+    model_cost,
+    parse_rate,
+    parse_time,
+    predict,
+    predict_strategies,
+)
+from nptp_mpi.geometry import halo_matrix, spatial
+from nptp_mpi.graph import Graph
+from nptp_mpi.partition import objective_bytes
+from nptp_mpi.plan import make_plan
+from tests.conftest import ROOT, mpiexec
+from tests.test_partition import conv, small_net
+from tests.test_plan import check_invariants
+
+
+@pytest.mark.parametrize("text, value", [("100mbit", 12.5e6), ("100Mbit/s", 12.5e6), ("100mbps", 12.5e6),
+                                         ("1gbit", 125e6), ("12.5MB/s", 12.5e6), ("1MiB/s", 2 ** 20),
+                                         ("125000", 125e3), ("1e6", 1e6), ("1 Gbit", 125e6)])
+def test_parse_rate(text, value):
+    assert parse_rate(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["", "fast", "0", "0mbit", "-5mbit", "10 furlongs", "1e999", "mbit"])
+def test_parse_rate_refuses(text):
+    with pytest.raises(ValueError, match="rate"):
+        parse_rate(text)
+
+
+@pytest.mark.parametrize("text, value", [("1ms", 1e-3), ("200us", 2e-4), ("0.001", 1e-3), ("2s", 2.0), ("0", 0.0),
+                                         ("50 ns", 5e-8)])
+def test_parse_time(text, value):
+    assert parse_time(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-1ms", "1 fortnight", "1e999"])
+def test_parse_time_refuses(text):
+    with pytest.raises(ValueError, match="time"):
+        parse_time(text)
+
+
+@cache
+def vgg16() -> Graph:
+    return zoo.build("vgg16")
+
+
+def two_convs() -> Graph:
+    """input (2, 8, 8) -> 3x3 conv 2->4 -> 3x3 conv 4->4, no head: the last map is gathered."""
+    return Graph("tiny", "input", (2, 8, 8), "c2", [conv("c1", "input", 2, 4), conv("c2", "c1", 4, 4)])
+
+
+F, OH, A, B = 1e9, 1e-4, 1e-3, 1e6  # FLOP/s, overhead per kernel call, alpha, bytes/s
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_hand_computed_two_ranks(overlap):
+    g = two_convs()
+    plan = make_plan(g, 2, "coedge")  # rows 0-4 and 4-8
+    assert plan.cell_tiles == ((0, 0, 4, 8), (4, 0, 8, 8))
+    pred = predict(g, plan, Boards((F, F), OH), Links(A, B, shared=False), overlap=overlap)
+    scatter = A + 4 * 2 * 5 * 8 / B  # rank 1 gets input rows 3..8 (5 rows x 8 cols x 2 channels)
+    # Each conv runs in two pieces per rank (core 3 rows, border 1 row): 2 calls; FLOPs 2*Cout*area*Cin*9.
+    c1 = 2 * 4 * 32 * 2 * 9 / F + 2 * OH
+    halo = 2 * A + 4 * 4 * 8 / B  # c1's output: each rank sends and receives one row of 4 channels
+    c2_core, c2_border = 2 * 4 * 24 * 4 * 9 / F + OH, 2 * 4 * 8 * 4 * 9 / F + OH
+    gather = A + 4 * 4 * 32 / B  # rank 1's 4x8 tile of c2 (4 channels) to rank 0
+    if overlap:
+        expected = scatter + c1 + max(c2_core, halo) + c2_border + gather
+    else:
+        expected = scatter + c1 + halo + c2_core + c2_border + gather
+    assert pred.latency_s == pytest.approx(expected, rel=1e-12)
+    assert [x.name for x in pred.layers] == ["scatter", "c1", "c2", "head"]
+    assert pred.comm_s == pytest.approx(scatter + halo + gather)
+    assert pred.compute_s == pytest.approx(c1 + c2_core + c2_border)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    """(graph, plan) pairs: a reduce head (small_net) and a gather head (VGG-16 at 128x96)."""
+    out = []
+    for g, n, strategy in ((small_net(), 3, "nptp"), (small_net(), 4, "grid"), (zoo.build("vgg16", (128, 96)), 4,
+                                                                                  "coedge")):
+        out.append((g, make_plan(g, n, strategy)))
+    return out
+
+
+def boards_for(n, fast=None):
+    return Boards(tuple(40e9 if r == fast else 10e9 for r in range(n)), 5e-5)
+
+
+def test_comm_scales_with_bandwidth(cases):
+    for g, plan in cases:
+        b = boards_for(plan.ranks)
+        one = predict(g, plan, b, Links(0.0, 1e7, False), overlap=False)
+        two = predict(g, plan, b, Links(0.0, 2e7, False), overlap=False)
+        assert two.comm_s == pytest.approx(one.comm_s / 2)
+        assert two.compute_s == pytest.approx(one.compute_s)
+        assert one.latency_s - two.latency_s == pytest.approx(one.comm_s / 2)
+
+
+def test_free_network_is_sum_of_slowest_compute(cases):
+    for g, plan in cases:
+        for overlap in (False, True):
+            pred = predict(g, plan, boards_for(plan.ranks), Links(0.0, math.inf, False), overlap)
+            assert pred.comm_s == 0
+            assert pred.latency_s == pytest.approx(sum(x.compute_s for x in pred.layers))
+
+
+def test_orderings(cases):
+    for g, plan in cases:
+        b = boards_for(plan.ranks)
+        for alpha in (0.0, 1e-3):
+            for rate in (1e6, 1e8):
+                t = {(shared, overlap): predict(g, plan, b, Links(alpha, rate, shared), overlap).latency_s
+                     for shared in (False, True) for overlap in (False, True)}
+                for overlap in (False, True):
+                    assert t[True, overlap] >= t[False, overlap] - 1e-15  # a shared medium is never faster
+                for shared in (False, True):
+                    assert t[shared, True] <= t[shared, False] + 1e-15  # overlap never slower
+        slow = predict(g, plan, b, Links(1e-4, 1e7, False)).latency_s
+        for r in range(plan.ranks):  # a faster board never makes it slower
+            assert predict(g, plan, boards_for(plan.ranks, fast=r), Links(1e-4, 1e7, False)).latency_s <= slow
+
+
+def test_boards_must_match_plan(cases):
+    g, plan = cases[0]
+    with pytest.raises(ValueError, match="rank"):
+        predict(g, plan, Boards((1e9,), 0.0), Links(0.0, 1e6, False))
+
+
+def test_predict_strategies_vgg16():
+    g = vgg16()
+    rows = predict_strategies(g, 4, None, "total", Boards((20e9,) * 4, 1e-4),
+                              Links(parse_time("1ms"), parse_rate("100mbit"), False))
+    assert [s for s, _, _ in rows] == ["coedge", "grid", "nptp"]
+    pred = {s: p for s, _, p in rows}
+    assert all(p.latency_s > 0 for p in pred.values())
+    assert pred["nptp"].latency_s <= pred["coedge"].latency_s
+    assert pred["nptp"].latency_s <= pred["grid"].latency_s
+
+
+def test_predict_strategies_skips_what_cannot_fit():
+    g = two_convs()  # 8x8 cells: 65 strips do not fit
+    rows = predict_strategies(g, 65, None, "total", Boards((1e9,) * 65, 0.0), Links(0.0, 1e6, False))
+    assert [(s, p) for s, p, _ in rows] == [("coedge", None), ("grid", None), ("nptp", None)]
+    assert "largest rank count" in rows[0][2]
+
+
+@pytest.mark.parametrize("graph, ranks, speeds, objective", [
+    ("vgg16", 4, None, "total"), ("small", 3, [1, 2, 0.5], "total"), ("small", 5, None, "max")])
+def test_cost_model_monotone_in_bytes_keeps_tiles(graph, ranks, speeds, objective):
+    g = vgg16() if graph == "vgg16" else small_net()
+    sp = spatial(g)
+    calls = []
+
+    def model(rects):
+        calls.append(rects)
+        return 1.0 + 1e-9 * objective_bytes(halo_matrix(sp, np.array(rects)), objective)
+
+    plain = make_plan(g, ranks, "nptp", speeds, objective)
+    modelled = make_plan(g, ranks, "nptp", speeds, objective, cost_model=model)
+    assert calls and modelled.cell_tiles == plain.cell_tiles
+    assert modelled.fingerprint() == plain.fingerprint()
+
+
+def test_make_plan_with_latency_model_is_valid():
+    g = small_net()
+    model = model_cost(g, boards_for(3), Links(1e-3, 1e6, True))
+    plan = make_plan(g, 3, "nptp", [1, 2, 1], cost_model=model)
+    check_invariants(g, plan)
+    # never predicted slower than the strips or grid NPTP compared it with
+    for s in ("coedge", "grid"):
+        other = make_plan(g, 3, s, [1, 2, 1])
+        assert model(list(plan.cell_tiles)) <= model(list(other.cell_tiles)) + 1e-15
+
+
+def calibration():
+    return Calibration((BoardCal(0, "pi1", 2.5e9, 1e-4), BoardCal(1, "pi2", 3e9, 2e-4)),
+                       Links(5e-4, 11.5e6, True), "2025-01-01T00:00:00+00:00", "pi1",
+                       ({"peer": 1, "alpha_s": 5e-4, "bytes_per_s": 11.5e6, "host": "pi2"},))
+
+
+def test_calibration_round_trip(tmp_path):
+    cal = calibration()
+    path = tmp_path / "cal.json"
+    cal.save(str(path))
+    back = load_calibration(str(path))
+    assert back == cal
+    assert back.to_json() == json.loads(path.read_text())
+    b = back.to_boards()
+    assert b.flops_per_s == (2.5e9, 3e9) and b.layer_overhead_s == 2e-4
+    assert back.to_boards(3).flops_per_s == (2.5e9, 3e9, 2.5e9)
+    assert [p.name for p in tmp_path.iterdir()] == ["cal.json"]  # no temp file left behind
+
+
+def _mutate(d, keys, value):
+    for k in keys[:-1]:
+        d = d[k]
+    if value is KeyError:
+        del d[keys[-1]]
+    else:
+        d[keys[-1]] = value
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{not json", "not valid JSON"), ("[1, 2]", "JSON object"), ("", "not valid JSON"),
+    (("version",), "version"), (("links",), "missing 'links'"), (("boards",), "missing 'boards'"),
+    ((("boards", 0, "flops_per_s"), -1.0), "flops_per_s"), ((("boards", 0, "flops_per_s"), "fast"), "flops_per_s"),
+    ((("links", "bytes_per_s"), 0), "bytes_per_s"), ((("links", "alpha_s"), float("nan")), "alpha_s"),
+    ((("links", "shared"), "yes"), "shared"), ((("boards",), []), "non-empty"),
+    ((("boards", 0, "host"), KeyError), "lacks"),
+])
+def test_malformed_calibration_refused(tmp_path, text, match):
+    path = tmp_path / "cal.json"
+    if isinstance(text, str):
+        path.write_text(text)
+    else:
+        d = calibration().to_json()
+        if isinstance(text[0], str):
+            del d[text[0]]
+        else:
+            _mutate(d, *text)
+        path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=match):
+        load_calibration(str(path))
+
+
+def test_missing_calibration_file(tmp_path):
+    with pytest.raises(ValueError, match="cannot read"):
+        load_calibration(str(tmp_path / "nope.json"))
+
+
+def test_bad_output_paths(tmp_path):
+    assert _check_output(str(tmp_path / "cal.json")) is None
+    assert "does not exist" in _check_output(str(tmp_path / "no" / "cal.json"))
+    assert "is a directory" in _check_output(str(tmp_path))
+
+
+def test_calibrate_under_mpiexec(tmp_path):
+    out = tmp_path / "cal.json"
+    cmd = [*mpiexec(), "-n", "2", sys.executable, "-m", "nptp_mpi.calibrate", "-o", str(out), "--repeat", "1",
+           "--pings", "5", "--large-mb", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "GFLOP/s" in proc.stdout and "wrote" in proc.stdout
+    cal = load_calibration(str(out))
+    assert len(cal.boards) == 2 and len(cal.pairs) == 1
+    assert all(b.flops_per_s > 0 and b.layer_overhead_s >= 0 for b in cal.boards)
+    assert cal.links.alpha_s > 0 and cal.links.bytes_per_s > 0 and cal.links.shared is False
