@@ -194,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="command that runs `python -m nptp_mpi ARGS` on {n} ranks; default: mpiexec -n {n} "
                       "… (add -f hostfile for boards; './run.sh cluster run -n {n} --' for the virtual cluster)")
     scal.add_argument("-o", "--output", default="results/scaling", help="folder for CSV, JSON and PNG")
+    scal.add_argument("--calibration", help="cal.json: also predict each case's latency with the cost model")
+    scal.add_argument("--bandwidth", help="link rate for the prediction (default: calibrated)")
+    scal.add_argument("--latency", help="per-message link latency for the prediction (default: calibrated)")
+    scal.add_argument("--shared", action="store_true", help="predict for one shared medium")
     return top
 
 
@@ -320,9 +324,17 @@ def cmd_bench(args: argparse.Namespace) -> None:
     overlaps = args.overlap.split(",")
     if not set(overlaps) <= {"on", "off"} or min(ranks, default=0) < 1:
         raise UsageError("--overlap takes on, off or on,off; --ranks positive numbers")
+    model = None
+    if args.calibration:
+        from .cost import Links, load_calibration, parse_rate, parse_time
+
+        cal = load_calibration(args.calibration)
+        model = (cal.to_boards(), Links(parse_time(args.latency) if args.latency else cal.links.alpha_s,
+                                        parse_rate(args.bandwidth) if args.bandwidth else cal.links.bytes_per_s,
+                                        args.shared or cal.links.shared))
     rows = bench_scaling(items["models"], items["sizes"], items["strategies"], ranks, overlaps,
                          args.launcher or default_launcher(), args.warmup, args.repeat, args.timeout,
-                         Path(args.output))
+                         Path(args.output), model)
     print(format_rows(rows))
     print(f"wrote {args.output}/scaling.csv, scaling.json, scaling.png")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .cli import atomic_write_text
 
-FIELDS = ("model", "size", "strategy", "overlap", "ranks", "latency_s", "speedup", "halo_bytes",
+FIELDS = ("model", "size", "strategy", "overlap", "ranks", "latency_s", "predicted_s", "speedup", "halo_bytes",
           "max_rank_bytes", "compute_s", "comm_s", "hosts", "error")
 
 
@@ -68,6 +68,22 @@ def run_case(case: dict, launcher: str, warmup: int, repeat: int, timeout: float
             "hosts": " ".join(sorted({r["host"] for r in ranks})), "error": ""}
 
 
+def add_predictions(rows: list[dict], boards, links) -> None:
+    """predicted_s from the cost model for each measured case (same plan as the run made)."""
+    from .cli import load_model, parse_size
+    from .cost import predict
+    from .plan import make_plan
+
+    for r in rows:
+        if r.get("latency_s"):
+            graph = load_model(r["model"], parse_size(r["size"]), None)
+            n = r["ranks"]
+            plan = make_plan(graph, n, r["_strategy"])
+            flops = boards.flops_per_s
+            b = type(boards)(tuple(flops[i % len(flops)] for i in range(n)), boards.layer_overhead_s)
+            r["predicted_s"] = predict(graph, plan, b, links, r["_overlap"] == "on").latency_s
+
+
 def add_speedups(rows: list[dict]) -> None:
     """speedup = one board's latency / this case's, per model and size."""
     single = {(r["model"], r["size"]): r.get("latency_s") for r in rows if r["ranks"] == 1}
@@ -93,7 +109,8 @@ def plot(rows: list[dict], path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     groups = sorted({(r["model"], r["size"]) for r in rows}, key=lambda g: (g[0], int(g[1].split("x")[0])))
-    fig, axes = plt.subplots(len(groups), 3, figsize=(13, 3.4 * len(groups)), squeeze=False)
+    panels = 4 if any(r.get("predicted_s") for r in rows) else 3
+    fig, axes = plt.subplots(len(groups), panels, figsize=(4.4 * panels, 3.4 * len(groups)), squeeze=False)
     for (model, size), ax in zip(groups, axes, strict=True):
         mine = [r for r in rows if (r["model"], r["size"]) == (model, size) and r.get("latency_s")]
         one = [r for r in mine if r["ranks"] == 1]
@@ -106,12 +123,19 @@ def plot(rows: list[dict], path: Path) -> None:
             ax[0].plot(xs, [r["latency_s"] for r in pts], "o-", label=label)
             ax[1].plot(xs, [r["speedup"] or 0 for r in pts], "o-", label=label)
             ax[2].plot(xs, [r["halo_bytes"] / 1e6 for r in pts], "o-", label=label)
+            if panels == 4:
+                ax[3].plot([r["predicted_s"] for r in pts], [r["latency_s"] for r in pts], "o", label=label)
         if mine:
             top = max(r["ranks"] for r in mine)
             ax[1].plot([1, top], [1, top], ":", color="grey", label="ideal")
-        for a, title in zip(ax, ("latency (s)", "speedup over 1 board", "halo per inference (MB)"), strict=True):
+        if panels == 4 and mine:
+            top = max(max(r["latency_s"], r["predicted_s"] or 0) for r in mine)
+            ax[3].plot([0, top], [0, top], ":", color="grey")
+            ax[3].set_ylabel("measured (s)")
+        titles = ("latency (s)", "speedup over 1 board", "halo per inference (MB)", "measured vs predicted (s)")
+        for a, title in zip(ax, titles[:panels], strict=True):
             a.set_title(f"{model} {size}: {title}", fontsize=10)
-            a.set_xlabel("boards (ranks)")
+            a.set_xlabel("predicted (s)" if title.startswith("measured") else "boards (ranks)")
             a.xaxis.set_major_locator(MaxNLocator(integer=True))
             a.grid(alpha=0.3)
         ax[0].legend(fontsize=8)
@@ -123,7 +147,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ranks: list[int], overlaps: list[str],
-                  launcher: str, warmup: int, repeat: int, timeout: float, out: Path) -> list[dict]:
+                  launcher: str, warmup: int, repeat: int, timeout: float, out: Path, model=None) -> list[dict]:
     """Run every case with progress on stderr; write scaling.csv, scaling.json and scaling.png into out."""
     out.mkdir(parents=True, exist_ok=True)
     todo = cases(models, sizes, strategies, ranks, overlaps)
@@ -136,6 +160,8 @@ def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ra
         print(f"[{i}/{len(todo)}] {case['model']} {case['size']} {case['ranks']} rank(s) {case['strategy']} "
               f"overlap {case['overlap']}: {what} ({time.monotonic() - t0:.0f} s wall)", file=sys.stderr, flush=True)
     add_speedups(rows)
+    if model is not None:
+        add_predictions(rows, *model)
     public = [{k: r.get(k) for k in FIELDS} for r in rows]
     atomic_write_text(str(out / "scaling.csv"), to_csv(public))
     atomic_write_text(str(out / "scaling.json"), json.dumps({"launcher": launcher, "warmup": warmup, "repeat": repeat,
@@ -149,13 +175,14 @@ def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ra
 
 def format_rows(rows: list[dict]) -> str:
     """The console table: one line per case, medians."""
-    head = (f"{'model':<10} {'size':>9} {'ranks':>5} {'strategy':<8} {'ovl':<3} {'latency':>9} {'speedup':>7} "
-            f"{'halo':>9}")
+    head = (f"{'model':<10} {'size':>9} {'ranks':>5} {'strategy':<8} {'ovl':<3} {'latency':>9} {'predicted':>9} "
+            f"{'speedup':>7} {'halo':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if r.get("latency_s"):
+            pred = f"{r['predicted_s']:>8.3f}s" if r.get("predicted_s") else f"{'-':>9}"
             lines.append(f"{r['model']:<10} {r['size']:>9} {r['ranks']:>5} {r['strategy']:<8} {r['overlap']:<3} "
-                         f"{r['latency_s']:>8.3f}s {r['speedup'] or 0:>6.2f}x {r['halo_bytes'] / 1e6:>7.2f}MB")
+                         f"{r['latency_s']:>8.3f}s {pred} {r['speedup'] or 0:>6.2f}x {r['halo_bytes'] / 1e6:>7.2f}MB")
         else:
             lines.append(f"{r['model']:<10} {r['size']:>9} {r['ranks']:>5} {r['strategy']:<8} {r['overlap']:<3} "
                          f"{r['error']}")
