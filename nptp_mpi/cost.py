@@ -6,7 +6,7 @@ a layer lasting as long as its slowest rank):
 * scatter: rank 0 sends each rank its input tile + halo: α·(N-1) + scatter bytes / β (all through rank
   0's link, or the shared medium — the same either way).
 * per spatial node, rank r computes its own output in the engine's pieces (core + border strips,
-  geometry.core/ring as engine._pieces): FLOPs / flops_per_s[r] + layer_overhead_s per kernel call.
+  plan.pieces, as the engine does): FLOPs / flops_per_s[r] + layer_overhead_s per kernel call.
   FLOPs: conv 2·Cout·area·(Cin/g)·kh·kw; pools C·area·kh·kw; pointwise ops one per element per input.
 * a halo exchange of tensor t costs rank r  α·(messages to/from r) + bytes / β, where bytes is
   max(received by r, sent by r) on a switched LAN (full duplex, each board its own link) and the whole
@@ -33,10 +33,10 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .geometry import area, core, ring
+from .geometry import area
 from .graph import Graph, Node
 from .partition import PartitionError
-from .plan import Plan, make_plan, plan_from_cells
+from .plan import Plan, make_plan, pieces, plan_from_cells
 
 Rect = tuple[int, int, int, int]
 
@@ -165,18 +165,6 @@ def _comm(plan: Plan, tensor: str, links: Links) -> list[float]:
             for r in range(n)]
 
 
-def _pieces(graph: Graph, plan: Plan, node: Node, r: int) -> tuple[list[Rect], list[Rect]]:
-    """engine._pieces for rank r: (core, border) output rects."""
-    out = plan.own[node.output][r]
-    t = node.inputs[0]
-    buf = plan.scatter[r] if t == graph.input else plan.halos[t].need[r] if t in plan.halos else plan.own[t][r]
-    own_in = plan.own[t][r]
-    if node.window is None or buf == own_in:
-        return [out], []
-    inner = core(node.window, out, own_in, graph.shapes[t][1:])
-    return ([inner] if area(inner) else []), ring(out, inner)
-
-
 def _check(plan: Plan, boards: Boards, links: Links) -> None:
     if len(boards.flops_per_s) != plan.ranks:
         raise ValueError(f"boards give {len(boards.flops_per_s)} speed(s) for a plan on {plan.ranks} rank(s)")
@@ -199,7 +187,7 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
     for node in spatial_nodes:
         comps, steps, comms = [], [], []
         for r in range(n):
-            inner, border = _pieces(graph, plan, node, r)
+            inner, border = pieces(plan, graph, node, r)
             c_in = sum(node_flops(node, graph, p) for p in inner) / f[r] + o * len(inner)
             c_b = sum(node_flops(node, graph, p) for p in border) / f[r] + o * len(border)
             wait = left[r].pop(node.inputs[0], None) if border else None

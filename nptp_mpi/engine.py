@@ -15,10 +15,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .exchange import Messages, World
-from .geometry import area, core, ring
 from .graph import Graph
 from .ops import Tile, run_head, run_spatial
-from .plan import Plan
+from .plan import Plan, held, pieces
 
 Rect = tuple[int, int, int, int]
 
@@ -64,21 +63,14 @@ class Engine:
         self.last = self.spatial[-1].output if self.spatial else graph.input
 
         # Each tensor's buffer holds what this rank reads of it: its halo'd need, else its own tile.
-        self.rects: dict[str, Rect] = {}
-        for t, own in plan.own.items():
-            if t == graph.input:
-                self.rects[t] = plan.scatter[r]
-            elif t in plan.halos:
-                self.rects[t] = plan.halos[t].need[r]
-            else:
-                self.rects[t] = own[r]
+        self.rects = {t: held(plan, graph, t, r) for t in plan.own}
         self.buffers = {t: np.zeros(self._shape(t, rect), np.float32) for t, rect in self.rects.items()}
         self.msgs: dict[str, Messages] = {
             t: world.halo_messages(self.buffers[t].shape, self.rects[t], h.transfers) for t, h in plan.halos.items()
         }
         self.tags = {t: i + 2 for i, t in enumerate(plan.halos)}
         self.overlap = overlap
-        self.pieces = {n.name: self._pieces(n) for n in self.spatial}
+        self.pieces = {n.name: pieces(plan, graph, n, r) for n in self.spatial}
 
         x_shape = tuple(graph.input_shape)
         scatter = [_Msg(0, q, plan.scatter[q]) for q in range(plan.ranks) if q != 0]
@@ -93,15 +85,6 @@ class Engine:
         self.gather = world.halo_messages(
             last_shape if r == 0 else self.buffers[self.last].shape,
             _full(last_shape) if r == 0 else self.rects[self.last], gather)
-
-    def _pieces(self, node) -> tuple[list[Rect], list[Rect]]:
-        """(core, border) output rects of a node: what needs only own input tiles, and what needs halos."""
-        out = self._own(node.output)
-        t = node.inputs[0]
-        if node.window is None or self.rects[t] == self._own(t):
-            return [out], []
-        inner = core(node.window, out, self._own(t), self.graph.shapes[t][1:])
-        return ([inner] if area(inner) else []), ring(out, inner)
 
     def _shape(self, tensor: str, rect: Rect) -> tuple[int, int, int]:
         return (self.graph.shapes[tensor][0], rect[2] - rect[0], rect[3] - rect[1])

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .geometry import Rect, area, as_rect, overlaps, regions, spatial
-from .graph import Graph
+from .geometry import Rect, area, as_rect, core, overlaps, regions, ring, spatial
+from .graph import Graph, Node
 from .partition import partition
 
 FLOAT_BYTES = 4
@@ -117,6 +117,24 @@ class Plan:
         content = repr((sorted((k, v) for k, v in asdict(self).items() if k not in ("own", "halos")),
                         list(self.own.items()), list(self.halos.items())))
         return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def held(plan: Plan, graph: Graph, tensor: str, r: int) -> Rect:
+    """What rank r holds of a tensor: the input with what its first layers read, a tensor with a halo
+    with that halo, anything else just its own tile."""
+    if tensor == graph.input:
+        return plan.scatter[r]
+    return plan.halos[tensor].need[r] if tensor in plan.halos else plan.own[tensor][r]
+
+
+def pieces(plan: Plan, graph: Graph, node: Node, r: int) -> tuple[list[Rect], list[Rect]]:
+    """(core, border) of rank r's output of node: the part that reads only its own input tile (computed
+    while the halo travels) and the strips that need the halo; one piece when there is no halo."""
+    out, t = plan.own[node.output][r], node.inputs[0]
+    if node.window is None or held(plan, graph, t, r) == plan.own[t][r]:
+        return [out], []
+    inner = core(node.window, out, plan.own[t][r], graph.shapes[t][1:])
+    return ([inner] if area(inner) else []), ring(out, inner)
 
 
 def make_plan(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] | None = None,
