@@ -241,10 +241,21 @@ def cmd_plan(args: argparse.Namespace) -> None:
         draw_tiles(plan, args.png)
 
 
+def link_model(args: argparse.Namespace, cal):
+    """The links to predict for: --bandwidth/--latency/--shared where given, else the calibration's."""
+    from .cost import Links, parse_rate, parse_time
+
+    if not (args.bandwidth or cal):
+        raise UsageError("a prediction needs --bandwidth or --calibration")
+    return Links(parse_time(args.latency) if args.latency else (cal.links.alpha_s if cal else 0.0),
+                 parse_rate(args.bandwidth) if args.bandwidth else cal.links.bytes_per_s,
+                 args.shared or bool(cal and cal.links.shared))
+
+
 def _predict(args: argparse.Namespace, graph: Graph, speeds: list[float] | None):
     """Plans of every strategy with their predicted latency, from a calibration and/or the given link."""
     from .calibrate import measure_board
-    from .cost import Boards, Links, load_calibration, parse_rate, parse_time, predict_strategies
+    from .cost import Boards, load_calibration, predict_strategies
 
     cal = load_calibration(args.calibration) if args.calibration else None
     if cal:
@@ -253,9 +264,7 @@ def _predict(args: argparse.Namespace, graph: Graph, speeds: list[float] | None)
         here = measure_board()
         rel = speeds or [1.0] * args.ranks
         boards = Boards(tuple(here["flops_per_s"] * s for s in rel), here["layer_overhead_s"])
-    links = Links(parse_time(args.latency) if args.latency else (cal.links.alpha_s if cal else 0.0),
-                  parse_rate(args.bandwidth) if args.bandwidth else cal.links.bytes_per_s,
-                  args.shared or bool(cal and cal.links.shared))
+    links = link_model(args, cal)
     rows, chosen = [], None
     for strategy, plan, pred in predict_strategies(graph, args.ranks, speeds, args.objective, boards, links,
                                                    overlap=args.overlap == "on"):
@@ -326,12 +335,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise UsageError("--overlap takes on, off or on,off; --ranks positive numbers")
     model = None
     if args.calibration:
-        from .cost import Links, load_calibration, parse_rate, parse_time
+        from .cost import load_calibration
 
         cal = load_calibration(args.calibration)
-        model = (cal.to_boards(), Links(parse_time(args.latency) if args.latency else cal.links.alpha_s,
-                                        parse_rate(args.bandwidth) if args.bandwidth else cal.links.bytes_per_s,
-                                        args.shared or cal.links.shared))
+        model = (cal, link_model(args, cal))
     rows = bench_scaling(items["models"], items["sizes"], items["strategies"], ranks, overlaps,
                          args.launcher or default_launcher(), args.warmup, args.repeat, args.timeout,
                          Path(args.output), model)

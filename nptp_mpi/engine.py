@@ -92,13 +92,23 @@ class Engine:
     def _own(self, tensor: str) -> Rect:
         return self.plan.own[tensor][self.world.rank]
 
-    def _store(self, tensor: str, data: np.ndarray) -> None:
-        """Put this rank's own tile of tensor into its buffer (a copy only when the buffer has a halo)."""
-        rect = self.rects[tensor]
-        if rect == self._own(tensor):
+    def _output(self, tensor: str, n_pieces: int) -> Tile | None:
+        """Where a node's pieces go: its halo buffer (persistent), a fresh tile when it has several
+        pieces and no halo, or None when the kernel's own result can simply become the buffer."""
+        if self.rects[tensor] != self._own(tensor):
+            return Tile(self.buffers[tensor], self.rects[tensor])
+        if n_pieces > 1:
+            out = Tile(np.empty(self.buffers[tensor].shape, np.float32), self.rects[tensor])
+            self.buffers[tensor] = out.data
+            return out
+        return None
+
+    def _put(self, tensor: str, out: Tile | None, piece: Rect, data: np.ndarray) -> None:
+        """Place one computed piece with no copy beyond the one into a multi-piece or halo buffer."""
+        if out is None:
             self.buffers[tensor] = data
         else:
-            Tile(self.buffers[tensor], rect).view(self._own(tensor))[...] = data
+            out.view(piece)[...] = data
 
     def infer(self, x: np.ndarray | None) -> tuple[np.ndarray | None, Stats]:
         """One inference; x is the whole input (C, H, W) on rank 0 and ignored elsewhere."""
@@ -116,18 +126,16 @@ class Engine:
             t0 = time.perf_counter()
             ins = [Tile(self.buffers[t], self.rects[t]) for t in node.inputs]
             in_hw = self.graph.shapes[node.inputs[0]][1:]
-            out_rect = self._own(node.output)
             inner, border = self.pieces[node.name]
-            out = Tile(np.empty(self._shape(node.output, out_rect), np.float32), out_rect)
+            out = self._output(node.output, len(inner) + len(border))
             for piece in inner:
-                out.view(piece)[...] = run_spatial(node, ins, in_hw, piece)
+                self._put(node.output, out, piece, run_spatial(node, ins, in_hw, piece))
             if border and node.inputs[0] in pending:
                 compute += time.perf_counter() - t0
                 w.complete(pending.pop(node.inputs[0]), f"the halo exchange before {node.name!r}")
                 t0 = time.perf_counter()
             for piece in border:
-                out.view(piece)[...] = run_spatial(node, ins, in_hw, piece)
-            self._store(node.output, out.data)
+                self._put(node.output, out, piece, run_spatial(node, ins, in_hw, piece))
             compute += time.perf_counter() - t0
             if node.output in self.msgs:
                 posted = w.post(self.buffers[node.output], self.msgs[node.output], self.tags[node.output])

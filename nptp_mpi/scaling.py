@@ -68,20 +68,22 @@ def run_case(case: dict, launcher: str, warmup: int, repeat: int, timeout: float
             "hosts": " ".join(sorted({r["host"] for r in ranks})), "error": ""}
 
 
-def add_predictions(rows: list[dict], boards, links) -> None:
+def add_predictions(rows: list[dict], calibration, links) -> None:
     """predicted_s from the cost model for each measured case (same plan as the run made)."""
     from .cli import load_model, parse_size
     from .cost import predict
     from .plan import make_plan
 
+    graphs = {}  # one build per model and size: VGG's seeded weights take seconds
     for r in rows:
         if r.get("latency_s"):
-            graph = load_model(r["model"], parse_size(r["size"]), None)
+            key = (r["model"], r["size"])
+            if key not in graphs:
+                graphs[key] = load_model(r["model"], parse_size(r["size"]), None)
+            graph = graphs[key]
             n = r["ranks"]
             plan = make_plan(graph, n, r["_strategy"])
-            flops = boards.flops_per_s
-            b = type(boards)(tuple(flops[i % len(flops)] for i in range(n)), boards.layer_overhead_s)
-            r["predicted_s"] = predict(graph, plan, b, links, r["_overlap"] == "on").latency_s
+            r["predicted_s"] = predict(graph, plan, calibration.to_boards(n), links, r["_overlap"] == "on").latency_s
 
 
 def add_speedups(rows: list[dict]) -> None:

@@ -31,3 +31,18 @@ def test_tiny_scaling_run_writes_table_json_and_plot(tmp_path) -> None:
     ok = [r for r in rows if not r["error"]]
     assert all(float(r["latency_s"]) > 0 for r in ok) and len(ok) == 4
     assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scaling_adds_predictions_from_a_calibration(tmp_path) -> None:
+    cal = tmp_path / "cal.json"
+    board = {"host": "b", "flops_per_s": 2e10, "layer_overhead_s": 1e-4}
+    cal.write_text(json.dumps({"version": 1, "date": "2026-11-23", "host": "b", "pairs": [],
+                               "boards": [{"rank": r, **board} for r in range(2)],
+                               "links": {"alpha_s": 1e-4, "bytes_per_s": 1.25e7, "shared": True}}))
+    out = tmp_path / "res"
+    p = run_cli(["bench", "scaling", "--models", "resnet18", "--sizes", "64", "--ranks", "1,2", "--strategies",
+                 "nptp", "--repeat", "1", "--warmup", "0", "--calibration", str(cal), "-o", str(out)], timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = json.loads((out / "scaling.json").read_text())["rows"]
+    assert len(rows) == 2 and all(r["predicted_s"] > 0 for r in rows)
+    assert "predicted" in p.stdout
