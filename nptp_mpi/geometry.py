@@ -27,10 +27,6 @@ def area(r) -> np.ndarray:
     return np.maximum(r[..., 2] - r[..., 0], 0) * np.maximum(r[..., 3] - r[..., 1], 0)
 
 
-def is_empty(r) -> np.ndarray:
-    return area(r) == 0
-
-
 def intersect(a, b) -> np.ndarray:
     """The overlap of a and b (empty when they do not overlap)."""
     a, b = np.asarray(a), np.asarray(b)
