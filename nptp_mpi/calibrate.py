@@ -5,6 +5,14 @@ Boards: each rank times kernels.conv2d on three representative convs (VGG/ResNet
 take turns (barrier between them) so ranks sharing a machine do not slow each other down; --concurrent
 measures all at once (one rank per board: faster, and closer to a real run).
 
+Layers (--model M [--size HxW] [--strategy S] [--ranks 1,2,4]): for each rank count k (default: the
+job's size), ranks 0..k-1 at once, as a k-rank job would, compute their tiles of the k-rank plan layer by
+layer exactly as the engine does (plan.pieces, ops.run_spatial, on buffers holding what the rank holds);
+per spatial node, the median of --repeat passes after a warm-up, minus the per-call overhead, divided
+by the pixels computed → seconds per output pixel. Rank 0 alone also times the head ops. Several
+counts matter where ranks share cores (4 ranks on a 2-core machine run each layer about half as fast as
+one); on boards with a core each one count is enough. With one rank only the layers are measured.
+
 Links: ping-pong between rank 0 and each other rank in turn with mpi4py Send/Recv: 8 B messages give
 α (half the round trip), large ones (--large-mb, default 4 MB) β = bytes / (half round trip - α). The
 links written are those of the worst pair (largest α, smallest β). Whether the medium is shared cannot
@@ -25,11 +33,16 @@ import socket  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from .cost import BoardCal, Calibration, Links  # noqa: E402
+from .cost import BoardCal, Calibration, LayerRates, Links, ModelCal, split_head  # noqa: E402
+from .geometry import area  # noqa: E402
+from .graph import Graph  # noqa: E402
+from .ops import Tile, run_head, run_spatial  # noqa: E402
+from .plan import Plan, held, make_plan, pieces  # noqa: E402
 
 # (Cin, Cout, k, H=W): 3×3 convs of VGG-16 at 224² stages 2 and 3, and a ResNet-50 1×1 at 28².
 SHAPES = ((64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 1, 28))
@@ -74,6 +87,50 @@ def measure_board(repeat: int = 3) -> dict:
     return {"host": socket.gethostname(), "flops_per_s": rate, "layer_overhead_s": overhead}
 
 
+def time_layers(graph: Graph, plan: Plan, rank: int, repeat: int) -> dict[str, tuple[float, int, int]]:
+    """Rank's share of plan computed as the engine computes it, pass after pass: per spatial node the
+    median seconds over `repeat` passes after a warm-up one, its kernel calls and the pixels it computed."""
+    rng = np.random.default_rng(rank)
+    rects = {t: held(plan, graph, t, rank) for t in plan.own}
+    bufs = {t: rng.standard_normal((graph.shapes[t][0], r[2] - r[0], r[3] - r[1]), dtype=np.float32)
+            for t, r in rects.items()}
+    nodes = [(node, [p for part in pieces(plan, graph, node, rank) for p in part]) for node in split_head(graph)[0]]
+    times: dict[str, list[float]] = {node.name: [] for node, _ in nodes}
+    for i in range(repeat + 1):
+        for node, parts in nodes:
+            ins = [Tile(bufs[t], rects[t]) for t in node.inputs]
+            out, in_hw = Tile(bufs[node.output], rects[node.output]), graph.shapes[node.inputs[0]][1:]
+            t0 = time.perf_counter()
+            for p in parts:
+                out.view(p)[...] = run_spatial(node, ins, in_hw, p)
+            if i:  # the first pass is the warm-up
+                times[node.name].append(time.perf_counter() - t0)
+    return {node.name: (statistics.median(times[node.name]), len(parts), int(sum(area(p) for p in parts)))
+            for node, parts in nodes}
+
+
+def time_head(graph: Graph, plan: Plan, repeat: int) -> float:
+    """Median seconds of the head ops on rank 0, from the reduced or gathered last map, after a warm-up."""
+    head = split_head(graph)[1]
+    c, h, w = graph.shapes[plan.last]
+    reduce = plan.gather == "reduce"
+    x = np.random.default_rng(0).standard_normal((c, 1, 1) if reduce else (c, h, w), dtype=np.float32)
+
+    def call():
+        out = x
+        for node in head[1:] if reduce else head:
+            out = run_head(node, [out])
+
+    return _median_time(call, repeat)
+
+
+def layer_rates(measured: list[dict[str, tuple[float, int, int]]], overhead: float) -> LayerRates:
+    """Seconds per output pixel per rank and node, taking out `overhead` per kernel call (what predict adds)."""
+    return LayerRates(len(measured), tuple({name: max(0.0, t - overhead * calls) / pixels
+                                            for name, (t, calls, pixels) in m.items() if pixels}
+                                           for m in measured))
+
+
 def ping_pong(comm, peer: int, nbytes: int, repeat: int) -> float:
     """Median half round trip (s) of nbytes of float32 between this rank and peer (call on both)."""
     buf = np.zeros(max(1, nbytes // 4), np.float32)
@@ -104,18 +161,44 @@ def _check_output(path: str) -> str | None:
     return None
 
 
-def format_table(cal: Calibration) -> str:
+def format_table(cal: Calibration, layer_s: Sequence[Sequence[float]] = ()) -> str:
+    """Boards, pairs and links; with layers, per rank count and rank the seconds its layers took (layer_s)."""
     lines = ["rank  host                  GFLOP/s  overhead"]
     lines += [f"{b.rank:>4}  {b.host:<20} {b.flops_per_s / 1e9:>8.2f}  {b.layer_overhead_s * 1e6:>6.0f} us"
               for b in cal.boards]
+    if cal.layers:
+        lc, hosts = cal.layers, [b.host for b in cal.boards]
+        lines += ["", f"layers of {lc.model} {'x'.join(map(str, lc.input_shape))} on {lc.strategy} tiles; head "
+                  f"{lc.head_s * 1e3:.1f} ms on rank 0", "ranks at once  rank  host                  layers"]
+        lines += [f"{s.ranks:>13}  {r:>4}  {hosts[r]:<20} {t:>7.3f} s"
+                  for s, times in zip(lc.sets, layer_s, strict=True) for r, t in enumerate(times)]
     if cal.pairs:
         lines += ["", "pair   alpha      bandwidth"]
         lines += [f"0-{p['peer']:<3} {p['alpha_s'] * 1e6:>7.1f} us  {p['bytes_per_s'] * 8 / 1e6:>9.1f} Mbit/s"
                   for p in cal.pairs]
     ln = cal.links
-    lines += ["", f"links (worst pair): alpha {ln.alpha_s * 1e6:.1f} us, {ln.bytes_per_s * 8 / 1e6:.1f} Mbit/s, "
+    lines += ["", "links: not measured (one rank)" if ln is None else
+              f"links (worst pair): alpha {ln.alpha_s * 1e6:.1f} us, {ln.bytes_per_s * 8 / 1e6:.1f} Mbit/s, "
               f"{'shared medium' if ln.shared else 'switched'}"]
     return "\n".join(lines)
+
+
+def _layer_job(args: argparse.Namespace, size: int) -> tuple[Graph, dict[int, Plan]] | None:
+    """With --model: the model and, per rank count to time, its plan; None without. ValueError on bad arguments."""
+    if not args.model:
+        if args.size or args.ranks or args.strategy:
+            raise ValueError("--size, --strategy and --ranks need --model")
+        return None
+    from .cli import load_model, parse_size
+
+    try:
+        counts = sorted({int(k) for k in args.ranks.split(",")}) if args.ranks else [size]
+    except ValueError:
+        raise ValueError(f"--ranks {args.ranks!r}: use rank counts like 1,2,4") from None
+    if not all(1 <= k <= size for k in counts):
+        raise ValueError(f"--ranks {args.ranks}: every count must be 1 to {size} (the job's ranks)")
+    graph = load_model(args.model, parse_size(args.size) if args.size else None, None)
+    return graph, {k: make_plan(graph, k, args.strategy or "nptp") for k in counts}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pings", type=int, default=30, help="small-message round trips per pair (default 30)")
     ap.add_argument("--large-mb", type=float, default=4.0, help="large message size in MB (default 4)")
     ap.add_argument("--concurrent", action="store_true", help="all ranks time kernels at once, not in turn")
+    ap.add_argument("--model", help="also time every spatial layer of this model (zoo name or .onnx) on the tile "
+                    "each rank would own, all ranks at once")
+    ap.add_argument("--size", help="with --model: input N or HxW (default 224, or the model's)")
+    ap.add_argument("--strategy", help="with --model: the partition whose tiles are timed (default nptp)")
+    ap.add_argument("--ranks", help="with --model: rank counts k to time, ranks 0..k-1 at once as a k-rank job "
+                    "would (e.g. 1,2,4 where ranks share cores; default: the job's size)")
     args = ap.parse_args(argv)
     if args.repeat < 1 or args.pings < 1 or not args.large_mb > 0:
         print("calibrate: --repeat and --pings must be >= 1 and --large-mb > 0", file=sys.stderr)
@@ -137,8 +226,14 @@ def main(argv: list[str] | None = None) -> int:
 
     world = World(MPI.COMM_WORLD, timeout=300)
     comm, rank, size = world.comm, world.rank, world.size
-    error = "links need at least 2 ranks (mpiexec -n 2 or more)" if size < 2 else None
-    error = world.bcast(error or _check_output(args.output) if rank == 0 else None)
+    try:
+        job, error = _layer_job(args, size), None
+    except (ValueError, OSError) as e:
+        job, error = None, str(e)
+    if rank == 0 and not error:
+        error = ("links need at least 2 ranks (mpiexec -n 2 or more); with --model one rank times the layers"
+                 if size < 2 and job is None else _check_output(args.output))
+    error = next((e for e in world.allgather(error) if e), None)
     if error:
         if rank == 0:
             print(f"calibrate: {error}", file=sys.stderr)
@@ -153,6 +248,14 @@ def main(argv: list[str] | None = None) -> int:
                 board = measure_board(args.repeat)
             world.barrier()
     boards = world.gather_values(board)
+
+    measured, head_s = [], 0.0
+    if job:
+        graph, plans = job
+        for k, plan in plans.items():
+            world.barrier()  # ranks 0..k-1 start together, the others wait
+            measured.append(world.gather_values(time_layers(graph, plan, rank, args.repeat) if rank < k else None))
+        head_s = time_head(graph, plan, args.repeat) if rank == 0 else 0.0
 
     pairs = []
     large = int(args.large_mb * 1e6) // 4 * 4
@@ -170,16 +273,25 @@ def main(argv: list[str] | None = None) -> int:
     hosts = [b["host"] for b in boards]
     for p in pairs:
         p["host"] = hosts[p["peer"]]
-    links = Links(max(p["alpha_s"] for p in pairs), min(p["bytes_per_s"] for p in pairs), args.shared)
+    links = Links(max(p["alpha_s"] for p in pairs), min(p["bytes_per_s"] for p in pairs), args.shared) if pairs \
+        else None
+    layers, layer_s = None, []
+    if job:
+        graph, plans = job
+        overhead = max(b["layer_overhead_s"] for b in boards)  # what Calibration.to_boards gives predict
+        measured = [m[:k] for k, m in zip(plans, measured, strict=True)]
+        layers = ModelCal(graph.name, tuple(graph.input_shape), args.strategy or "nptp", head_s,
+                          tuple(layer_rates(m, overhead) for m in measured))
+        layer_s = [[sum(t for t, _, _ in mine.values()) for mine in m] for m in measured]
     cal = Calibration(tuple(BoardCal(r, b["host"], b["flops_per_s"], b["layer_overhead_s"])
                             for r, b in enumerate(boards)), links,
-                      datetime.now(timezone.utc).isoformat(timespec="seconds"), hosts[0], tuple(pairs))
+                      datetime.now(timezone.utc).isoformat(timespec="seconds"), hosts[0], tuple(pairs), layers)
     try:
         cal.save(args.output)
     except OSError as e:
         print(f"calibrate: cannot write {args.output!r}: {e.strerror or e}", file=sys.stderr)
         return 2
-    print(format_table(cal))
+    print(format_table(cal, layer_s))
     print(f"wrote {args.output}")
     return 0
 

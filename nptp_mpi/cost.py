@@ -6,8 +6,11 @@ a layer lasting as long as its slowest rank):
 * scatter: rank 0 sends each rank its input tile + halo: α·(N-1) + scatter bytes / β (all through rank
   0's link, or the shared medium — the same either way).
 * per spatial node, rank r computes its own output in the engine's pieces (core + border strips,
-  plan.pieces, as the engine does): FLOPs / flops_per_s[r] + layer_overhead_s per kernel call.
-  FLOPs: conv 2·Cout·area·(Cin/g)·kh·kw; pools C·area·kh·kw; pointwise ops one per element per input.
+  plan.pieces, as the engine does), each piece one kernel call costing layer_overhead_s plus its work:
+  - measured per layer (`calibrate --model`): s_per_px[r][node] × area(piece), the seconds per output
+    pixel that rank r took on that layer of the real model, all ranks computing at once as in a run;
+  - otherwise FLOPs / flops_per_s[r], FLOPs: conv 2·Cout·area·(Cin/g)·kh·kw; pools C·area·kh·kw;
+    pointwise ops one per element per input.
 * a halo exchange of tensor t costs rank r  α·(messages to/from r) + bytes / β, where bytes is
   max(received by r, sent by r) on a switched LAN (full duplex, each board its own link) and the whole
   exchange's bytes on a shared medium (Wi-Fi: one bottleneck carries everyone's traffic).
@@ -15,12 +18,18 @@ a layer lasting as long as its slowest rank):
   travels while later layers run: a layer-synchronous clock shortens what is left of it, and the
   first consumer that needs it waits per rank: max(core_r, comm left_r) + border_r.
 * head: reduce (C floats per rank) or gather (plan.gather_bytes) to rank 0: α·(N-1) + bytes / β, then the
-  head ops on rank 0 (gemm 2·M·K, others one per element).
+  head ops on rank 0: their measured seconds (head_s) where calibrated, else gemm 2·M·K FLOPs and one
+  per element for the others.
+
+Per-layer rates carry over to other plans, sizes and rank counts by assuming a layer's seconds per output
+pixel do not depend on the tile's shape or the image size, only on the board and on how many ranks compute
+at once on it (Calibration.to_boards picks the rates measured with the nearest rank count).
 
 Ignored: that MPI makes progress only inside MPI calls (large rendezvous messages may not move while a
 rank computes, so real overlap can be smaller), contention between exchanges in flight at once, message
-packing, memory bandwidth (pointwise ops are counted as a FLOP per element), skew between ranks carried
-from one layer to the next (each layer waits for its slowest rank), and the first-call Numba compile.
+packing, memory bandwidth of the FLOP/s fallback (pointwise ops are counted as a FLOP per element), skew
+between ranks carried from one layer to the next (each layer waits for its slowest rank), and the
+first-call Numba compile.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .geometry import area
@@ -91,10 +100,17 @@ class Links:
 
 @dataclass(frozen=True)
 class Boards:
-    """Per rank FLOP/s of our kernels, and the fixed cost of one kernel call (Python + dispatch)."""
+    """Per rank FLOP/s of our kernels, and the fixed cost of one kernel call (Python + dispatch).
+
+    Where measured on the real model (`calibrate --model`): per rank, seconds per output pixel of each
+    spatial node by name (used instead of FLOPs / FLOP/s for the nodes it names), and the head's seconds
+    on rank 0 (instead of its FLOPs).
+    """
 
     flops_per_s: tuple[float, ...]
     layer_overhead_s: float = 0.0
+    s_per_px: tuple[Mapping[str, float], ...] = ()
+    head_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,20 @@ def node_flops(node: Node, graph: Graph, region: Rect) -> float:
     return float(c * a * max(1, len(node.inputs) if node.op != "concat" else 1))
 
 
+def split_head(graph: Graph) -> tuple[list[Node], list[Node]]:
+    """(spatial nodes, head nodes): the head starts at the first op that sees whole maps."""
+    k = next((i for i, nd in enumerate(graph.nodes) if not nd.spatial), len(graph.nodes))
+    return graph.nodes[:k], graph.nodes[k:]
+
+
+def _compute_s(graph: Graph, node: Node, rects: Sequence[Rect], boards: Boards, r: int) -> float:
+    """Rank r's seconds for computing rects of node's output, one kernel call each."""
+    rate = boards.s_per_px[r].get(node.name) if boards.s_per_px else None
+    work = (rate * sum(area(p) for p in rects) if rate is not None
+            else sum(node_flops(node, graph, p) for p in rects) / boards.flops_per_s[r])
+    return work + boards.layer_overhead_s * len(rects)
+
+
 def _head_flops(node: Node, graph: Graph) -> float:
     if node.op == "gemm":
         m, k = node.params["w"].shape
@@ -170,6 +200,11 @@ def _check(plan: Plan, boards: Boards, links: Links) -> None:
         raise ValueError(f"boards give {len(boards.flops_per_s)} speed(s) for a plan on {plan.ranks} rank(s)")
     if not all(math.isfinite(f) and f > 0 for f in boards.flops_per_s) or not boards.layer_overhead_s >= 0:
         raise ValueError(f"board speeds must be positive and the overhead non-negative: {boards}")
+    if boards.s_per_px and len(boards.s_per_px) != plan.ranks:
+        raise ValueError(f"boards give layer rates for {len(boards.s_per_px)} rank(s), the plan has {plan.ranks}")
+    if not all(math.isfinite(v) and v >= 0 for rates in boards.s_per_px for v in rates.values()) \
+            or not (boards.head_s is None or boards.head_s >= 0):
+        raise ValueError("measured layer rates and head time must be non-negative and finite")
     if not (links.alpha_s >= 0 and links.bytes_per_s > 0):
         raise ValueError(f"links need alpha >= 0 and a positive rate: {links}")
 
@@ -178,8 +213,7 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
     """Predicted latency of one inference of plan (see the module docstring for the model)."""
     _check(plan, boards, links)
     n, f, o = plan.ranks, boards.flops_per_s, boards.layer_overhead_s
-    k = next((i for i, nd in enumerate(graph.nodes) if not nd.spatial), len(graph.nodes))
-    spatial_nodes, head = graph.nodes[:k], graph.nodes[k:]
+    spatial_nodes, head = split_head(graph)
     layers = []
     scatter = links.alpha_s * (n - 1) + plan.scatter_bytes / links.bytes_per_s if n > 1 else 0.0
     layers.append(LayerCost("scatter", 0.0, scatter, scatter))
@@ -188,8 +222,7 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
         comps, steps, comms = [], [], []
         for r in range(n):
             inner, border = pieces(plan, graph, node, r)
-            c_in = sum(node_flops(node, graph, p) for p in inner) / f[r] + o * len(inner)
-            c_b = sum(node_flops(node, graph, p) for p in border) / f[r] + o * len(border)
+            c_in, c_b = _compute_s(graph, node, inner, boards, r), _compute_s(graph, node, border, boards, r)
             wait = left[r].pop(node.inputs[0], None) if border else None
             comps.append(c_in + c_b)
             comms.append(wait or 0.0)
@@ -214,7 +247,8 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
     reduce = plan.gather == "reduce"
     local = max(c_last * float(area(plan.own[plan.last][r])) / f[r] for r in range(n)) if reduce else 0.0
     ops = head[1:] if reduce else head
-    head_s = local + sum(_head_flops(nd, graph) / f[0] + o for nd in ops)
+    head_s = local + (boards.head_s if boards.head_s is not None else sum(_head_flops(nd, graph) / f[0] + o
+                                                                           for nd in ops))
     layers.append(LayerCost("head", head_s, gather, gather + head_s))
     return Prediction(sum(x.time_s for x in layers), tuple(layers))
 
@@ -251,8 +285,23 @@ def predict_strategies(graph: Graph, ranks: int, speeds: Sequence[float] | None,
 
 # -- calibration files ---------------------------------------------------------------------------------
 
-CALIBRATION_VERSION = 1
-MAX_CALIBRATION_BYTES = 1 << 20
+CALIBRATION_VERSION = 2  # 2 added "layers" (calibrate --model) and null links (one rank); 1 is still read
+READABLE_VERSIONS = (1, 2)
+MAX_CALIBRATION_BYTES = 8 << 20
+
+
+def _num(x, where: str, what: str, zero_ok: bool = False) -> float:
+    """x as a float if it is a finite positive (or, with zero_ok, non-negative) JSON number; else ValueError."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 \
+            or (x == 0 and not zero_ok):
+        raise ValueError(f"{where}: {what} must be a {'non-negative' if zero_ok else 'positive'} number, got {x!r}")
+    return float(x)
+
+
+def _count(x, where: str, what: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+        raise ValueError(f"{where}: {what} must be a positive integer, got {x!r}")
+    return x
 
 
 @dataclass(frozen=True)
@@ -264,38 +313,96 @@ class BoardCal:
 
 
 @dataclass(frozen=True)
+class LayerRates:
+    """Rates measured with `ranks` ranks computing a `ranks`-rank plan's tiles at once: per rank, seconds per
+    output pixel of each spatial node (the per-call overhead taken out)."""
+
+    ranks: int
+    s_per_px: tuple[dict[str, float], ...]
+
+
+@dataclass(frozen=True)
+class ModelCal:
+    """What `calibrate --model` measured: the model, input and strategy it timed, its layer rates for one
+    or more rank counts, and the head's seconds on rank 0."""
+
+    model: str
+    input_shape: tuple[int, int, int]
+    strategy: str
+    head_s: float
+    sets: tuple[LayerRates, ...]
+
+    def nearest(self, ranks: int) -> LayerRates:
+        """The rates measured with `ranks` ranks at once, else with the nearest count (the larger on a tie)."""
+        return min(self.sets, key=lambda s: (abs(s.ranks - ranks), -s.ranks))
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "input_shape": list(self.input_shape), "strategy": self.strategy,
+                "head_s": self.head_s, "sets": [{"ranks": s.ranks, "s_per_px": list(s.s_per_px)} for s in self.sets]}
+
+    @classmethod
+    def from_json(cls, d, where: str) -> ModelCal:
+        keys = ("model", "input_shape", "strategy", "head_s", "sets")
+        if not isinstance(d, dict) or not all(k in d for k in keys):
+            raise ValueError(f"{where}: 'layers' needs {', '.join(keys)}")
+        shape = d["input_shape"]
+        if not isinstance(shape, list) or len(shape) != 3:
+            raise ValueError(f"{where}: layers.input_shape must be [C, H, W], got {shape!r}")
+        shape = tuple(_count(v, where, "layers.input_shape[]") for v in shape)
+        if not isinstance(d["sets"], list) or not d["sets"]:
+            raise ValueError(f"{where}: layers.sets must be a non-empty list")
+        sets = []
+        for i, s in enumerate(d["sets"]):
+            what = f"layers.sets[{i}]"
+            if not isinstance(s, dict):
+                raise ValueError(f"{where}: {what} is not an object")
+            n = _count(s.get("ranks"), where, f"{what}.ranks")
+            per_rank = s.get("s_per_px")
+            if not isinstance(per_rank, list) or len(per_rank) != n or not all(isinstance(m, dict) for m in per_rank):
+                raise ValueError(f"{where}: {what}.s_per_px must be a list of {n} objects (node: seconds per pixel)")
+            sets.append(LayerRates(n, tuple({str(k): _num(v, where, f"{what}.s_per_px[{r}][{k!r}]", True)
+                                             for k, v in m.items()} for r, m in enumerate(per_rank))))
+        if len({s.ranks for s in sets}) != len(sets):
+            raise ValueError(f"{where}: layers.sets measures one rank count twice")
+        return cls(str(d["model"]), shape, str(d["strategy"]), _num(d["head_s"], where, "layers.head_s", True),
+                   tuple(sets))
+
+
+@dataclass(frozen=True)
 class Calibration:
-    """What calibrate measured: per board its speed and overhead, and the links (worst measured pair)."""
+    """What calibrate measured: per board its speed and overhead, the links (worst measured pair; None when
+    measured on one rank) and, with --model, per-layer rates of that model."""
 
     boards: tuple[BoardCal, ...]
-    links: Links
+    links: Links | None
     date: str
     host: str
     pairs: tuple[dict, ...] = field(default=())
+    layers: ModelCal | None = None
 
-    def to_boards(self, ranks: int | None = None) -> Boards:
-        """Boards for a plan on `ranks` ranks (default: as measured; other counts reuse rank speeds cyclically)."""
+    def to_boards(self, ranks: int | None = None, model: str | None = None) -> Boards:
+        """Boards for a plan on `ranks` ranks (default: as measured; other counts reuse rank speeds cyclically),
+        with the layer rates (ModelCal.nearest, cyclic too) when `model` is the model they were measured on."""
         n = len(self.boards) if ranks is None else ranks
         flops = tuple(self.boards[r % len(self.boards)].flops_per_s for r in range(n))
-        return Boards(flops, max(b.layer_overhead_s for b in self.boards))
+        overhead = max(b.layer_overhead_s for b in self.boards)
+        if self.layers is None or model != self.layers.model:
+            return Boards(flops, overhead)
+        rates = self.layers.nearest(n)
+        return Boards(flops, overhead, tuple(rates.s_per_px[r % rates.ranks] for r in range(n)), self.layers.head_s)
 
     def to_json(self) -> dict:
         return {"version": CALIBRATION_VERSION, "date": self.date, "host": self.host,
-                "boards": [vars(b) for b in self.boards], "links": vars(self.links), "pairs": list(self.pairs)}
+                "boards": [vars(b) for b in self.boards], "links": None if self.links is None else vars(self.links),
+                "pairs": list(self.pairs), "layers": None if self.layers is None else self.layers.to_json()}
 
     @classmethod
     def from_json(cls, d, where: str = "calibration") -> Calibration:
-        def num(x, what, zero_ok=False) -> float:
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0 \
-                    or (x == 0 and not zero_ok):
-                raise ValueError(f"{where}: {what} must be a {'non-negative' if zero_ok else 'positive'} "
-                                 f"number, got {x!r}")
-            return float(x)
-
         if not isinstance(d, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(d).__name__}")
-        if d.get("version") != CALIBRATION_VERSION:
-            raise ValueError(f"{where}: version {d.get('version')!r} is not {CALIBRATION_VERSION}")
+        if d.get("version") not in READABLE_VERSIONS:
+            raise ValueError(f"{where}: version {d.get('version')!r} is not one this nptp-mpi reads "
+                             f"({', '.join(map(str, READABLE_VERSIONS))}); run calibrate again")
         for key in ("date", "host", "boards", "links"):
             if key not in d:
                 raise ValueError(f"{where}: missing {key!r}")
@@ -307,21 +414,23 @@ class Calibration:
                 raise ValueError(f"{where}: boards[{i}] is not an object")
             try:
                 boards.append(BoardCal(int(b.get("rank", i)), str(b["host"]),
-                                       num(b["flops_per_s"], f"boards[{i}].flops_per_s"),
-                                       num(b["layer_overhead_s"], f"boards[{i}].layer_overhead_s", True)))
+                                       _num(b["flops_per_s"], where, f"boards[{i}].flops_per_s"),
+                                       _num(b["layer_overhead_s"], where, f"boards[{i}].layer_overhead_s", True)))
             except KeyError as e:
                 raise ValueError(f"{where}: boards[{i}] lacks {e}") from None
-        ln = d["links"]
-        if not isinstance(ln, dict) or not all(k in ln for k in ("alpha_s", "bytes_per_s", "shared")):
-            raise ValueError(f"{where}: 'links' needs alpha_s, bytes_per_s and shared")
-        if not isinstance(ln["shared"], bool):
-            raise ValueError(f"{where}: links.shared must be true or false")
-        links = Links(num(ln["alpha_s"], "links.alpha_s", True), num(ln["bytes_per_s"], "links.bytes_per_s"),
-                      ln["shared"])
+        ln, links = d["links"], None
+        if ln is not None or d["version"] == 1:
+            if not isinstance(ln, dict) or not all(k in ln for k in ("alpha_s", "bytes_per_s", "shared")):
+                raise ValueError(f"{where}: 'links' needs alpha_s, bytes_per_s and shared")
+            if not isinstance(ln["shared"], bool):
+                raise ValueError(f"{where}: links.shared must be true or false")
+            links = Links(_num(ln["alpha_s"], where, "links.alpha_s", True),
+                          _num(ln["bytes_per_s"], where, "links.bytes_per_s"), ln["shared"])
         pairs = d.get("pairs", [])
         if not isinstance(pairs, list):
             raise ValueError(f"{where}: 'pairs' must be a list")
-        return cls(tuple(boards), links, str(d["date"]), str(d["host"]), tuple(pairs))
+        layers = None if d.get("layers") is None else ModelCal.from_json(d["layers"], where)
+        return cls(tuple(boards), links, str(d["date"]), str(d["host"]), tuple(pairs), layers)
 
     def save(self, path: str) -> None:
         """Write the JSON atomically (temp file in the same folder + rename)."""

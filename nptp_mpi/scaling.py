@@ -83,7 +83,8 @@ def add_predictions(rows: list[dict], calibration, links) -> None:
             graph = graphs[key]
             n = r["ranks"]
             plan = make_plan(graph, n, r["_strategy"])
-            r["predicted_s"] = predict(graph, plan, calibration.to_boards(n), links, r["_overlap"] == "on").latency_s
+            boards = calibration.to_boards(n, graph.name)
+            r["predicted_s"] = predict(graph, plan, boards, links, r["_overlap"] == "on").latency_s
 
 
 def add_speedups(rows: list[dict]) -> None:

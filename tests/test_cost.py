@@ -4,18 +4,21 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from functools import cache
 
 import numpy as np
 import pytest
 
 from nptp_mpi import zoo
-from nptp_mpi.calibrate import _check_output
+from nptp_mpi.calibrate import _check_output, layer_rates, time_layers
 from nptp_mpi.cost import (
     BoardCal,
     Boards,
     Calibration,
+    LayerRates,
     Links,
+    ModelCal,
     load_calibration,
     model_cost,
     parse_rate,
@@ -23,10 +26,10 @@ from nptp_mpi.cost import (
     predict,
     predict_strategies,
 )
-from nptp_mpi.geometry import halo_matrix, spatial
+from nptp_mpi.geometry import area, halo_matrix, spatial
 from nptp_mpi.graph import Graph
 from nptp_mpi.partition import objective_bytes
-from nptp_mpi.plan import make_plan
+from nptp_mpi.plan import make_plan, pieces
 from tests.conftest import ROOT, mpiexec
 from tests.test_partition import conv, small_net
 from tests.test_plan import check_invariants
@@ -90,6 +93,65 @@ def test_hand_computed_two_ranks(overlap):
     assert [x.name for x in pred.layers] == ["scatter", "c1", "c2", "head"]
     assert pred.comm_s == pytest.approx(scatter + halo + gather)
     assert pred.compute_s == pytest.approx(c1 + c2_core + c2_border)
+
+
+def test_layer_rates_replace_flops():
+    g = two_convs()
+    plan = make_plan(g, 2, "coedge")  # each rank computes 32 pixels of c1 and of c2, in two pieces each
+    links = Links(A, B, shared=False)
+    rates = {"c1": 2e-6, "c2": 3e-6}
+    base = predict(g, plan, Boards((F, F), OH, (rates, rates)), links, overlap=False)
+    scatter, halo, gather = A + 4 * 2 * 5 * 8 / B, 2 * A + 4 * 4 * 8 / B, A + 4 * 4 * 32 / B
+    c1, c2 = 2e-6 * 32 + 2 * OH, 3e-6 * 32 + 2 * OH
+    assert base.latency_s == pytest.approx(scatter + c1 + halo + c2 + gather, rel=1e-12)
+    # c1 ten times slower on rank 1 only: the layer waits for it, so exactly 9 x its work more
+    slow = predict(g, plan, Boards((F, F), OH, (rates, {**rates, "c1": 2e-5})), links, overlap=False)
+    assert slow.latency_s - base.latency_s == pytest.approx(9 * 2e-6 * 32, rel=1e-9)
+    # a node the calibration did not time falls back to FLOPs / FLOP/s
+    partial = predict(g, plan, Boards((F, F), OH, ({"c2": 3e-6},) * 2), links, overlap=False)
+    assert partial.latency_s - base.latency_s == pytest.approx(2 * 4 * 32 * 2 * 9 / F - 2e-6 * 32, rel=1e-9)
+
+
+def test_measured_head_time_replaces_head_flops(cases):
+    g, plan = cases[2]  # VGG-16: a gathered head
+    b = boards_for(plan.ranks)
+    by_flops = predict(g, plan, b, Links(1e-4, 1e7, False))
+    timed = predict(g, plan, replace(b, head_s=0.5), Links(1e-4, 1e7, False))
+    assert timed.layers[-1].compute_s == 0.5  # gathered head: no local part
+    assert timed.latency_s - by_flops.latency_s == pytest.approx(0.5 - by_flops.layers[-1].compute_s)
+
+
+def test_layer_rates_must_match_plan():
+    g, plan = two_convs(), make_plan(two_convs(), 2, "coedge")
+    with pytest.raises(ValueError, match="layer rates for 1"):
+        predict(g, plan, Boards((F, F), 0.0, ({"c1": 1e-6},)), Links(0.0, 1e6, False))
+    with pytest.raises(ValueError, match="non-negative"):
+        predict(g, plan, Boards((F, F), 0.0, ({"c1": -1.0},) * 2), Links(0.0, 1e6, False))
+
+
+def test_timed_layers_are_the_engine_pieces_and_give_back_the_times():
+    g = small_net()
+    plan = make_plan(g, 3, "nptp")
+    measured = [time_layers(g, plan, r, repeat=1) for r in range(3)]
+    nodes = [n for n in g.nodes if n.spatial]
+    for r, m in enumerate(measured):
+        assert list(m) == [n.name for n in nodes]
+        for n in nodes:
+            parts = [p for part in pieces(plan, g, n, r) for p in part]
+            t, calls, pixels = m[n.name]
+            assert t >= 0 and calls == len(parts) and pixels == sum(area(p) for p in parts)
+    # on the plan they were timed on, the rates predict each layer's slowest measured time
+    rates = layer_rates(measured, 0.0)
+    assert rates.ranks == 3
+    pred = predict(g, plan, Boards((1e9,) * 3, 0.0, rates.s_per_px, 0.0), Links(0.0, math.inf, False), False)
+    layers = {x.name: x.compute_s for x in pred.layers}
+    for n in nodes:
+        assert layers[n.name] == pytest.approx(max(m[n.name][0] for m in measured), rel=1e-9)
+
+
+def test_layer_rates_take_out_the_call_overhead():
+    rates = layer_rates([{"a": (1e-3, 2, 100), "b": (1e-3, 20, 100), "none": (1e-3, 1, 0)}], 1e-4)
+    assert rates.s_per_px == ({"a": pytest.approx((1e-3 - 2e-4) / 100), "b": 0.0},)
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +273,42 @@ def test_calibration_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["cal.json"]  # no temp file left behind
 
 
+def layered_calibration():
+    """calibration() plus per-layer rates of two_convs() timed with 1 and 2 ranks at once."""
+    sets = (LayerRates(1, ({"c1": 1e-6, "c2": 2e-6},)),
+            LayerRates(2, ({"c1": 3e-6, "c2": 4e-6}, {"c1": 5e-6, "c2": 6e-6})))
+    return replace(calibration(), layers=ModelCal("tiny", (2, 8, 8), "coedge", 0.25, sets))
+
+
+def test_calibration_with_layers_round_trip_and_boards(tmp_path):
+    cal = layered_calibration()
+    path = tmp_path / "cal.json"
+    cal.save(str(path))
+    assert load_calibration(str(path)) == cal
+    sets = cal.layers.sets
+    b = cal.to_boards(2, "tiny")
+    assert b.s_per_px == sets[1].s_per_px and b.head_s == 0.25 and b.flops_per_s == (2.5e9, 3e9)
+    assert cal.to_boards(1, "tiny").s_per_px == sets[0].s_per_px
+    assert cal.to_boards(3, "tiny").s_per_px == (*sets[1].s_per_px, sets[1].s_per_px[0])  # nearest count, cyclic
+    assert cal.to_boards(2, "vgg16") == cal.to_boards(2) == Boards((2.5e9, 3e9), 2e-4)  # another model: FLOP/s
+    assert replace(cal.layers, sets=(sets[0], replace(sets[1], ranks=3))).nearest(2).ranks == 3  # tie: the larger
+
+
+def test_version_1_and_one_rank_calibrations_are_read(tmp_path):
+    path = tmp_path / "cal.json"
+    d = calibration().to_json()
+    d["version"] = 1
+    del d["layers"]
+    path.write_text(json.dumps(d))
+    assert load_calibration(str(path)) == calibration()
+    path.write_text(json.dumps({**d, "links": None}))
+    with pytest.raises(ValueError, match="'links' needs"):  # version 1 always measured links
+        load_calibration(str(path))
+    one = replace(layered_calibration(), links=None, pairs=())
+    one.save(str(path))
+    assert load_calibration(str(path)) == one
+
+
 def _mutate(d, keys, value):
     for k in keys[:-1]:
         d = d[k]
@@ -243,6 +341,28 @@ def test_malformed_calibration_refused(tmp_path, text, match):
         load_calibration(str(path))
 
 
+@pytest.mark.parametrize("keys, value, match", [
+    (("version",), 3, "version 3 is not one"),
+    (("layers", "model"), KeyError, "'layers' needs"),
+    (("layers", "input_shape"), [2, 0, 8], r"input_shape"),
+    (("layers", "input_shape"), [8, 8], r"input_shape"),
+    (("layers", "head_s"), -1, "head_s"),
+    (("layers", "sets"), [], "non-empty"),
+    (("layers", "sets", 0, "ranks"), "1", r"sets\[0\]\.ranks"),
+    (("layers", "sets", 1, "s_per_px"), [{}], r"sets\[1\]\.s_per_px must be a list of 2"),
+    (("layers", "sets", 1, "s_per_px", 1, "c2"), float("inf"), r"sets\[1\]\.s_per_px\[1\]\['c2'\]"),
+    (("layers", "sets", 1), {"ranks": 1, "s_per_px": [{}]}, "twice"),
+])
+def test_malformed_layer_rates_refused(tmp_path, keys, value, match):
+    path = tmp_path / "cal.json"
+    d = layered_calibration().to_json()
+    _mutate(d, keys, value)
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=match) as err:
+        load_calibration(str(path))
+    assert str(path) in str(err.value)
+
+
 def test_missing_calibration_file(tmp_path):
     with pytest.raises(ValueError, match="cannot read"):
         load_calibration(str(tmp_path / "nope.json"))
@@ -265,3 +385,34 @@ def test_calibrate_under_mpiexec(tmp_path):
     assert len(cal.boards) == 2 and len(cal.pairs) == 1
     assert all(b.flops_per_s > 0 and b.layer_overhead_s >= 0 for b in cal.boards)
     assert cal.links.alpha_s > 0 and cal.links.bytes_per_s > 0 and cal.links.shared is False
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_calibrate_times_the_model_layers_under_mpiexec(tmp_path, ranks):
+    out = tmp_path / "cal.json"
+    counts = ",".join(str(k) for k in range(1, ranks + 1))
+    cmd = [*mpiexec(), "-n", str(ranks), sys.executable, "-m", "nptp_mpi", "calibrate", "-o", str(out), "--repeat",
+           "1", "--pings", "5", "--large-mb", "1", "--model", "resnet18", "--size", "64", "--ranks", counts]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "layers of resnet18 3x64x64" in proc.stdout
+    cal = load_calibration(str(out))
+    assert (cal.links is None) == (ranks == 1)
+    lc = cal.layers
+    assert (lc.model, lc.input_shape, lc.strategy) == ("resnet18", (3, 64, 64), "nptp") and lc.head_s > 0
+    assert [s.ranks for s in lc.sets] == list(range(1, ranks + 1))
+    names = {n.name for n in zoo.build("resnet18", (64, 64)).nodes if n.spatial}
+    assert all(set(rates) == names for s in lc.sets for rates in s.s_per_px)
+
+
+@pytest.mark.parametrize("ranks, args, match", [
+    (2, ["--model", "resnet18", "--size", "64", "--ranks", "3"], "every count must be 1 to 2"),
+    (2, ["--size", "64"], "need --model"),
+    (1, [], "at least 2 ranks"),
+])
+def test_calibrate_refuses_bad_layer_arguments(tmp_path, ranks, args, match):
+    cmd = [*mpiexec(), "-n", str(ranks), sys.executable, "-m", "nptp_mpi", "calibrate", "-o", str(tmp_path / "c.json"),
+           *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and match in proc.stderr, proc.stderr
+    assert not (tmp_path / "c.json").exists()

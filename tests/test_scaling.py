@@ -1,13 +1,18 @@
-"""`bench scaling`: the case list, and a tiny real run writing CSV, JSON and a plot."""
+"""`bench scaling`: the case list, a tiny real run writing CSV, JSON and a plot, and its predictions."""
 
 from __future__ import annotations
 
 import csv
 import json
 
+import pytest
 from conftest import run_cli
 
-from nptp_mpi.scaling import cases
+from nptp_mpi.cli import load_model
+from nptp_mpi.cost import BoardCal, Calibration, LayerRates, Links, ModelCal
+from nptp_mpi.geometry import area
+from nptp_mpi.plan import make_plan, pieces
+from nptp_mpi.scaling import add_predictions, cases
 
 
 def test_one_board_is_one_case_per_model_and_size() -> None:
@@ -46,3 +51,21 @@ def test_scaling_adds_predictions_from_a_calibration(tmp_path) -> None:
     rows = json.loads((out / "scaling.json").read_text())["rows"]
     assert len(rows) == 2 and all(r["predicted_s"] > 0 for r in rows)
     assert "predicted" in p.stdout
+
+
+def test_predictions_use_the_layer_rates_of_the_same_model() -> None:
+    g = load_model("resnet18", (64, 64), None)
+    nodes = [n for n in g.nodes if n.spatial]
+
+    def predicted(model: str | None, rate: float = 0.0) -> float:
+        layers = ModelCal(model, (3, 64, 64), "nptp", 0.0, (LayerRates(1, ({n.name: rate for n in nodes},)),))
+        cal = Calibration((BoardCal(0, "b", 2e10, 0.0),), None, "2026-11-23", "b", (), layers if model else None)
+        rows = [{"model": "resnet18", "size": "64", "ranks": 2, "_strategy": "nptp", "_overlap": "off",
+                 "latency_s": 1.0}]
+        add_predictions(rows, cal, Links(0.0, 1e9, False))
+        return rows[0]["predicted_s"]
+
+    plan = make_plan(g, 2, "nptp")
+    slowest = sum(max(sum(area(p) for part in pieces(plan, g, n, r) for p in part) for r in range(2)) for n in nodes)
+    assert predicted("resnet18", 1e-6) - predicted("resnet18", 1e-9) == pytest.approx((1e-6 - 1e-9) * slowest)
+    assert predicted("vgg16", 1e-6) == predicted(None)  # rates of another model are not used
