@@ -319,7 +319,8 @@ def nptp(cells: tuple[int, int], speeds: list[float], cost: Cost) -> list[Rect]:
     return min(candidates, key=cost.exact)
 
 
-STRATEGIES = {"coedge": coedge, "grid": grid, "nptp": nptp}
+# d3 starts from the NPTP partition and re-cuts it at run time from measured compute times (nptp_mpi.d3).
+STRATEGIES = {"coedge": coedge, "grid": grid, "nptp": nptp, "d3": nptp}
 
 
 def parse_speeds(text: str, ranks: int) -> list[float]:
@@ -348,7 +349,7 @@ def check(rects: list[Rect], sp: Spatial) -> None:
         cover[y0:y1, x0:x1] += 1
     if (cover != 1).any() or any(y0 < 0 or x0 < 0 or y1 > nh or x1 > nw for y0, x0, y1, x1 in rects):
         raise PartitionError(f"tiles {rects} do not cover the {nh}x{nw} cell grid exactly once")
-    own, _ = regions(sp, np.array(rects))
+    own = regions(sp, np.array(rects))[0]
     for t, r in own.items():
         if (area(r) == 0).any():
             raise PartitionError(f"a tile is empty in tensor {t!r} ({sp.hw[t][0]}x{sp.hw[t][1]}); use fewer ranks")

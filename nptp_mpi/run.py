@@ -13,6 +13,7 @@ import signal
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +28,17 @@ from .cli import (
     load_model,
     report_failure,
 )
+from .d3 import imbalance, predicted, rebalance, relative, speeds
 from .engine import Engine, Stats
 from .exchange import World
+from .geometry import spatial
 from .graph import Graph
-from .plan import Plan, human
+from .plan import Plan, human, plan_from_cells
 
 VERIFY_TOL = 1e-5  # max |distributed − reference| relative to max |reference|
 # Arguments every rank must share (others, like --output, only matter on rank 0).
 AGREED_ARGS = ("model", "size", "weights", "strategy", "speeds", "objective", "warmup", "repeat", "timeout",
-               "overlap")
+               "overlap", "fuse", "partition", "bandwidth", "latency", "calibration", "shared")
 
 
 def inject_fault(world: World, phase: str) -> None:
@@ -48,6 +51,17 @@ def inject_fault(world: World, phase: str) -> None:
         if spec[2:] == ["kill"]:
             os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"injected fault in {phase}")
+
+
+def slow_down(world: World, stats: Stats) -> Stats:
+    """Test hook: NPTP_SLOW=rank:factor makes that rank's compute take factor× as long: it sleeps (factor-1)×
+    its measured compute after each inference, counted as compute. Inert when unset."""
+    spec = os.environ.get("NPTP_SLOW", "").split(":")
+    if spec[0] != str(world.rank):
+        return stats
+    extra = (float(spec[1]) - 1) * stats.compute_s
+    time.sleep(max(extra, 0.0))
+    return replace(stats, compute_s=stats.compute_s + extra)
 
 
 def measure_speed(repeat: int = 3) -> float:
@@ -76,6 +90,10 @@ def _local_setup(args: argparse.Namespace, world: World) -> tuple[Graph, dict, f
         if args.images and not Path(args.images).is_dir():
             raise UsageError(f"--images {args.images}: not a folder")
     graph = load_model(args.model, args.size, args.weights)
+    if args.calibration:  # read here, so a board missing the file fails in the agreement, not alone
+        from .cost import load_calibration
+
+        load_calibration(args.calibration)
     auto = args.speeds == "auto"
     if args.speeds and not auto:
         parse_speeds(args.speeds, world.size)
@@ -105,15 +123,15 @@ def _agree(world: World, err: str | None, facts: dict | None, speed: float | Non
 
 
 def _make_plan(args: argparse.Namespace, graph: Graph, world: World, measured: list[float | None]) -> Plan:
+    from .cli import plan_for
     from .partition import parse_speeds
-    from .plan import make_plan
 
     if args.speeds == "auto":
         speeds = measured
     else:
         speeds = parse_speeds(args.speeds, world.size) if args.speeds else None
     try:
-        plan = make_plan(graph, world.size, args.strategy, speeds, args.objective)
+        plan = plan_for(args, graph, world.size, speeds)
     except ValueError as e:  # deterministic: every rank has just met the same error
         raise JobError(str(e)) from None
     prints = world.allgather(plan.fingerprint())
@@ -169,15 +187,76 @@ def _run(args: argparse.Namespace, world: World) -> int:
     plan = _make_plan(args, graph, world, measured)
     x = None if args.images else _load_input(args, graph, world)
 
-    engine = Engine(graph, plan, world, overlap=args.overlap == "on")
+    runner = Runner(graph, plan, world, overlap=args.overlap == "on")
+    if not (args.verify and world.rank == 0):  # rank 0 verifies against the reference, on the whole graph
+        runner.engine.free_unused_weights()
+    reset_rss_peak()
     try:
         if args.images:
-            _stream(args, graph, engine, world)
+            _stream(args, graph, runner, world)
         else:
-            _timed(args, graph, plan, x, engine, world)
+            _timed(args, graph, x, runner, world)
     finally:
-        engine.close()
+        runner.close()
     return 0
+
+
+class Runner:
+    """The engine both loops run on. With --strategy d3 (run-time re-partitioning, nptp_mpi.d3) each
+    inference ends with one small allgather of the ranks' compute times; before the next one, when the
+    slowest was more than 10% above the mean, every rank computes the same new tiles and switches to
+    them. `trace` holds one entry per inference (d3 only): latency, compute times, max/mean, and the
+    tiles when they are new."""
+
+    def __init__(self, graph: Graph, plan: Plan, world: World, overlap: bool = True) -> None:
+        self.graph, self.plan, self.world, self.overlap = graph, plan, world, overlap
+        self.engine = Engine(graph, plan, world, overlap=overlap)
+        self.sp = spatial(graph) if plan.strategy == "d3" else None
+        self.trace: list[dict] = []
+        self.fresh = True  # the next inference is the first on its tiles
+
+    def infer(self, x: np.ndarray | None) -> tuple[np.ndarray | None, Stats, float]:
+        """One inference (d3: on re-cut tiles if the last one was unbalanced): output at rank 0, stats, latency."""
+        if self.sp is not None and self.trace:
+            self._adapt()
+        t0 = time.perf_counter()
+        out, stats = self.engine.infer(x)
+        latency = time.perf_counter() - t0
+        stats = slow_down(self.world, stats)
+        if self.sp is not None:
+            times = self.world.allgather(stats.compute_s)
+            entry = {"inference": len(self.trace) + 1, "latency_s": latency, "compute_s": times,
+                     "max_over_mean": imbalance(times)}
+            if self.fresh:
+                entry |= {"tiles": [list(r) for r in self.plan.cell_tiles], "halo_bytes": self.plan.halo_bytes}
+            self.trace.append(entry)
+            self.fresh = False
+        return out, stats, latency
+
+    def _adapt(self) -> None:
+        """Re-cut the tiles from the last inference's compute times (identically on every rank), check that
+        every rank built the same plan, and move to a new engine."""
+        last, tiles = self.trace[-1], list(self.plan.cell_tiles)
+        new = rebalance(self.sp, tiles, last["compute_s"], self.plan.objective)
+        if new is None:
+            return
+        speed = speeds(tiles, last["compute_s"])
+        plan = plan_from_cells(self.graph, new, "d3", relative(speed), self.plan.objective, self.plan.fuse)
+        prints = self.world.allgather(plan.fingerprint())
+        if len(set(prints)) != 1:
+            raise JobError(f"ranks computed different d3 plans ({', '.join(prints)}); same checkout on every board?")
+        if self.world.rank == 0:
+            times = last["compute_s"]
+            print(f"d3: after inference {last['inference']}: compute max/mean {last['max_over_mean']:.2f}, slowest "
+                  f"rank {times.index(max(times))} {max(times):.3f} s; re-partitioned to cell tiles {new} (predicted "
+                  f"slowest {max(predicted(new, speed)):.3f} s)", file=sys.stderr, flush=True)
+        self.engine.close()
+        self.plan, self.fresh = plan, True
+        self.engine = Engine(self.graph, plan, self.world, overlap=self.overlap)
+
+    def close(self) -> None:
+        """Free the engine's MPI datatypes."""
+        self.engine.close()
 
 
 def rss_mb() -> float:
@@ -186,33 +265,49 @@ def rss_mb() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
     except OSError:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+        return rss_peak_mb()
 
 
-def _timed(args: argparse.Namespace, graph: Graph, plan: Plan, x, engine: Engine, world: World) -> None:
+def rss_peak_mb() -> float:
+    """This process's peak resident memory in MB, since start or since reset_rss_peak (getrusage ru_maxrss:
+    KiB on Linux, bytes on macOS)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e6
+
+
+def reset_rss_peak() -> None:
+    """Start the peak over, once set-up has freed what the rank does not compute with (Linux: the kernel's
+    high-water mark, which ru_maxrss reads). Elsewhere the peak includes loading the whole model."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _timed(args: argparse.Namespace, graph: Graph, x, runner: Runner, world: World) -> None:
     """Warm-up, then `repeat` timed inferences; rank 0 reports medians."""
     for _ in range(args.warmup):
-        engine.infer(x)
+        runner.infer(x)
     rss_start = rss_mb()
     latencies, stats, out = [], [], None
     for i in range(args.repeat):
         world.barrier()
         inject_fault(world, "infer")
-        t0 = time.perf_counter()
-        out, st = engine.infer(x)
-        latencies.append(time.perf_counter() - t0)
+        out, st, latency = runner.infer(x)
+        latencies.append(latency)
         stats.append(st)
         if world.rank == 0 and args.repeat > 1:
             print(f"inference {i + 1}/{args.repeat}: {latencies[-1]:.3f} s", file=sys.stderr, flush=True)
-    everyone = world.gather_values((world.host, stats, latencies, (rss_start, rss_mb())))
+    everyone = world.gather_values((world.host, stats, latencies,
+                                    (rss_start, rss_mb(), rss_peak_mb(), runner.engine.weight_bytes / 1e6)))
     if world.rank == 0:
         inject_fault(world, "write")
-        _finish(args, graph, plan, x, out, everyone)
+        _finish(args, graph, runner, x, out, everyone)
 
 
-def _stream(args: argparse.Namespace, graph: Graph, engine: Engine, world: World) -> None:
+def _stream(args: argparse.Namespace, graph: Graph, runner: Runner, world: World) -> None:
     """One inference per picture of a folder; a bad picture is reported and skipped, the stream goes on.
 
     Rank 0 appends one JSON line per picture to --results (or stdout), flushed as it completes, so a
@@ -243,12 +338,12 @@ def _stream(args: argparse.Namespace, graph: Graph, engine: Engine, world: World
                 _emit(sink, {"image": msg[1], "ok": False, "error": msg[2]})
                 continue
             inject_fault(world, "infer")
-            t0 = time.perf_counter()
-            out, _ = engine.infer(x)
-            latencies.append(time.perf_counter() - t0)
+            out, _, latency = runner.infer(x)
+            latencies.append(latency)
             done += 1
             if world.rank == 0:
-                _emit(sink, {"image": msg[1], "ok": True, "latency_s": latencies[-1], **_summary(out)})
+                d3 = {"d3": runner.trace[-1]} if runner.trace else {}
+                _emit(sink, {"image": msg[1], "ok": True, "latency_s": latency, **_summary(out), **d3})
     finally:
         if sink not in (None, sys.stdout):
             sink.close()
@@ -282,13 +377,14 @@ def _median_stats(stats: list[Stats]) -> dict:
             "bytes_sent": stats[-1].halo_sent, "bytes_recv": stats[-1].halo_recv}
 
 
-def _finish(args, graph: Graph, plan: Plan, x: np.ndarray, out: np.ndarray, everyone: list) -> None:
-    """Rank 0: verify, print the table, write output, report and picture."""
+def _finish(args, graph: Graph, runner: Runner, x: np.ndarray, out: np.ndarray, everyone: list) -> None:
+    """Rank 0: verify, print the table, write output, report and picture (of the plan the last inference ran)."""
     from .inputs import atomic_save_npy, tensor_to_image
 
+    plan = runner.plan
     latency = statistics.median(everyone[0][2])
     per_rank = [{"rank": r, "host": host, "tile": list(plan.tiles[r]), **_median_stats(st),
-                 "rss_mb_start": rss[0], "rss_mb_end": rss[1]}
+                 "rss_mb_start": rss[0], "rss_mb_end": rss[1], "rss_peak_mb": rss[2], "weights_mb": rss[3]}
                 for r, (host, st, _, rss) in enumerate(everyone)]
     measured = sum(p["bytes_recv"] for p in per_rank)
     report = {"model": graph.name, "model_fingerprint": graph.fingerprint(), "input_shape": list(graph.input_shape),
@@ -297,6 +393,8 @@ def _finish(args, graph: Graph, plan: Plan, x: np.ndarray, out: np.ndarray, ever
               "objective": plan.objective, "overlap": args.overlap, "latency_s": latency, "latencies_s": everyone[0][2],
               "halo_bytes": measured, "plan_halo_bytes": plan.halo_bytes, "per_rank": per_rank,
               "plan_fingerprint": plan.fingerprint(), "version": __version__}
+    if runner.trace:
+        report["d3_trace"] = runner.trace
     if args.verify:
         from .reference import run as reference
 

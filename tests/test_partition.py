@@ -73,6 +73,8 @@ def test_nptp_never_worse_than_strips_or_grid(model, hw):
                 speeds = speeds_for(n, mixed)
                 layouts = {}
                 for name, strategy in STRATEGIES.items():
+                    if name == "d3":  # d3 starts from the nptp partition (and re-cuts it at run time)
+                        continue
                     try:
                         layouts[name] = strategy(sp.cells, speeds, cost)
                     except PartitionError:
