@@ -61,6 +61,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def parse_fuse(text: str) -> tuple[int, ...]:
+    """--fuse 4,4,3: positive layer counts per fused block."""
+    try:
+        fuse = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give layers per block as integers, e.g. 4,4,3") from None
+    if not fuse or min(fuse) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every block needs at least one layer")
+    return fuse
+
+
 def load_model(spec: str, size: tuple[int, int] | None, weights: str | None) -> Graph:
     """A zoo model by name or an ONNX file, optionally with weights from an .npz file."""
     from . import zoo
@@ -119,11 +130,27 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _partition_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strategy", default="nptp", help="coedge | grid | nptp (default nptp)")
+    p.add_argument("--strategy", default="auto",
+                   help="auto (default: the scheme the cost model predicts fastest, see `plan --strategy auto`) | "
+                   "coedge | grid | nptp | fused (DeepThings' fused blocks over --partition, --fuse) | halp (rank 0 "
+                   "computes the seams of a first block) | iop | d3 (nptp, re-cut at run time from measured "
+                   "compute times)")
     p.add_argument("--speeds", help="relative board speeds, e.g. 1,1,2,0.5 (default equal)" )
     p.add_argument("--objective", default="total", choices=("total", "max"),
                    help="minimise total halo bytes (shared medium) or the largest per-board bytes (switched)")
     p.add_argument("--png", help="draw the partition over the input image into this PNG")
+    p.add_argument("--fuse", type=parse_fuse, default=None,
+                   help="fused: layers per block, e.g. 4,4,3 (the rest one per block; default: the cost model's pick)")
+    p.add_argument("--partition", default="nptp", help="the tiling fused blocks run over: coedge | grid | nptp")
+
+
+def _cost_args(p: argparse.ArgumentParser) -> None:
+    """The cost model's boards and links (plan predicts with them; fused/auto choose by them)."""
+    p.add_argument("--bandwidth", help="link rate (e.g. 100mbit): predict each strategy's latency; NPTP then "
+                   "picks its layout by predicted latency instead of bytes")
+    p.add_argument("--latency", help="per-message link latency, e.g. 1ms (default: calibrated, else 0)")
+    p.add_argument("--calibration", help="cal.json from `mpiexec … python -m nptp_mpi calibrate -o cal.json`")
+    p.add_argument("--shared", action="store_true", help="the links are one shared medium (Wi-Fi)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,17 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=300.0,
                      help="seconds any wait on another rank may take before the job aborts naming it (default 300)")
     run.add_argument("--debug", action="store_true", help="full tracebacks")
+    _cost_args(run)
 
     plan = sub.add_parser("plan", help="print a partition plan (no MPI needed)")
     _model_args(plan)
     _partition_args(plan)
     plan.add_argument("--ranks", type=int, required=True)
     plan.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    plan.add_argument("--bandwidth", help="link rate (e.g. 100mbit): predict each strategy's latency; NPTP then "
-                      "picks its layout by predicted latency instead of bytes")
-    plan.add_argument("--latency", help="per-message link latency, e.g. 1ms (default: calibrated, else 0)")
-    plan.add_argument("--calibration", help="cal.json from `mpiexec … python -m nptp_mpi calibrate -o cal.json`")
-    plan.add_argument("--shared", action="store_true", help="the links are one shared medium (Wi-Fi)")
+    _cost_args(plan)
     plan.add_argument("--overlap", choices=("on", "off"), default="on")
 
     exp = sub.add_parser("export", help="write a model as ONNX")
@@ -217,19 +241,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def cmd_plan(args: argparse.Namespace) -> None:
     from .partition import parse_speeds
-    from .plan import draw_tiles, format_plan, human, make_plan
+    from .plan import draw_tiles, format_plan, human, weight_bytes
 
     graph = load_model(args.model, args.size, args.weights)
     speeds = parse_speeds(args.speeds, args.ranks) if args.speeds else None
     if args.bandwidth or args.calibration:
         plan, predictions = _predict(args, graph, speeds)
     else:
-        plan, predictions = make_plan(graph, args.ranks, args.strategy, speeds, args.objective), None
+        plan, predictions = plan_for(args, graph, args.ranks, speeds), None
     if args.json:
-        print(json.dumps({**plan.to_json(), **({"predicted": predictions} if predictions else {})}, indent=1))
+        print(json.dumps({**plan.to_json(), "weight_bytes": weight_bytes(graph, plan),
+                          **({"predicted": predictions} if predictions else {})}, indent=1))
     else:
-        print(format_plan(plan))
-        if predictions:
+        print(format_plan(plan, weights=weight_bytes(graph, plan)))
+        if args.strategy == "auto":
+            from .planner import explain
+
+            print("\n" + "\n".join(explain(graph, args.ranks, speeds or [1.0] * args.ranks, args.objective,
+                                            setting_for(args, graph, args.ranks, speeds))))
+        if predictions and args.strategy != "auto":  # auto printed them already
             print("\npredicted latency (cost model: " + predictions["model"] + ")")
             for row in predictions["strategies"]:
                 what = (f"{row['latency_s']:.3f} s  (compute {row['compute_s']:.3f} s, communication "
@@ -245,42 +275,51 @@ def link_model(args: argparse.Namespace, cal):
     """The links to predict for: --bandwidth/--latency/--shared where given, else the calibration's."""
     from .cost import Links, parse_rate, parse_time
 
-    if not (args.bandwidth or cal):
-        raise UsageError("a prediction needs --bandwidth or --calibration")
-    return Links(parse_time(args.latency) if args.latency else (cal.links.alpha_s if cal else 0.0),
-                 parse_rate(args.bandwidth) if args.bandwidth else cal.links.bytes_per_s,
-                 args.shared or bool(cal and cal.links.shared))
+    measured = cal.links if cal else None  # None also for a calibration made on one rank
+    if not (args.bandwidth or measured):
+        raise UsageError("a prediction needs --bandwidth, or --calibration with links (calibrated on 2+ ranks)")
+    return Links(parse_time(args.latency) if args.latency else (measured.alpha_s if measured else 0.0),
+                 parse_rate(args.bandwidth) if args.bandwidth else measured.bytes_per_s,
+                 args.shared or bool(measured and measured.shared))
+
+
+def setting_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list[float] | None):
+    """What fused and auto plan for: the calibration's boards or nominal ones scaled by --speeds, and
+    --bandwidth/--latency/--shared, the calibration's links, or the nominal link. Deterministic, so every
+    rank of a job (and `plan`) makes the same choice."""
+    from .cost import load_calibration
+    from .planner import NOMINAL_LINKS, Setting
+
+    cal = load_calibration(args.calibration) if args.calibration else None
+    nominal = Setting.nominal(speeds or [1.0] * ranks, args.overlap == "on")
+    boards = cal.to_boards(ranks, graph.name) if cal else nominal.boards
+    links = link_model(args, cal) if (args.bandwidth or (cal and cal.links)) else NOMINAL_LINKS
+    return Setting(boards, links, args.overlap == "on", given=bool(cal or args.bandwidth))
+
+
+def plan_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list[float] | None):
+    """The plan `run` executes and `plan` prints for these arguments."""
+    from .planner import build
+
+    return build(graph, ranks, args.strategy, speeds, args.objective, setting_for(args, graph, ranks, speeds),
+                 args.fuse, args.partition)
 
 
 def _predict(args: argparse.Namespace, graph: Graph, speeds: list[float] | None):
-    """Plans of every strategy with their predicted latency, from a calibration and/or the given link."""
-    from .calibrate import measure_board
-    from .cost import Boards, load_calibration, predict_strategies
+    """The plan these arguments run, and every scheme's predicted latency for the boards and links."""
+    from .cost import predict
+    from .planner import candidates, describe
 
-    cal = load_calibration(args.calibration) if args.calibration else None
-    if cal:
-        boards = cal.to_boards(args.ranks)
-    else:  # this machine's kernel speed stands for a board; --speeds scale it per rank
-        here = measure_board()
-        rel = speeds or [1.0] * args.ranks
-        boards = Boards(tuple(here["flops_per_s"] * s for s in rel), here["layer_overhead_s"])
-    links = link_model(args, cal)
-    rows, chosen = [], None
-    for strategy, plan, pred in predict_strategies(graph, args.ranks, speeds, args.objective, boards, links,
-                                                   overlap=args.overlap == "on"):
+    setting = setting_for(args, graph, args.ranks, speeds)
+    rows = []
+    for strategy, plan, t in candidates(graph, args.ranks, speeds or [1.0] * args.ranks, args.objective, setting):
         if plan is None:
-            rows.append({"strategy": strategy, "error": pred})
+            rows.append({"strategy": strategy, "error": t})
             continue
-        rows.append({"strategy": strategy, "latency_s": pred.latency_s, "compute_s": pred.compute_s,
-                     "comm_s": pred.comm_s, "halo_bytes": plan.halo_bytes})
-        chosen = plan if strategy == args.strategy else chosen
-    if chosen is None:
-        raise UsageError(f"strategy {args.strategy!r} cannot run here: "
-                         + next((r.get("error", "") for r in rows if r["strategy"] == args.strategy), "unknown"))
-    model = (f"{'shared' if links.shared else 'switched'} {links.bytes_per_s * 8 / 1e6:g} Mbit/s, "
-             f"latency {links.alpha_s * 1e3:g} ms, overlap {args.overlap}, boards "
-             + ", ".join(f"{f / 1e9:.1f}" for f in boards.flops_per_s) + " GFLOP/s")
-    return chosen, {"model": model, "strategies": rows}
+        pred = predict(graph, plan, setting.boards, setting.links, setting.overlap)
+        rows.append({"strategy": strategy, "latency_s": t, "compute_s": pred.compute_s, "comm_s": t - pred.compute_s,
+                     "halo_bytes": plan.halo_bytes})
+    return plan_for(args, graph, args.ranks, speeds), {"model": describe(setting), "strategies": rows}
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -1,8 +1,9 @@
 """Distributed engine: one rank's share of an inference, step by step as the plan says.
 
 Rank 0 scatters the input (each rank gets its tile plus the halo its first layers read); every layer
-computes the rank's own tile from its buffer and, if a later window op reads past the tile, exchanges
-the halo with the neighbours that own it; the head is reduced (global pooling) or gathered to rank 0.
+computes the rank's share (its own tile, or more inside a fused block) from its buffers and, where the
+plan exchanges a tensor's halo, fetches it from the neighbours that own it; the head is reduced
+(global pooling) or gathered to rank 0.
 Buffers and MPI datatypes are made once, in the constructor, and reused by every inference.
 """
 
@@ -15,9 +16,12 @@ from typing import NamedTuple
 import numpy as np
 
 from .exchange import Messages, World
+from .geometry import area
 from .graph import Graph
+from .halp import HOST, Seams
+from .iop import HeadPart, PairStep, summed
 from .ops import Tile, run_head, run_spatial
-from .plan import Plan, held, pieces
+from .plan import Plan, held, pieces, rank_params
 
 Rect = tuple[int, int, int, int]
 
@@ -65,10 +69,17 @@ class Engine:
         # Each tensor's buffer holds what this rank reads of it: its halo'd need, else its own tile.
         self.rects = {t: held(plan, graph, t, r) for t in plan.own}
         self.buffers = {t: np.zeros(self._shape(t, rect), np.float32) for t, rect in self.rects.items()}
+        # HALP: the host sends its seams from their own buffer, not from its tile of the block's end.
+        self.seams = Seams(graph, plan) if plan.halp and r == HOST else None
+        mine = [] if self.seams is None else self.seams.transfers
+        sums = summed(graph, plan)  # IOP pairs' reduce-scatters: PairStep runs them
         self.msgs: dict[str, Messages] = {
-            t: world.halo_messages(self.buffers[t].shape, self.rects[t], h.transfers) for t, h in plan.halos.items()
+            t: world.halo_messages(self.buffers[t].shape, self.rects[t], [x for x in h.transfers if x not in mine])
+            for t, h in plan.halos.items() if t not in sums
         }
         self.tags = {t: i + 2 for i, t in enumerate(plan.halos)}
+        if self.seams is not None:
+            self.seam_msgs = world.flat_messages(self.seams.offsets, self.seams.transfers)
         self.overlap = overlap
         self.pieces = {n.name: pieces(plan, graph, n, r) for n in self.spatial}
 
@@ -78,10 +89,18 @@ class Engine:
             x_shape if r == 0 else self.buffers[graph.input].shape,
             _full(x_shape) if r == 0 else self.rects[graph.input], scatter)
 
+        # The weights this rank computes with (slices copied, so free_unused_weights can drop the full arrays).
+        self.params = rank_params(graph, plan, r, copy=True)
         self.reduce = plan.gather == "reduce"
+        self.split = HeadPart(graph, plan, r, self.params) if plan.gather == "split" else None
+        self.pairs = {p.a: PairStep(graph, plan, p, world, self.params, self.tags) for p in plan.pairs}
+        self.pairs |= {p.b: None for p in plan.pairs}
+        # Head nodes rank 0 runs on the reduced or gathered tensor: after global pooling, after the split FC layer.
+        self.head_from = [n.name for n in self.head].index(plan.head.gemm) + 1 if plan.head else int(self.reduce)
+        gathered = plan.gather == "gather"
         last_shape = graph.shapes[self.last]
-        self.gathered = np.zeros(last_shape, np.float32) if (r == 0 and not self.reduce) else None
-        gather = [] if self.reduce else [_Msg(q, 0, plan.own[self.last][q]) for q in range(plan.ranks) if q != 0]
+        self.gathered = np.zeros(last_shape, np.float32) if (r == 0 and gathered) else None
+        gather = [_Msg(q, 0, plan.own[self.last][q]) for q in range(plan.ranks) if q != 0] if gathered else []
         self.gather = world.halo_messages(
             last_shape if r == 0 else self.buffers[self.last].shape,
             _full(last_shape) if r == 0 else self.rects[self.last], gather)
@@ -95,7 +114,7 @@ class Engine:
     def _output(self, tensor: str, n_pieces: int) -> Tile | None:
         """Where a node's pieces go: its halo buffer (persistent), a fresh tile when it has several
         pieces and no halo, or None when the kernel's own result can simply become the buffer."""
-        if self.rects[tensor] != self._own(tensor):
+        if self.rects[tensor] != self.plan.comp[tensor][self.world.rank]:
             return Tile(self.buffers[tensor], self.rects[tensor])
         if n_pieces > 1:
             out = Tile(np.empty(self.buffers[tensor].shape, np.float32), self.rects[tensor])
@@ -122,14 +141,24 @@ class Engine:
         w.exchange(x if r == 0 else self.buffers[self.graph.input], self.scatter, 1, "the input scatter", halo=False)
 
         pending = {}
+        if self.seams is not None:  # seams first: the other ranks need them to finish the block
+            t0 = time.perf_counter()
+            self.seams.compute(x)
+            compute += time.perf_counter() - t0
+            pending["seams"] = w.post(self.seams.buffer, self.seam_msgs, self.tags[self.seams.end])
         for node in self.spatial:
+            if node.name in self.pairs:  # an IOP conv pair: a runs both convs and the reduce-scatter, b nothing
+                step = self.pairs[node.name]
+                compute += step.run(self.buffers, pending) if step else 0.0
+                continue
             t0 = time.perf_counter()
             ins = [Tile(self.buffers[t], self.rects[t]) for t in node.inputs]
             in_hw = self.graph.shapes[node.inputs[0]][1:]
             inner, border = self.pieces[node.name]
             out = self._output(node.output, len(inner) + len(border))
-            for piece in inner:
-                self._put(node.output, out, piece, run_spatial(node, ins, in_hw, piece))
+            for piece in inner:  # (an empty piece: a HALP core that shrank away)
+                if area(piece):
+                    self._put(node.output, out, piece, run_spatial(node, ins, in_hw, piece))
             if border and node.inputs[0] in pending:
                 compute += time.perf_counter() - t0
                 w.complete(pending.pop(node.inputs[0]), f"the halo exchange before {node.name!r}")
@@ -153,16 +182,20 @@ class Engine:
         if r == 0:
             t0 = time.perf_counter()
             out = head_in
-            for node in self.head[1:] if self.reduce else self.head:
+            for node in self.head[self.head_from:]:
                 out = run_head(node, [out])
             compute += time.perf_counter() - t0
         tr = w.traffic
         return out, Stats(compute, tr.wait_s, tr.halo_sent, tr.halo_recv, tr.other_sent, tr.other_recv)
 
     def _head_input(self) -> np.ndarray | None:
-        """The last spatial tensor made whole at rank 0: summed (global pooling) or gathered."""
+        """What the head continues from at rank 0: the last spatial tensor summed (global pooling) or
+        gathered, or the split FC layer's output (partial products summed, bias and activation added)."""
         w = self.world
         own = Tile(self.buffers[self.last], self.rects[self.last]).view(self._own(self.last))
+        if self.split is not None:
+            total = w.reduce_sum(self.split.partial(own))
+            return None if total is None else self.split.finish(total)
         if self.reduce:
             c, h, wd = self.graph.shapes[self.last]
             total = w.reduce_sum(own.sum(axis=(1, 2), dtype=np.float64))
@@ -174,7 +207,23 @@ class Engine:
         w.exchange(self.buffers[self.last], self.gather, 0, "the head gather", halo=False)
         return None
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights this rank computes with: the plan's weight_bytes, counted on the arrays."""
+        return sum(v.nbytes for d in self.params.values() for v in d.values())
+
+    def free_unused_weights(self) -> None:
+        """Drop from the graph every weight array this rank does not compute with (the full matrices of split
+        layers, the head on ranks other than 0), so that they are freed; the graph can then no longer run
+        the reference on this rank."""
+        kept = {id(v) for d in self.params.values() for v in d.values()}
+        for n in self.graph.nodes:
+            n.params = {k: v for k, v in n.params.items() if id(v) in kept}
+
     def close(self) -> None:
         """Free the MPI datatypes."""
-        for m in (*self.msgs.values(), self.scatter, self.gather):
+        for step in self.pairs.values():
+            if step:
+                step.free()
+        for m in (*self.msgs.values(), self.scatter, self.gather, *([self.seam_msgs] if self.seams else [])):
             m.free()

@@ -139,6 +139,22 @@ class World:
                 m.recvs.append((t.src, _subarray(shape, buf_rect, t.rect)))
         return m
 
+    def flat_messages(self, offsets: list[int], transfers) -> Messages:
+        """Sends of consecutive pieces of one flat float32 buffer: elements offsets[i]:offsets[i+1] to
+        transfers[i].dst (pieces computed apart from any tile buffer, e.g. HALP's seams)."""
+        m = Messages()
+        for i, t in enumerate(transfers):
+            m.sends.append((t.dst, MPI.FLOAT.Create_indexed([offsets[i + 1] - offsets[i]], [offsets[i]]).Commit()))
+        return m
+
+    def inbox_messages(self, offsets: list[int], sources: list[int]) -> Messages:
+        """Receives into consecutive pieces of one flat float32 buffer: elements offsets[i]:offsets[i+1] from
+        sources[i] (one slot per sender, e.g. the partial sums of an IOP reduce-scatter, added up after)."""
+        m = Messages()
+        for i, src in enumerate(sources):
+            m.recvs.append((src, MPI.FLOAT.Create_indexed([offsets[i + 1] - offsets[i]], [offsets[i]]).Commit()))
+        return m
+
     def post(self, buf: np.ndarray, msgs: Messages, tag: int, halo: bool = True) -> Pending:
         """Start an exchange on buf: receives posted first, then sends; complete() waits for it."""
         reqs = [self.comm.Irecv([buf, 1, t], source=src, tag=tag) for src, t in msgs.recvs]

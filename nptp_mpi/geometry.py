@@ -151,17 +151,29 @@ def spatial(graph: Graph) -> Spatial:
     )
 
 
-def regions(sp: Spatial, cell_rects) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per tensor, the (N, 4) rects each rank owns and needs (own ∪ what its consumers read), walking back."""
+def layers(sp: Spatial) -> list[str]:
+    """The tensors window ops read, input first: one per layer, the units that fused blocks group."""
+    return [sp.tensors[0], *sp.halo_tensors()]
+
+
+def regions(sp: Spatial, cell_rects, exchanged=None) -> tuple[dict[str, np.ndarray], ...]:
+    """Per tensor, the (N, 4) rects each rank owns, computes and needs, walking back from the output.
+
+    A tensor in `exchanged` (default: every halo tensor) is computed on the own tile only and its halo
+    is fetched from the owners; any other tensor is computed as far as its consumers read, redundantly
+    (fused layers: the region grows through the block back to the next exchanged tensor). The input is
+    scattered, so it counts as exchanged. need = own ∪ what consumers read; comp ⊆ need, own ⊆ comp.
+    """
+    exchanged = set(sp.halo_tensors() if exchanged is None else exchanged) | {sp.tensors[0]}
     own = {t: scale(cell_rects, sp.cells, sp.ratio[t], sp.hw[t]) for t in sp.tensors}
-    needs = {}
-    for t in sp.tensors:
+    comp, needs = {}, {}
+    for t in reversed(sp.tensors):
         region = own[t]
         for window, out in sp.readers[t]:
-            if window is not None:
-                region = bbox(region, need(window, own[out], sp.hw[t]))
+            region = bbox(region, comp[out] if window is None else need(window, comp[out], sp.hw[t]))
         needs[t] = region
-    return own, needs
+        comp[t] = own[t] if t in exchanged else region
+    return own, comp, needs
 
 
 def overlaps(own: np.ndarray, needs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +186,7 @@ def overlaps(own: np.ndarray, needs: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def halo_matrix(sp: Spatial, cell_rects) -> np.ndarray:
     """(N, N) halo bytes that rank src sends rank dst, summed over tensors (float32 elements)."""
-    own, needs = regions(sp, cell_rects)
+    own, _, needs = regions(sp, cell_rects)
     n = len(cell_rects)
     total = np.zeros((n, n), dtype=np.int64)
     for t in sp.halo_tensors():

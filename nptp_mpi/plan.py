@@ -1,8 +1,10 @@
 """The plan: everything a rank does, as one pure value computed identically on every rank.
 
-Per spatial tensor: the rect each rank owns and, for tensors a window op reads, the rect it needs and
-the transfers (need[dst] ∩ own[src]) that fill the difference. Plus the scatter of the input from
-rank 0 and how the last map reaches the head. Plain ints, strings and tuples: no numpy, no MPI.
+Per spatial tensor: the rect each rank owns, the rect it computes (its own tile, or more inside a fused
+block, where overlaps are recomputed instead of fetched) and, for tensors whose halo is exchanged,
+the rect it needs and the transfers (need[dst] ∩ own[src]) that fill the difference. Plus the
+scatter of the input from rank 0 and how the last map reaches the head. Plain ints, strings and
+tuples: no numpy, no MPI.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .geometry import Rect, area, as_rect, core, overlaps, regions, ring, spatial
+from .geometry import Rect, area, as_rect, core, layers, overlaps, regions, ring, spatial
 from .graph import Graph, Node
-from .partition import partition
+from .partition import PartitionError, partition
 
 FLOAT_BYTES = 4
 
@@ -47,6 +49,27 @@ class Halo:
 
 
 @dataclass(frozen=True)
+class HeadSplit:
+    """The first FC layer split by its input (IOP): rank r multiplies the features in bins[r], a rect of the
+    map the flatten reads (the last spatial map, or its adaptive pooling), by their weight columns; rank 0
+    sums the partial products (gather "split") and adds bias and activation."""
+
+    gemm: str
+    bins: tuple[Rect, ...]
+
+
+@dataclass(frozen=True)
+class ConvPair:
+    """Conv a split by output channels and its only reader, conv b, by input channels (IOP): rank r computes
+    channels[r] of a over the whole map from the whole input (an allgather: the halo of a's input) and b's
+    partial sums over those channels; the partial sums meet in a reduce-scatter (the halo of b's output)."""
+
+    a: str
+    b: str
+    channels: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
 class Plan:
     """One inference over `ranks` boards; own/halos are keyed by tensor in graph order."""
 
@@ -60,13 +83,18 @@ class Plan:
     cells: tuple[int, int]
     cell_tiles: tuple[Rect, ...]
     tiles: tuple[Rect, ...]
+    fuse: tuple[int, ...]
     own: dict[str, tuple[Rect, ...]]
+    comp: dict[str, tuple[Rect, ...]]
     halos: dict[str, Halo]
     scatter: tuple[Rect, ...]
     scatter_bytes: int
     last: str
     gather: str
     gather_bytes: int
+    head: HeadSplit | None = None
+    pairs: tuple[ConvPair, ...] = ()
+    halp: int = 0  # layers of the host-assisted first block (halp.py), 0 for none
 
     def __hash__(self) -> int:
         return hash(self.fingerprint())
@@ -74,6 +102,13 @@ class Plan:
     @property
     def halo_bytes(self) -> int:
         return sum(h.nbytes for h in self.halos.values())
+
+    @property
+    def recompute(self) -> float:
+        """Values computed beyond the own tiles, as a fraction of the map values: what fused blocks pay."""
+        own = sum(area(r) for rects in self.own.values() for r in rects)
+        comp = sum(area(r) for rects in self.comp.values() for r in rects)
+        return float(comp / own - 1.0)
 
     @property
     def per_rank(self) -> list[dict]:
@@ -103,60 +138,120 @@ class Plan:
             "cells": list(self.cells),
             "cell_tiles": [list(r) for r in self.cell_tiles],
             "tiles": [list(r) for r in self.tiles],
+            "fuse": list(self.fuse),
+            "halp": self.halp,
+            "recompute": self.recompute,
             "halo_bytes": self.halo_bytes,
             "per_rank": self.per_rank,
             "layers": self.layers,
             "scatter_bytes": self.scatter_bytes,
             "gather": self.gather,
             "gather_bytes": self.gather_bytes,
+            "head_split": None if self.head is None else asdict(self.head),
+            "pairs": [asdict(p) for p in self.pairs],
             "fingerprint": self.fingerprint(),
         }
 
     def fingerprint(self) -> str:
         """Short sha256 of the whole content: ranks compare it before they start."""
-        content = repr((sorted((k, v) for k, v in asdict(self).items() if k not in ("own", "halos")),
-                        list(self.own.items()), list(self.halos.items())))
+        content = repr((sorted((k, v) for k, v in asdict(self).items() if k not in ("own", "comp", "halos")),
+                        list(self.own.items()), list(self.comp.items()), list(self.halos.items())))
         return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
 def held(plan: Plan, graph: Graph, tensor: str, r: int) -> Rect:
     """What rank r holds of a tensor: the input with what its first layers read, a tensor with a halo
-    with that halo, anything else just its own tile."""
+    with that halo, anything else what the rank computes of it."""
     if tensor == graph.input:
         return plan.scatter[r]
-    return plan.halos[tensor].need[r] if tensor in plan.halos else plan.own[tensor][r]
+    return plan.halos[tensor].need[r] if tensor in plan.halos else plan.comp[tensor][r]
 
 
 def pieces(plan: Plan, graph: Graph, node: Node, r: int) -> tuple[list[Rect], list[Rect]]:
-    """(core, border) of rank r's output of node: the part that reads only its own input tile (computed
-    while the halo travels) and the strips that need the halo; one piece when there is no halo."""
-    out, t = plan.own[node.output][r], node.inputs[0]
-    if node.window is None or held(plan, graph, t, r) == plan.own[t][r]:
+    """(core, border) of what rank r computes of node's output: the part that reads only what the rank
+    computed itself (done while the halo travels) and the strips that need the halo; one piece when
+    there is no halo."""
+    out, t = plan.comp[node.output][r], node.inputs[0]
+    if node.window is None or held(plan, graph, t, r) == plan.comp[t][r]:
         return [out], []
-    inner = core(node.window, out, plan.own[t][r], graph.shapes[t][1:])
+    inner = core(node.window, out, plan.comp[t][r], graph.shapes[t][1:])
     return ([inner] if area(inner) else []), ring(out, inner)
 
 
-def make_plan(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] | None = None,
-              objective: str = "total", cost_model: Callable[[list[Rect]], float] | None = None) -> Plan:
-    """The plan for running graph on `ranks` boards with the named partition strategy (deterministic).
+def rank_params(graph: Graph, plan: Plan, r: int, copy: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """The weights rank r computes with, by node: every spatial node's (a paired conv's channel slice), the
+    head's on rank 0 only, and under a split head the first FC layer's columns of rank r's features (its
+    bias on rank 0). Slices are views into the graph's arrays, or with copy contiguous copies, so that a
+    rank can free the full arrays."""
+    take = np.array if copy else np.asarray
+    outs = {p.a: p.channels[r] for p in plan.pairs}
+    ins = {p.b: p.channels[r] for p in plan.pairs}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for n in graph.nodes:
+        p = n.params
+        if not p or not (n.spatial or r == 0 or (plan.head and n.name == plan.head.gemm)):
+            continue
+        if n.name in outs:
+            c0, c1 = outs[n.name]
+            out[n.name] = {k: take(v[c0:c1]) for k, v in p.items()}
+        elif n.name in ins:
+            c0, c1 = ins[n.name]
+            out[n.name] = {**p, "w": take(p["w"][:, c0:c1])}
+        elif plan.head and n.name == plan.head.gemm:
+            y0, x0, y1, x1 = plan.head.bins[r]
+            c, h, w = graph.shapes[next(m for m in graph.nodes if m.output == n.inputs[0]).inputs[0]]
+            cols = p["w"].reshape(-1, c, h, w)[:, :, y0:y1, x0:x1]
+            out[n.name] = {"w": take(cols), **({"b": p["b"]} if r == 0 and "b" in p else {})}
+        else:
+            out[n.name] = dict(p)
+    return out
 
-    cost_model: see partition.partition (None: halo bytes decide)."""
+
+def weight_bytes(graph: Graph, plan: Plan) -> list[int]:
+    """Per rank, the bytes of the weights it computes with (rank_params)."""
+    return [sum(v.nbytes for d in rank_params(graph, plan, r).values() for v in d.values())
+            for r in range(plan.ranks)]
+
+
+def exchanged(graph: Graph, fuse: tuple[int, ...]) -> list[str]:
+    """The halo tensors exchanged under fused blocks of `fuse` layers each (the rest one layer per block):
+    each block's first layer reads a fetched halo, the layers inside recompute their overlaps."""
+    names = layers(spatial(graph))
+    if any(k < 1 for k in fuse) or sum(fuse) > len(names):
+        raise PartitionError(f"--fuse {','.join(map(str, fuse))}: blocks must be ≥ 1 layer and cover at most "
+                             f"the {len(names)} layers of {graph.name} (window ops, input first)")
+    starts, i = set(), 0
+    for k in (*fuse, *[1] * (len(names) - sum(fuse))):
+        starts.add(i)
+        i += k
+    return [t for i, t in enumerate(names) if i in starts]
+
+
+def make_plan(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] | None = None,
+              objective: str = "total", cost_model: Callable[[list[Rect]], float] | None = None,
+              fuse: tuple[int, ...] = (), tiling: str | None = None) -> Plan:
+    """The plan for running graph on `ranks` boards with the named strategy (deterministic).
+
+    tiling: the partition strategy when it is not the strategy itself (fused blocks run over any
+    tiling); fuse: fused block lengths (see exchanged); cost_model: see partition.partition (None:
+    halo bytes decide)."""
     speeds = tuple(float(s) for s in speeds) if speeds is not None else (1.0,) * ranks
-    cell_tiles = partition(strategy, graph, ranks, list(speeds), objective, cost_model)
-    return plan_from_cells(graph, cell_tiles, strategy, speeds, objective)
+    cell_tiles = partition(tiling or strategy, graph, ranks, list(speeds), objective, cost_model)
+    return plan_from_cells(graph, cell_tiles, strategy, speeds, objective, fuse)
 
 
 def plan_from_cells(graph: Graph, cell_tiles, strategy: str = "nptp", speeds: tuple[float, ...] | None = None,
-                    objective: str = "total") -> Plan:
+                    objective: str = "total", fuse: tuple[int, ...] = ()) -> Plan:
     """The plan for given cell rects (one per rank, already checked): what make_plan builds around them."""
     sp = spatial(graph)
     ranks = len(cell_tiles)
     speeds = tuple(float(s) for s in speeds) if speeds is not None else (1.0,) * ranks
     cell_tiles = [as_rect(r) for r in cell_tiles]
-    own, needs = regions(sp, np.array(cell_tiles))
+    fuse = tuple(int(k) for k in fuse)
+    sync = exchanged(graph, fuse)
+    own, comp, needs = regions(sp, np.array(cell_tiles), sync)
     halos = {}
-    for t in sp.halo_tensors():
+    for t in sync[1:]:
         c = sp.channels[t]
         rects, areas = overlaps(own[t], needs[t])
         transfers = tuple(Transfer(src, dst, as_rect(rects[dst, src]), FLOAT_BYTES * c * int(areas[dst, src]))
@@ -165,7 +260,7 @@ def plan_from_cells(graph: Graph, cell_tiles, strategy: str = "nptp", speeds: tu
     scatter = needs[graph.input]
     c_in, c_last = sp.channels[graph.input], sp.channels[sp.last]
     if sp.head == "gap":
-        gather, gather_bytes = "reduce", FLOAT_BYTES * c_last * (ranks - 1)
+        gather, gather_bytes = "reduce", 8 * c_last * (ranks - 1)  # per-channel sums in float64
     else:
         gather, gather_bytes = "gather", FLOAT_BYTES * c_last * int(area(own[sp.last][1:]).sum())
     return Plan(
@@ -179,7 +274,9 @@ def plan_from_cells(graph: Graph, cell_tiles, strategy: str = "nptp", speeds: tu
         cells=sp.cells,
         cell_tiles=tuple(cell_tiles),
         tiles=tuple(as_rect(r) for r in own[graph.input]),
+        fuse=fuse,
         own={t: tuple(as_rect(r) for r in own[t]) for t in sp.tensors},
+        comp={t: tuple(as_rect(r) for r in comp[t]) for t in sp.tensors},
         halos=halos,
         scatter=tuple(as_rect(r) for r in scatter),
         scatter_bytes=FLOAT_BYTES * c_in * int(area(scatter[1:]).sum()),
@@ -197,8 +294,9 @@ def human(nbytes: float) -> str:
     return f"{int(nbytes)} B"
 
 
-def format_plan(plan: Plan, top: int | None = 10) -> str:
-    """A readable summary: header, tiles, halo bytes per layer (the top rows, or all), per rank, totals."""
+def format_plan(plan: Plan, top: int | None = 10, weights: list[int] | None = None) -> str:
+    """A readable summary: header, tiles, halo bytes per layer (the top rows, or all), per rank, totals;
+    what IOP splits, and the weight bytes per rank when given (weight_bytes)."""
     c, h, w = plan.input_shape
     speeds = ",".join(f"{s:g}" for s in plan.speeds)
     lines = [f"{plan.model} {h}x{w}  strategy {plan.strategy}  ranks {plan.ranks}  speeds {speeds}  "
@@ -207,6 +305,12 @@ def format_plan(plan: Plan, top: int | None = 10) -> str:
     total_area, total_speed = h * w, sum(plan.speeds)
     for r, t in enumerate(plan.tiles):
         lines.append(f"{r:>4}  {str(t):<22} {area(t) / total_area:>10.1%}  {plan.speeds[r] / total_speed:>11.1%}")
+    if plan.halp:
+        lines += ["", f"host-assisted first block of {plan.halp} layers: rank 0 computes the seams, "
+                  f"{plan.recompute:.1%} of the map pixels computed twice"]
+    elif plan.fuse:
+        lines += ["", f"fused blocks {','.join(map(str, plan.fuse))} (layers each, then one per block): halos of "
+                  f"{len(plan.halos)} tensors exchanged, {plan.recompute:.1%} of the map pixels recomputed"]
     layers = sorted(plan.layers, key=lambda row: -row["bytes"])
     shown = layers if top is None else layers[:top]
     lines += ["", f"halo per layer ({'all' if len(shown) == len(layers) else f'top {len(shown)} of {len(layers)}'})"]
@@ -216,7 +320,21 @@ def format_plan(plan: Plan, top: int | None = 10) -> str:
               for row in plan.per_rank]
     lines += ["", f"halo total {human(plan.halo_bytes)}  scatter {human(plan.scatter_bytes)}  "
               f"{plan.gather} {human(plan.gather_bytes)}"]
-    return "\n".join(lines)
+    return "\n".join(lines + _split_lines(plan, weights))
+
+
+def _split_lines(plan: Plan, weights: list[int] | None) -> list[str]:
+    """format_plan's part on operator splits (IOP) and per-rank weights."""
+    lines = [""] if plan.head or plan.pairs or weights else []
+    if plan.head:
+        lines.append(f"head split: {plan.head.gemm} by its input (rank r keeps the weight columns of the features "
+                     f"of its tile), partial products summed at rank 0")
+    for p in plan.pairs:
+        lines.append(f"conv pair: {p.a} by output channels, {p.b} by input channels; channels per rank "
+                     + " ".join(f"{c0}:{c1}" for c0, c1 in p.channels))
+    if weights:
+        lines += ["weights per rank: " + "  ".join(f"{r}: {human(b)}" for r, b in enumerate(weights))]
+    return lines
 
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),

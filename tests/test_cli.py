@@ -148,7 +148,10 @@ def test_plan_predicts_latency_per_strategy(tmp_path) -> None:
     pred = json.loads(p.stdout)["predicted"]
     assert "shared 100 Mbit/s" in pred["model"]
     rows = {r["strategy"]: r for r in pred["strategies"]}
-    assert set(rows) == {"coedge", "grid", "nptp"}
+    assert set(rows) == {"coedge", "grid", "nptp", "fused", "halp"}
     assert 0 < rows["nptp"]["latency_s"] <= rows["coedge"]["latency_s"] + 1e-9
+    assert rows["fused"]["latency_s"] <= rows["nptp"]["latency_s"] + 1e-9  # no blocks is always a choice
+    chosen = json.loads(p.stdout)["strategy"]
+    assert chosen.startswith("auto:") and rows[chosen[5:]]["latency_s"] == min(r["latency_s"] for r in rows.values())
     bad = run_cli(["plan", "--model", "resnet18", "--ranks", "2", "--bandwidth", "fast"])
     assert bad.returncode == 2 and "fast" in bad.stderr

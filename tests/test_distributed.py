@@ -28,18 +28,18 @@ def zoo_graph(name: str):
     return zoo.build(name, SIZES.get(name, SIZES["default"])[0])
 
 
-def check_against_reference(graph, strategy: str, speeds=None, overlap: bool = True) -> np.ndarray | None:
+def check_against_reference(graph, strategy: str, speeds=None, overlap: bool = True, fuse=None) -> np.ndarray | None:
     """Run on every rank of the job; rank 0 checks output and bytes, then everyone learns the verdict."""
     from mpi4py import MPI
 
     from nptp_mpi.engine import Engine
     from nptp_mpi.exchange import World
-    from nptp_mpi.plan import make_plan
+    from nptp_mpi.planner import build
     from nptp_mpi.reference import run as reference
 
     world = World(MPI.COMM_WORLD)
     x = np.random.default_rng(1).standard_normal(graph.input_shape, dtype=np.float32)
-    plan = make_plan(graph, world.size, strategy, speeds and speeds[: world.size])
+    plan = build(graph, world.size, strategy, speeds and speeds[: world.size], fuse=fuse)
     engine = Engine(graph, plan, world, overlap=overlap)
     out, stats = engine.infer(x if world.rank == 0 else None)
     engine.close()
@@ -64,6 +64,15 @@ def test_zoo_equals_reference(model: str, size_index: int, strategy: str) -> Non
     check_against_reference(zoo_graph(model).with_input_hw(*hw), strategy)
 
 
+@pytest.mark.parametrize("strategy,fuse", [("fused", (3, 2, 3)), ("fused", None), ("halp", (2,)), ("halp", None)])
+@pytest.mark.parametrize("model", MODELS)
+def test_blocks_equal_reference(model: str, strategy: str, fuse) -> None:
+    """Fused blocks recompute their overlaps and exchange only at block starts; a host-assisted block has
+    rank 0 compute and send the seams. Same output, the plan's bytes. fuse None: the cost model's pick."""
+    hw = SIZES.get(model, SIZES["default"])[2]
+    check_against_reference(zoo_graph(model).with_input_hw(*hw), strategy, fuse=fuse)
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_mixed_speeds_equal_reference(strategy: str) -> None:
     check_against_reference(zoo_graph("resnet18").with_input_hw(160, 128), strategy, [1.0, 2.0, 0.5, 1.5])
@@ -78,11 +87,12 @@ def test_onnx_file_equals_reference(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("model", ("resnet18", "mobilenet_v2", "vgg11"))
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", (*STRATEGIES, "fused", "halp"))
 def test_overlap_changes_nothing_bit_for_bit(model: str, strategy: str) -> None:
     graph = zoo_graph(model).with_input_hw(136, 150)
-    on = check_against_reference(graph, strategy, overlap=True)
-    off = check_against_reference(graph, strategy, overlap=False)
+    fuse = {"fused": (2, 3), "halp": (2,)}.get(strategy)
+    on = check_against_reference(graph, strategy, overlap=True, fuse=fuse)
+    off = check_against_reference(graph, strategy, overlap=False, fuse=fuse)
     assert (on is None) == (off is None)
     if on is not None:
         assert np.array_equal(on, off)

@@ -1,0 +1,235 @@
+"""Strategy dispatch: a strategy name, the boards and the links → one Plan (pure, same on every rank).
+
+Spatial tilings (coedge, grid, nptp) come from partition.py; `fused` runs DeepThings' fused blocks over
+any tiling, `halp` a host-assisted first block (halp.py), each with the blocks chosen by the cost
+model (or given by --fuse). Where no calibration or link
+is given, the cost model uses a nominal board and link (NOMINAL_*), stated in `plan`'s output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .cost import Boards, Links, model_cost, predict
+from .geometry import layers, spatial
+from .graph import Graph
+from .halp import cuts, halp_plan, seam_flops
+from .partition import STRATEGIES as TILINGS
+from .partition import PartitionError
+from .plan import Plan, make_plan, plan_from_cells
+
+NOMINAL_FLOPS = 10e9  # FLOP/s of one speed unit: our kernels on a Raspberry Pi 4 class board, roughly
+NOMINAL_LINKS = Links(alpha_s=3e-4, bytes_per_s=100e6 / 8)  # switched 100 Mbit/s Ethernet
+LONGEST_BLOCK = 6  # fused blocks longer than this recompute too much to pay off on any model we run
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What the planner optimises for: per-rank board speeds, the links, and whether halos overlap."""
+
+    boards: Boards
+    links: Links
+    overlap: bool = True
+    given: bool = False  # from a calibration or --bandwidth: then NPTP also picks its tiles by this model
+
+    @classmethod
+    def nominal(cls, speeds: list[float], overlap: bool = True) -> Setting:
+        return cls(Boards(tuple(NOMINAL_FLOPS * s for s in speeds), 1e-4), NOMINAL_LINKS, overlap)
+
+
+def layer_of(graph: Graph) -> dict[str, int]:
+    """Per spatial node, the layer it belongs to: the index of the tensor a window op reads (layers()),
+    pointwise nodes with the window op before them."""
+    index = {t: i for i, t in enumerate(layers(spatial(graph)))}
+    out, current = {}, 0
+    for n in graph.nodes:
+        if not n.spatial:
+            break
+        if n.window is not None:
+            current = index[n.inputs[0]]
+        out[n.name] = current
+    return out
+
+
+def _blocks(fuse: tuple[int, ...], total: int) -> list[tuple[int, int]]:
+    """(first, end) layer of every block of a fuse vector (the rest one layer per block)."""
+    out, i = [], 0
+    for k in (*fuse, *[1] * (total - sum(fuse))):
+        out.append((i, i + k))
+        i += k
+    return out
+
+
+def choose_fuse(graph: Graph, cell_tiles, setting: Setting, longest: int = LONGEST_BLOCK) -> tuple[int, ...]:
+    """Fused block lengths that minimise predicted latency, by dynamic programming over block boundaries.
+
+    A block's cost (its layers' steps, the wait for its input halo, for the first block the scatter)
+    depends only on its own extent, so plans tiled with blocks of every length m ≤ longest at every
+    offset price every candidate block; the DP then picks the cheapest sequence, kept only if the whole
+    plan is predicted faster than layer-by-layer exchange.
+    """
+    total = len(layers(spatial(graph)))
+    of = layer_of(graph)
+    price: dict[tuple[int, int], float] = {}
+    for m in range(1, min(longest, total) + 1):
+        for offset in range(m):
+            fuse = ((offset,) if offset else ()) + (m,) * ((total - offset) // m)
+            fuse += ((total - sum(fuse),) if total > sum(fuse) else ())
+            pred = predict(graph, plan_from_cells(graph, cell_tiles, fuse=fuse), setting.boards, setting.links,
+                           setting.overlap)
+            spans = _blocks(fuse, total)
+            cost = [0.0] * len(spans)
+            starts = [a for a, _ in spans]
+            for step in pred.layers:
+                if step.name == "scatter":
+                    cost[0] += step.time_s
+                elif step.name in of:
+                    cost[max(b for b, a in enumerate(starts) if a <= of[step.name])] += step.time_s
+            for span, c in zip(spans, cost, strict=True):
+                price.setdefault(span, c)
+    best: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
+    for j in range(1, total + 1):
+        best.append(min((best[i][0] + price[(i, j)], (*best[i][1], j - i))
+                        for i in range(max(0, j - longest), j) if (i, j) in price))
+    fuse = best[total][1]
+    while fuse and fuse[-1] == 1:  # trailing single layers are the default
+        fuse = fuse[:-1]
+
+    def whole(f: tuple[int, ...]) -> float:  # block prices ignore what overlap carries across blocks
+        return predict(graph, plan_from_cells(graph, cell_tiles, fuse=f), setting.boards, setting.links,
+                       setting.overlap).latency_s
+    return min((fuse, ()), key=whole) if fuse else ()
+
+
+def build(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] | None = None,
+          objective: str = "total", setting: Setting | None = None, fuse: tuple[int, ...] | None = None,
+          tiling: str = "nptp") -> Plan:
+    """The plan for a strategy name. `fuse` fixes fused blocks (None: chosen by the cost model);
+    `tiling` is the partition fused blocks run over."""
+    speeds = [1.0] * ranks if speeds is None else list(speeds)
+    setting = setting or Setting.nominal(speeds)
+    model = model_cost(graph, setting.boards, setting.links, setting.overlap, objective=objective) \
+        if setting.given else None
+    if strategy in TILINGS:
+        if fuse:
+            raise PartitionError(f"--fuse needs --strategy fused (strategy {strategy} exchanges every layer)")
+        return make_plan(graph, ranks, strategy, speeds, objective, model)
+    if strategy == "auto":
+        if fuse:
+            raise PartitionError("--fuse fixes the blocks of fused or halp; auto chooses its own")
+        return auto(graph, ranks, speeds, objective, setting)
+    if strategy == "iop":
+        if fuse:
+            raise PartitionError("--fuse needs --strategy fused or halp")
+        from .iop import iop_plan
+
+        return iop_plan(graph, ranks, speeds, objective)
+    if strategy not in ("fused", "halp"):
+        raise PartitionError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if tiling not in TILINGS:
+        raise PartitionError(f"unknown --partition {tiling!r}; choose one of {', '.join(TILINGS)}")
+    base = make_plan(graph, ranks, tiling, speeds, objective, model)
+    if strategy == "fused":
+        chosen = choose_fuse(graph, base.cell_tiles, setting) if fuse is None else tuple(fuse)
+        return plan_from_cells(graph, base.cell_tiles, "fused", tuple(speeds), objective, chosen)
+    if fuse and len(fuse) > 1:
+        raise PartitionError("halp has one host-assisted block: give its length alone, e.g. --fuse 4")
+    k = fuse[0] if fuse else choose_halp(graph, base.cell_tiles, tuple(speeds), objective, setting)
+    return halp_plan(graph, base.cell_tiles, tuple(speeds), objective, k)
+
+
+def latency(graph: Graph, plan: Plan, setting: Setting) -> float:
+    """Predicted seconds of one inference of any plan (with the host's seams for halp)."""
+    if plan.halp:
+        return halp_latency(graph, plan, setting)
+    return predict(graph, plan, setting.boards, setting.links, setting.overlap).latency_s
+
+
+def candidates(graph: Graph, ranks: int, speeds: list[float], objective: str, setting: Setting,
+               ) -> list[tuple[str, Plan | None, float | str]]:
+    """(strategy, plan, predicted seconds) of every scheme auto weighs; (strategy, None, why) where one
+    cannot run. Fused and host-assisted blocks go over the nptp tiling."""
+    out = []
+    for name in ("coedge", "grid", "nptp", "fused", "halp"):
+        try:
+            plan = build(graph, ranks, name, speeds, objective, setting)
+        except PartitionError as e:
+            out.append((name, None, str(e)))
+            continue
+        out.append((name, plan, latency(graph, plan, setting)))
+    return out
+
+
+def auto(graph: Graph, ranks: int, speeds: list[float], objective: str, setting: Setting) -> Plan:
+    """The candidate predicted fastest (ties to the simpler scheme), recorded as strategy auto."""
+    ok = [(t, i, plan) for i, (_, plan, t) in enumerate(candidates(graph, ranks, speeds, objective, setting))
+          if plan is not None]
+    if not ok:
+        build(graph, ranks, "nptp", speeds, objective)  # raises the partition's own explanation
+    _, _, best = min(ok, key=lambda c: (c[0], c[1]))
+    return replace(best, strategy=f"auto:{best.strategy}")
+
+
+def segments(graph: Graph, plan: Plan) -> list[tuple[int, int, str]]:
+    """The plan as (first layer, end layer, scheme) runs: host-assisted, fused blocks, layer by layer."""
+    total = len(layers(spatial(graph)))
+    if plan.halp:
+        spans = [(0, plan.halp, "host-assisted block (rank 0 computes and sends the seams)")]
+        spans += [(plan.halp, total, "halo exchange every layer")] if plan.halp < total else []
+        return spans
+    out = []
+    for a, b in _blocks(plan.fuse, total):
+        scheme = f"fused block of {b - a} layers (overlaps recomputed)" if b - a > 1 else "halo exchange every layer"
+        if out and scheme == out[-1][2] == "halo exchange every layer":
+            out[-1] = (out[-1][0], b, scheme)
+        else:
+            out.append((a, b, scheme))
+    return out
+
+
+def explain(graph: Graph, ranks: int, speeds: list[float], objective: str, setting: Setting) -> list[str]:
+    """What `plan --strategy auto` prints: every candidate's predicted latency, then the chosen plan per
+    segment with the predicted seconds of its layers."""
+    rows = candidates(graph, ranks, speeds, objective, setting)
+    ok = [(t, i, plan) for i, (_, plan, t) in enumerate(rows) if plan is not None]
+    best = min(ok, key=lambda c: (c[0], c[1]))[2]
+    lines = ["auto: predicted latency per scheme (" + describe(setting) + ")"]
+    lines += [f"  {name:<7} " + (f"{t:.3f} s" if plan is not None else f"cannot run: {t}") +
+              ("   <- chosen" if plan is best else "") for name, plan, t in rows]
+    names, of = layers(spatial(graph)), layer_of(graph)
+    steps = predict(graph, best, setting.boards, setting.links, setting.overlap).layers
+    lines.append(f"chosen: {best.strategy} over {best.strategy if best.strategy in TILINGS else 'nptp'} tiles")
+    for a, b, scheme in segments(graph, best):
+        secs = sum(x.time_s for x in steps if x.name in of and a <= of[x.name] < b)
+        lines.append(f"  layers {a}-{b - 1} ({names[a]} .. {names[b - 1]}): {scheme}, {secs:.3f} s predicted")
+    head = sum(x.time_s for x in steps if x.name not in of)
+    lines.append(f"  scatter, head and what is left in flight: {head:.3f} s predicted")
+    return lines
+
+
+def describe(setting: Setting) -> str:
+    """The cost model's boards and links in a line."""
+    ln, b = setting.links, setting.boards
+    return (f"{'shared' if ln.shared else 'switched'} {ln.bytes_per_s * 8 / 1e6:g} Mbit/s, latency "
+            f"{ln.alpha_s * 1e3:g} ms, overlap {'on' if setting.overlap else 'off'}, boards "
+            + ", ".join(f"{f / 1e9:.1f}" for f in b.flops_per_s) + " GFLOP/s")
+
+
+def halp_latency(graph: Graph, plan: Plan, setting: Setting) -> float:
+    """Predicted latency of a host-assisted plan: the layer model plus the host's seams, which it computes
+    before its own tile (the other ranks wait for them at the block's end)."""
+    pred = predict(graph, plan, setting.boards, setting.links, setting.overlap).latency_s
+    return pred + seam_flops(graph, plan) / setting.boards.flops_per_s[0]
+
+
+def choose_halp(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: str, setting: Setting,
+                longest: int = LONGEST_BLOCK) -> int:
+    """The host-assisted block length (a cut of the graph, at most `longest` layers) predicted fastest."""
+    options = [k for k in cuts(graph) if k <= longest]
+    if not options:
+        raise PartitionError(f"halp: {graph.name} has no cut within its first {longest} layers")
+    return min(options, key=lambda k: (halp_latency(graph, halp_plan(graph, cell_tiles, speeds, objective, k),
+                                                    setting), k))
+
+
+STRATEGIES = (*TILINGS, "fused", "halp", "iop", "auto")
