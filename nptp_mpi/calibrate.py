@@ -14,9 +14,12 @@ counts matter where ranks share cores (4 ranks on a 2-core machine run each laye
 one); on boards with a core each one count is enough. With one rank only the layers are measured.
 
 Links: ping-pong between rank 0 and each other rank in turn with mpi4py Send/Recv: 8 B messages give
-α (half the round trip), large ones (--large-mb, default 4 MB) β = bytes / (half round trip - α). The
-links written are those of the worst pair (largest α, smallest β). Whether the medium is shared cannot
-be told from one pair at a time: it comes from --shared (default: switched).
+α (half the round trip), large ones (--large-mb, default 4 MB) β = bytes / (half round trip - α). Then
+the pair exchanges halo-like messages (MPI subarray row strips, as the engine sends) of 4 KB, 8 KB, …
+256 KB while both compute without MPI calls: the fraction of each size done by then is what overlap can
+hide of such a halo (MPICH over TCP: most of 8-32 KB, little of 4 KB or of 64 KB and more). The links
+written are those of the worst pair (largest α, smallest β and fractions). Whether the medium is shared
+cannot be told from one pair at a time: it comes from --shared (default: switched).
 
 Rank 0 writes the JSON atomically and prints a short table.
 """
@@ -47,6 +50,7 @@ from .plan import Plan, held, make_plan, pieces  # noqa: E402
 # (Cin, Cout, k, H=W): 3×3 convs of VGG-16 at 224² stages 2 and 3, and a ResNet-50 1×1 at 28².
 SHAPES = ((64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 1, 28))
 TINY = (8, 8, 3, 4)
+OVERLAP_SIZES = tuple(4096 << k for k in range(7))  # halo message sizes whose overlap is measured, 4-256 KB
 
 
 def _conv_call(cin: int, cout: int, k: int, hw: int):
@@ -131,6 +135,17 @@ def layer_rates(measured: list[dict[str, tuple[float, int, int]]], overhead: flo
                                            for m in measured))
 
 
+def quiet_barrier(world, poll_s: float = 0.01) -> None:
+    """A barrier that looks every poll_s: ranks left out of a timing wait without taking the timed ranks'
+    cores (World.barrier polls every 0.2 ms, which slowed 2 timed ranks by ~10% with 2 more on 2 cores)."""
+    req = world.comm.Ibarrier()
+    deadline = time.monotonic() + world.timeout
+    while not req.Test():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"calibrate: rank {world.rank} waited {world.timeout:g} s for the others")
+        time.sleep(poll_s)
+
+
 def ping_pong(comm, peer: int, nbytes: int, repeat: int) -> float:
     """Median half round trip (s) of nbytes of float32 between this rank and peer (call on both)."""
     buf = np.zeros(max(1, nbytes // 4), np.float32)
@@ -149,6 +164,46 @@ def ping_pong(comm, peer: int, nbytes: int, repeat: int) -> float:
     return statistics.median(times)
 
 
+def overlap_fraction(comm, other: int, nbytes: int, repeat: int) -> float:
+    """Fraction of a halo exchange with rank `other` that completes while both compute without calling MPI.
+
+    Each sends the other a row strip of a (64, 3, W) float32 map, nbytes, as an MPI subarray (like the
+    engine's halos), then computes for 3× the exchange's time alone (at least 10 ms, far more than the
+    ranks' start skew): 1 - the wait left / that time.
+    """
+    from mpi4py import MPI
+
+    shape = [64, 3, max(1, nbytes // (4 * 64))]
+    buf = np.zeros(shape, np.float32)
+    send, recv = (MPI.FLOAT.Create_subarray(shape, [64, 1, shape[2]], [0, row, 0]).Commit() for row in (0, 2))
+
+    def wait_s(busy_s: float) -> float:
+        comm.sendrecv(None, dest=other, source=other)  # start together
+        reqs = [comm.Irecv([buf, 1, recv], source=other, tag=8), comm.Isend([buf, 1, send], dest=other, tag=8)]
+        end = time.perf_counter() + busy_s
+        while time.perf_counter() < end:  # computing: no MPI calls
+            pass
+        t0 = time.perf_counter()
+        MPI.Request.Waitall(reqs)
+        return time.perf_counter() - t0
+
+    alone = statistics.median(wait_s(0.0) for _ in range(repeat + 1))
+    left = statistics.median(wait_s(max(3 * alone, 0.01)) for _ in range(repeat + 1))  # 10 ms: past any skew
+    send.Free()
+    recv.Free()
+    return min(1.0, max(0.0, 1.0 - left / alone))
+
+
+def overlap_table(comm, other: int, repeat: int) -> list[tuple[int, float]]:
+    """(size, overlap_fraction) for each of OVERLAP_SIZES with rank `other`; both ranks get the same table,
+    the smaller of their two measurements."""
+    out = []
+    for size in OVERLAP_SIZES:
+        mine = overlap_fraction(comm, other, size, repeat)
+        out.append((size, min(mine, comm.sendrecv(mine, dest=other, source=other))))
+    return out
+
+
 def _check_output(path: str) -> str | None:
     """Why the calibration cannot be written to path, or None."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -159,6 +214,10 @@ def _check_output(path: str) -> str | None:
     if not os.access(folder, os.W_OK):
         return f"output folder {folder!r} is not writable"
     return None
+
+
+def _overlap(table: Sequence[Sequence[float]]) -> str:
+    return " ".join(f"{size // 1024}K:{f:.0%}" for size, f in table)
 
 
 def format_table(cal: Calibration, layer_s: Sequence[Sequence[float]] = ()) -> str:
@@ -173,13 +232,13 @@ def format_table(cal: Calibration, layer_s: Sequence[Sequence[float]] = ()) -> s
         lines += [f"{s.ranks:>13}  {r:>4}  {hosts[r]:<20} {t:>7.3f} s"
                   for s, times in zip(lc.sets, layer_s, strict=True) for r, t in enumerate(times)]
     if cal.pairs:
-        lines += ["", "pair   alpha      bandwidth"]
-        lines += [f"0-{p['peer']:<3} {p['alpha_s'] * 1e6:>7.1f} us  {p['bytes_per_s'] * 8 / 1e6:>9.1f} Mbit/s"
-                  for p in cal.pairs]
+        lines += ["", "pair   alpha      bandwidth      overlap by halo message size"]
+        lines += [f"0-{p['peer']:<3} {p['alpha_s'] * 1e6:>7.1f} us  {p['bytes_per_s'] * 8 / 1e6:>9.1f} Mbit/s  "
+                  f"{_overlap(p['overlap'])}" for p in cal.pairs]
     ln = cal.links
     lines += ["", "links: not measured (one rank)" if ln is None else
               f"links (worst pair): alpha {ln.alpha_s * 1e6:.1f} us, {ln.bytes_per_s * 8 / 1e6:.1f} Mbit/s, "
-              f"{'shared medium' if ln.shared else 'switched'}"]
+              f"{'shared medium' if ln.shared else 'switched'}, overlap {_overlap(ln.overlap)}"]
     return "\n".join(lines)
 
 
@@ -246,16 +305,19 @@ def main(argv: list[str] | None = None) -> int:
         for turn in range(size):  # rank 0 first: it also fills the Numba cache for the others
             if turn == rank:
                 board = measure_board(args.repeat)
-            world.barrier()
+            quiet_barrier(world)
     boards = world.gather_values(board)
 
     measured, head_s = [], 0.0
     if job:
         graph, plans = job
         for k, plan in plans.items():
-            world.barrier()  # ranks 0..k-1 start together, the others wait
-            measured.append(world.gather_values(time_layers(graph, plan, rank, args.repeat) if rank < k else None))
+            world.barrier()  # ranks 0..k-1 start together
+            mine = time_layers(graph, plan, rank, args.repeat) if rank < k else None
+            quiet_barrier(world)
+            measured.append(comm.gather(mine))
         head_s = time_head(graph, plan, args.repeat) if rank == 0 else 0.0
+        quiet_barrier(world)
 
     pairs = []
     large = int(args.large_mb * 1e6) // 4 * 4
@@ -265,16 +327,18 @@ def main(argv: list[str] | None = None) -> int:
             alpha = ping_pong(comm, peer, 8, args.pings)
             half = ping_pong(comm, peer, large, args.repeat)
             beta = large / (half - alpha) if half > alpha else large / half
+            overlap = overlap_table(comm, peer if rank == 0 else 0, args.repeat + 2)
             if rank == 0:
-                pairs.append({"peer": peer, "alpha_s": alpha, "bytes_per_s": beta})
+                pairs.append({"peer": peer, "alpha_s": alpha, "bytes_per_s": beta, "overlap": overlap})
     world.barrier()
     if rank != 0:
         return 0
     hosts = [b["host"] for b in boards]
     for p in pairs:
         p["host"] = hosts[p["peer"]]
-    links = Links(max(p["alpha_s"] for p in pairs), min(p["bytes_per_s"] for p in pairs), args.shared) if pairs \
-        else None
+    links = Links(max(p["alpha_s"] for p in pairs), min(p["bytes_per_s"] for p in pairs), args.shared,
+                  tuple((size, min(p["overlap"][i][1] for p in pairs)) for i, size in enumerate(OVERLAP_SIZES))
+                  ) if pairs else None
     layers, layer_s = None, []
     if job:
         graph, plans = job

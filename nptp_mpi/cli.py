@@ -280,7 +280,7 @@ def link_model(args: argparse.Namespace, cal):
         raise UsageError("a prediction needs --bandwidth, or --calibration with links (calibrated on 2+ ranks)")
     return Links(parse_time(args.latency) if args.latency else (measured.alpha_s if measured else 0.0),
                  parse_rate(args.bandwidth) if args.bandwidth else measured.bytes_per_s,
-                 args.shared or bool(measured and measured.shared))
+                 args.shared or bool(measured and measured.shared), measured.overlap if measured else ())
 
 
 def setting_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list[float] | None):

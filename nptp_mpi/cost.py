@@ -5,8 +5,9 @@ a layer lasting as long as its slowest rank):
 
 * scatter: rank 0 sends each rank its input tile + halo: α·(N-1) + scatter bytes / β (all through rank
   0's link, or the shared medium — the same either way).
-* per spatial node, rank r computes its own output in the engine's pieces (core + border strips,
-  plan.pieces, as the engine does), each piece one kernel call costing layer_overhead_s plus its work:
+* per spatial node, rank r computes its share of the output in the engine's pieces (core + border
+  strips, plan.pieces, as the engine does), each piece one kernel call costing layer_overhead_s plus its
+  work:
   - measured per layer (`calibrate --model`): s_per_px[r][node] × area(piece), the seconds per output
     pixel that rank r took on that layer of the real model, all ranks computing at once as in a run;
   - otherwise FLOPs / flops_per_s[r], FLOPs: conv 2·Cout·area·(Cin/g)·kh·kw; pools C·area·kh·kw;
@@ -14,9 +15,14 @@ a layer lasting as long as its slowest rank):
 * a halo exchange of tensor t costs rank r  α·(messages to/from r) + bytes / β, where bytes is
   max(received by r, sent by r) on a switched LAN (full duplex, each board its own link) and the whole
   exchange's bytes on a shared medium (Wi-Fi: one bottleneck carries everyone's traffic).
-* without overlap the exchange follows the producing layer: max_r compute + max_r comm. With overlap it
-  travels while later layers run: a layer-synchronous clock shortens what is left of it, and the
-  first consumer that needs it waits per rank: max(core_r, comm left_r) + border_r.
+* without overlap the exchange follows the producing layer: max_r compute + max_r comm. With overlap only
+  a part of it travels while later layers run: each message carries the fraction links.overlap gives
+  for its size (calibrate measures it: MPICH over TCP moves the engine's subarray halos of 8-32 KB
+  while the ranks compute, but those of 4 KB or 64 KB and more only inside MPI calls, i.e. once the
+  ranks wait), and rank r's exchange time splits in that proportion of its halo bytes (of the whole
+  exchange's on a shared medium). A layer-synchronous clock shortens what is left of the background
+  part, and the first consumer that needs the halo waits per rank: max(core_r, background part
+  left_r) + the rest_r + border_r.
 * head: reduce (C floats per rank) or gather (plan.gather_bytes) to rank 0: α·(N-1) + bytes / β, then the
   head ops on rank 0: their measured seconds (head_s) where calibrated, else gemm 2·M·K FLOPs and one
   per element for the others.
@@ -25,11 +31,11 @@ Per-layer rates carry over to other plans, sizes and rank counts by assuming a l
 pixel do not depend on the tile's shape or the image size, only on the board and on how many ranks compute
 at once on it (Calibration.to_boards picks the rates measured with the nearest rank count).
 
-Ignored: that MPI makes progress only inside MPI calls (large rendezvous messages may not move while a
-rank computes, so real overlap can be smaller), contention between exchanges in flight at once, message
-packing, memory bandwidth of the FLOP/s fallback (pointwise ops are counted as a FLOP per element), skew
-between ranks carried from one layer to the next (each layer waits for its slowest rank), and the
-first-call Numba compile.
+Ignored: contention between exchanges in flight at once, the time to pack messages, memory bandwidth of
+the FLOP/s fallback (pointwise ops are counted as a FLOP per element), skew between ranks carried from one
+layer to the next (each layer waits for its slowest rank), ranks that share cores lending them to each
+other while one waits (with 4 ranks on 2 cores the model predicts up to ~15% high), and the first-call
+Numba compile.
 """
 
 from __future__ import annotations
@@ -91,11 +97,23 @@ def parse_time(text: str) -> float:
 
 @dataclass(frozen=True)
 class Links:
-    """The network: per-message latency α (s), bandwidth β (bytes/s); shared = one medium for all ranks."""
+    """The network: per-message latency α (s), bandwidth β (bytes/s); shared = one medium for all ranks.
+
+    overlap: (message bytes, fraction of it that travels while the ranks compute) at increasing sizes; a
+    message takes the fraction of the smallest size at least as large (of the largest beyond them all).
+    Empty: every message travels in the background.
+    """
 
     alpha_s: float
     bytes_per_s: float
     shared: bool = False
+    overlap: tuple[tuple[int, float], ...] = ()
+
+    def background(self, nbytes: int) -> float:
+        """The fraction of a message of nbytes that travels while the ranks compute."""
+        if not self.overlap:
+            return 1.0
+        return next((f for size, f in self.overlap if nbytes <= size), self.overlap[-1][1])
 
 
 @dataclass(frozen=True)
@@ -179,20 +197,27 @@ def _head_flops(node: Node, graph: Graph) -> float:
     return float(math.prod(shape))
 
 
-def _comm(plan: Plan, tensor: str, links: Links) -> list[float]:
-    """Per rank the time of one tensor's halo exchange (0 for a rank that takes no part)."""
+def _comm(plan: Plan, tensor: str, links: Links) -> list[tuple[float, float]]:
+    """Per rank the time of one tensor's halo exchange (0 for a rank that takes no part), split into the part
+    that travels while the ranks compute and the rest, by the bytes Links.background moves."""
     n = plan.ranks
-    msgs, sent, recv = [0] * n, [0] * n, [0] * n
+    msgs, sent, recv, moving = [0] * n, [0] * n, [0] * n, [0.0] * n
     transfers = plan.halos[tensor].transfers
     for t in transfers:
         msgs[t.src] += 1
         msgs[t.dst] += 1
         sent[t.src] += t.nbytes
         recv[t.dst] += t.nbytes
+        moving[t.src] += links.background(t.nbytes) * t.nbytes
+        moving[t.dst] += links.background(t.nbytes) * t.nbytes
     total = sum(t.nbytes for t in transfers)
-    return [0.0 if msgs[r] == 0 else
+    out = []
+    for r in range(n):
+        s = 0.0 if msgs[r] == 0 else \
             links.alpha_s * msgs[r] + (total if links.shared else max(sent[r], recv[r])) / links.bytes_per_s
-            for r in range(n)]
+        f = sum(moving) / 2 / max(1, total) if links.shared else moving[r] / max(1, sent[r] + recv[r])
+        out.append((f * s, (1 - f) * s))
+    return out
 
 
 def _check(plan: Plan, boards: Boards, links: Links) -> None:
@@ -205,8 +230,8 @@ def _check(plan: Plan, boards: Boards, links: Links) -> None:
     if not all(math.isfinite(v) and v >= 0 for rates in boards.s_per_px for v in rates.values()) \
             or not (boards.head_s is None or boards.head_s >= 0):
         raise ValueError("measured layer rates and head time must be non-negative and finite")
-    if not (links.alpha_s >= 0 and links.bytes_per_s > 0):
-        raise ValueError(f"links need alpha >= 0 and a positive rate: {links}")
+    if not (links.alpha_s >= 0 and links.bytes_per_s > 0 and all(0 <= f <= 1 for _, f in links.overlap)):
+        raise ValueError(f"links need alpha >= 0, a positive rate and overlap fractions in [0, 1]: {links}")
 
 
 def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: bool = True) -> Prediction:
@@ -217,7 +242,8 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
     layers = []
     scatter = links.alpha_s * (n - 1) + plan.scatter_bytes / links.bytes_per_s if n > 1 else 0.0
     layers.append(LayerCost("scatter", 0.0, scatter, scatter))
-    left: list[dict[str, float]] = [{} for _ in range(n)]  # per rank: halos in flight, seconds still to go
+    # per rank, halos in flight: (seconds to go in the background, seconds that start only at the wait)
+    left: list[dict[str, tuple[float, float]]] = [{} for _ in range(n)]
     for node in spatial_nodes:
         comps, steps, comms = [], [], []
         for r in range(n):
@@ -225,11 +251,11 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
             c_in, c_b = _compute_s(graph, node, inner, boards, r), _compute_s(graph, node, border, boards, r)
             wait = left[r].pop(node.inputs[0], None) if border else None
             comps.append(c_in + c_b)
-            comms.append(wait or 0.0)
-            steps.append(c_in + c_b if wait is None else max(c_in, wait) + c_b)
+            comms.append(sum(wait) if wait else 0.0)
+            steps.append(c_in + c_b if wait is None else max(c_in, wait[0]) + wait[1] + c_b)
         step = max(steps)
         for r in range(n):  # what is still in flight travelled while this layer ran
-            left[r] = {t: max(0.0, s - step) for t, s in left[r].items()}
+            left[r] = {t: (max(0.0, bg - step), at_wait) for t, (bg, at_wait) in left[r].items()}
         comm_after = 0.0
         if node.output in plan.halos:
             per_rank = _comm(plan, node.output, links)
@@ -237,9 +263,9 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
                 for r in range(n):
                     left[r][node.output] = per_rank[r]
             else:
-                comm_after = max(per_rank)
+                comm_after = max(sum(c) for c in per_rank)
         layers.append(LayerCost(node.name, max(comps), max(comms) + comm_after, step + comm_after))
-    rest = max((s for lf in left for s in lf.values()), default=0.0)  # halos no layer waited for
+    rest = max((sum(s) for lf in left for s in lf.values()), default=0.0)  # halos no layer waited for
     if rest:
         layers.append(LayerCost("pending halos", 0.0, rest, rest))
     gather = links.alpha_s * (n - 1) + plan.gather_bytes / links.bytes_per_s if n > 1 else 0.0
@@ -285,7 +311,7 @@ def predict_strategies(graph: Graph, ranks: int, speeds: Sequence[float] | None,
 
 # -- calibration files ---------------------------------------------------------------------------------
 
-CALIBRATION_VERSION = 2  # 2 added "layers" (calibrate --model) and null links (one rank); 1 is still read
+CALIBRATION_VERSION = 2  # 2 added "layers", links.overlap and null links (one rank); 1 is still read
 READABLE_VERSIONS = (1, 2)
 MAX_CALIBRATION_BYTES = 8 << 20
 
@@ -302,6 +328,18 @@ def _count(x, where: str, what: str) -> int:
     if isinstance(x, bool) or not isinstance(x, int) or x < 1:
         raise ValueError(f"{where}: {what} must be a positive integer, got {x!r}")
     return x
+
+
+def _overlap(x, where: str) -> tuple[tuple[int, float], ...]:
+    """links.overlap from JSON: [[bytes, fraction], ...] at increasing sizes."""
+    what = "links.overlap must be a list of [bytes, fraction] at increasing sizes, fractions from 0 to 1"
+    if not isinstance(x, list) or not all(isinstance(p, list) and len(p) == 2 for p in x):
+        raise ValueError(f"{where}: {what}")
+    out = tuple((_count(b, where, "links.overlap bytes"), _num(f, where, "links.overlap fraction", True))
+                for b, f in x)
+    if any(f > 1 for _, f in out) or [b for b, _ in out] != sorted({b for b, _ in out}):
+        raise ValueError(f"{where}: {what}, got {x!r}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -392,8 +430,9 @@ class Calibration:
         return Boards(flops, overhead, tuple(rates.s_per_px[r % rates.ranks] for r in range(n)), self.layers.head_s)
 
     def to_json(self) -> dict:
+        links = None if self.links is None else {**vars(self.links), "overlap": [list(p) for p in self.links.overlap]}
         return {"version": CALIBRATION_VERSION, "date": self.date, "host": self.host,
-                "boards": [vars(b) for b in self.boards], "links": None if self.links is None else vars(self.links),
+                "boards": [vars(b) for b in self.boards], "links": links,
                 "pairs": list(self.pairs), "layers": None if self.layers is None else self.layers.to_json()}
 
     @classmethod
@@ -425,7 +464,8 @@ class Calibration:
             if not isinstance(ln["shared"], bool):
                 raise ValueError(f"{where}: links.shared must be true or false")
             links = Links(_num(ln["alpha_s"], where, "links.alpha_s", True),
-                          _num(ln["bytes_per_s"], where, "links.bytes_per_s"), ln["shared"])
+                          _num(ln["bytes_per_s"], where, "links.bytes_per_s"), ln["shared"],
+                          _overlap(ln.get("overlap", []), where))  # version 1: not measured
         pairs = d.get("pairs", [])
         if not isinstance(pairs, list):
             raise ValueError(f"{where}: 'pairs' must be a list")

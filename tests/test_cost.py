@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from argparse import Namespace
 from dataclasses import replace
 from functools import cache
 
@@ -12,6 +13,7 @@ import pytest
 
 from nptp_mpi import zoo
 from nptp_mpi.calibrate import _check_output, layer_rates, time_layers
+from nptp_mpi.cli import UsageError, link_model
 from nptp_mpi.cost import (
     BoardCal,
     Boards,
@@ -95,6 +97,26 @@ def test_hand_computed_two_ranks(overlap):
     assert pred.compute_s == pytest.approx(c1 + c2_core + c2_border)
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 1.0])
+def test_overlap_hides_only_the_fraction_that_moves_during_compute(fraction):
+    g = two_convs()
+    plan = make_plan(g, 2, "coedge")  # c1's halo: one 128 B message each way
+    slow = Links(A, 1e4, shared=False, overlap=((64, 1.0), (4096, fraction)))  # the halo outlasts c2's core
+    pred = predict(g, plan, Boards((F, F), OH), slow, overlap=True)
+    off = predict(g, plan, Boards((F, F), OH), slow, overlap=False)
+    halo = 2 * A + 4 * 4 * 8 / 1e4
+    c2_core = 2 * 4 * 24 * 4 * 9 / F + OH
+    assert halo > c2_core
+    assert off.latency_s - pred.latency_s == pytest.approx(min(c2_core, fraction * halo), rel=1e-9)
+    assert pred.comm_s == off.comm_s
+
+
+def test_overlap_fraction_by_message_size():
+    links = Links(0.0, 1e6, False, ((4096, 0.0), (32768, 0.9), (65536, 0.0)))
+    assert [links.background(n) for n in (100, 4096, 5000, 32768, 40000, 10 ** 6)] == [0, 0, 0.9, 0.9, 0, 0]
+    assert Links(0.0, 1e6).background(10 ** 9) == 1.0  # not measured: everything travels in the background
+
+
 def test_layer_rates_replace_flops():
     g = two_convs()
     plan = make_plan(g, 2, "coedge")  # each rank computes 32 pixels of c1 and of c2, in two pieces each
@@ -127,6 +149,8 @@ def test_layer_rates_must_match_plan():
         predict(g, plan, Boards((F, F), 0.0, ({"c1": 1e-6},)), Links(0.0, 1e6, False))
     with pytest.raises(ValueError, match="non-negative"):
         predict(g, plan, Boards((F, F), 0.0, ({"c1": -1.0},) * 2), Links(0.0, 1e6, False))
+    with pytest.raises(ValueError, match="overlap"):
+        predict(g, plan, Boards((F, F), 0.0), Links(0.0, 1e6, False, ((4096, 1.5),)))
 
 
 def test_timed_layers_are_the_engine_pieces_and_give_back_the_times():
@@ -256,7 +280,7 @@ def test_make_plan_with_latency_model_is_valid():
 
 def calibration():
     return Calibration((BoardCal(0, "pi1", 2.5e9, 1e-4), BoardCal(1, "pi2", 3e9, 2e-4)),
-                       Links(5e-4, 11.5e6, True), "2025-01-01T00:00:00+00:00", "pi1",
+                       Links(5e-4, 11.5e6, True, ((4096, 0.0), (8192, 0.9))), "2025-01-01T00:00:00+00:00", "pi1",
                        ({"peer": 1, "alpha_s": 5e-4, "bytes_per_s": 11.5e6, "host": "pi2"},))
 
 
@@ -298,9 +322,10 @@ def test_version_1_and_one_rank_calibrations_are_read(tmp_path):
     path = tmp_path / "cal.json"
     d = calibration().to_json()
     d["version"] = 1
-    del d["layers"]
+    del d["layers"], d["links"]["overlap"]
     path.write_text(json.dumps(d))
-    assert load_calibration(str(path)) == calibration()
+    v1 = calibration()
+    assert load_calibration(str(path)) == replace(v1, links=replace(v1.links, overlap=()))  # all overlaps
     path.write_text(json.dumps({**d, "links": None}))
     with pytest.raises(ValueError, match="'links' needs"):  # version 1 always measured links
         load_calibration(str(path))
@@ -343,6 +368,11 @@ def test_malformed_calibration_refused(tmp_path, text, match):
 
 @pytest.mark.parametrize("keys, value, match", [
     (("version",), 3, "version 3 is not one"),
+    (("links", "overlap"), 0.5, "links.overlap must be a list"),
+    (("links", "overlap"), [[4096, 1.5]], "links.overlap must be a list"),
+    (("links", "overlap"), [[4096, -0.1]], "links.overlap fraction"),
+    (("links", "overlap"), [[8192, 0.5], [4096, 0.5]], "increasing sizes"),
+    (("links", "overlap"), [[0, 0.5]], "links.overlap bytes"),
     (("layers", "model"), KeyError, "'layers' needs"),
     (("layers", "input_shape"), [2, 0, 8], r"input_shape"),
     (("layers", "input_shape"), [8, 8], r"input_shape"),
@@ -385,6 +415,8 @@ def test_calibrate_under_mpiexec(tmp_path):
     assert len(cal.boards) == 2 and len(cal.pairs) == 1
     assert all(b.flops_per_s > 0 and b.layer_overhead_s >= 0 for b in cal.boards)
     assert cal.links.alpha_s > 0 and cal.links.bytes_per_s > 0 and cal.links.shared is False
+    assert [size for size, _ in cal.links.overlap] == [4096 << k for k in range(7)]
+    assert all(0 <= f <= 1 for _, f in cal.links.overlap)
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
@@ -416,3 +448,13 @@ def test_calibrate_refuses_bad_layer_arguments(tmp_path, ranks, args, match):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and match in proc.stderr, proc.stderr
     assert not (tmp_path / "c.json").exists()
+
+
+def test_links_for_a_prediction_from_flags_and_calibration():
+    one_rank = replace(layered_calibration(), links=None, pairs=())
+    flags = Namespace(bandwidth=None, latency=None, shared=False)
+    with pytest.raises(UsageError, match="--bandwidth"):
+        link_model(flags, one_rank)
+    given = link_model(Namespace(bandwidth="100mbit", latency="1ms", shared=True), one_rank)
+    assert given == Links(1e-3, 12.5e6, True) and given.background(10 ** 6) == 1.0
+    assert link_model(flags, calibration()) == calibration().links  # the measured overlap comes along
