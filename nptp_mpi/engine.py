@@ -2,8 +2,9 @@
 
 Rank 0 scatters the input (each rank gets its tile plus the halo its first layers read); every layer
 computes the rank's share (its own tile, or more inside a fused block) from its buffers and, where the
-plan exchanges a tensor's halo, fetches it from the neighbours that own it; the head is reduced
-(global pooling) or gathered to rank 0.
+plan exchanges a tensor's halo, fetches it from the neighbours that own it (an IOP conv pair runs as one
+step: nptp_mpi.iop.PairStep); the head is reduced (global pooling), gathered to rank 0, or split by IOP
+(each rank's partial product of the first FC layer, summed at rank 0).
 Buffers and MPI datatypes are made once, in the constructor, and reused by every inference.
 """
 
@@ -194,7 +195,7 @@ class Engine:
         w = self.world
         own = Tile(self.buffers[self.last], self.rects[self.last]).view(self._own(self.last))
         if self.split is not None:
-            total = w.reduce_sum(self.split.partial(own))
+            total = w.reduce_sum(self.split.partial(own), what="the split FC layer's reduction")
             return None if total is None else self.split.finish(total)
         if self.reduce:
             c, h, wd = self.graph.shapes[self.last]

@@ -180,11 +180,11 @@ class World:
         """The basic neighbour-only exchange: post, then wait at once."""
         self.complete(self.post(buf, msgs, tag, halo), what)
 
-    def reduce_sum(self, x: np.ndarray, root: int = 0) -> np.ndarray | None:
-        """Element-wise sum over ranks at root (global pooling of per-tile partial sums)."""
+    def reduce_sum(self, x: np.ndarray, root: int = 0, what: str = "the global-pooling reduction") -> np.ndarray | None:
+        """Element-wise sum over ranks at root (per-tile partial sums: global pooling, a split FC layer)."""
         out = np.empty_like(x) if self.rank == root else None
         t0 = time.perf_counter()
-        self.wait([self.comm.Ireduce(x, out, op=MPI.SUM, root=root)], "the global-pooling reduction")
+        self.wait([self.comm.Ireduce(x, out, op=MPI.SUM, root=root)], what)
         self.traffic.wait_s += time.perf_counter() - t0
         if self.rank != root:
             self.traffic.other_sent += x.nbytes

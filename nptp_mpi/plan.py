@@ -327,8 +327,8 @@ def _split_lines(plan: Plan, weights: list[int] | None) -> list[str]:
     """format_plan's part on operator splits (IOP) and per-rank weights."""
     lines = [""] if plan.head or plan.pairs or weights else []
     if plan.head:
-        lines.append(f"head split: {plan.head.gemm} by its input (rank r keeps the weight columns of the features "
-                     f"of its tile), partial products summed at rank 0")
+        lines.append(f"head split: {plan.head.gemm} by its input (each rank keeps its tile's weight columns; partial "
+                     "products summed at rank 0)")
     for p in plan.pairs:
         lines.append(f"conv pair: {p.a} by output channels, {p.b} by input channels; channels per rank "
                      + " ".join(f"{c0}:{c1}" for c0, c1 in p.channels))

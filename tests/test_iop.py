@@ -95,9 +95,11 @@ def test_vgg16_iop_holds_less_weight_per_rank(ranks: int) -> None:
     from nptp_mpi.plan import make_plan, weight_bytes
 
     graph = zoo_graph("vgg16").with_input_hw(224, 224)
-    iop, nptp = weight_bytes(graph, iop_plan(graph, ranks)), weight_bytes(graph, make_plan(graph, ranks, "nptp"))
-    assert max(iop) < 0.6 * max(nptp), (iop, nptp)  # the largest board (rank 0, with the head) holds far less
-    assert sum(iop) == sum(nptp)  # split, not copied: at 224 the 7x7 map is not pooled, so the bins are disjoint
+    iop = weight_bytes(graph, iop_plan(graph, ranks))
+    for strategy in ("coedge", "grid", "nptp"):
+        spatial = weight_bytes(graph, make_plan(graph, ranks, strategy))
+        assert max(iop) < 0.6 * max(spatial), (iop, spatial)  # the largest board (rank 0, with the head) holds far less
+        assert sum(iop) == sum(spatial)  # split, not copied: at 224 the 7x7 map is not pooled, so bins are disjoint
 
 
 def test_heads_without_flatten_fc_keep_their_reduction() -> None:
