@@ -50,8 +50,7 @@ from dataclasses import dataclass, field
 
 from .geometry import area
 from .graph import Graph, Node
-from .partition import PartitionError
-from .plan import Plan, make_plan, pieces, plan_from_cells
+from .plan import Plan, pieces, plan_from_cells
 
 Rect = tuple[int, int, int, int]
 
@@ -181,7 +180,7 @@ def split_head(graph: Graph) -> tuple[list[Node], list[Node]]:
     return graph.nodes[:k], graph.nodes[k:]
 
 
-def _compute_s(graph: Graph, node: Node, rects: Sequence[Rect], boards: Boards, r: int) -> float:
+def compute_s(graph: Graph, node: Node, rects: Sequence[Rect], boards: Boards, r: int) -> float:
     """Rank r's seconds for computing rects of node's output, one kernel call each."""
     rate = boards.s_per_px[r].get(node.name) if boards.s_per_px else None
     work = (rate * sum(area(p) for p in rects) if rate is not None
@@ -189,7 +188,8 @@ def _compute_s(graph: Graph, node: Node, rects: Sequence[Rect], boards: Boards, 
     return work + boards.layer_overhead_s * len(rects)
 
 
-def _head_flops(node: Node, graph: Graph) -> float:
+def head_flops(node: Node, graph: Graph) -> float:
+    """FLOPs of one head op (gemm 2·M·K, the others one per element)."""
     if node.op == "gemm":
         m, k = node.params["w"].shape
         return 2.0 * m * k
@@ -248,7 +248,7 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
         comps, steps, comms = [], [], []
         for r in range(n):
             inner, border = pieces(plan, graph, node, r)
-            c_in, c_b = _compute_s(graph, node, inner, boards, r), _compute_s(graph, node, border, boards, r)
+            c_in, c_b = compute_s(graph, node, inner, boards, r), compute_s(graph, node, border, boards, r)
             wait = left[r].pop(node.inputs[0], None) if border else None
             comps.append(c_in + c_b)
             comms.append(sum(wait) if wait else 0.0)
@@ -273,7 +273,7 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
     reduce = plan.gather == "reduce"
     local = max(c_last * float(area(plan.own[plan.last][r])) / f[r] for r in range(n)) if reduce else 0.0
     ops = head[1:] if reduce else head
-    head_s = local + (boards.head_s if boards.head_s is not None else sum(_head_flops(nd, graph) / f[0] + o
+    head_s = local + (boards.head_s if boards.head_s is not None else sum(head_flops(nd, graph) / f[0] + o
                                                                            for nd in ops))
     layers.append(LayerCost("head", head_s, gather, gather + head_s))
     return Prediction(sum(x.time_s for x in layers), tuple(layers))
@@ -286,27 +286,6 @@ def model_cost(graph: Graph, boards: Boards, links: Links, overlap: bool = True,
         plan = plan_from_cells(graph, rects, strategy, None, objective)
         return predict(graph, plan, boards, links, overlap).latency_s
     return cost
-
-
-def predict_strategies(graph: Graph, ranks: int, speeds: Sequence[float] | None, objective: str, boards: Boards,
-                       links: Links, strategies: Sequence[str] = ("coedge", "grid", "nptp"), overlap: bool = True,
-                       ) -> list[tuple[str, Plan | None, Prediction | str]]:
-    """(strategy, plan, prediction) for each strategy; one that cannot fit gives (strategy, None, reason).
-
-    speeds None: proportional to the boards' FLOP/s. NPTP picks its final tree by this model.
-    """
-    if speeds is None:
-        speeds = list(boards.flops_per_s)
-    model = model_cost(graph, boards, links, overlap, objective=objective)
-    out = []
-    for s in strategies:
-        try:
-            plan = make_plan(graph, ranks, s, list(speeds), objective, cost_model=model if s == "nptp" else None)
-        except PartitionError as e:
-            out.append((s, None, str(e)))
-            continue
-        out.append((s, plan, predict(graph, plan, boards, links, overlap)))
-    return out
 
 
 # -- calibration files ---------------------------------------------------------------------------------

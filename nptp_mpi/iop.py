@@ -20,18 +20,22 @@ Two splits cut the weights instead of the maps, so each rank holds only a slice 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kernels.pointwise import act_code, epilogue
 
-from .cost import Boards, LayerCost, Links, Prediction, _compute_s, _head_flops, predict
-from .exchange import World
+from .cost import Boards, LayerCost, Links, Prediction, compute_s, head_flops, predict
 from .geometry import area
 from .graph import Graph, Node
 from .ops import Tile, run_head, run_spatial
 from .plan import FLOAT_BYTES, ConvPair, Halo, HeadSplit, Plan, Rect, Transfer, held, make_plan
+
+if TYPE_CHECKING:  # the planner imports this module, and must not start MPI
+    from .exchange import World
 
 Pair = tuple[str, str]
 
@@ -197,7 +201,7 @@ def pick(graph: Graph, gains: dict[Pair, float]) -> list[Pair]:
 def _share_s(graph: Graph, node: Node, share: float, boards: Boards, r: int) -> float:
     """Rank r's seconds for `share` of node's output channels over the whole map, in one kernel call."""
     o = boards.layer_overhead_s
-    return share * (_compute_s(graph, node, [_full(graph, node.output)], boards, r) - o) + o
+    return share * (compute_s(graph, node, [_full(graph, node.output)], boards, r) - o) + o
 
 
 def _split_head_s(graph: Graph, plan: Plan, boards: Boards) -> float:
@@ -208,19 +212,19 @@ def _split_head_s(graph: Graph, plan: Plan, boards: Boards) -> float:
     m, features = head[k].params["w"].shape[0], graph.shapes[head[k].inputs[0]][0]
     c = graph.shapes[head[k - 1].inputs[0]][0]
     part = [2.0 * m * c * float(area(b)) for b in plan.head.bins]
-    rest = m + sum(_head_flops(n, graph) for n in head[k + 1:])
+    rest = m + sum(head_flops(n, graph) for n in head[k + 1:])
     if boards.head_s is not None:
         return boards.head_s * (max(part) + rest) / (2.0 * m * features + rest)
     return max(p / f[r] + o for r, p in enumerate(part)) + rest / f[0] + o * (len(head) - k)
 
 
-def predict_iop(graph: Graph, plan: Plan, boards: Boards, links: Links) -> Prediction:
-    """cost.predict of an iop plan, without compute/transfer overlap (the engine waits for a pair's
-    collectives at once; the other halos are then counted as if waited for too: an upper bound). The
-    allgather and the reduce-scatter are the halos of a's input and b's output, so they cost as halo
+def predict_iop(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: bool = True) -> Prediction:
+    """cost.predict of an iop plan; with pairs, without compute/transfer overlap (the engine waits for a
+    pair's collectives at once; the other halos are then counted as if waited for too: an upper bound).
+    The allgather and the reduce-scatter are the halos of a's input and b's output, so they cost as halo
     exchanges; a pair's compute is each rank's channel share of a and b over the whole map (under a's
     name), then adding the partial sums and b's bias (under b's); a split head's as _split_head_s."""
-    pred = predict(graph, plan, boards, links, overlap=False)
+    pred = predict(graph, plan, boards, links, overlap=overlap and not plan.pairs)
     nodes, fixed = {n.name: n for n in graph.nodes}, {}
     steps = {x.name: x for x in pred.layers}
     for p in plan.pairs:
@@ -240,21 +244,23 @@ def predict_iop(graph: Graph, plan: Plan, boards: Boards, links: Links) -> Predi
     return Prediction(sum(x.time_s for x in layers), layers)
 
 
-def pair_gains(graph: Graph, plan: Plan, boards: Boards, links: Links) -> dict[Pair, float]:
+def pair_gains(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: bool = True) -> dict[Pair, float]:
     """Every candidate pair's predicted saving in seconds over plan (predict_iop of plan with and without it)."""
-    base = predict_iop(graph, plan, boards, links).latency_s
-    return {c: base - predict_iop(graph, with_pairs(graph, plan, [c]), boards, links).latency_s
+    base = predict_iop(graph, plan, boards, links, overlap).latency_s
+    return {c: base - predict_iop(graph, with_pairs(graph, plan, [c]), boards, links, overlap).latency_s
             for c in candidates(graph, plan)}
 
 
 def iop_plan(graph: Graph, ranks: int, speeds: list[float] | None = None, objective: str = "total",
-             boards: Boards | None = None, links: Links | None = None) -> Plan:
-    """The `iop` plan: an NPTP tiling with the head split where the head allows it, and, given the boards
-    and links to predict for, the conv pairs IOP's greedy pairing picks by predicted gain (none without)."""
-    plan = with_head_split(graph, make_plan(graph, ranks, "iop", speeds, objective, tiling="nptp"))
+             boards: Boards | None = None, links: Links | None = None, overlap: bool = True,
+             cost_model: Callable[[list[Rect]], float] | None = None) -> Plan:
+    """The `iop` plan: an NPTP tiling (by cost_model where given) with the head split where the head allows
+    it, and, given the boards and links to predict for, the conv pairs IOP's greedy pairing picks by
+    predicted gain (none without)."""
+    plan = with_head_split(graph, make_plan(graph, ranks, "iop", speeds, objective, cost_model, tiling="nptp"))
     if boards is None or links is None:
         return plan
-    return with_pairs(graph, plan, pick(graph, pair_gains(graph, plan, boards, links)))
+    return with_pairs(graph, plan, pick(graph, pair_gains(graph, plan, boards, links, overlap)))
 
 
 class PairStep:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .cost import Boards, Links, model_cost, predict
+from .cost import Boards, Links, Prediction, model_cost, predict
 from .geometry import layers, spatial
 from .graph import Graph
 from .halp import cuts, halp_plan, seam_flops
+from .iop import iop_plan, predict_iop
 from .partition import STRATEGIES as TILINGS
 from .partition import PartitionError
 from .plan import Plan, make_plan, plan_from_cells
@@ -121,9 +122,7 @@ def build(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] 
     if strategy == "iop":
         if fuse:
             raise PartitionError("--fuse needs --strategy fused or halp")
-        from .iop import iop_plan
-
-        return iop_plan(graph, ranks, speeds, objective)
+        return iop_plan(graph, ranks, speeds, objective, setting.boards, setting.links, setting.overlap, model)
     if strategy not in ("fused", "halp"):
         raise PartitionError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if tiling not in TILINGS:
@@ -138,19 +137,27 @@ def build(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] 
     return halp_plan(graph, base.cell_tiles, tuple(speeds), objective, k)
 
 
+def prediction(graph: Graph, plan: Plan, setting: Setting) -> Prediction:
+    """The cost model's steps for any plan (IOP's split operators by their own model)."""
+    if plan.head or plan.pairs:
+        return predict_iop(graph, plan, setting.boards, setting.links, setting.overlap)
+    return predict(graph, plan, setting.boards, setting.links, setting.overlap)
+
+
 def latency(graph: Graph, plan: Plan, setting: Setting) -> float:
     """Predicted seconds of one inference of any plan (with the host's seams for halp)."""
     if plan.halp:
         return halp_latency(graph, plan, setting)
-    return predict(graph, plan, setting.boards, setting.links, setting.overlap).latency_s
+    return prediction(graph, plan, setting).latency_s
 
 
 def candidates(graph: Graph, ranks: int, speeds: list[float], objective: str, setting: Setting,
                ) -> list[tuple[str, Plan | None, float | str]]:
     """(strategy, plan, predicted seconds) of every scheme auto weighs; (strategy, None, why) where one
-    cannot run. Fused and host-assisted blocks go over the nptp tiling."""
-    out = []
-    for name in ("coedge", "grid", "nptp", "fused", "halp"):
+    cannot run. Fused and host-assisted blocks and IOP's splits go over the nptp tiling. Tilings are picked by
+    the cost model too (setting.given): auto compares predictions, so every candidate minimises its own."""
+    setting, out = replace(setting, given=True), []
+    for name in CANDIDATES:
         try:
             plan = build(graph, ranks, name, speeds, objective, setting)
         except PartitionError as e:
@@ -197,7 +204,7 @@ def explain(graph: Graph, ranks: int, speeds: list[float], objective: str, setti
     lines += [f"  {name:<7} " + (f"{t:.3f} s" if plan is not None else f"cannot run: {t}") +
               ("   <- chosen" if plan is best else "") for name, plan, t in rows]
     names, of = layers(spatial(graph)), layer_of(graph)
-    steps = predict(graph, best, setting.boards, setting.links, setting.overlap).layers
+    steps = prediction(graph, best, setting).layers
     lines.append(f"chosen: {best.strategy} over {best.strategy if best.strategy in TILINGS else 'nptp'} tiles")
     for a, b, scheme in segments(graph, best):
         secs = sum(x.time_s for x in steps if x.name in of and a <= of[x.name] < b)
@@ -210,9 +217,10 @@ def explain(graph: Graph, ranks: int, speeds: list[float], objective: str, setti
 def describe(setting: Setting) -> str:
     """The cost model's boards and links in a line."""
     ln, b = setting.links, setting.boards
+    boards = ("boards: per-layer times measured by calibrate --model" if b.s_per_px else
+              "boards " + ", ".join(f"{f / 1e9:.1f}" for f in b.flops_per_s) + " GFLOP/s")
     return (f"{'shared' if ln.shared else 'switched'} {ln.bytes_per_s * 8 / 1e6:g} Mbit/s, latency "
-            f"{ln.alpha_s * 1e3:g} ms, overlap {'on' if setting.overlap else 'off'}, boards "
-            + ", ".join(f"{f / 1e9:.1f}" for f in b.flops_per_s) + " GFLOP/s")
+            f"{ln.alpha_s * 1e3:g} ms, overlap {'on' if setting.overlap else 'off'}, {boards}")
 
 
 def halp_latency(graph: Graph, plan: Plan, setting: Setting) -> float:
@@ -232,4 +240,5 @@ def choose_halp(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: 
                                                     setting), k))
 
 
+CANDIDATES = ("coedge", "grid", "nptp", "fused", "halp", "iop")  # what auto weighs, simplest first
 STRATEGIES = (*TILINGS, "fused", "halp", "iop", "auto")

@@ -26,7 +26,6 @@ from nptp_mpi.cost import (
     parse_rate,
     parse_time,
     predict,
-    predict_strategies,
 )
 from nptp_mpi.geometry import area, halo_matrix, spatial
 from nptp_mpi.graph import Graph
@@ -230,24 +229,6 @@ def test_boards_must_match_plan(cases):
     g, plan = cases[0]
     with pytest.raises(ValueError, match="rank"):
         predict(g, plan, Boards((1e9,), 0.0), Links(0.0, 1e6, False))
-
-
-def test_predict_strategies_vgg16():
-    g = vgg16()
-    rows = predict_strategies(g, 4, None, "total", Boards((20e9,) * 4, 1e-4),
-                              Links(parse_time("1ms"), parse_rate("100mbit"), False))
-    assert [s for s, _, _ in rows] == ["coedge", "grid", "nptp"]
-    pred = {s: p for s, _, p in rows}
-    assert all(p.latency_s > 0 for p in pred.values())
-    assert pred["nptp"].latency_s <= pred["coedge"].latency_s
-    assert pred["nptp"].latency_s <= pred["grid"].latency_s
-
-
-def test_predict_strategies_skips_what_cannot_fit():
-    g = two_convs()  # 8x8 cells: 65 strips do not fit
-    rows = predict_strategies(g, 65, None, "total", Boards((1e9,) * 65, 0.0), Links(0.0, 1e6, False))
-    assert [(s, p) for s, p, _ in rows] == [("coedge", None), ("grid", None), ("nptp", None)]
-    assert "largest rank count" in rows[0][2]
 
 
 @pytest.mark.parametrize("graph, ranks, speeds, objective", [
