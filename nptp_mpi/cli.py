@@ -218,10 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="command that runs `python -m nptp_mpi ARGS` on {n} ranks; default: mpiexec -n {n} "
                       "… (add -f hostfile for boards; './run.sh cluster run -n {n} --' for the virtual cluster)")
     scal.add_argument("-o", "--output", default="results/scaling", help="folder for CSV, JSON and PNG")
-    scal.add_argument("--calibration", help="cal.json: also predict each case's latency with the cost model")
-    scal.add_argument("--bandwidth", help="link rate for the prediction (default: calibrated)")
-    scal.add_argument("--latency", help="per-message link latency for the prediction (default: calibrated)")
-    scal.add_argument("--shared", action="store_true", help="predict for one shared medium")
+    scal.add_argument("--calibration", help="cal.json: every run plans for it (as run --calibration), and each "
+                      "case's latency is also predicted")
+    scal.add_argument("--bandwidth", help="link rate the runs plan for and the prediction uses (default: calibrated)")
+    scal.add_argument("--latency", help="per-message link latency, the same way (default: calibrated)")
+    scal.add_argument("--shared", action="store_true", help="plan and predict for one shared medium")
     return top
 
 
@@ -307,8 +308,7 @@ def plan_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list[fl
 
 def _predict(args: argparse.Namespace, graph: Graph, speeds: list[float] | None):
     """The plan these arguments run, and every scheme's predicted latency for the boards and links."""
-    from .cost import predict
-    from .planner import candidates, describe
+    from .planner import candidates, describe, prediction
 
     setting = setting_for(args, graph, args.ranks, speeds)
     rows = []
@@ -316,7 +316,7 @@ def _predict(args: argparse.Namespace, graph: Graph, speeds: list[float] | None)
         if plan is None:
             rows.append({"strategy": strategy, "error": t})
             continue
-        pred = predict(graph, plan, setting.boards, setting.links, setting.overlap)
+        pred = prediction(graph, plan, setting)
         rows.append({"strategy": strategy, "latency_s": t, "compute_s": pred.compute_s, "comm_s": t - pred.compute_s,
                      "halo_bytes": plan.halo_bytes})
     return plan_for(args, graph, args.ranks, speeds), {"model": describe(setting), "strategies": rows}
@@ -360,7 +360,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         layers = [layer for m in args.models.split(",") for layer in conv_layers(load_model(m, args.size, None))]
         print(format_table(bench_convs(layers, repeat=args.repeat)))
         return
-    from .scaling import bench_scaling, default_launcher, format_rows
+    from .scaling import auto_vs_best, bench_scaling, default_launcher, format_rows
 
     items = {k: [v for v in getattr(args, k).split(",") if v] for k in ("models", "sizes", "strategies", "ranks")}
     for size in items["sizes"]:
@@ -372,16 +372,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
     overlaps = args.overlap.split(",")
     if not set(overlaps) <= {"on", "off"} or min(ranks, default=0) < 1:
         raise UsageError("--overlap takes on, off or on,off; --ranks positive numbers")
-    model = None
+    model, plan_args = None, []  # each run plans for the same calibration and links as the prediction
     if args.calibration:
         from .cost import load_calibration
 
         cal = load_calibration(args.calibration)
         model = (cal, link_model(args, cal))
+        plan_args = ["--calibration", os.path.abspath(args.calibration)]
+    plan_args += [*(["--bandwidth", args.bandwidth] if args.bandwidth else []),
+                  *(["--latency", args.latency] if args.latency else []), *(["--shared"] if args.shared else [])]
     rows = bench_scaling(items["models"], items["sizes"], items["strategies"], ranks, overlaps,
                          args.launcher or default_launcher(), args.warmup, args.repeat, args.timeout,
-                         Path(args.output), model)
-    print(format_rows(rows))
+                         Path(args.output), model, plan_args)
+    print("\n".join([format_rows(rows), *auto_vs_best(rows)]))
     print(f"wrote {args.output}/scaling.csv, scaling.json, scaling.png")
 
 

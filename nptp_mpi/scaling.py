@@ -21,8 +21,8 @@ from pathlib import Path
 
 from .cli import atomic_write_text
 
-FIELDS = ("model", "size", "strategy", "overlap", "ranks", "latency_s", "predicted_s", "speedup", "halo_bytes",
-          "max_rank_bytes", "compute_s", "comm_s", "hosts", "error")
+FIELDS = ("model", "size", "strategy", "overlap", "ranks", "plan", "latency_s", "predicted_s", "speedup",
+          "halo_bytes", "max_rank_bytes", "compute_s", "comm_s", "hosts", "error")
 
 
 def default_launcher() -> str:
@@ -46,13 +46,14 @@ def cases(models: list[str], sizes: list[str], strategies: list[str], ranks: lis
     return out
 
 
-def run_case(case: dict, launcher: str, warmup: int, repeat: int, timeout: float) -> dict:
-    """One `run` job; the row holds the report's medians, or the job's one-line error."""
+def run_case(case: dict, launcher: str, warmup: int, repeat: int, timeout: float, plan_args: list[str]) -> dict:
+    """One `run` job, planning for plan_args (the cost model's flags); the row holds the report's medians and
+    the plan it ran (auto's choice), or the job's one-line error."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "r.json"
         cmd = [*shlex.split(launcher.format(n=case["ranks"])), "run", "--model", case["model"], "--size",
                case["size"], "--strategy", case["_strategy"], "--overlap", case["_overlap"], "--warmup",
-               str(warmup), "--repeat", str(repeat), "--report", str(report)]
+               str(warmup), "--repeat", str(repeat), "--report", str(report), *plan_args]
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -62,17 +63,17 @@ def run_case(case: dict, launcher: str, warmup: int, repeat: int, timeout: float
             return {**case, "error": lines[0].strip()}
         rep = json.loads(report.read_text())
     ranks = rep["per_rank"]
-    return {**case, "latency_s": rep["latency_s"], "halo_bytes": rep["halo_bytes"],
+    return {**case, "plan": rep["strategy"], "latency_s": rep["latency_s"], "halo_bytes": rep["halo_bytes"],
             "max_rank_bytes": max(r["bytes_sent"] + r["bytes_recv"] for r in ranks),
             "compute_s": max(r["compute_s"] for r in ranks), "comm_s": max(r["comm_s"] for r in ranks),
             "hosts": " ".join(sorted({r["host"] for r in ranks})), "error": ""}
 
 
 def add_predictions(rows: list[dict], calibration, links) -> None:
-    """predicted_s from the cost model for each measured case (same plan as the run made)."""
+    """predicted_s from the cost model for each measured case: the plan the run made for the same
+    calibration and links (run_case passes them on), predicted as `plan` does."""
     from .cli import load_model, parse_size
-    from .cost import predict
-    from .plan import make_plan
+    from .planner import Setting, build, latency
 
     graphs = {}  # one build per model and size: VGG's seeded weights take seconds
     for r in rows:
@@ -82,9 +83,8 @@ def add_predictions(rows: list[dict], calibration, links) -> None:
                 graphs[key] = load_model(r["model"], parse_size(r["size"]), None)
             graph = graphs[key]
             n = r["ranks"]
-            plan = make_plan(graph, n, r["_strategy"])
-            boards = calibration.to_boards(n, graph.name)
-            r["predicted_s"] = predict(graph, plan, boards, links, r["_overlap"] == "on").latency_s
+            setting = Setting(calibration.to_boards(n, graph.name), links, r["_overlap"] == "on", given=True)
+            r["predicted_s"] = latency(graph, build(graph, n, r["_strategy"], setting=setting), setting)
 
 
 def add_speedups(rows: list[dict]) -> None:
@@ -150,16 +150,17 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ranks: list[int], overlaps: list[str],
-                  launcher: str, warmup: int, repeat: int, timeout: float, out: Path, model=None) -> list[dict]:
+                  launcher: str, warmup: int, repeat: int, timeout: float, out: Path, model=None,
+                  plan_args: list[str] = ()) -> list[dict]:
     """Run every case with progress on stderr; write scaling.csv, scaling.json and scaling.png into out."""
     out.mkdir(parents=True, exist_ok=True)
     todo = cases(models, sizes, strategies, ranks, overlaps)
     rows = []
     for i, case in enumerate(todo, 1):
         t0 = time.monotonic()
-        row = run_case(case, launcher, warmup, repeat, timeout)
+        row = run_case(case, launcher, warmup, repeat, timeout, list(plan_args))
         rows.append(row)
-        what = f"{row['latency_s']:.3f} s" if row.get("latency_s") else f"error: {row['error']}"
+        what = f"{row['latency_s']:.3f} s ({row['plan']})" if row.get("latency_s") else f"error: {row['error']}"
         print(f"[{i}/{len(todo)}] {case['model']} {case['size']} {case['ranks']} rank(s) {case['strategy']} "
               f"overlap {case['overlap']}: {what} ({time.monotonic() - t0:.0f} s wall)", file=sys.stderr, flush=True)
     add_speedups(rows)
@@ -190,3 +191,19 @@ def format_rows(rows: list[dict]) -> str:
             lines.append(f"{r['model']:<10} {r['size']:>9} {r['ranks']:>5} {r['strategy']:<8} {r['overlap']:<3} "
                          f"{r['error']}")
     return "\n".join(lines)
+
+
+def auto_vs_best(rows: list[dict]) -> list[str]:
+    """Per case run with auto: its latency against the best measured other strategy and against CoEdge."""
+    lines = []
+    for a in (r for r in rows if r["strategy"] == "auto" and r.get("latency_s")):
+        same = [r for r in rows if r.get("latency_s") and r["strategy"] not in ("auto", "-")
+                and all(r[k] == a[k] for k in ("model", "size", "ranks", "overlap"))]
+        if not same:
+            continue
+        best = min(same, key=lambda r: r["latency_s"])
+        coedge = next((r["latency_s"] for r in same if r["strategy"] == "coedge"), None)
+        lines.append(f"{a['model']} {a['size']} {a['ranks']} ranks overlap {a['overlap']}: auto ran {a['plan']}, "
+                     f"{a['latency_s'] / best['latency_s']:.3f}x the best ({best['strategy']})"
+                     + (f", {a['latency_s'] / coedge:.3f}x coedge" if coedge else ""))
+    return lines

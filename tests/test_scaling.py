@@ -9,10 +9,11 @@ import pytest
 from conftest import run_cli
 
 from nptp_mpi.cli import load_model
-from nptp_mpi.cost import BoardCal, Calibration, LayerRates, Links, ModelCal
+from nptp_mpi.cost import BoardCal, Calibration, LayerRates, Links, ModelCal, load_calibration
 from nptp_mpi.geometry import area
 from nptp_mpi.plan import make_plan, pieces
-from nptp_mpi.scaling import add_predictions, cases
+from nptp_mpi.planner import Setting, build, latency
+from nptp_mpi.scaling import add_predictions, auto_vs_best, cases
 
 
 def test_one_board_is_one_case_per_model_and_size() -> None:
@@ -46,11 +47,27 @@ def test_scaling_adds_predictions_from_a_calibration(tmp_path) -> None:
                                "links": {"alpha_s": 1e-4, "bytes_per_s": 1.25e7, "shared": True}}))
     out = tmp_path / "res"
     p = run_cli(["bench", "scaling", "--models", "resnet18", "--sizes", "64", "--ranks", "1,2", "--strategies",
-                 "nptp", "--repeat", "1", "--warmup", "0", "--calibration", str(cal), "-o", str(out)], timeout=300)
+                 "nptp,auto", "--repeat", "1", "--warmup", "0", "--calibration", str(cal), "--bandwidth", "1mbit",
+                 "-o", str(out)], timeout=300)
     assert p.returncode == 0, p.stderr
     rows = json.loads((out / "scaling.json").read_text())["rows"]
-    assert len(rows) == 2 and all(r["predicted_s"] > 0 for r in rows)
+    assert len(rows) == 3 and all(r["predicted_s"] > 0 for r in rows)
     assert "predicted" in p.stdout
+    # the runs plan for the same calibration and link as the prediction: auto's plan is the one predicted
+    graph = load_model("resnet18", (64, 64), None)
+    setting = Setting(load_calibration(str(cal)).to_boards(2, graph.name), Links(1e-4, 1.25e5, True), given=True)
+    auto = next(r for r in rows if r["strategy"] == "auto")
+    assert auto["plan"] == build(graph, 2, "auto", setting=setting).strategy
+    assert auto["predicted_s"] == pytest.approx(latency(graph, build(graph, 2, "auto", setting=setting), setting))
+    assert f"auto ran {auto['plan']}" in p.stdout
+
+
+def test_auto_is_compared_with_the_best_measured_strategy() -> None:
+    case = {"model": "m", "size": "64", "ranks": 2, "overlap": "on"}
+    rows = [{**case, "strategy": s, "plan": p, "latency_s": t} for s, p, t in
+            (("coedge", "coedge", 1.2), ("nptp", "nptp", 1.0), ("auto", "auto:nptp", 1.05))]
+    rows.append({**case, "ranks": 1, "strategy": "-", "plan": "nptp", "latency_s": 0.5})
+    assert auto_vs_best(rows) == ["m 64 2 ranks overlap on: auto ran auto:nptp, 1.050x the best (nptp), 0.875x coedge"]
 
 
 def test_predictions_use_the_layer_rates_of_the_same_model() -> None:
