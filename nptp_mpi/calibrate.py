@@ -15,9 +15,9 @@ one); on boards with a core each one count is enough. With one rank only the lay
 
 Links: ping-pong between rank 0 and each other rank in turn with mpi4py Send/Recv: 8 B messages give
 α (half the round trip), large ones (--large-mb, default 4 MB) β = bytes / (half round trip - α). Then
-the pair exchanges halo-like messages (MPI subarray row strips, as the engine sends) of 4 KB, 8 KB, …
+the pair exchanges halo-like messages (row strips sent as the engine sends halos) of 4 KB, 8 KB, …
 256 KB while both compute without MPI calls: the fraction of each size done by then is what overlap can
-hide of such a halo (MPICH over TCP: most of 8-32 KB, little of 4 KB or of 64 KB and more). The links
+hide of such a halo. The links
 written are those of the worst pair (largest α, smallest β and fractions). Whether the medium is shared
 cannot be told from one pair at a time: it comes from --shared (default: switched).
 
@@ -45,7 +45,7 @@ from .cost import BoardCal, Calibration, LayerRates, Links, ModelCal, split_head
 from .geometry import area  # noqa: E402
 from .graph import Graph  # noqa: E402
 from .ops import Tile, run_head, run_spatial  # noqa: E402
-from .plan import Plan, held, make_plan, pieces  # noqa: E402
+from .plan import Plan, Transfer, held, make_plan, pieces  # noqa: E402
 
 # (Cin, Cout, k, H=W): 3×3 convs of VGG-16 at 224² stages 2 and 3, and a ResNet-50 1×1 at 28².
 SHAPES = ((64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 1, 28))
@@ -164,43 +164,42 @@ def ping_pong(comm, peer: int, nbytes: int, repeat: int) -> float:
     return statistics.median(times)
 
 
-def overlap_fraction(comm, other: int, nbytes: int, repeat: int) -> float:
+def overlap_fraction(world, other: int, nbytes: int, repeat: int) -> float:
     """Fraction of a halo exchange with rank `other` that completes while both compute without calling MPI.
 
-    Each sends the other a row strip of a (64, 3, W) float32 map, nbytes, as an MPI subarray (like the
-    engine's halos), then computes for 3× the exchange's time alone (at least 10 ms, far more than the
-    ranks' start skew): 1 - the wait left / that time.
+    Each sends the other a row strip of a (64, 3, W) float32 map, nbytes, the way the engine sends halos
+    (World.post, World.complete), then computes for 3× the exchange's time alone (at least 10 ms, far
+    more than the ranks' start skew): 1 - the wait left / that time.
     """
-    from mpi4py import MPI
-
-    shape = [64, 3, max(1, nbytes // (4 * 64))]
-    buf = np.zeros(shape, np.float32)
-    send, recv = (MPI.FLOAT.Create_subarray(shape, [64, 1, shape[2]], [0, row, 0]).Commit() for row in (0, 2))
+    width = max(1, nbytes // (4 * 64))
+    buf = np.zeros((64, 3, width), np.float32)
+    me = world.rank
+    msgs = world.halo_messages(buf.shape, (0, 0, 3, width), [Transfer(me, other, (0, 0, 1, width), nbytes),
+                                                              Transfer(other, me, (2, 0, 3, width), nbytes)])
 
     def wait_s(busy_s: float) -> float:
-        comm.sendrecv(None, dest=other, source=other)  # start together
-        reqs = [comm.Irecv([buf, 1, recv], source=other, tag=8), comm.Isend([buf, 1, send], dest=other, tag=8)]
+        world.comm.sendrecv(None, dest=other, source=other)  # start together
+        posted = world.post(buf, msgs, 8, halo=False)
         end = time.perf_counter() + busy_s
         while time.perf_counter() < end:  # computing: no MPI calls
             pass
         t0 = time.perf_counter()
-        MPI.Request.Waitall(reqs)
+        world.complete(posted, "the overlap measurement")
         return time.perf_counter() - t0
 
     alone = statistics.median(wait_s(0.0) for _ in range(repeat + 1))
     left = statistics.median(wait_s(max(3 * alone, 0.01)) for _ in range(repeat + 1))  # 10 ms: past any skew
-    send.Free()
-    recv.Free()
+    msgs.free()
     return min(1.0, max(0.0, 1.0 - left / alone))
 
 
-def overlap_table(comm, other: int, repeat: int) -> list[tuple[int, float]]:
+def overlap_table(world, other: int, repeat: int) -> list[tuple[int, float]]:
     """(size, overlap_fraction) for each of OVERLAP_SIZES with rank `other`; both ranks get the same table,
     the smaller of their two measurements."""
     out = []
     for size in OVERLAP_SIZES:
-        mine = overlap_fraction(comm, other, size, repeat)
-        out.append((size, min(mine, comm.sendrecv(mine, dest=other, source=other))))
+        mine = overlap_fraction(world, other, size, repeat)
+        out.append((size, min(mine, world.comm.sendrecv(mine, dest=other, source=other))))
     return out
 
 
@@ -327,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             alpha = ping_pong(comm, peer, 8, args.pings)
             half = ping_pong(comm, peer, large, args.repeat)
             beta = large / (half - alpha) if half > alpha else large / half
-            overlap = overlap_table(comm, peer if rank == 0 else 0, args.repeat + 2)
+            overlap = overlap_table(world, peer if rank == 0 else 0, args.repeat + 2)
             if rank == 0:
                 pairs.append({"peer": peer, "alpha_s": alpha, "bytes_per_s": beta, "overlap": overlap})
     world.barrier()

@@ -1,9 +1,11 @@
 """Everything that touches MPI: the job's ranks, halo exchange, input scatter, head gather, agreement.
 
-Messages are described by MPI subarray datatypes built once per tensor and reused every inference,
-so halos travel straight from one rank's buffer into the neighbour's, with no packing copies. The
-bytes each rank moves are read back from MPI (datatype sizes and receive statuses), independently
-of the plan, so tests can check the wire against the plan's prediction.
+Messages are described by MPI subarray datatypes built once per tensor and reused every inference.
+A halo travels through a contiguous staging buffer (MPI_Pack before the send, MPI_Unpack after the
+receive): MPICH over TCP moves a non-contiguous message of 64 KB or more only inside MPI calls, so
+sent straight from the tile buffer it would not travel while the rank computes its core; contiguous,
+it does. The bytes each rank moves are read back from MPI (datatype sizes and receive statuses),
+independently of the plan, so tests can check the wire against the plan's prediction.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ def _subarray(shape: tuple[int, ...], buf_rect: Rect, rect: Rect) -> MPI.Datatyp
     return MPI.FLOAT.Create_subarray(list(shape), list(sub), list(start)).Commit()
 
 
+def _pieces(offsets: list[int]) -> list[MPI.Datatype]:
+    """Datatypes selecting elements offsets[i]:offsets[i+1] of a flat float32 buffer (contiguous: no staging)."""
+    return [MPI.FLOAT.Create_indexed([end - start], [start]).Commit()
+            for start, end in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
 @dataclass
 class Traffic:
     """Bytes and seconds one rank spent communicating (measured, not predicted)."""
@@ -46,27 +54,46 @@ class Traffic:
         self.__init__()
 
 
+@dataclass(frozen=True)
+class Message:
+    """One pre-built message: the peer, the datatype selecting it in its buffer, and where the datatype
+    is not contiguous, the contiguous buffer it is packed into (sends) or received into (receives)."""
+
+    peer: int
+    dtype: MPI.Datatype
+    stage: np.ndarray | None = None
+
+    @classmethod
+    def staged(cls, peer: int, dtype: MPI.Datatype) -> Message:
+        return cls(peer, dtype, np.empty(dtype.Get_size() // 4, np.float32))
+
+    def spec(self, buf: np.ndarray) -> list | np.ndarray:
+        """What MPI sends from or receives into."""
+        return [buf, 1, self.dtype] if self.stage is None else self.stage
+
+
 @dataclass
 class Messages:
-    """Pre-built point-to-point messages on one buffer: (peer, datatype) to send and to receive."""
+    """Pre-built point-to-point messages on one buffer, to send and to receive."""
 
-    sends: list[tuple[int, MPI.Datatype]] = field(default_factory=list)
-    recvs: list[tuple[int, MPI.Datatype]] = field(default_factory=list)
+    sends: list[Message] = field(default_factory=list)
+    recvs: list[Message] = field(default_factory=list)
 
     def free(self) -> None:
-        for _, t in self.sends + self.recvs:
-            t.Free()
+        for m in self.sends + self.recvs:
+            m.dtype.Free()
         self.sends.clear()
         self.recvs.clear()
 
 
 @dataclass
 class Pending:
-    """An exchange in flight: its requests and what they carry."""
+    """An exchange in flight: its requests, what they carry, and the buffer staged receives unpack into."""
 
     reqs: list[MPI.Request]
     msgs: Messages
     halo: bool
+    buf: np.ndarray
 
 
 class World:
@@ -134,41 +161,42 @@ class World:
         m = Messages()
         for t in transfers:
             if t.src == self.rank:
-                m.sends.append((t.dst, _subarray(shape, buf_rect, t.rect)))
+                m.sends.append(Message.staged(t.dst, _subarray(shape, buf_rect, t.rect)))
             elif t.dst == self.rank:
-                m.recvs.append((t.src, _subarray(shape, buf_rect, t.rect)))
+                m.recvs.append(Message.staged(t.src, _subarray(shape, buf_rect, t.rect)))
         return m
 
     def flat_messages(self, offsets: list[int], transfers) -> Messages:
         """Sends of consecutive pieces of one flat float32 buffer: elements offsets[i]:offsets[i+1] to
         transfers[i].dst (pieces computed apart from any tile buffer, e.g. HALP's seams)."""
-        m = Messages()
-        for i, t in enumerate(transfers):
-            m.sends.append((t.dst, MPI.FLOAT.Create_indexed([offsets[i + 1] - offsets[i]], [offsets[i]]).Commit()))
-        return m
+        return Messages(sends=[Message(t.dst, d) for t, d in zip(transfers, _pieces(offsets), strict=True)])
 
     def inbox_messages(self, offsets: list[int], sources: list[int]) -> Messages:
         """Receives into consecutive pieces of one flat float32 buffer: elements offsets[i]:offsets[i+1] from
         sources[i] (one slot per sender, e.g. the partial sums of an IOP reduce-scatter, added up after)."""
-        m = Messages()
-        for i, src in enumerate(sources):
-            m.recvs.append((src, MPI.FLOAT.Create_indexed([offsets[i + 1] - offsets[i]], [offsets[i]]).Commit()))
-        return m
+        return Messages(recvs=[Message(src, d) for src, d in zip(sources, _pieces(offsets), strict=True)])
 
     def post(self, buf: np.ndarray, msgs: Messages, tag: int, halo: bool = True) -> Pending:
-        """Start an exchange on buf: receives posted first, then sends; complete() waits for it."""
-        reqs = [self.comm.Irecv([buf, 1, t], source=src, tag=tag) for src, t in msgs.recvs]
-        reqs += [self.comm.Isend([buf, 1, t], dest=dst, tag=tag) for dst, t in msgs.sends]
-        return Pending(reqs, msgs, halo)
+        """Start an exchange on buf: receives posted first, then sends (packed first where staged);
+        complete() waits for it."""
+        reqs = [self.comm.Irecv(m.spec(buf), source=m.peer, tag=tag) for m in msgs.recvs]
+        for m in msgs.sends:
+            if m.stage is not None:
+                m.dtype.Pack(buf, m.stage, 0, self.comm)
+            reqs.append(self.comm.Isend(m.spec(buf), dest=m.peer, tag=tag))
+        return Pending(reqs, msgs, halo, buf)
 
     def complete(self, p: Pending, what: str) -> None:
-        """Wait for a posted exchange and count the bytes MPI says it moved."""
+        """Wait for a posted exchange, unpack staged receives, and count the bytes MPI says it moved."""
         t0 = time.perf_counter()
         statuses = [MPI.Status() for _ in p.reqs]
-        self.wait(p.reqs, what, [q for q, _ in p.msgs.recvs + p.msgs.sends], statuses)
+        self.wait(p.reqs, what, [m.peer for m in p.msgs.recvs + p.msgs.sends], statuses)
+        for m in p.msgs.recvs:
+            if m.stage is not None:
+                m.dtype.Unpack(m.stage, 0, p.buf, self.comm)
         self.traffic.wait_s += time.perf_counter() - t0
         recv = sum(s.Get_count(MPI.BYTE) for s in statuses[: len(p.msgs.recvs)])
-        sent = sum(t.Get_size() for _, t in p.msgs.sends)
+        sent = sum(m.dtype.Get_size() for m in p.msgs.sends)
         if p.halo:
             self.traffic.halo_recv += recv
             self.traffic.halo_sent += sent
