@@ -164,12 +164,14 @@ def ping_pong(comm, peer: int, nbytes: int, repeat: int) -> float:
     return statistics.median(times)
 
 
-def overlap_fraction(world, other: int, nbytes: int, repeat: int) -> float:
+def overlap_fraction(world, other: int, nbytes: int, repeat: int, wire_s: float) -> float:
     """Fraction of a halo exchange with rank `other` that completes while both compute without calling MPI.
 
     Each sends the other a row strip of a (64, 3, W) float32 map, nbytes, the way the engine sends halos
     (World.post, World.complete), then computes for 3× the exchange's time alone (at least 10 ms, far
-    more than the ranks' start skew): 1 - the wait left / that time.
+    more than the ranks' start skew): 1 - the wait left / the exchange's time, the larger of that
+    measured alone and wire_s (α + nbytes/β). Small eager messages can arrive during the start-up
+    handshake, so alone they seem to take no time; the wire time keeps the fraction honest.
     """
     width = max(1, nbytes // (4 * 64))
     buf = np.zeros((64, 3, width), np.float32)
@@ -190,15 +192,15 @@ def overlap_fraction(world, other: int, nbytes: int, repeat: int) -> float:
     alone = statistics.median(wait_s(0.0) for _ in range(repeat + 1))
     left = statistics.median(wait_s(max(3 * alone, 0.01)) for _ in range(repeat + 1))  # 10 ms: past any skew
     msgs.free()
-    return min(1.0, max(0.0, 1.0 - left / alone))
+    return min(1.0, max(0.0, 1.0 - left / max(alone, wire_s)))
 
 
-def overlap_table(world, other: int, repeat: int) -> list[tuple[int, float]]:
-    """(size, overlap_fraction) for each of OVERLAP_SIZES with rank `other`; both ranks get the same table,
-    the smaller of their two measurements."""
+def overlap_table(world, other: int, repeat: int, alpha_s: float, bytes_per_s: float) -> list[tuple[int, float]]:
+    """(size, overlap_fraction) for each of OVERLAP_SIZES with rank `other` over a link of α and β; both
+    ranks get the same table, the smaller of their two measurements."""
     out = []
     for size in OVERLAP_SIZES:
-        mine = overlap_fraction(world, other, size, repeat)
+        mine = overlap_fraction(world, other, size, repeat, alpha_s + size / bytes_per_s)
         out.append((size, min(mine, world.comm.sendrecv(mine, dest=other, source=other))))
     return out
 
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             alpha = ping_pong(comm, peer, 8, args.pings)
             half = ping_pong(comm, peer, large, args.repeat)
             beta = large / (half - alpha) if half > alpha else large / half
-            overlap = overlap_table(world, peer if rank == 0 else 0, args.repeat + 2)
+            overlap = overlap_table(world, peer if rank == 0 else 0, args.repeat + 2, alpha, beta)
             if rank == 0:
                 pairs.append({"peer": peer, "alpha_s": alpha, "bytes_per_s": beta, "overlap": overlap})
     world.barrier()

@@ -185,8 +185,9 @@ def format_rows(rows: list[dict]) -> str:
     for r in rows:
         if r.get("latency_s"):
             pred = f"{r['predicted_s']:>8.3f}s" if r.get("predicted_s") else f"{'-':>9}"
+            speedup = f"{r['speedup']:>6.2f}x" if r.get("speedup") else f"{'-':>7}"  # no one-board case to compare
             lines.append(f"{r['model']:<10} {r['size']:>9} {r['ranks']:>5} {r['strategy']:<8} {r['overlap']:<3} "
-                         f"{r['latency_s']:>8.3f}s {pred} {r['speedup'] or 0:>6.2f}x {r['halo_bytes'] / 1e6:>7.2f}MB")
+                         f"{r['latency_s']:>8.3f}s {pred} {speedup} {r['halo_bytes'] / 1e6:>7.2f}MB")
         else:
             lines.append(f"{r['model']:<10} {r['size']:>9} {r['ranks']:>5} {r['strategy']:<8} {r['overlap']:<3} "
                          f"{r['error']}")
