@@ -17,9 +17,9 @@ a layer lasting as long as its slowest rank):
   exchange's bytes on a shared medium (Wi-Fi: one bottleneck carries everyone's traffic).
 * without overlap the exchange follows the producing layer: max_r compute + max_r comm. With overlap only
   a part of it travels while later layers run: each message carries the fraction links.overlap gives
-  for its size (calibrate measures it: MPICH over TCP moves the engine's subarray halos of 8-32 KB
-  while the ranks compute, but those of 4 KB or 64 KB and more only inside MPI calls, i.e. once the
-  ranks wait), and rank r's exchange time splits in that proportion of its halo bytes (of the whole
+  for its size (calibrate measures it, sending halos as the engine does: on the virtual cluster, with
+  MPICH over TCP, 60-90% of 4-16 KB and 93-99% of 32 KB and more), and rank r's exchange time splits
+  in that proportion of its halo bytes (of the whole
   exchange's on a shared medium). A layer-synchronous clock shortens what is left of the background
   part, and the first consumer that needs the halo waits per rank: max(core_r, background part
   left_r) + the rest_r + border_r.
