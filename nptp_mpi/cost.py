@@ -3,8 +3,8 @@
 Layer-synchronous critical path, following what the engine does (every rank advances layer by layer,
 a layer lasting as long as its slowest rank):
 
-* scatter: rank 0 sends each rank its input tile + halo: α·(N-1) + scatter bytes / β (all through rank
-  0's link, or the shared medium — the same either way).
+* scatter: rank 0 sends each rank its input tile + halo: α per rank with a tile + scatter bytes / β (all
+  through rank 0's link, or the shared medium — the same either way).
 * per spatial node, rank r computes its share of the output in the engine's pieces (core + border
   strips, plan.pieces, as the engine does), each piece one kernel call costing layer_overhead_s plus its
   work:
@@ -23,7 +23,7 @@ a layer lasting as long as its slowest rank):
   exchange's on a shared medium). A layer-synchronous clock shortens what is left of the background
   part, and the first consumer that needs the halo waits per rank: max(core_r, background part
   left_r) + the rest_r + border_r.
-* head: reduce (C floats per rank) or gather (plan.gather_bytes) to rank 0: α·(N-1) + bytes / β, then the
+* head: reduce (C floats per rank) or gather (plan.gather_bytes) to rank 0: α per sender + bytes / β, then the
   head ops on rank 0: their measured seconds (head_s) where calibrated, else gemm 2·M·K FLOPs and one
   per element for the others.
 
@@ -240,7 +240,7 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
     n, f, o = plan.ranks, boards.flops_per_s, boards.layer_overhead_s
     spatial_nodes, head = split_head(graph)
     layers = []
-    scatter = links.alpha_s * (n - 1) + plan.scatter_bytes / links.bytes_per_s if n > 1 else 0.0
+    scatter = links.alpha_s * sum(1 for q in plan.scatter[1:] if area(q)) + plan.scatter_bytes / links.bytes_per_s
     layers.append(LayerCost("scatter", 0.0, scatter, scatter))
     # per rank, halos in flight: (seconds to go in the background, seconds that start only at the wait)
     left: list[dict[str, tuple[float, float]]] = [{} for _ in range(n)]
@@ -265,12 +265,15 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
             else:
                 comm_after = max(sum(c) for c in per_rank)
         layers.append(LayerCost(node.name, max(comps), max(comms) + comm_after, step + comm_after))
-    rest = max((sum(s) for lf in left for s in lf.values()), default=0.0)  # halos no layer waited for
+    # halos no layer waited for, on the ranks that compute to the end (not the senders of a tail's gather)
+    rest = max((sum(s) for r, lf in enumerate(left) if area(plan.comp[plan.last][r]) for s in lf.values()),
+               default=0.0)
     if rest:
         layers.append(LayerCost("pending halos", 0.0, rest, rest))
-    gather = links.alpha_s * (n - 1) + plan.gather_bytes / links.bytes_per_s if n > 1 else 0.0
     c_last = graph.shapes[plan.last][0]
     reduce = plan.gather == "reduce"
+    senders = n - 1 if reduce else sum(1 for q in plan.own[plan.last][1:] if area(q))
+    gather = links.alpha_s * senders + plan.gather_bytes / links.bytes_per_s
     local = max(c_last * float(area(plan.own[plan.last][r])) / f[r] for r in range(n)) if reduce else 0.0
     ops = head[1:] if reduce else head
     head_s = local + (boards.head_s if boards.head_s is not None else sum(head_flops(nd, graph) / f[0] + o

@@ -85,7 +85,7 @@ class Engine:
         self.pieces = {n.name: pieces(plan, graph, n, r) for n in self.spatial}
 
         x_shape = tuple(graph.input_shape)
-        scatter = [_Msg(0, q, plan.scatter[q]) for q in range(plan.ranks) if q != 0]
+        scatter = [_Msg(0, q, plan.scatter[q]) for q in range(1, plan.ranks) if area(plan.scatter[q])]
         self.scatter = world.halo_messages(
             x_shape if r == 0 else self.buffers[graph.input].shape,
             _full(x_shape) if r == 0 else self.rects[graph.input], scatter)
@@ -101,7 +101,8 @@ class Engine:
         gathered = plan.gather == "gather"
         last_shape = graph.shapes[self.last]
         self.gathered = np.zeros(last_shape, np.float32) if (r == 0 and gathered) else None
-        gather = [_Msg(q, 0, plan.own[self.last][q]) for q in range(plan.ranks) if q != 0] if gathered else []
+        gather = [_Msg(q, 0, plan.own[self.last][q]) for q in range(1, plan.ranks)
+                  if gathered and area(plan.own[self.last][q])]  # (nothing from a rank with no tile: a tail)
         self.gather = world.halo_messages(
             last_shape if r == 0 else self.buffers[self.last].shape,
             _full(last_shape) if r == 0 else self.rects[self.last], gather)

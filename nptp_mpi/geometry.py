@@ -156,24 +156,36 @@ def layers(sp: Spatial) -> list[str]:
     return [sp.tensors[0], *sp.halo_tensors()]
 
 
-def regions(sp: Spatial, cell_rects, exchanged=None) -> tuple[dict[str, np.ndarray], ...]:
+def regions(sp: Spatial, cell_rects, exchanged=None, tail=()) -> tuple[dict[str, np.ndarray], ...]:
     """Per tensor, the (N, 4) rects each rank owns, computes and needs, walking back from the output.
 
     A tensor in `exchanged` (default: every halo tensor) is computed on the own tile only and its halo
     is fetched from the owners; any other tensor is computed as far as its consumers read, redundantly
     (fused layers: the region grows through the block back to the next exchanged tensor). The input is
-    scattered, so it counts as exchanged. need = own ∪ what consumers read; comp ⊆ need, own ⊆ comp.
+    scattered, so it counts as exchanged. A tensor in `tail` is owned whole by rank 0 and by no other
+    rank (an empty rect), so the tensor the tail reads is needed whole at rank 0: gathered there.
+    need = own ∪ what consumers read; comp ⊆ need, own ⊆ comp.
     """
     exchanged = set(sp.halo_tensors() if exchanged is None else exchanged) | {sp.tensors[0]}
     own = {t: scale(cell_rects, sp.cells, sp.ratio[t], sp.hw[t]) for t in sp.tensors}
+    for t in tail:
+        own[t] = np.zeros_like(own[t])
+        own[t][0, 2:] = sp.hw[t]
     comp, needs = {}, {}
     for t in reversed(sp.tensors):
         region = own[t]
         for window, out in sp.readers[t]:
-            region = bbox(region, comp[out] if window is None else need(window, comp[out], sp.hw[t]))
+            read = comp[out] if window is None else need(window, comp[out], sp.hw[t])
+            region = union(region, np.where((area(comp[out]) > 0)[..., None], read, 0))
         needs[t] = region
         comp[t] = own[t] if t in exchanged else region
     return own, comp, needs
+
+
+def union(a, b) -> np.ndarray:
+    """The smallest rect holding a and b, either of which may be empty."""
+    a, b = np.asarray(a), np.asarray(b)
+    return np.where((area(a) == 0)[..., None], b, np.where((area(b) == 0)[..., None], a, bbox(a, b)))
 
 
 def overlaps(own: np.ndarray, needs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

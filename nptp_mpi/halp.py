@@ -16,37 +16,9 @@ import numpy as np
 from .geometry import Rect, area, as_rect, bbox, core, intersect, layers, need, ring, spatial
 from .graph import Graph, Node
 from .ops import Tile, run_spatial
-from .partition import PartitionError
-from .plan import FLOAT_BYTES, Halo, Plan, Transfer, plan_from_cells
+from .plan import FLOAT_BYTES, Halo, Plan, Transfer, block_nodes, plan_from_cells
 
 HOST = 0
-
-
-def block_nodes(graph: Graph, k: int) -> list[Node]:
-    """The spatial nodes of a host-assisted block of k layers: up to the producer of layers[k], which
-    must be the only tensor of the block read after it (a cut through the graph)."""
-    names = layers(spatial(graph))
-    if not 1 <= k < len(names):
-        raise PartitionError(f"halp: a block of {k} layers does not fit {graph.name}'s {len(names)} layers")
-    end = names[k]
-    i = next(i for i, n in enumerate(graph.nodes) if n.output == end)
-    nodes, made = graph.nodes[: i + 1], {n.output for n in graph.nodes[: i + 1]}
-    crossing = {t for n in graph.nodes[i + 1:] for t in n.inputs if t in made} - {end}
-    if crossing:
-        raise PartitionError(f"halp: layer {k} of {graph.name} is no cut: {sorted(crossing)} is read after it")
-    return nodes
-
-
-def cuts(graph: Graph) -> list[int]:
-    """Block lengths k at which the graph can be cut (valid host-assisted blocks)."""
-    out = []
-    for k in range(1, len(layers(spatial(graph)))):
-        try:
-            block_nodes(graph, k)
-            out.append(k)
-        except PartitionError:
-            pass
-    return out
 
 
 def reach(graph: Graph, nodes: list[Node], tensor: str, rect: Rect) -> dict[str, Rect]:

@@ -95,6 +95,7 @@ class Plan:
     head: HeadSplit | None = None
     pairs: tuple[ConvPair, ...] = ()
     halp: int = 0  # layers of the host-assisted first block (halp.py), 0 for none
+    tail: int | None = None  # the layer from which rank 0 computes alone (0: everything; the map gathered there)
 
     def __hash__(self) -> int:
         return hash(self.fingerprint())
@@ -140,6 +141,7 @@ class Plan:
             "tiles": [list(r) for r in self.tiles],
             "fuse": list(self.fuse),
             "halp": self.halp,
+            "tail": self.tail,
             "recompute": self.recompute,
             "halo_bytes": self.halo_bytes,
             "per_rank": self.per_rank,
@@ -172,6 +174,8 @@ def pieces(plan: Plan, graph: Graph, node: Node, r: int) -> tuple[list[Rect], li
     computed itself (done while the halo travels) and the strips that need the halo; one piece when
     there is no halo."""
     out, t = plan.comp[node.output][r], node.inputs[0]
+    if not area(out):  # a tail computed by rank 0 alone
+        return [], []
     if node.window is None or held(plan, graph, t, r) == plan.comp[t][r]:
         return [out], []
     inner = core(node.window, out, plan.comp[t][r], graph.shapes[t][1:])
@@ -179,10 +183,10 @@ def pieces(plan: Plan, graph: Graph, node: Node, r: int) -> tuple[list[Rect], li
 
 
 def rank_params(graph: Graph, plan: Plan, r: int, copy: bool = False) -> dict[str, dict[str, np.ndarray]]:
-    """The weights rank r computes with, by node: every spatial node's (a paired conv's channel slice), the
-    head's on rank 0 only, and under a split head the first FC layer's columns of rank r's features (its
-    bias on rank 0). Slices are views into the graph's arrays, or with copy contiguous copies, so that a
-    rank can free the full arrays."""
+    """The weights rank r computes with, by node: every spatial node's it computes some of (a paired conv's
+    channel slice), the head's on rank 0 only, and under a split head the first FC layer's columns of rank
+    r's features (its bias on rank 0). Slices are views into the graph's arrays, or with copy contiguous
+    copies, so that a rank can free the full arrays."""
     take = np.array if copy else np.asarray
     outs = {p.a: p.channels[r] for p in plan.pairs}
     ins = {p.b: p.channels[r] for p in plan.pairs}
@@ -191,6 +195,8 @@ def rank_params(graph: Graph, plan: Plan, r: int, copy: bool = False) -> dict[st
         p = n.params
         if not p or not (n.spatial or r == 0 or (plan.head and n.name == plan.head.gemm)):
             continue
+        if n.spatial and not area(plan.comp[n.output][r]) and n.name not in outs | ins:
+            continue  # a tail node: rank 0 computes it alone
         if n.name in outs:
             c0, c1 = outs[n.name]
             out[n.name] = {k: take(v[c0:c1]) for k, v in p.items()}
@@ -211,6 +217,42 @@ def weight_bytes(graph: Graph, plan: Plan) -> list[int]:
     """Per rank, the bytes of the weights it computes with (rank_params)."""
     return [sum(v.nbytes for d in rank_params(graph, plan, r).values() for v in d.values())
             for r in range(plan.ranks)]
+
+
+def block_nodes(graph: Graph, k: int) -> list[Node]:
+    """The spatial nodes of the first k layers: up to the producer of layers[k], which must be the only
+    tensor of them read after it (a cut through the graph, where a HALP block ends or a tail begins)."""
+    names = layers(spatial(graph))
+    if not 1 <= k < len(names):
+        raise PartitionError(f"a cut after {k} layers does not fit {graph.name}'s {len(names)} layers")
+    end = names[k]
+    i = next(i for i, n in enumerate(graph.nodes) if n.output == end)
+    nodes, made = graph.nodes[: i + 1], {n.output for n in graph.nodes[: i + 1]}
+    crossing = {t for n in graph.nodes[i + 1:] for t in n.inputs if t in made} - {end}
+    if crossing:
+        raise PartitionError(f"layer {k} of {graph.name} is no cut: {sorted(crossing)} is read after it")
+    return nodes
+
+
+def cuts(graph: Graph) -> list[int]:
+    """The layers k at which the graph can be cut (block_nodes)."""
+    out = []
+    for k in range(1, len(layers(spatial(graph)))):
+        try:
+            block_nodes(graph, k)
+            out.append(k)
+        except PartitionError:
+            pass
+    return out
+
+
+def tail_tensors(graph: Graph, k: int | None) -> list[str]:
+    """The spatial tensors of a tail from layer k on: those made after layers[k]; from layer 0 every one,
+    the input too (it stays on rank 0); None: no tail."""
+    if k is None:
+        return []
+    made = {n.output for n in block_nodes(graph, k)} if k else set()
+    return [t for t in spatial(graph).tensors if t not in made and (k == 0 or t != graph.input)]
 
 
 def exchanged(graph: Graph, fuse: tuple[int, ...]) -> list[str]:
@@ -241,15 +283,18 @@ def make_plan(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[flo
 
 
 def plan_from_cells(graph: Graph, cell_tiles, strategy: str = "nptp", speeds: tuple[float, ...] | None = None,
-                    objective: str = "total", fuse: tuple[int, ...] = ()) -> Plan:
-    """The plan for given cell rects (one per rank, already checked): what make_plan builds around them."""
+                    objective: str = "total", fuse: tuple[int, ...] = (), tail: int | None = None) -> Plan:
+    """The plan for given cell rects (one per rank, already checked): what make_plan builds around them.
+    tail: from that layer (a cut, after the last fused block; 0: all of them) on, rank 0 computes alone."""
     sp = spatial(graph)
     ranks = len(cell_tiles)
     speeds = tuple(float(s) for s in speeds) if speeds is not None else (1.0,) * ranks
     cell_tiles = [as_rect(r) for r in cell_tiles]
     fuse = tuple(int(k) for k in fuse)
     sync = exchanged(graph, fuse)
-    own, comp, needs = regions(sp, np.array(cell_tiles), sync)
+    if tail is not None and (tail < sum(fuse) or layers(sp)[tail] not in sync):
+        raise PartitionError(f"a tail from layer {tail} must start after the fused blocks {list(fuse)}")
+    own, comp, needs = regions(sp, np.array(cell_tiles), sync, tail_tensors(graph, tail))
     halos = {}
     for t in sync[1:]:
         c = sp.channels[t]
@@ -283,6 +328,7 @@ def plan_from_cells(graph: Graph, cell_tiles, strategy: str = "nptp", speeds: tu
         last=sp.last,
         gather=gather,
         gather_bytes=gather_bytes,
+        tail=tail,
     )
 
 
@@ -311,9 +357,15 @@ def format_plan(plan: Plan, top: int | None = 10, weights: list[int] | None = No
     elif plan.fuse:
         lines += ["", f"fused blocks {','.join(map(str, plan.fuse))} (layers each, then one per block): halos of "
                   f"{len(plan.halos)} tensors exchanged, {plan.recompute:.1%} of the map pixels recomputed"]
-    layers = sorted(plan.layers, key=lambda row: -row["bytes"])
+    if plan.tail == 0:
+        lines += ["", "tail from layer 0: rank 0 computes everything alone (distributing is predicted slower)"]
+    elif plan.tail:
+        lines += ["", f"tail from layer {plan.tail} on (layers as in --fuse): rank 0 computes it alone, the map "
+                  "gathered to it there"]
+    layers = sorted((row for row in plan.layers if row["bytes"]), key=lambda row: -row["bytes"])
     shown = layers if top is None else layers[:top]
-    lines += ["", f"halo per layer ({'all' if len(shown) == len(layers) else f'top {len(shown)} of {len(layers)}'})"]
+    lines += ["", f"halo per layer ({'all' if len(shown) == len(layers) else f'top {len(shown)} of {len(layers)}'}"
+              " that move any)"]
     lines += [f"  {row['name']:<28} C={row['channels']:<5} {human(row['bytes']):>10}" for row in shown]
     lines += ["", "rank        sent        recv"]
     lines += [f"{row['rank']:>4}  {human(row['bytes_sent']):>10}  {human(row['bytes_recv']):>10}"

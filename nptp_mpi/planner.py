@@ -1,9 +1,10 @@
 """Strategy dispatch: a strategy name, the boards and the links → one Plan (pure, same on every rank).
 
 Spatial tilings (coedge, grid, nptp) come from partition.py; `fused` runs DeepThings' fused blocks over
-any tiling, `halp` a host-assisted first block (halp.py), each with the blocks chosen by the cost
-model (or given by --fuse). Where no calibration or link
-is given, the cost model uses a nominal board and link (NOMINAL_*), stated in `plan`'s output.
+any tiling, `halp` a host-assisted first block (halp.py), `tail` the last layers on rank 0 alone, each
+with its blocks chosen by the cost model (or given by --fuse); `iop` splits operators (iop.py); `auto`
+runs whichever of them the cost model predicts fastest. Where no calibration or link is given, the cost
+model uses a nominal board and link (NOMINAL_*), stated in `plan`'s output.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from dataclasses import dataclass, replace
 from .cost import Boards, Links, Prediction, model_cost, predict
 from .geometry import layers, spatial
 from .graph import Graph
-from .halp import cuts, halp_plan, seam_flops
+from .halp import halp_plan, seam_flops
 from .iop import iop_plan, predict_iop
 from .partition import STRATEGIES as TILINGS
 from .partition import PartitionError
-from .plan import Plan, make_plan, plan_from_cells
+from .plan import Plan, cuts, make_plan, plan_from_cells
 
 NOMINAL_FLOPS = 10e9  # FLOP/s of one speed unit: our kernels on a Raspberry Pi 4 class board, roughly
 NOMINAL_LINKS = Links(alpha_s=3e-4, bytes_per_s=100e6 / 8)  # switched 100 Mbit/s Ethernet
@@ -123,7 +124,7 @@ def build(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] 
         if fuse:
             raise PartitionError("--fuse needs --strategy fused or halp")
         return iop_plan(graph, ranks, speeds, objective, setting.boards, setting.links, setting.overlap, model)
-    if strategy not in ("fused", "halp"):
+    if strategy not in ("fused", "halp", "tail"):
         raise PartitionError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if tiling not in TILINGS:
         raise PartitionError(f"unknown --partition {tiling!r}; choose one of {', '.join(TILINGS)}")
@@ -131,6 +132,10 @@ def build(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] 
     if strategy == "fused":
         chosen = choose_fuse(graph, base.cell_tiles, setting) if fuse is None else tuple(fuse)
         return plan_from_cells(graph, base.cell_tiles, "fused", tuple(speeds), objective, chosen)
+    if strategy == "tail":
+        if fuse:
+            raise PartitionError("--fuse needs --strategy fused or halp; tail chooses its own length")
+        return tail_plan(graph, base.cell_tiles, tuple(speeds), objective, setting)
     if fuse and len(fuse) > 1:
         raise PartitionError("halp has one host-assisted block: give its length alone, e.g. --fuse 4")
     k = fuse[0] if fuse else choose_halp(graph, base.cell_tiles, tuple(speeds), objective, setting)
@@ -178,20 +183,21 @@ def auto(graph: Graph, ranks: int, speeds: list[float], objective: str, setting:
 
 
 def segments(graph: Graph, plan: Plan) -> list[tuple[int, int, str]]:
-    """The plan as (first layer, end layer, scheme) runs: host-assisted, fused blocks, layer by layer."""
+    """The plan as (first layer, end layer, scheme) runs: host-assisted, fused blocks, layer by layer, tail."""
     total = len(layers(spatial(graph)))
     if plan.halp:
         spans = [(0, plan.halp, "host-assisted block (rank 0 computes and sends the seams)")]
         spans += [(plan.halp, total, "halo exchange every layer")] if plan.halp < total else []
         return spans
     out = []
-    for a, b in _blocks(plan.fuse, total):
+    end = total if plan.tail is None else plan.tail
+    for a, b in _blocks(plan.fuse, end):
         scheme = f"fused block of {b - a} layers (overlaps recomputed)" if b - a > 1 else "halo exchange every layer"
         if out and scheme == out[-1][2] == "halo exchange every layer":
             out[-1] = (out[-1][0], b, scheme)
         else:
             out.append((a, b, scheme))
-    return out
+    return out + ([(end, total, "tail on rank 0 alone (the map gathered to it first)")] if end < total else [])
 
 
 def explain(graph: Graph, ranks: int, speeds: list[float], objective: str, setting: Setting) -> list[str]:
@@ -240,5 +246,17 @@ def choose_halp(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: 
                                                     setting), k))
 
 
-CANDIDATES = ("coedge", "grid", "nptp", "fused", "halp", "iop")  # what auto weighs, simplest first
-STRATEGIES = (*TILINGS, "fused", "halp", "iop", "auto")
+CANDIDATES = ("coedge", "grid", "nptp", "fused", "halp", "iop", "tail")  # what auto weighs, simplest first
+def tail_plan(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: str, setting: Setting,
+              longest: int = LONGEST_BLOCK) -> Plan:
+    """Halo exchange every layer over cell_tiles, then a tail on rank 0 alone: of the cuts within the last
+    `longest` layers, and layer 0 (rank 0 runs everything), the one predicted fastest (ties to the shorter
+    tail). Pays where the last maps are small and messages costly: the gather replaces their halo
+    exchanges, rank 0 their parallel compute; from layer 0 where distributing does not pay at all."""
+    total = len(layers(spatial(graph)))
+    options = [0] + [k for k in cuts(graph) if total - k <= longest]
+    plans = [plan_from_cells(graph, cell_tiles, "tail", speeds, objective, tail=k) for k in options]
+    return min(plans, key=lambda p: (latency(graph, p, setting), -p.tail))
+
+
+STRATEGIES = (*TILINGS, "fused", "halp", "iop", "tail", "auto")

@@ -108,7 +108,7 @@ def test_halp_others_start_from_their_own_tile_and_the_host_sends_the_rest() -> 
 
 
 def test_halp_needs_a_cut_through_the_graph() -> None:
-    from nptp_mpi.halp import cuts
+    from nptp_mpi.plan import cuts
 
     g = zoo.build("resnet18", (96, 96))
     assert 3 not in cuts(g) and 2 in cuts(g)  # inside a residual block the shortcut crosses the cut

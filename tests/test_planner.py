@@ -1,5 +1,5 @@
 """The planner: auto takes the candidate predicted fastest, every candidate's tiling minimises the same
-prediction, IOP is weighed with the boards and links, and planning never starts MPI."""
+prediction, IOP and tails are weighed with the boards and links, and planning never starts MPI."""
 
 import subprocess
 import sys
@@ -10,8 +10,10 @@ from test_iop import chain
 
 from nptp_mpi import zoo
 from nptp_mpi.cost import Boards, Links
+from nptp_mpi.geometry import layers, spatial
 from nptp_mpi.partition import PartitionError
-from nptp_mpi.planner import CANDIDATES, Setting, auto, build, candidates, describe, latency
+from nptp_mpi.plan import cuts, make_plan, pieces, plan_from_cells, rank_params, tail_tensors
+from nptp_mpi.planner import CANDIDATES, Setting, auto, build, candidates, describe, latency, segments
 
 SPEEDS = [1.0] * 4
 
@@ -50,6 +52,51 @@ def test_auto_weighs_iop_with_the_boards_and_links(vgg16) -> None:
     assert rows["iop"] < min(t for name, t in rows.items() if name != "iop")
     plan = auto(vgg16, 4, SPEEDS, "total", setting)
     assert plan.strategy == "auto:iop" and plan.head is not None
+
+
+def test_tails_where_messages_are_dear() -> None:
+    """With 20 ms per message, VGG-11's last layers at 224² (14x14 and 7x7 maps) cost more in halo
+    exchanges than rank 0 takes to compute them alone: the tail gathers the map there and is predicted
+    faster than exchanging to the end (fused blocks, which send fewer messages still, are faster again:
+    auto takes them); with the nominal 0.3 ms no tail pays. MobileNetV2's 52 small layers on a 20 Mbit/s
+    link with 5 ms per message: distributing does not pay at all, and auto has rank 0 run everything."""
+    g = zoo.build("vgg11", (224, 224))
+    dear = Setting(Boards((1e10,) * 4, 1e-4), Links(2e-2, 12.5e6, shared=True), given=True)
+    rows = {name: (plan, t) for name, plan, t in candidates(g, 4, SPEEDS, "total", dear)}
+    tail, total = rows["tail"][0], len(layers(spatial(g)))
+    assert tail.tail in cuts(g) and total - tail.tail <= 6 and rows["tail"][1] < rows["nptp"][1]
+    assert segments(g, tail)[-1] == (tail.tail, total, "tail on rank 0 alone (the map gathered to it first)")
+    assert auto(g, 4, SPEEDS, "total", dear).strategy == "auto:fused"
+    assert build(g, 4, "tail", setting=replace(dear, links=Links(3e-4, 12.5e6, shared=True))).tail == total - 1
+    g = zoo.build("mobilenet_v2", (224, 224))
+    alone = auto(g, 4, SPEEDS, "total", replace(dear, links=Links(5e-3, 2.5e6, shared=True)))
+    assert alone.strategy == "auto:tail" and alone.tail == 0
+    assert alone.scatter_bytes == alone.halo_bytes == 0 and alone.tiles[1:] == ((0, 0, 0, 0),) * 3
+
+
+def test_tail_is_gathered_to_rank_0_which_computes_it_alone() -> None:
+    g = zoo.build("resnet18", (96, 96))
+    base = make_plan(g, 3, "nptp")
+    k = cuts(g)[-2]
+    plan = plan_from_cells(g, base.cell_tiles, tail=k)
+    first, later = layers(spatial(g))[k], tail_tensors(g, k)
+    assert later and first not in later
+    for t in later:
+        _, h, w = g.shapes[t]
+        assert plan.own[t] == ((0, 0, h, w), (0, 0, 0, 0), (0, 0, 0, 0))
+        assert t not in plan.halos or not plan.halos[t].transfers
+    gather = plan.halos[first]
+    assert gather.need[0] == (0, 0, *g.shapes[first][1:])
+    assert {(x.src, x.dst, x.rect) for x in gather.transfers} == {(r, 0, plan.own[first][r]) for r in (1, 2)}
+    tail_nodes = [n for n in g.nodes if n.spatial and n.output in later]
+    assert all(pieces(plan, g, n, r) == ([], []) for n in tail_nodes for r in (1, 2))
+    kept = rank_params(g, plan, 1)
+    assert not any(n.name in kept for n in tail_nodes) and all(n.name in rank_params(g, plan, 0) for n in tail_nodes
+                                                               if n.params)
+    assert base.halo_bytes - plan.halo_bytes == sum(base.halos[t].nbytes for t in base.halos if t in later) \
+        + base.halos[first].nbytes - gather.nbytes
+    with pytest.raises(PartitionError, match="no cut"):
+        plan_from_cells(g, base.cell_tiles, tail=3)  # inside a residual block
 
 
 def test_build_iop_takes_pairs_by_the_setting() -> None:
