@@ -9,7 +9,8 @@ a layer lasting as long as its slowest rank):
   strips, plan.pieces, as the engine does), each piece one kernel call costing layer_overhead_s plus its
   work:
   - measured per layer (`calibrate --model`): s_per_px[r][node] × area(piece), the seconds per output
-    pixel that rank r took on that layer of the real model, all ranks computing at once as in a run;
+    pixel that rank r took on that layer of the real model, all ranks computing at once as in a run
+    (a node only rank 0 computes, in a tail, at the rates measured with rank 0 alone);
   - otherwise FLOPs / flops_per_s[r], FLOPs: conv 2·Cout·area·(Cin/g)·kh·kw; pools C·area·kh·kw;
     pointwise ops one per element per input.
 * a halo exchange of tensor t costs rank r  α·(messages to/from r) + bytes / β, where bytes is
@@ -128,6 +129,7 @@ class Boards:
     layer_overhead_s: float = 0.0
     s_per_px: tuple[Mapping[str, float], ...] = ()
     head_s: float | None = None
+    alone: Mapping[str, float] | None = None  # rank 0's rates computing with the others idle (a tail)
 
 
 @dataclass(frozen=True)
@@ -180,9 +182,11 @@ def split_head(graph: Graph) -> tuple[list[Node], list[Node]]:
     return graph.nodes[:k], graph.nodes[k:]
 
 
-def compute_s(graph: Graph, node: Node, rects: Sequence[Rect], boards: Boards, r: int) -> float:
-    """Rank r's seconds for computing rects of node's output, one kernel call each."""
-    rate = boards.s_per_px[r].get(node.name) if boards.s_per_px else None
+def compute_s(graph: Graph, node: Node, rects: Sequence[Rect], boards: Boards, r: int, alone: bool = False) -> float:
+    """Rank r's seconds for computing rects of node's output, one kernel call each; alone: no other rank
+    computes this node (ranks that share cores then run at the one-rank rates)."""
+    rates = boards.alone if alone and boards.alone is not None else (boards.s_per_px[r] if boards.s_per_px else {})
+    rate = rates.get(node.name)
     work = (rate * sum(area(p) for p in rects) if rate is not None
             else sum(node_flops(node, graph, p) for p in rects) / boards.flops_per_s[r])
     return work + boards.layer_overhead_s * len(rects)
@@ -246,9 +250,10 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
     left: list[dict[str, tuple[float, float]]] = [{} for _ in range(n)]
     for node in spatial_nodes:
         comps, steps, comms = [], [], []
+        alone = sum(1 for q in plan.comp[node.output] if area(q)) == 1
         for r in range(n):
             inner, border = pieces(plan, graph, node, r)
-            c_in, c_b = compute_s(graph, node, inner, boards, r), compute_s(graph, node, border, boards, r)
+            c_in, c_b = (compute_s(graph, node, p, boards, r, alone) for p in (inner, border))
             wait = left[r].pop(node.inputs[0], None) if border else None
             comps.append(c_in + c_b)
             comms.append(sum(wait) if wait else 0.0)
@@ -409,7 +414,8 @@ class Calibration:
         if self.layers is None or model != self.layers.model:
             return Boards(flops, overhead)
         rates = self.layers.nearest(n)
-        return Boards(flops, overhead, tuple(rates.s_per_px[r % rates.ranks] for r in range(n)), self.layers.head_s)
+        return Boards(flops, overhead, tuple(rates.s_per_px[r % rates.ranks] for r in range(n)), self.layers.head_s,
+                      self.layers.nearest(1).s_per_px[0])
 
     def to_json(self) -> dict:
         links = None if self.links is None else {**vars(self.links), "overlap": [list(p) for p in self.links.overlap]}

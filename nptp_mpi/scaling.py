@@ -22,7 +22,7 @@ from pathlib import Path
 from .cli import atomic_write_text
 
 FIELDS = ("model", "size", "strategy", "overlap", "ranks", "plan", "latency_s", "predicted_s", "speedup",
-          "halo_bytes", "max_rank_bytes", "compute_s", "comm_s", "hosts", "error")
+          "halo_bytes", "max_rank_bytes", "compute_s", "comm_s", "max_rss_peak_mb", "max_weights_mb", "hosts", "error")
 
 
 def default_launcher() -> str:
@@ -66,6 +66,8 @@ def run_case(case: dict, launcher: str, warmup: int, repeat: int, timeout: float
     return {**case, "plan": rep["strategy"], "latency_s": rep["latency_s"], "halo_bytes": rep["halo_bytes"],
             "max_rank_bytes": max(r["bytes_sent"] + r["bytes_recv"] for r in ranks),
             "compute_s": max(r["compute_s"] for r in ranks), "comm_s": max(r["comm_s"] for r in ranks),
+            "max_rss_peak_mb": max(r["rss_peak_mb"] for r in ranks),
+            "max_weights_mb": max(r["weights_mb"] for r in ranks),
             "hosts": " ".join(sorted({r["host"] for r in ranks})), "error": ""}
 
 

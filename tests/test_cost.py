@@ -30,7 +30,7 @@ from nptp_mpi.cost import (
 from nptp_mpi.geometry import area, halo_matrix, spatial
 from nptp_mpi.graph import Graph
 from nptp_mpi.partition import objective_bytes
-from nptp_mpi.plan import make_plan, pieces
+from nptp_mpi.plan import make_plan, pieces, plan_from_cells
 from tests.conftest import ROOT, mpiexec
 from tests.test_partition import conv, small_net
 from tests.test_plan import check_invariants
@@ -131,6 +131,21 @@ def test_layer_rates_replace_flops():
     # a node the calibration did not time falls back to FLOPs / FLOP/s
     partial = predict(g, plan, Boards((F, F), OH, ({"c2": 3e-6},) * 2), links, overlap=False)
     assert partial.latency_s - base.latency_s == pytest.approx(2 * 4 * 32 * 2 * 9 / F - 2e-6 * 32, rel=1e-9)
+
+
+def test_a_rank_computing_alone_runs_at_its_one_rank_rates():
+    """A tail from layer 0: rank 0 computes everything, the other rank nothing; with ranks sharing cores the
+    one-rank rates apply (Boards.alone), and nothing is scattered or gathered."""
+    g = two_convs()
+    plan = plan_from_cells(g, make_plan(g, 2, "coedge").cell_tiles, tail=0)
+    rates = {"c1": 2e-6, "c2": 3e-6}
+    links = Links(A, B, shared=False)
+    busy = predict(g, plan, Boards((F, F), OH, (rates, rates)), links)
+    alone = predict(g, plan, Boards((F, F), OH, (rates, rates), None, {"c1": 1e-6, "c2": 1e-6}), links)
+    assert busy.latency_s == pytest.approx((2e-6 + 3e-6) * 64 + 2 * OH, rel=1e-12)
+    assert alone.latency_s == pytest.approx(2e-6 * 64 + 2 * OH, rel=1e-12)
+    layered = replace(layered_calibration(), pairs=())
+    assert layered.to_boards(2, layered.layers.model).alone == {"c1": 1e-6, "c2": 2e-6}
 
 
 def test_measured_head_time_replaces_head_flops(cases):

@@ -36,6 +36,10 @@ def test_tiny_scaling_run_writes_table_json_and_plot(tmp_path) -> None:
     assert "largest" in coedge3["error"]
     ok = [r for r in rows if not r["error"]]
     assert all(float(r["latency_s"]) > 0 for r in ok) and len(ok) == 4
+    # memory per case: the largest rank's peak RSS and weights (one board holds the whole model)
+    assert all(float(r["max_rss_peak_mb"]) > float(r["max_weights_mb"]) > 0 for r in ok)
+    one = next(r for r in ok if r["ranks"] == "1")
+    assert all(float(r["max_weights_mb"]) <= float(one["max_weights_mb"]) for r in ok)
     assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
 
 
