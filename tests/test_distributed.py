@@ -103,8 +103,8 @@ def test_onnx_file_equals_reference(tmp_path) -> None:
     check_against_reference(load_onnx(str(path)), "nptp")
 
 
-@pytest.mark.parametrize("model", ("resnet18", "mobilenet_v2", "vgg11"))
 @pytest.mark.parametrize("strategy", (*STRATEGIES, "fused", "halp", "tail"))
+@pytest.mark.parametrize("model", ("resnet18", "mobilenet_v2", "vgg11"))  # outermost: each model built once
 def test_overlap_changes_nothing_bit_for_bit(model: str, strategy: str) -> None:
     graph = zoo_graph(model).with_input_hw(136, 150)
     fuse = {"fused": (2, 3), "halp": (2,)}.get(strategy)
