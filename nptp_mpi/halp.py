@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .geometry import Rect, area, as_rect, bbox, core, intersect, layers, need, ring, spatial
+from .geometry import Rect, area, as_rect, core, intersect, layers, need, ring, spatial, union
 from .graph import Graph, Node
 from .ops import Tile, run_spatial
 from .plan import FLOAT_BYTES, Halo, Plan, Transfer, block_nodes, plan_from_cells
@@ -31,7 +31,7 @@ def reach(graph: Graph, nodes: list[Node], tensor: str, rect: Rect) -> dict[str,
         out = region[n.output]
         for t in n.inputs:
             read = as_rect(out if n.window is None else need(n.window, out, shapes[t][1:]))
-            region[t] = as_rect(bbox(region[t], read)) if t in region and area(region[t]) else read
+            region[t] = as_rect(union(region[t], read)) if t in region else read
     return region
 
 
