@@ -96,6 +96,12 @@ class Pending:
     buf: np.ndarray
 
 
+def nap(waited_s: float) -> float:
+    """Seconds to sleep between polls after waiting waited_s: 0.2 ms, growing to 2% of the wait so far (at
+    most 5 ms), so a wait ends at most 2% (and 5 ms) late and a rank idle for a second polls ~50 times."""
+    return min(5e-3, max(2e-4, waited_s / 50))
+
+
 class World:
     """This job's ranks: who we are, agreement at start-up, abort, and the messages of a plan."""
 
@@ -113,20 +119,22 @@ class World:
         """Waitall bounded by self.timeout that gives the core away while waiting.
 
         MPICH busy-polls; with ranks sharing a laptop's cores that steals the peers' compute time. We
-        poll with sched_yield for about a millisecond (prompt on a board's own core), then sleep 0.2 ms
-        between polls: at most that much latency per wait, against ~25% faster oversubscribed runs.
+        poll with sched_yield for about a millisecond (prompt on a board's own core), then sleep between
+        polls (nap): a short wait gains at most 0.2 ms, a long one (an idle rank while rank 0 runs a
+        tail) wakes rarely enough to leave the cores to the ranks that compute.
         """
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        start = time.monotonic()
         polls = 0
         while not MPI.Request.Testall(reqs, statuses):
-            if deadline is not None and time.monotonic() > deadline:
+            waited = time.monotonic() - start
+            if self.timeout is not None and waited > self.timeout:
                 raise PeerTimeout(f"timed out after {self.timeout:g} s waiting for {self._pending(reqs, peers)} "
                                   f"in {what}")
             polls += 1
             if polls < 1000:  # ~1 ms of prompt polling
                 os.sched_yield()
             else:
-                time.sleep(0.0002)
+                time.sleep(nap(waited))
 
     def _pending(self, reqs: list[MPI.Request], peers: list[int] | None) -> str:
         if peers is None:

@@ -28,3 +28,34 @@ def test_halo_is_staged_contiguously_and_lands_in_place() -> None:
     assert all(m.stage is None for m in flat.sends)  # already contiguous: sent from the buffer itself
     assert [m.dtype.Get_size() for m in flat.sends] == [16, 24]
     flat.free()
+
+
+def test_a_long_wait_polls_rarely_and_ends_promptly(monkeypatch) -> None:
+    """An idle rank's wait backs off (it must not steal the computing ranks' shared cores), yet returns within
+    a few ms of the message: 0.5 s of fixed 0.2 ms naps would poll ~2500 times."""
+    import threading
+    import time
+
+    from mpi4py import MPI
+
+    from nptp_mpi import exchange
+
+    naps, nap = [], exchange.nap
+    monkeypatch.setattr(exchange, "nap", lambda waited: naps.append(waited) or nap(waited))
+    world = exchange.World(MPI.COMM_SELF, timeout=30)
+    got = np.zeros(4, np.float32)
+    req = world.comm.Irecv(got, source=0, tag=7)
+    sent = []
+
+    def send() -> None:
+        sent.append(time.monotonic())
+        world.comm.Send(np.ones(4, np.float32), dest=0, tag=7)
+
+    timer = threading.Timer(0.5, send)
+    timer.start()
+    world.wait([req], "a test")
+    late = time.monotonic() - sent[0]
+    timer.join()
+    assert got.tolist() == [1, 1, 1, 1]
+    assert len(naps) < 600, len(naps)
+    assert late < 0.03, late
