@@ -32,7 +32,7 @@ from .cost import Boards, LayerCost, Links, Prediction, compute_s, head_flops, p
 from .geometry import area
 from .graph import Graph, Node
 from .ops import Tile, run_head, run_spatial
-from .plan import FLOAT_BYTES, ConvPair, Halo, HeadSplit, Plan, Rect, Transfer, held, make_plan
+from .plan import FLOAT_BYTES, ConvPair, Halo, HeadSplit, Plan, Rect, Transfer, held, make_plan, plan_from_cells
 
 if TYPE_CHECKING:  # the planner imports this module, and must not start MPI
     from .exchange import World
@@ -253,11 +253,13 @@ def pair_gains(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: 
 
 def iop_plan(graph: Graph, ranks: int, speeds: list[float] | None = None, objective: str = "total",
              boards: Boards | None = None, links: Links | None = None, overlap: bool = True,
-             cost_model: Callable[[list[Rect]], float] | None = None) -> Plan:
-    """The `iop` plan: an NPTP tiling (by cost_model where given) with the head split where the head allows
-    it, and, given the boards and links to predict for, the conv pairs IOP's greedy pairing picks by
-    predicted gain (none without)."""
-    plan = with_head_split(graph, make_plan(graph, ranks, "iop", speeds, objective, cost_model, tiling="nptp"))
+             cost_model: Callable[[list[Rect]], float] | None = None, cells=None) -> Plan:
+    """The `iop` plan: an NPTP tiling (by cost_model where given; `cells`, its cell tiles when already
+    computed) with the head split where the head allows it, and, given the boards and links to predict for,
+    the conv pairs IOP's greedy pairing picks by predicted gain (none without)."""
+    base = make_plan(graph, ranks, "iop", speeds, objective, cost_model, tiling="nptp") if cells is None else \
+        plan_from_cells(graph, cells, "iop", speeds, objective)
+    plan = with_head_split(graph, base)
     if boards is None or links is None:
         return plan
     return with_pairs(graph, plan, pick(graph, pair_gains(graph, plan, boards, links, overlap)))

@@ -105,9 +105,10 @@ def choose_fuse(graph: Graph, cell_tiles, setting: Setting, longest: int = LONGE
 
 def build(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] | None = None,
           objective: str = "total", setting: Setting | None = None, fuse: tuple[int, ...] | None = None,
-          tiling: str = "nptp") -> Plan:
+          tiling: str = "nptp", cells=None) -> Plan:
     """The plan for a strategy name. `fuse` fixes fused blocks (None: chosen by the cost model);
-    `tiling` is the partition fused blocks run over."""
+    `tiling` is the partition fused blocks run over; `cells`, that partition's cell tiles when already
+    computed (auto builds every scheme over one NPTP search)."""
     speeds = [1.0] * ranks if speeds is None else list(speeds)
     setting = setting or Setting.nominal(speeds)
     model = model_cost(graph, setting.boards, setting.links, setting.overlap, objective=objective) \
@@ -123,23 +124,24 @@ def build(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] 
     if strategy == "iop":
         if fuse:
             raise PartitionError("--fuse needs --strategy fused or halp")
-        return iop_plan(graph, ranks, speeds, objective, setting.boards, setting.links, setting.overlap, model)
+        return iop_plan(graph, ranks, speeds, objective, setting.boards, setting.links, setting.overlap, model, cells)
     if strategy not in ("fused", "halp", "tail"):
         raise PartitionError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if tiling not in TILINGS:
         raise PartitionError(f"unknown --partition {tiling!r}; choose one of {', '.join(TILINGS)}")
-    base = make_plan(graph, ranks, tiling, speeds, objective, model)
+    if cells is None:
+        cells = make_plan(graph, ranks, tiling, speeds, objective, model).cell_tiles
     if strategy == "fused":
-        chosen = choose_fuse(graph, base.cell_tiles, setting) if fuse is None else tuple(fuse)
-        return plan_from_cells(graph, base.cell_tiles, "fused", tuple(speeds), objective, chosen)
+        chosen = choose_fuse(graph, cells, setting) if fuse is None else tuple(fuse)
+        return plan_from_cells(graph, cells, "fused", tuple(speeds), objective, chosen)
     if strategy == "tail":
         if fuse:
             raise PartitionError("--fuse needs --strategy fused or halp; tail chooses its own length")
-        return tail_plan(graph, base.cell_tiles, tuple(speeds), objective, setting)
+        return tail_plan(graph, cells, tuple(speeds), objective, setting)
     if fuse and len(fuse) > 1:
         raise PartitionError("halp has one host-assisted block: give its length alone, e.g. --fuse 4")
-    k = fuse[0] if fuse else choose_halp(graph, base.cell_tiles, tuple(speeds), objective, setting)
-    return halp_plan(graph, base.cell_tiles, tuple(speeds), objective, k)
+    k = fuse[0] if fuse else choose_halp(graph, cells, tuple(speeds), objective, setting)
+    return halp_plan(graph, cells, tuple(speeds), objective, k)
 
 
 def prediction(graph: Graph, plan: Plan, setting: Setting) -> Prediction:
@@ -161,13 +163,14 @@ def candidates(graph: Graph, ranks: int, speeds: list[float], objective: str, se
     """(strategy, plan, predicted seconds) of every scheme auto weighs; (strategy, None, why) where one
     cannot run. Fused and host-assisted blocks and IOP's splits go over the nptp tiling. Tilings are picked by
     the cost model too (setting.given): auto compares predictions, so every candidate minimises its own."""
-    setting, out = replace(setting, given=True), []
+    setting, out, cells = replace(setting, given=True), [], None
     for name in CANDIDATES:
         try:
-            plan = build(graph, ranks, name, speeds, objective, setting)
+            plan = build(graph, ranks, name, speeds, objective, setting, cells=cells)
         except PartitionError as e:
             out.append((name, None, str(e)))
             continue
+        cells = plan.cell_tiles if name == "nptp" else cells
         out.append((name, plan, latency(graph, plan, setting)))
     return out
 

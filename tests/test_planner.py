@@ -33,6 +33,17 @@ def test_auto_is_the_cheapest_candidate(vgg16) -> None:
     assert latency(vgg16, chosen, setting) == pytest.approx(best[0], rel=1e-12)
 
 
+def test_auto_searches_the_nptp_tiling_once(vgg16, monkeypatch) -> None:
+    """fused, halp, iop and tail all run over NPTP's tiles: auto searches them once, not per candidate."""
+    import nptp_mpi.plan
+
+    searched, search = [], nptp_mpi.plan.partition
+    monkeypatch.setattr(nptp_mpi.plan, "partition", lambda name, *a: searched.append(name) or search(name, *a))
+    rows = candidates(vgg16, 4, SPEEDS, "total", Setting.nominal(SPEEDS))
+    assert sorted(searched) == ["coedge", "grid", "nptp"]
+    assert {p.cell_tiles for name, p, _ in rows if name not in ("coedge", "grid")} == {rows[2][1].cell_tiles}
+
+
 def test_auto_tilings_follow_the_model(vgg16) -> None:
     """At 224² VGG-16 has 7x7 cells: a 2x2 NPTP grid balances 16:12:12:9 cells, strips 14:14:14:7. Picked by
     halo bytes NPTP takes the grid and is predicted slower than strips; auto's candidates pick their tiles
