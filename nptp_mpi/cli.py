@@ -133,8 +133,8 @@ def _partition_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default="auto",
                    help="auto (default: the scheme the cost model predicts fastest, see `plan --strategy auto`) | "
                    "coedge | grid | nptp | fused (DeepThings' fused blocks over --partition, --fuse) | halp (rank 0 "
-                   "computes the seams of a first block) | iop | d3 (nptp, re-cut at run time from measured "
-                   "compute times)")
+                   "computes the seams of a first block) | iop | tail (the last layers on rank 0 alone) | mixed (one "
+                   "tiling, then another from a cut on) | d3 (nptp, re-cut at run time from measured compute times)")
     p.add_argument("--speeds", help="relative board speeds, e.g. 1,1,2,0.5 (default equal)" )
     p.add_argument("--objective", default="total", choices=("total", "max"),
                    help="minimise total halo bytes (shared medium) or the largest per-board bytes (switched)")

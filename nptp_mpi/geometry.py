@@ -156,30 +156,32 @@ def layers(sp: Spatial) -> list[str]:
     return [sp.tensors[0], *sp.halo_tensors()]
 
 
-def regions(sp: Spatial, cell_rects, exchanged=None, tail=()) -> tuple[dict[str, np.ndarray], ...]:
-    """Per tensor, the (N, 4) rects each rank owns, computes and needs, walking back from the output.
+def regions(sp: Spatial, cell_rects, exchanged=None, retiled=()) -> tuple[dict[str, np.ndarray], ...]:
+    """Per tensor, the (N, 4) rects each rank owns, computes, needs and reads, walking back
+    from the output.
 
     A tensor in `exchanged` (default: every halo tensor) is computed on the own tile only and its halo
     is fetched from the owners; any other tensor is computed as far as its consumers read, redundantly
     (fused layers: the region grows through the block back to the next exchanged tensor). The input is
-    scattered, so it counts as exchanged. A tensor in `tail` is owned whole by rank 0 and by no other
-    rank (an empty rect), so the tensor the tail reads is needed whole at rank 0: gathered there.
-    need = own ∪ what consumers read; comp ⊆ need, own ⊆ comp.
+    scattered, so it counts as exchanged. retiled: (tensors, cell rects) pairs, in order, whose tensors
+    are owned by those cells instead (a later segment's tiling; empty cells own nothing): the tensor
+    the segment reads is then redistributed as its halo (for a tail, gathered whole at rank 0).
+    read = what consumers read; need = own ∪ read (the buffer); comp ⊆ need, own ⊆ comp. A halo is
+    read ∩ others' own: with a retiling, need also spans parts of neither that nobody reads.
     """
     exchanged = set(sp.halo_tensors() if exchanged is None else exchanged) | {sp.tensors[0]}
     own = {t: scale(cell_rects, sp.cells, sp.ratio[t], sp.hw[t]) for t in sp.tensors}
-    for t in tail:
-        own[t] = np.zeros_like(own[t])
-        own[t][0, 2:] = sp.hw[t]
-    comp, needs = {}, {}
+    for tensors, cells in retiled:
+        own |= {t: scale(np.asarray(cells), sp.cells, sp.ratio[t], sp.hw[t]) for t in tensors}
+    comp, needs, reads = {}, {}, {}
     for t in reversed(sp.tensors):
-        region = own[t]
+        region = np.zeros_like(own[t])
         for window, out in sp.readers[t]:
             read = comp[out] if window is None else need(window, comp[out], sp.hw[t])
             region = union(region, np.where((area(comp[out]) > 0)[..., None], read, 0))
-        needs[t] = region
-        comp[t] = own[t] if t in exchanged else region
-    return own, comp, needs
+        reads[t], needs[t] = region, union(own[t], region)
+        comp[t] = own[t] if t in exchanged else needs[t]
+    return own, comp, needs, reads
 
 
 def union(a, b) -> np.ndarray:
@@ -198,9 +200,9 @@ def overlaps(own: np.ndarray, needs: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def halo_matrix(sp: Spatial, cell_rects) -> np.ndarray:
     """(N, N) halo bytes that rank src sends rank dst, summed over tensors (float32 elements)."""
-    own, _, needs = regions(sp, cell_rects)
+    own, _, _, reads = regions(sp, cell_rects)
     n = len(cell_rects)
     total = np.zeros((n, n), dtype=np.int64)
     for t in sp.halo_tensors():
-        total += 4 * sp.channels[t] * overlaps(own[t], needs[t])[1]
+        total += 4 * sp.channels[t] * overlaps(own[t], reads[t])[1]
     return total

@@ -2,7 +2,7 @@
 
 Per spatial tensor: the rect each rank owns, the rect it computes (its own tile, or more inside a fused
 block, where overlaps are recomputed instead of fetched) and, for tensors whose halo is exchanged,
-the rect it needs and the transfers (need[dst] ∩ own[src]) that fill the difference. Plus the
+the rect it needs and the transfers (read[dst] ∩ own[src]) that fill the difference. Plus the
 scatter of the input from rank 0 and how the last map reaches the head. Plain ints, strings and
 tuples: no numpy, no MPI.
 """
@@ -96,6 +96,7 @@ class Plan:
     pairs: tuple[ConvPair, ...] = ()
     halp: int = 0  # layers of the host-assisted first block (halp.py), 0 for none
     tail: int | None = None  # the layer from which rank 0 computes alone (0: everything; the map gathered there)
+    retile: tuple[int, tuple[Rect, ...]] | None = None  # (layer, cell tiles): from there on this tiling instead
 
     def __hash__(self) -> int:
         return hash(self.fingerprint())
@@ -142,6 +143,7 @@ class Plan:
             "fuse": list(self.fuse),
             "halp": self.halp,
             "tail": self.tail,
+            "retile": None if self.retile is None else [self.retile[0], [list(r) for r in self.retile[1]]],
             "recompute": self.recompute,
             "halo_bytes": self.halo_bytes,
             "per_rank": self.per_rank,
@@ -221,7 +223,8 @@ def weight_bytes(graph: Graph, plan: Plan) -> list[int]:
 
 def block_nodes(graph: Graph, k: int) -> list[Node]:
     """The spatial nodes of the first k layers: up to the producer of layers[k], which must be the only
-    tensor of them read after it (a cut through the graph, where a HALP block ends or a tail begins)."""
+    tensor of them read after it (a cut through the graph, where a HALP block ends, a tail or a new tiling
+    begins)."""
     names = layers(spatial(graph))
     if not 1 <= k < len(names):
         raise PartitionError(f"a cut after {k} layers does not fit {graph.name}'s {len(names)} layers")
@@ -246,11 +249,9 @@ def cuts(graph: Graph) -> list[int]:
     return out
 
 
-def tail_tensors(graph: Graph, k: int | None) -> list[str]:
-    """The spatial tensors of a tail from layer k on: those made after layers[k]; from layer 0 every one,
-    the input too (it stays on rank 0); None: no tail."""
-    if k is None:
-        return []
+def segment_tensors(graph: Graph, k: int) -> list[str]:
+    """The spatial tensors of a segment from layer k (a cut) on: those made after layers[k]; from layer 0
+    every one, the input too."""
     made = {n.output for n in block_nodes(graph, k)} if k else set()
     return [t for t in spatial(graph).tensors if t not in made and (k == 0 or t != graph.input)]
 
@@ -283,22 +284,33 @@ def make_plan(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[flo
 
 
 def plan_from_cells(graph: Graph, cell_tiles, strategy: str = "nptp", speeds: tuple[float, ...] | None = None,
-                    objective: str = "total", fuse: tuple[int, ...] = (), tail: int | None = None) -> Plan:
+                    objective: str = "total", fuse: tuple[int, ...] = (), tail: int | None = None,
+                    retile: tuple[int, tuple[Rect, ...]] | None = None) -> Plan:
     """The plan for given cell rects (one per rank, already checked): what make_plan builds around them.
-    tail: from that layer (a cut, after the last fused block; 0: all of them) on, rank 0 computes alone."""
+    retile: (layer k, other cell rects): from layer k (a cut) on, the maps are tiled by those instead, the
+    map layer k reads redistributed between the two tilings. tail: from that layer (0: all of them) on,
+    rank 0 computes alone, the map gathered to it. Both start after the fused blocks, a tail after the
+    retiling."""
     sp = spatial(graph)
     ranks = len(cell_tiles)
     speeds = tuple(float(s) for s in speeds) if speeds is not None else (1.0,) * ranks
     cell_tiles = [as_rect(r) for r in cell_tiles]
     fuse = tuple(int(k) for k in fuse)
     sync = exchanged(graph, fuse)
-    if tail is not None and (tail < sum(fuse) or layers(sp)[tail] not in sync):
-        raise PartitionError(f"a tail from layer {tail} must start after the fused blocks {list(fuse)}")
-    own, comp, needs = regions(sp, np.array(cell_tiles), sync, tail_tensors(graph, tail))
+    whole = (0, 0, *sp.cells)
+    starts = [] if retile is None else [(retile[0], tuple(as_rect(r) for r in retile[1]))]
+    starts += [] if tail is None else [(tail, (whole,) + ((0, 0, 0, 0),) * (ranks - 1))]
+    for k, _ in starts:
+        if k < sum(fuse) or layers(sp)[k] not in sync:
+            raise PartitionError(f"a tail or new tiling from layer {k} must start after the fused blocks {list(fuse)}")
+    if [k for k, _ in starts] != sorted({k for k, _ in starts}):
+        raise PartitionError(f"a new tiling from layer {retile[0]} must start before the tail from layer {tail}")
+    own, comp, needs, reads = regions(sp, np.array(cell_tiles), sync,
+                                      [(segment_tensors(graph, k), c) for k, c in starts])
     halos = {}
     for t in sync[1:]:
         c = sp.channels[t]
-        rects, areas = overlaps(own[t], needs[t])
+        rects, areas = overlaps(own[t], reads[t])
         transfers = tuple(Transfer(src, dst, as_rect(rects[dst, src]), FLOAT_BYTES * c * int(areas[dst, src]))
                           for dst, src in zip(*np.nonzero(areas), strict=True))
         halos[t] = Halo(t, c, tuple(as_rect(r) for r in needs[t]), transfers)
@@ -329,6 +341,7 @@ def plan_from_cells(graph: Graph, cell_tiles, strategy: str = "nptp", speeds: tu
         gather=gather,
         gather_bytes=gather_bytes,
         tail=tail,
+        retile=starts[0] if retile is not None else None,
     )
 
 
@@ -357,6 +370,9 @@ def format_plan(plan: Plan, top: int | None = 10, weights: list[int] | None = No
     elif plan.fuse:
         lines += ["", f"fused blocks {','.join(map(str, plan.fuse))} (layers each, then one per block): halos of "
                   f"{len(plan.halos)} tensors exchanged, {plan.recompute:.1%} of the map pixels recomputed"]
+    if plan.retile is not None:
+        lines += ["", f"from layer {plan.retile[0]} on (layers as in --fuse) the maps are re-tiled, the map "
+                  "redistributed there; cell tiles then: " + " ".join(str(r) for r in plan.retile[1])]
     if plan.tail == 0:
         lines += ["", "tail from layer 0: rank 0 computes everything alone (distributing is predicted slower)"]
     elif plan.tail:

@@ -2,13 +2,15 @@
 
 Spatial tilings (coedge, grid, nptp) come from partition.py; `fused` runs DeepThings' fused blocks over
 any tiling, `halp` a host-assisted first block (halp.py), `tail` the last layers on rank 0 alone, each
-with its blocks chosen by the cost model (or given by --fuse); `iop` splits operators (iop.py); `auto`
-runs whichever of them the cost model predicts fastest. Where no calibration or link is given, the cost
-model uses a nominal board and link (NOMINAL_*), stated in `plan`'s output.
+with its blocks chosen by the cost model (or given by --fuse); `mixed` switches from one tiling to
+another at the cut where that is predicted fastest (the map redistributed there); `iop` splits
+operators (iop.py); `auto` runs whichever of them the cost model predicts fastest. Where no calibration
+or link is given, the cost model uses a nominal board and link (NOMINAL_*), stated in `plan`'s output.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from .cost import Boards, Links, Prediction, model_cost, predict
@@ -18,7 +20,7 @@ from .halp import halp_plan, seam_flops
 from .iop import iop_plan, predict_iop
 from .partition import STRATEGIES as TILINGS
 from .partition import PartitionError
-from .plan import Plan, cuts, make_plan, plan_from_cells
+from .plan import FLOAT_BYTES, Plan, cuts, make_plan, plan_from_cells
 
 NOMINAL_FLOPS = 10e9  # FLOP/s of one speed unit: our kernels on a Raspberry Pi 4 class board, roughly
 NOMINAL_LINKS = Links(alpha_s=3e-4, bytes_per_s=100e6 / 8)  # switched 100 Mbit/s Ethernet
@@ -125,6 +127,11 @@ def build(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] 
         if fuse:
             raise PartitionError("--fuse needs --strategy fused or halp")
         return iop_plan(graph, ranks, speeds, objective, setting.boards, setting.links, setting.overlap, model, cells)
+    if strategy == "mixed":
+        if fuse:
+            raise PartitionError("--fuse needs --strategy fused or halp; mixed exchanges every layer")
+        tilings = {name: make_plan(graph, ranks, name, speeds, objective, model).cell_tiles for name in TILINGS}
+        return mixed_plan(graph, tilings, tuple(speeds), objective, setting)
     if strategy not in ("fused", "halp", "tail"):
         raise PartitionError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if tiling not in TILINGS:
@@ -163,14 +170,16 @@ def candidates(graph: Graph, ranks: int, speeds: list[float], objective: str, se
     """(strategy, plan, predicted seconds) of every scheme auto weighs; (strategy, None, why) where one
     cannot run. Fused and host-assisted blocks and IOP's splits go over the nptp tiling. Tilings are picked by
     the cost model too (setting.given): auto compares predictions, so every candidate minimises its own."""
-    setting, out, cells = replace(setting, given=True), [], None
+    setting, out, tilings = replace(setting, given=True), [], {}
     for name in CANDIDATES:
         try:
-            plan = build(graph, ranks, name, speeds, objective, setting, cells=cells)
+            plan = mixed_plan(graph, tilings, tuple(speeds), objective, setting) if name == "mixed" else \
+                build(graph, ranks, name, speeds, objective, setting, cells=tilings.get("nptp"))
         except PartitionError as e:
             out.append((name, None, str(e)))
             continue
-        cells = plan.cell_tiles if name == "nptp" else cells
+        if name in TILINGS:
+            tilings[name] = plan.cell_tiles
         out.append((name, plan, latency(graph, plan, setting)))
     return out
 
@@ -194,9 +203,13 @@ def segments(graph: Graph, plan: Plan) -> list[tuple[int, int, str]]:
         return spans
     out = []
     end = total if plan.tail is None else plan.tail
+    switch = end if plan.retile is None else plan.retile[0]
     for a, b in _blocks(plan.fuse, end):
         scheme = f"fused block of {b - a} layers (overlaps recomputed)" if b - a > 1 else "halo exchange every layer"
-        if out and scheme == out[-1][2] == "halo exchange every layer":
+        if plan.retile is not None:
+            scheme += " over the first tiling" if a < switch else \
+                " over the second tiling (the map redistributed to it first)"
+        if out and scheme == out[-1][2] and b - a == 1:
             out[-1] = (out[-1][0], b, scheme)
         else:
             out.append((a, b, scheme))
@@ -214,7 +227,8 @@ def explain(graph: Graph, ranks: int, speeds: list[float], objective: str, setti
               ("   <- chosen" if plan is best else "") for name, plan, t in rows]
     names, of = layers(spatial(graph)), layer_of(graph)
     steps = prediction(graph, best, setting).layers
-    lines.append(f"chosen: {best.strategy} over {best.strategy if best.strategy in TILINGS else 'nptp'} tiles")
+    tiles = best.strategy if best.strategy in TILINGS else "two tilings'" if best.retile else "nptp"
+    lines.append(f"chosen: {best.strategy} over {tiles} tiles")
     for a, b, scheme in segments(graph, best):
         secs = sum(x.time_s for x in steps if x.name in of and a <= of[x.name] < b)
         lines.append(f"  layers {a}-{b - 1} ({names[a]} .. {names[b - 1]}): {scheme}, {secs:.3f} s predicted")
@@ -249,7 +263,7 @@ def choose_halp(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: 
                                                     setting), k))
 
 
-CANDIDATES = ("coedge", "grid", "nptp", "fused", "halp", "iop", "tail")  # what auto weighs, simplest first
+CANDIDATES = ("coedge", "grid", "nptp", "fused", "halp", "iop", "tail", "mixed")  # what auto weighs, simplest first
 def tail_plan(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: str, setting: Setting,
               longest: int = LONGEST_BLOCK) -> Plan:
     """Halo exchange every layer over cell_tiles, then a tail on rank 0 alone: of the cuts within the last
@@ -262,4 +276,33 @@ def tail_plan(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: st
     return min(plans, key=lambda p: (latency(graph, p, setting), -p.tail))
 
 
-STRATEGIES = (*TILINGS, "fused", "halp", "iop", "tail", "auto")
+def mixed_plan(graph: Graph, tilings: dict[str, tuple], speeds: tuple[float, ...], objective: str, setting: Setting,
+               tries: int = 3) -> Plan:
+    """Halo exchange every layer over one of `tilings` (name -> cell tiles), then from a cut on over another,
+    the map redistributed between them at the cut: the pair and cut predicted fastest. A tiling can pay early
+    (large maps: fewest bytes) and another late (small maps: fewest messages). Each layer's step is priced
+    once per tiling, a redistribution at most as the whole map sent once; the `tries` cuts these prices
+    favour per pair are then predicted whole (redistribution and overlap included)."""
+    distinct = list(dict.fromkeys(tilings.values()))
+    if len(distinct) < 2:
+        raise PartitionError("mixed: the tilings coincide, there is nothing to switch between")
+    names, of = layers(spatial(graph)), layer_of(graph)
+    total, move = len(names), [FLOAT_BYTES * math.prod(graph.shapes[t]) / setting.links.bytes_per_s for t in names]
+    steps = {}
+    for cells in distinct:
+        per_layer = [0.0] * total
+        for step in predict(graph, plan_from_cells(graph, cells), setting.boards, setting.links,
+                            setting.overlap).layers:
+            if step.name in of:
+                per_layer[of[step.name]] += step.time_s
+        steps[cells] = per_layer
+    plans = []
+    for a in distinct:
+        for b in distinct:
+            if a != b:
+                ks = sorted(cuts(graph), key=lambda k: sum(steps[a][:k]) + move[k] + sum(steps[b][k:]))[:tries]
+                plans += [plan_from_cells(graph, a, "mixed", speeds, objective, retile=(k, b)) for k in ks]
+    return min(plans, key=lambda p: latency(graph, p, setting))
+
+
+STRATEGIES = (*TILINGS, "fused", "halp", "iop", "tail", "mixed", "auto")

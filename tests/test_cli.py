@@ -148,7 +148,7 @@ def test_plan_predicts_latency_per_strategy(tmp_path) -> None:
     pred = json.loads(p.stdout)["predicted"]
     assert "shared 100 Mbit/s" in pred["model"]
     rows = {r["strategy"]: r for r in pred["strategies"]}
-    assert set(rows) == {"coedge", "grid", "nptp", "fused", "halp", "iop", "tail"}
+    assert set(rows) == {"coedge", "grid", "nptp", "fused", "halp", "iop", "tail", "mixed"}
     assert 0 < rows["nptp"]["latency_s"] <= rows["coedge"]["latency_s"] + 1e-9
     assert rows["fused"]["latency_s"] <= rows["nptp"]["latency_s"] + 1e-9  # no blocks is always a choice
     chosen = json.loads(p.stdout)["strategy"]

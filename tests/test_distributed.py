@@ -75,19 +75,27 @@ def test_blocks_equal_reference(model: str, strategy: str, fuse) -> None:
     check_against_reference(zoo_graph(model).with_input_hw(*hw), strategy, fuse=fuse)
 
 
-@pytest.mark.parametrize("where", ["all", "last cut"])
+@pytest.mark.parametrize("where", ["all", "last cut", "retiled"])
 @pytest.mark.parametrize("model", MODELS)
-def test_tails_equal_reference(model: str, where: str) -> None:
+def test_tails_and_retilings_equal_reference(model: str, where: str) -> None:
     """A tail gathers the map to rank 0, which computes the rest alone (from layer 0: everything, with no
-    scatter): same output, the plan's bytes, whatever the cost model would pick."""
+    scatter); a retiling redistributes the map between two tilings (here strips, then the grid with every
+    rank moved to another tile, then a tail): same output, the plan's bytes, whatever the cost model would
+    pick."""
     from mpi4py import MPI
 
     from nptp_mpi.plan import cuts, make_plan, plan_from_cells
 
     graph = zoo_graph(model).with_input_hw(*SIZES.get(model, SIZES["default"])[1])
-    tiles = make_plan(graph, MPI.COMM_WORLD.size, "nptp").cell_tiles
-    tail = 0 if where == "all" else cuts(graph)[-1]
-    check_against_reference(graph, "tail", plan=plan_from_cells(graph, tiles, "tail", tail=tail))
+    n, at = MPI.COMM_WORLD.size, cuts(graph)
+    if where == "retiled":
+        grid = make_plan(graph, n, "grid").cell_tiles
+        plan = plan_from_cells(graph, make_plan(graph, n, "coedge").cell_tiles, "mixed", tail=at[-1],
+                               retile=(at[len(at) // 2], grid[1:] + grid[:1]))
+    else:
+        tiles = make_plan(graph, n, "nptp").cell_tiles
+        plan = plan_from_cells(graph, tiles, "tail", tail=0 if where == "all" else at[-1])
+    check_against_reference(graph, plan.strategy, plan=plan)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -103,7 +111,7 @@ def test_onnx_file_equals_reference(tmp_path) -> None:
     check_against_reference(load_onnx(str(path)), "nptp")
 
 
-@pytest.mark.parametrize("strategy", (*STRATEGIES, "fused", "halp", "tail"))
+@pytest.mark.parametrize("strategy", (*STRATEGIES, "fused", "halp", "tail", "mixed"))
 @pytest.mark.parametrize("model", ("resnet18", "mobilenet_v2", "vgg11"))  # outermost: each model built once
 def test_overlap_changes_nothing_bit_for_bit(model: str, strategy: str) -> None:
     graph = zoo_graph(model).with_input_hw(136, 150)

@@ -12,7 +12,7 @@ from nptp_mpi import zoo
 from nptp_mpi.cost import Boards, Links
 from nptp_mpi.geometry import layers, spatial
 from nptp_mpi.partition import PartitionError
-from nptp_mpi.plan import cuts, make_plan, pieces, plan_from_cells, rank_params, tail_tensors
+from nptp_mpi.plan import cuts, make_plan, pieces, plan_from_cells, rank_params, segment_tensors
 from nptp_mpi.planner import CANDIDATES, Setting, auto, build, candidates, describe, latency, segments
 
 SPEEDS = [1.0] * 4
@@ -85,12 +85,45 @@ def test_tails_where_messages_are_dear() -> None:
     assert alone.scatter_bytes == alone.halo_bytes == 0 and alone.tiles[1:] == ((0, 0, 0, 0),) * 3
 
 
+def funnel():
+    """Three 3x3 convs on a 256² map of 16 channels, five 2x2 pools down to 8², then ten convs there."""
+    from nptp_mpi.graph import Graph
+    from nptp_mpi.zoo import _Net
+
+    net = _Net(0)
+    for i, cin in enumerate((3, 16, 16)):
+        net.conv(f"early{i}", cin, 16, 3)
+    for i in range(5):
+        net.maxpool(f"pool{i}", 2, 2)
+    for i in range(10):
+        net.conv(f"late{i}", 16, 16, 3)
+    return Graph("funnel", "input", (3, 256, 256), net.x, net.nodes)
+
+
+def test_mixed_switches_tiling_where_maps_turn_small() -> None:
+    """With 1 ms per message on a 1 MB/s link the 256² layers want the 2x2 grid's fewer bytes, the 8² layers
+    the strips' fewer neighbours: mixed switches right after the pools, where redistributing moves an 8²
+    map, and is predicted faster than either tiling alone."""
+    g = funnel()
+    setting = Setting(Boards((1e11,) * 4, 0.0), Links(1e-3, 1e6), given=True)
+    rows = {name: (plan, t) for name, plan, t in candidates(g, 4, SPEEDS, "total", setting)}
+    mixed, t = rows["mixed"]
+    assert t < min(rows[name][1] for name in ("coedge", "grid", "nptp"))
+    assert mixed.cell_tiles == rows["grid"][0].cell_tiles and mixed.retile == (8, rows["coedge"][0].cell_tiles)
+    redistributed = mixed.halos[layers(spatial(g))[8]]
+    # what the strips read of others' quadrants, halo rows included: no more than the 8² map (the bounding
+    # boxes of own and read tiles would move 5 KB)
+    assert redistributed.nbytes <= 4 * 16 * 8 * 8
+    assert [(a, b) for a, b, _ in segments(g, mixed)] == [(0, 8), (8, 18)]
+    assert build(g, 4, "mixed", setting=setting).retile == mixed.retile
+
+
 def test_tail_is_gathered_to_rank_0_which_computes_it_alone() -> None:
     g = zoo.build("resnet18", (96, 96))
     base = make_plan(g, 3, "nptp")
     k = cuts(g)[-2]
     plan = plan_from_cells(g, base.cell_tiles, tail=k)
-    first, later = layers(spatial(g))[k], tail_tensors(g, k)
+    first, later = layers(spatial(g))[k], segment_tensors(g, k)
     assert later and first not in later
     for t in later:
         _, h, w = g.shapes[t]
