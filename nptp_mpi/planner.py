@@ -64,13 +64,13 @@ def _blocks(fuse: tuple[int, ...], total: int) -> list[tuple[int, int]]:
     return out
 
 
-def choose_fuse(graph: Graph, cell_tiles, setting: Setting, longest: int = LONGEST_BLOCK) -> tuple[int, ...]:
-    """Fused block lengths that minimise predicted latency, by dynamic programming over block boundaries.
+def fused_prefixes(graph: Graph, cell_tiles, setting: Setting, longest: int = LONGEST_BLOCK) -> list[tuple[int, ...]]:
+    """Per k, the fused block lengths over the first k layers that minimise their predicted time (trailing
+    single layers dropped), by dynamic programming over block boundaries.
 
     A block's cost (its layers' steps, the wait for its input halo, for the first block the scatter)
     depends only on its own extent, so plans tiled with blocks of every length m ≤ longest at every
-    offset price every candidate block; the DP then picks the cheapest sequence, kept only if the whole
-    plan is predicted faster than layer-by-layer exchange.
+    offset price every candidate block; the DP then picks the cheapest sequence up to every layer.
     """
     total = len(layers(spatial(graph)))
     of = layer_of(graph)
@@ -95,11 +95,21 @@ def choose_fuse(graph: Graph, cell_tiles, setting: Setting, longest: int = LONGE
     for j in range(1, total + 1):
         best.append(min((best[i][0] + price[(i, j)], (*best[i][1], j - i))
                         for i in range(max(0, j - longest), j) if (i, j) in price))
-    fuse = best[total][1]
-    while fuse and fuse[-1] == 1:  # trailing single layers are the default
-        fuse = fuse[:-1]
+    out = []
+    for _, fuse in best:
+        while fuse and fuse[-1] == 1:  # trailing single layers are the default
+            fuse = fuse[:-1]
+        out.append(fuse)
+    return out
 
-    def whole(f: tuple[int, ...]) -> float:  # block prices ignore what overlap carries across blocks
+
+def choose_fuse(graph: Graph, cell_tiles, setting: Setting, longest: int = LONGEST_BLOCK) -> tuple[int, ...]:
+    """The fused blocks over the whole network that fused_prefixes prices cheapest, kept only if the whole
+    plan is predicted faster than layer-by-layer exchange (block prices ignore what overlap carries across
+    blocks)."""
+    fuse = fused_prefixes(graph, cell_tiles, setting, longest)[-1]
+
+    def whole(f: tuple[int, ...]) -> float:
         return predict(graph, plan_from_cells(graph, cell_tiles, fuse=f), setting.boards, setting.links,
                        setting.overlap).latency_s
     return min((fuse, ()), key=whole) if fuse else ()
@@ -266,14 +276,17 @@ def choose_halp(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: 
 CANDIDATES = ("coedge", "grid", "nptp", "fused", "halp", "iop", "tail", "mixed")  # what auto weighs, simplest first
 def tail_plan(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: str, setting: Setting,
               longest: int = LONGEST_BLOCK) -> Plan:
-    """Halo exchange every layer over cell_tiles, then a tail on rank 0 alone: of the cuts within the last
-    `longest` layers, and layer 0 (rank 0 runs everything), the one predicted fastest (ties to the shorter
-    tail). Pays where the last maps are small and messages costly: the gather replaces their halo
+    """Halo exchange over cell_tiles, layer by layer or in the fused blocks fused_prefixes picks for the
+    layers before the tail, then a tail on rank 0 alone: of the cuts within the last `longest` layers,
+    and layer 0 (rank 0 runs everything), the one predicted fastest (ties to the shorter tail, then to
+    fewer blocks). Pays where the last maps are small and messages costly: the gather replaces their halo
     exchanges, rank 0 their parallel compute; from layer 0 where distributing does not pay at all."""
     total = len(layers(spatial(graph)))
     options = [0] + [k for k in cuts(graph) if total - k <= longest]
-    plans = [plan_from_cells(graph, cell_tiles, "tail", speeds, objective, tail=k) for k in options]
-    return min(plans, key=lambda p: (latency(graph, p, setting), -p.tail))
+    prefixes = fused_prefixes(graph, cell_tiles, setting, longest)
+    plans = [plan_from_cells(graph, cell_tiles, "tail", speeds, objective, fuse, tail=k)
+             for k in options for fuse in dict.fromkeys(((), prefixes[k]))]
+    return min(plans, key=lambda p: (latency(graph, p, setting), -p.tail, len(p.fuse)))
 
 
 def mixed_plan(graph: Graph, tilings: dict[str, tuple], speeds: tuple[float, ...], objective: str, setting: Setting,

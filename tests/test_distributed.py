@@ -79,7 +79,7 @@ def test_blocks_equal_reference(model: str, strategy: str, fuse) -> None:
 @pytest.mark.parametrize("model", MODELS)
 def test_tails_and_retilings_equal_reference(model: str, where: str) -> None:
     """A tail gathers the map to rank 0, which computes the rest alone (from layer 0: everything, with no
-    scatter); a retiling redistributes the map between two tilings (here strips, then the grid with every
+    scatter; from the last cut here after fused blocks); a retiling redistributes the map between two tilings (here strips, then the grid with every
     rank moved to another tile, then a tail): same output, the plan's bytes, whatever the cost model would
     pick."""
     from mpi4py import MPI
@@ -92,9 +92,10 @@ def test_tails_and_retilings_equal_reference(model: str, where: str) -> None:
         grid = make_plan(graph, n, "grid").cell_tiles
         plan = plan_from_cells(graph, make_plan(graph, n, "coedge").cell_tiles, "mixed", tail=at[-1],
                                retile=(at[len(at) // 2], grid[1:] + grid[:1]))
-    else:
+    else:  # the tail from the last cut after two fused blocks
         tiles = make_plan(graph, n, "nptp").cell_tiles
-        plan = plan_from_cells(graph, tiles, "tail", tail=0 if where == "all" else at[-1])
+        plan = plan_from_cells(graph, tiles, "tail", fuse=() if where == "all" else (3, 2),
+                               tail=0 if where == "all" else at[-1])
     check_against_reference(graph, plan.strategy, plan=plan)
 
 

@@ -85,6 +85,20 @@ def test_tails_where_messages_are_dear() -> None:
     assert alone.scatter_bytes == alone.halo_bytes == 0 and alone.tiles[1:] == ((0, 0, 0, 0),) * 3
 
 
+def test_fused_blocks_then_a_tail() -> None:
+    """Fast boards, 20 ms per message: fused blocks save messages over VGG-11's early layers and a tail
+    over its last ones; together they are predicted faster than either, and auto runs them."""
+    g = zoo.build("vgg11", (224, 224))
+    setting = Setting(Boards((3e10,) * 4, 1e-4), Links(2e-2, 12.5e6, shared=True), given=True)
+    rows = {name: (plan, t) for name, plan, t in candidates(g, 4, SPEEDS, "total", setting)}
+    both, t = rows["tail"]
+    assert both.fuse and both.tail and t < rows["fused"][1]
+    assert t < latency(g, plan_from_cells(g, both.cell_tiles, "tail", tail=both.tail), setting)
+    assert auto(g, 4, SPEEDS, "total", setting).fingerprint() == replace(both, strategy="auto:tail").fingerprint()
+    kinds = [scheme.split(" (")[0] for _, _, scheme in segments(g, both)]
+    assert kinds[0].startswith("fused block") and kinds[-1] == "tail on rank 0 alone"
+
+
 def funnel():
     """Three 3x3 convs on a 256² map of 16 channels, five 2x2 pools down to 8², then ten convs there."""
     from nptp_mpi.graph import Graph
