@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     scal.add_argument("--overlap", default="on", help="on, off or on,off (both, to measure the gain)")
     scal.add_argument("--warmup", type=int, default=1)
     scal.add_argument("--repeat", type=int, default=3)
+    scal.add_argument("--rounds", type=int, default=1, help="jobs per case, all cases once per round; the latency is "
+                      "the median of all their inferences (evens out a shared machine's drift)")
     scal.add_argument("--timeout", type=float, default=1800, help="seconds one case may take")
     scal.add_argument("--launcher", default=None,
                       help="command that runs `python -m nptp_mpi ARGS` on {n} ranks; default: mpiexec -n {n} "
@@ -370,8 +372,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     except ValueError:
         raise UsageError(f"--ranks {args.ranks!r}: use numbers like 1,2,3,4") from None
     overlaps = args.overlap.split(",")
-    if not set(overlaps) <= {"on", "off"} or min(ranks, default=0) < 1:
-        raise UsageError("--overlap takes on, off or on,off; --ranks positive numbers")
+    if not set(overlaps) <= {"on", "off"} or min(ranks, default=0) < 1 or args.rounds < 1:
+        raise UsageError("--overlap takes on, off or on,off; --ranks and --rounds positive numbers")
     model, plan_args = None, []  # each run plans for the same calibration and links as the prediction
     if args.calibration:
         from .cost import load_calibration
@@ -383,7 +385,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
                   *(["--latency", args.latency] if args.latency else []), *(["--shared"] if args.shared else [])]
     rows = bench_scaling(items["models"], items["sizes"], items["strategies"], ranks, overlaps,
                          args.launcher or default_launcher(), args.warmup, args.repeat, args.timeout,
-                         Path(args.output), model, plan_args)
+                         Path(args.output), model, plan_args, args.rounds)
     print("\n".join([format_rows(rows), *auto_vs_best(rows)]))
     print(f"wrote {args.output}/scaling.csv, scaling.json, scaling.png")
 

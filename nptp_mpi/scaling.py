@@ -3,7 +3,9 @@
 Each case is one `run` job (warm-up, repeats, median) started through a launcher template, so the
 same benchmark runs on one machine, on real boards (`-f hostfile` in the template) or on the virtual
 board cluster (`./run.sh cluster run -n {n} --`). One board is one case per model and size: with one
-rank every strategy is the same single tile.
+rank every strategy is the same single tile. With rounds > 1 every case runs that many jobs, all cases
+once per round, and its latency is the median of all their inferences: on a shared machine two jobs of
+the same plan differ by up to ~10%, and rounds spread what drifts over every case alike.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from .cli import atomic_write_text
 
-FIELDS = ("model", "size", "strategy", "overlap", "ranks", "plan", "latency_s", "predicted_s", "speedup",
+FIELDS = ("model", "size", "strategy", "overlap", "ranks", "plan", "latency_s", "spread", "predicted_s", "speedup",
           "halo_bytes", "max_rank_bytes", "compute_s", "comm_s", "max_rss_peak_mb", "max_weights_mb", "hosts", "error")
 
 
@@ -63,12 +66,24 @@ def run_case(case: dict, launcher: str, warmup: int, repeat: int, timeout: float
             return {**case, "error": lines[0].strip()}
         rep = json.loads(report.read_text())
     ranks = rep["per_rank"]
-    return {**case, "plan": rep["strategy"], "latency_s": rep["latency_s"], "halo_bytes": rep["halo_bytes"],
+    return {**case, "plan": rep["strategy"], "latency_s": rep["latency_s"], "latencies_s": rep["latencies_s"],
+            "halo_bytes": rep["halo_bytes"],
             "max_rank_bytes": max(r["bytes_sent"] + r["bytes_recv"] for r in ranks),
             "compute_s": max(r["compute_s"] for r in ranks), "comm_s": max(r["comm_s"] for r in ranks),
             "max_rss_peak_mb": max(r["rss_peak_mb"] for r in ranks),
             "max_weights_mb": max(r["weights_mb"] for r in ranks),
             "hosts": " ".join(sorted({r["host"] for r in ranks})), "error": ""}
+
+
+def pool(jobs: list[dict]) -> dict:
+    """One case's row from its jobs (one per round): the first's facts, the median of every inference, and
+    spread = the slowest job's median over the fastest's; the first error if any job failed."""
+    failed = [j for j in jobs if not j.get("latency_s")]
+    if failed:
+        return failed[0]
+    medians = [j["latency_s"] for j in jobs]
+    return {**jobs[0], "latency_s": statistics.median(t for j in jobs for t in j["latencies_s"]),
+            "spread": max(medians) / min(medians)}
 
 
 def add_predictions(rows: list[dict], calibration, links) -> None:
@@ -153,25 +168,26 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ranks: list[int], overlaps: list[str],
                   launcher: str, warmup: int, repeat: int, timeout: float, out: Path, model=None,
-                  plan_args: list[str] = ()) -> list[dict]:
+                  plan_args: list[str] = (), rounds: int = 1) -> list[dict]:
     """Run every case with progress on stderr; write scaling.csv, scaling.json and scaling.png into out."""
     out.mkdir(parents=True, exist_ok=True)
     todo = cases(models, sizes, strategies, ranks, overlaps)
-    rows = []
-    for i, case in enumerate(todo, 1):
+    jobs: list[list[dict]] = [[] for _ in todo]
+    for i, (case, done) in enumerate(((c, d) for _ in range(rounds) for c, d in zip(todo, jobs, strict=True)), 1):
         t0 = time.monotonic()
         row = run_case(case, launcher, warmup, repeat, timeout, list(plan_args))
-        rows.append(row)
+        done.append(row)
         what = f"{row['latency_s']:.3f} s ({row['plan']})" if row.get("latency_s") else f"error: {row['error']}"
-        print(f"[{i}/{len(todo)}] {case['model']} {case['size']} {case['ranks']} rank(s) {case['strategy']} "
+        print(f"[{i}/{len(todo) * rounds}] {case['model']} {case['size']} {case['ranks']} rank(s) {case['strategy']} "
               f"overlap {case['overlap']}: {what} ({time.monotonic() - t0:.0f} s wall)", file=sys.stderr, flush=True)
+    rows = [pool(done) for done in jobs]
     add_speedups(rows)
     if model is not None:
         add_predictions(rows, *model)
     public = [{k: r.get(k) for k in FIELDS} for r in rows]
     atomic_write_text(str(out / "scaling.csv"), to_csv(public))
     atomic_write_text(str(out / "scaling.json"), json.dumps({"launcher": launcher, "warmup": warmup, "repeat": repeat,
-                                                             "rows": public}, indent=1) + "\n")
+                                                             "rounds": rounds, "rows": public}, indent=1) + "\n")
     try:
         plot(public, out / "scaling.png")
     except ImportError:

@@ -13,7 +13,7 @@ from nptp_mpi.cost import BoardCal, Calibration, LayerRates, Links, ModelCal, lo
 from nptp_mpi.geometry import area
 from nptp_mpi.plan import make_plan, pieces
 from nptp_mpi.planner import Setting, build, latency
-from nptp_mpi.scaling import add_predictions, auto_vs_best, cases
+from nptp_mpi.scaling import add_predictions, auto_vs_best, cases, pool
 
 
 def test_one_board_is_one_case_per_model_and_size() -> None:
@@ -25,9 +25,9 @@ def test_one_board_is_one_case_per_model_and_size() -> None:
 def test_tiny_scaling_run_writes_table_json_and_plot(tmp_path) -> None:
     out = tmp_path / "res"
     p = run_cli(["bench", "scaling", "--models", "resnet18", "--sizes", "64", "--ranks", "1,2,3", "--strategies",
-                 "coedge,nptp", "--repeat", "1", "--warmup", "0", "-o", str(out)], timeout=300)
+                 "coedge,nptp", "--repeat", "1", "--warmup", "0", "--rounds", "2", "-o", str(out)], timeout=300)
     assert p.returncode == 0, p.stderr
-    assert "[5/5]" in p.stderr  # progress, one line per case
+    assert "[5/10]" in p.stderr and "[10/10]" in p.stderr  # progress, one line per job: every case, twice
     rows = list(csv.DictReader((out / "scaling.csv").open()))
     assert len(rows) == 5 and json.loads((out / "scaling.json").read_text())["rows"][0]["ranks"] == 1
     assert float(rows[0]["speedup"]) == 1.0
@@ -35,7 +35,7 @@ def test_tiny_scaling_run_writes_table_json_and_plot(tmp_path) -> None:
     coedge3 = next(r for r in rows if r["strategy"] == "coedge" and r["ranks"] == "3")
     assert "largest" in coedge3["error"]
     ok = [r for r in rows if not r["error"]]
-    assert all(float(r["latency_s"]) > 0 for r in ok) and len(ok) == 4
+    assert all(float(r["latency_s"]) > 0 and float(r["spread"]) >= 1 for r in ok) and len(ok) == 4
     # memory per case: the largest rank's peak RSS and weights (one board holds the whole model)
     assert all(float(r["max_rss_peak_mb"]) > float(r["max_weights_mb"]) > 0 for r in ok)
     one = next(r for r in ok if r["ranks"] == "1")
@@ -64,6 +64,16 @@ def test_scaling_adds_predictions_from_a_calibration(tmp_path) -> None:
     assert auto["plan"] == build(graph, 2, "auto", setting=setting).strategy
     assert auto["predicted_s"] == pytest.approx(latency(graph, build(graph, 2, "auto", setting=setting), setting))
     assert f"auto ran {auto['plan']}" in p.stdout
+
+
+def test_rounds_pool_every_inference_of_a_case() -> None:
+    """The latency is the median of all inferences of all rounds (not of the rounds' medians); spread is the
+    slowest round's median over the fastest's; a failed round fails the case."""
+    jobs = [{"strategy": "nptp", "latency_s": 1.0, "latencies_s": [0.9, 1.0, 1.0]},
+            {"strategy": "nptp", "latency_s": 1.2, "latencies_s": [1.2, 1.2, 1.3]}]
+    row = pool(jobs)
+    assert row["latency_s"] == 1.1 and row["spread"] == pytest.approx(1.2)
+    assert pool([*jobs, {"strategy": "nptp", "error": "timed out"}])["error"] == "timed out"
 
 
 def test_auto_is_compared_with_the_best_measured_strategy() -> None:
