@@ -140,7 +140,8 @@ def build(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] 
     if strategy == "mixed":
         if fuse:
             raise PartitionError("--fuse needs --strategy fused or halp; mixed exchanges every layer")
-        tilings = {name: make_plan(graph, ranks, name, speeds, objective, model).cell_tiles for name in TILINGS}
+        tilings = {name: make_plan(graph, ranks, name, speeds, objective, model).cell_tiles
+                   for name in ("coedge", "grid", "nptp")}
         return mixed_plan(graph, tilings, tuple(speeds), objective, setting)
     if strategy not in ("fused", "halp", "tail"):
         raise PartitionError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -237,8 +238,8 @@ def explain(graph: Graph, ranks: int, speeds: list[float], objective: str, setti
               ("   <- chosen" if plan is best else "") for name, plan, t in rows]
     names, of = layers(spatial(graph)), layer_of(graph)
     steps = prediction(graph, best, setting).layers
-    tiles = best.strategy if best.strategy in TILINGS else "two tilings'" if best.retile else "nptp"
-    lines.append(f"chosen: {best.strategy} over {tiles} tiles")
+    tiles = f"{best.strategy} tiles" if best.strategy in TILINGS else "two tilings" if best.retile else "nptp tiles"
+    lines.append(f"chosen: {best.strategy} over {tiles}")
     for a, b, scheme in segments(graph, best):
         secs = sum(x.time_s for x in steps if x.name in of and a <= of[x.name] < b)
         lines.append(f"  layers {a}-{b - 1} ({names[a]} .. {names[b - 1]}): {scheme}, {secs:.3f} s predicted")
@@ -273,7 +274,6 @@ def choose_halp(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: 
                                                     setting), k))
 
 
-CANDIDATES = ("coedge", "grid", "nptp", "fused", "halp", "iop", "tail", "mixed")  # what auto weighs, simplest first
 def tail_plan(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: str, setting: Setting,
               longest: int = LONGEST_BLOCK) -> Plan:
     """Halo exchange over cell_tiles, layer by layer or in the fused blocks fused_prefixes picks for the
@@ -318,4 +318,5 @@ def mixed_plan(graph: Graph, tilings: dict[str, tuple], speeds: tuple[float, ...
     return min(plans, key=lambda p: latency(graph, p, setting))
 
 
+CANDIDATES = ("coedge", "grid", "nptp", "fused", "halp", "iop", "tail", "mixed")  # what auto weighs, simplest first
 STRATEGIES = (*TILINGS, "fused", "halp", "iop", "tail", "mixed", "auto")

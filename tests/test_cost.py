@@ -116,6 +116,32 @@ def test_overlap_fraction_by_message_size():
     assert Links(0.0, 1e6).background(10 ** 9) == 1.0  # not measured: everything travels in the background
 
 
+def test_overlap_fraction_is_measured_against_the_wire_time():
+    """An eager message that lands during the start handshake seems to take no time alone (0.1 ms here),
+    yet leaves 2 ms to wait after computing: against that, nothing overlapped; against its wire time
+    (50 ms) 96% did, which is what the cost model needs."""
+    import time
+    from types import SimpleNamespace
+
+    from nptp_mpi.calibrate import overlap_fraction
+
+    class FakeWorld:  # complete() takes 0.1 ms right after post (alone), 2 ms after computing
+        rank, posted = 0, 0.0
+        comm = SimpleNamespace(sendrecv=lambda *a, **k: None)
+
+        def halo_messages(self, *a):
+            return SimpleNamespace(free=lambda: None)
+
+        def post(self, *a, **k):
+            self.posted = time.perf_counter()
+
+        def complete(self, *a):
+            time.sleep(1e-4 if time.perf_counter() - self.posted < 5e-3 else 2e-3)
+
+    assert overlap_fraction(FakeWorld(), 1, 4096, 3, wire_s=0.05) > 0.8
+    assert overlap_fraction(FakeWorld(), 1, 4096, 3, wire_s=0.0) == 0.0  # measured alone only
+
+
 def test_layer_rates_replace_flops():
     g = two_convs()
     plan = make_plan(g, 2, "coedge")  # each rank computes 32 pixels of c1 and of c2, in two pieces each

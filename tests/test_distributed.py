@@ -79,9 +79,9 @@ def test_blocks_equal_reference(model: str, strategy: str, fuse) -> None:
 @pytest.mark.parametrize("model", MODELS)
 def test_tails_and_retilings_equal_reference(model: str, where: str) -> None:
     """A tail gathers the map to rank 0, which computes the rest alone (from layer 0: everything, with no
-    scatter; from the last cut here after fused blocks); a retiling redistributes the map between two tilings (here strips, then the grid with every
-    rank moved to another tile, then a tail): same output, the plan's bytes, whatever the cost model would
-    pick."""
+    scatter; from the last cut here after fused blocks); a retiling redistributes the map between two
+    tilings (here strips, then the grid with every rank moved to another tile, then a tail): same output,
+    the plan's bytes, whatever the cost model would pick."""
     from mpi4py import MPI
 
     from nptp_mpi.plan import cuts, make_plan, plan_from_cells
