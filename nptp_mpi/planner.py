@@ -103,11 +103,12 @@ def fused_prefixes(graph: Graph, cell_tiles, setting: Setting, longest: int = LO
     return out
 
 
-def choose_fuse(graph: Graph, cell_tiles, setting: Setting, longest: int = LONGEST_BLOCK) -> tuple[int, ...]:
-    """The fused blocks over the whole network that fused_prefixes prices cheapest, kept only if the whole
-    plan is predicted faster than layer-by-layer exchange (block prices ignore what overlap carries across
-    blocks)."""
-    fuse = fused_prefixes(graph, cell_tiles, setting, longest)[-1]
+def choose_fuse(graph: Graph, cell_tiles, setting: Setting, prefixes: list[tuple[int, ...]] | None = None,
+                ) -> tuple[int, ...]:
+    """The fused blocks over the whole network that fused_prefixes prices cheapest (prefixes: its result when
+    already computed), kept only if the whole plan is predicted faster than layer-by-layer exchange (block
+    prices ignore what overlap carries across blocks)."""
+    fuse = (prefixes or fused_prefixes(graph, cell_tiles, setting))[-1]
 
     def whole(f: tuple[int, ...]) -> float:
         return predict(graph, plan_from_cells(graph, cell_tiles, fuse=f), setting.boards, setting.links,
@@ -117,10 +118,11 @@ def choose_fuse(graph: Graph, cell_tiles, setting: Setting, longest: int = LONGE
 
 def build(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] | None = None,
           objective: str = "total", setting: Setting | None = None, fuse: tuple[int, ...] | None = None,
-          tiling: str = "nptp", cells=None) -> Plan:
+          tiling: str = "nptp", cells=None, prefixes: list[tuple[int, ...]] | None = None) -> Plan:
     """The plan for a strategy name. `fuse` fixes fused blocks (None: chosen by the cost model);
-    `tiling` is the partition fused blocks run over; `cells`, that partition's cell tiles when already
-    computed (auto builds every scheme over one NPTP search)."""
+    `tiling` is the partition fused blocks run over; `cells`, that partition's cell tiles, and `prefixes`,
+    fused_prefixes over them, when already computed (auto builds every scheme over one NPTP search and
+    one block DP)."""
     speeds = [1.0] * ranks if speeds is None else list(speeds)
     setting = setting or Setting.nominal(speeds)
     model = model_cost(graph, setting.boards, setting.links, setting.overlap, objective=objective) \
@@ -150,12 +152,12 @@ def build(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[float] 
     if cells is None:
         cells = make_plan(graph, ranks, tiling, speeds, objective, model).cell_tiles
     if strategy == "fused":
-        chosen = choose_fuse(graph, cells, setting) if fuse is None else tuple(fuse)
+        chosen = choose_fuse(graph, cells, setting, prefixes) if fuse is None else tuple(fuse)
         return plan_from_cells(graph, cells, "fused", tuple(speeds), objective, chosen)
     if strategy == "tail":
         if fuse:
             raise PartitionError("--fuse needs --strategy fused or halp; tail chooses its own length")
-        return tail_plan(graph, cells, tuple(speeds), objective, setting)
+        return tail_plan(graph, cells, tuple(speeds), objective, setting, prefixes)
     if fuse and len(fuse) > 1:
         raise PartitionError("halp has one host-assisted block: give its length alone, e.g. --fuse 4")
     k = fuse[0] if fuse else choose_halp(graph, cells, tuple(speeds), objective, setting)
@@ -181,16 +183,18 @@ def candidates(graph: Graph, ranks: int, speeds: list[float], objective: str, se
     """(strategy, plan, predicted seconds) of every scheme auto weighs; (strategy, None, why) where one
     cannot run. Fused and host-assisted blocks and IOP's splits go over the nptp tiling. Tilings are picked by
     the cost model too (setting.given): auto compares predictions, so every candidate minimises its own."""
-    setting, out, tilings = replace(setting, given=True), [], {}
+    setting, out, tilings, prefixes = replace(setting, given=True), [], {}, None
     for name in CANDIDATES:
         try:
             plan = mixed_plan(graph, tilings, tuple(speeds), objective, setting) if name == "mixed" else \
-                build(graph, ranks, name, speeds, objective, setting, cells=tilings.get("nptp"))
+                build(graph, ranks, name, speeds, objective, setting, cells=tilings.get("nptp"), prefixes=prefixes)
         except PartitionError as e:
             out.append((name, None, str(e)))
             continue
         if name in TILINGS:
             tilings[name] = plan.cell_tiles
+        if name == "nptp":  # fused and tail both start from the block DP over these tiles
+            prefixes = fused_prefixes(graph, plan.cell_tiles, setting)
         out.append((name, plan, latency(graph, plan, setting)))
     return out
 
@@ -275,15 +279,16 @@ def choose_halp(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: 
 
 
 def tail_plan(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: str, setting: Setting,
-              longest: int = LONGEST_BLOCK) -> Plan:
+              prefixes: list[tuple[int, ...]] | None = None, longest: int = LONGEST_BLOCK) -> Plan:
     """Halo exchange over cell_tiles, layer by layer or in the fused blocks fused_prefixes picks for the
-    layers before the tail, then a tail on rank 0 alone: of the cuts within the last `longest` layers,
-    and layer 0 (rank 0 runs everything), the one predicted fastest (ties to the shorter tail, then to
-    fewer blocks). Pays where the last maps are small and messages costly: the gather replaces their halo
-    exchanges, rank 0 their parallel compute; from layer 0 where distributing does not pay at all."""
+    layers before the tail (prefixes: its result when already computed), then a tail on rank 0 alone: of
+    the cuts within the last `longest` layers, and layer 0 (rank 0 runs everything), the one predicted
+    fastest (ties to the shorter tail, then to fewer blocks). Pays where the last maps are small and
+    messages costly: the gather replaces their halo exchanges, rank 0 their parallel compute; from layer 0
+    where distributing does not pay at all."""
     total = len(layers(spatial(graph)))
     options = [0] + [k for k in cuts(graph) if total - k <= longest]
-    prefixes = fused_prefixes(graph, cell_tiles, setting, longest)
+    prefixes = prefixes or fused_prefixes(graph, cell_tiles, setting, longest)
     plans = [plan_from_cells(graph, cell_tiles, "tail", speeds, objective, fuse, tail=k)
              for k in options for fuse in dict.fromkeys(((), prefixes[k]))]
     return min(plans, key=lambda p: (latency(graph, p, setting), -p.tail, len(p.fuse)))

@@ -34,13 +34,17 @@ def test_auto_is_the_cheapest_candidate(vgg16) -> None:
 
 
 def test_auto_searches_the_nptp_tiling_once(vgg16, monkeypatch) -> None:
-    """fused, halp, iop and tail all run over NPTP's tiles: auto searches them once, not per candidate."""
+    """fused, halp, iop and tail all run over NPTP's tiles: auto searches them once, not per candidate, and
+    runs the fused-block DP that fused and tail start from once."""
     import nptp_mpi.plan
+    import nptp_mpi.planner
 
     searched, search = [], nptp_mpi.plan.partition
     monkeypatch.setattr(nptp_mpi.plan, "partition", lambda name, *a: searched.append(name) or search(name, *a))
+    priced, dp = [], nptp_mpi.planner.fused_prefixes
+    monkeypatch.setattr(nptp_mpi.planner, "fused_prefixes", lambda *a: priced.append(a[1]) or dp(*a))
     rows = candidates(vgg16, 4, SPEEDS, "total", Setting.nominal(SPEEDS))
-    assert sorted(searched) == ["coedge", "grid", "nptp"]
+    assert sorted(searched) == ["coedge", "grid", "nptp"] and priced == [rows[2][1].cell_tiles]
     assert {p.cell_tiles for name, p, _ in rows if name not in ("coedge", "grid")} == {rows[2][1].cell_tiles}
 
 
