@@ -10,6 +10,7 @@ or link is given, the cost model uses a nominal board and link (NOMINAL_*), stat
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, replace
 
@@ -64,6 +65,18 @@ def _blocks(fuse: tuple[int, ...], total: int) -> list[tuple[int, int]]:
     return out
 
 
+def block_times(graph: Graph, plan: Plan, setting: Setting, starts: list[int]) -> list[float]:
+    """Predicted seconds of each block of layers starting at `starts` (sorted; the scatter counts to the
+    first): a layer's step, its halo wait included, belongs to the block that holds the layer."""
+    of, out = layer_of(graph), [0.0] * len(starts)
+    for step in predict(graph, plan, setting.boards, setting.links, setting.overlap).layers:
+        if step.name == "scatter":
+            out[0] += step.time_s
+        elif step.name in of:
+            out[bisect.bisect_right(starts, of[step.name]) - 1] += step.time_s
+    return out
+
+
 def fused_prefixes(graph: Graph, cell_tiles, setting: Setting, longest: int = LONGEST_BLOCK) -> list[tuple[int, ...]]:
     """Per k, the fused block lengths over the first k layers that minimise their predicted time (trailing
     single layers dropped), by dynamic programming over block boundaries.
@@ -73,22 +86,13 @@ def fused_prefixes(graph: Graph, cell_tiles, setting: Setting, longest: int = LO
     offset price every candidate block; the DP then picks the cheapest sequence up to every layer.
     """
     total = len(layers(spatial(graph)))
-    of = layer_of(graph)
     price: dict[tuple[int, int], float] = {}
     for m in range(1, min(longest, total) + 1):
         for offset in range(m):
             fuse = ((offset,) if offset else ()) + (m,) * ((total - offset) // m)
             fuse += ((total - sum(fuse),) if total > sum(fuse) else ())
-            pred = predict(graph, plan_from_cells(graph, cell_tiles, fuse=fuse), setting.boards, setting.links,
-                           setting.overlap)
             spans = _blocks(fuse, total)
-            cost = [0.0] * len(spans)
-            starts = [a for a, _ in spans]
-            for step in pred.layers:
-                if step.name == "scatter":
-                    cost[0] += step.time_s
-                elif step.name in of:
-                    cost[max(b for b, a in enumerate(starts) if a <= of[step.name])] += step.time_s
+            cost = block_times(graph, plan_from_cells(graph, cell_tiles, fuse=fuse), setting, [a for a, _ in spans])
             for span, c in zip(spans, cost, strict=True):
                 price.setdefault(span, c)
     best: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
@@ -304,16 +308,11 @@ def mixed_plan(graph: Graph, tilings: dict[str, tuple], speeds: tuple[float, ...
     distinct = list(dict.fromkeys(tilings.values()))
     if len(distinct) < 2:
         raise PartitionError("mixed: the tilings coincide, there is nothing to switch between")
-    names, of = layers(spatial(graph)), layer_of(graph)
-    total, move = len(names), [FLOAT_BYTES * math.prod(graph.shapes[t]) / setting.links.bytes_per_s for t in names]
-    steps = {}
-    for cells in distinct:
-        per_layer = [0.0] * total
-        for step in predict(graph, plan_from_cells(graph, cells), setting.boards, setting.links,
-                            setting.overlap).layers:
-            if step.name in of:
-                per_layer[of[step.name]] += step.time_s
-        steps[cells] = per_layer
+    names = layers(spatial(graph))
+    move = [FLOAT_BYTES * math.prod(graph.shapes[t]) / setting.links.bytes_per_s for t in names]
+    # the scatter, priced into layer 0 by block_times, adds the same to every cut of a pair
+    steps = {cells: block_times(graph, plan_from_cells(graph, cells), setting, list(range(len(names))))
+             for cells in distinct}
     plans = []
     for a in distinct:
         for b in distinct:
