@@ -157,8 +157,10 @@ class Plan:
         }
 
     def fingerprint(self) -> str:
-        """Short sha256 of the whole content: ranks compare it before they start."""
-        content = repr((sorted((k, v) for k, v in asdict(self).items() if k not in ("own", "comp", "halos")),
+        """Short sha256 of the whole content: ranks compare it before they start. auto's choice hashes as the
+        scheme it chose (strategy auto:tail as tail): the same work, however it was picked."""
+        fields = {**asdict(self), "strategy": self.strategy.removeprefix("auto:")}
+        content = repr((sorted((k, v) for k, v in fields.items() if k not in ("own", "comp", "halos")),
                         list(self.own.items()), list(self.comp.items()), list(self.halos.items())))
         return hashlib.sha256(content.encode()).hexdigest()[:16]
 

@@ -5,7 +5,9 @@ same benchmark runs on one machine, on real boards (`-f hostfile` in the templat
 board cluster (`./run.sh cluster run -n {n} --`). One board is one case per model and size: with one
 rank every strategy is the same single tile. With rounds > 1 every case runs that many jobs, all cases
 once per round, and its latency is the median of all their inferences: on a shared machine two jobs of
-the same plan differ by up to ~10%, and rounds spread what drifts over every case alike.
+the same plan differ by up to ~10%, and rounds spread what drifts over every case alike. Cases that ran the
+same plan (auto and the scheme it chose: one fingerprint) are one measurement: their inferences pool too,
+own_latency_s keeps each case's own.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 
 from .cli import atomic_write_text
 
-FIELDS = ("model", "size", "strategy", "overlap", "ranks", "plan", "latency_s", "spread", "predicted_s", "speedup",
+FIELDS = ("model", "size", "strategy", "overlap", "ranks", "plan", "fingerprint", "latency_s", "own_latency_s",
+          "same_plan", "spread", "predicted_s", "speedup",
           "halo_bytes", "max_rank_bytes", "compute_s", "comm_s", "max_rss_peak_mb", "max_weights_mb", "hosts", "error")
 
 
@@ -66,7 +69,8 @@ def run_case(case: dict, launcher: str, warmup: int, repeat: int, timeout: float
             return {**case, "error": lines[0].strip()}
         rep = json.loads(report.read_text())
     ranks = rep["per_rank"]
-    return {**case, "plan": rep["strategy"], "latency_s": rep["latency_s"], "latencies_s": rep["latencies_s"],
+    return {**case, "plan": rep["strategy"], "fingerprint": rep["plan_fingerprint"], "latency_s": rep["latency_s"],
+            "latencies_s": rep["latencies_s"],
             "halo_bytes": rep["halo_bytes"],
             "max_rank_bytes": max(r["bytes_sent"] + r["bytes_recv"] for r in ranks),
             "compute_s": max(r["compute_s"] for r in ranks), "comm_s": max(r["comm_s"] for r in ranks),
@@ -83,12 +87,28 @@ def pool(jobs: list[dict]) -> dict:
         return failed[0]
     medians = [j["latency_s"] for j in jobs]
     return {**jobs[0], "latency_s": statistics.median(t for j in jobs for t in j["latencies_s"]),
-            "spread": max(medians) / min(medians)}
+            "spread": max(medians) / min(medians), "jobs": jobs}
+
+
+def merge_same_plans(rows: list[dict]) -> None:
+    """Cases of one model, size, ranks and overlap that ran the same plan (fingerprint) take the latency and
+    spread of all their jobs together; own_latency_s keeps each case's own, same_plan names the others."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        r["own_latency_s"], r["same_plan"] = r.get("latency_s"), ""
+        if r.get("latency_s"):
+            groups.setdefault((r["model"], r["size"], r["ranks"], r["overlap"], r["fingerprint"]), []).append(r)
+    for group in (g for g in groups.values() if len(g) > 1):
+        merged = pool([j for r in group for j in r["jobs"]])
+        for r in group:
+            r.update(latency_s=merged["latency_s"], spread=merged["spread"],
+                     same_plan=",".join(o["strategy"] for o in group if o is not r))
 
 
 def add_predictions(rows: list[dict], calibration, links) -> None:
     """predicted_s from the cost model for each measured case: the plan the run made for the same
-    calibration and links (run_case passes them on), predicted as `plan` does."""
+    calibration and links (run_case passes them on), predicted as `plan` does; left out, with a warning,
+    where the plan built here is not the one the run measured (another fingerprint)."""
     from .cli import load_model, parse_size
     from .planner import Setting, build, latency
 
@@ -101,7 +121,12 @@ def add_predictions(rows: list[dict], calibration, links) -> None:
             graph = graphs[key]
             n = r["ranks"]
             setting = Setting(calibration.to_boards(n, graph.name), links, r["_overlap"] == "on", given=True)
-            r["predicted_s"] = latency(graph, build(graph, n, r["_strategy"], setting=setting), setting)
+            plan = build(graph, n, r["_strategy"], setting=setting)
+            if r.get("fingerprint", plan.fingerprint()) != plan.fingerprint():
+                print(f"warning: no prediction for {r['model']} {r['size']} {n} ranks {r['strategy']}: the run "
+                      f"measured plan {r['fingerprint']}, the model predicts {plan.fingerprint()}", file=sys.stderr)
+                continue
+            r["predicted_s"] = latency(graph, plan, setting)
 
 
 def add_speedups(rows: list[dict]) -> None:
@@ -181,6 +206,7 @@ def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ra
         print(f"[{i}/{len(todo) * rounds}] {case['model']} {case['size']} {case['ranks']} rank(s) {case['strategy']} "
               f"overlap {case['overlap']}: {what} ({time.monotonic() - t0:.0f} s wall)", file=sys.stderr, flush=True)
     rows = [pool(done) for done in jobs]
+    merge_same_plans(rows)
     add_speedups(rows)
     if model is not None:
         add_predictions(rows, *model)
@@ -224,5 +250,6 @@ def auto_vs_best(rows: list[dict]) -> list[str]:
         coedge = next((r["latency_s"] for r in same if r["strategy"] == "coedge"), None)
         lines.append(f"{a['model']} {a['size']} {a['ranks']} ranks overlap {a['overlap']}: auto ran {a['plan']}, "
                      f"{a['latency_s'] / best['latency_s']:.3f}x the best ({best['strategy']})"
-                     + (f", {a['latency_s'] / coedge:.3f}x coedge" if coedge else ""))
+                     + (f", {a['latency_s'] / coedge:.3f}x coedge" if coedge else "")
+                     + (f" (same plan as {a['same_plan']}: measured together)" if a.get("same_plan") else ""))
     return lines

@@ -2,6 +2,7 @@
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -83,6 +84,9 @@ def test_deterministic_and_serialisable(tmp_path):
     a, b = make_plan(g, 3), make_plan(g, 3)
     assert a.fingerprint() == b.fingerprint() and a == b and hash(a) == hash(b)
     assert make_plan(g, 3, "coedge").fingerprint() != a.fingerprint()
+    # auto's choice is the same work as the scheme it chose; the strategy otherwise counts (d3 rebalances)
+    assert replace(a, strategy="auto:nptp").fingerprint() == a.fingerprint()
+    assert replace(a, strategy="d3").fingerprint() != a.fingerprint()
     doc = json.loads(json.dumps(a.to_json()))
     for key in ("strategy", "ranks", "speeds", "objective", "model", "tiles", "halo_bytes", "per_rank", "layers",
                 "scatter_bytes", "gather_bytes", "fingerprint"):

@@ -13,7 +13,7 @@ from nptp_mpi.cost import BoardCal, Calibration, LayerRates, Links, ModelCal, lo
 from nptp_mpi.geometry import area
 from nptp_mpi.plan import make_plan, pieces
 from nptp_mpi.planner import Setting, build, latency
-from nptp_mpi.scaling import add_predictions, auto_vs_best, cases, pool
+from nptp_mpi.scaling import add_predictions, auto_vs_best, cases, merge_same_plans, pool
 
 
 def test_one_board_is_one_case_per_model_and_size() -> None:
@@ -76,12 +76,30 @@ def test_rounds_pool_every_inference_of_a_case() -> None:
     assert pool([*jobs, {"strategy": "nptp", "error": "timed out"}])["error"] == "timed out"
 
 
+def test_cases_that_ran_one_plan_are_one_measurement() -> None:
+    """auto and the scheme it chose ran the same plan: all their jobs pool, each keeps its own median too."""
+    def row(strategy: str, fingerprint: str, *jobs: list[float], ranks: int = 2) -> dict:
+        return {"model": "m", "size": "64", "ranks": ranks, "overlap": "on", "strategy": strategy,
+                **pool([{"latency_s": sorted(j)[len(j) // 2], "latencies_s": j, "fingerprint": fingerprint}
+                        for j in jobs])}
+    rows = [row("tail", "f1", [1.0, 1.0, 1.1], [1.2, 1.2, 1.2]), row("nptp", "f2", [0.9, 0.9, 0.9]),
+            row("auto", "f1", [1.3, 1.3, 1.4]), row("-", "f1", [2.0], ranks=1)]
+    merge_same_plans(rows)
+    tail, nptp, auto, one = rows
+    assert tail["latency_s"] == auto["latency_s"] == 1.2 and tail["spread"] == auto["spread"] == pytest.approx(1.3)
+    assert (tail["own_latency_s"], auto["own_latency_s"]) == (pytest.approx(1.15), 1.3)
+    assert (tail["same_plan"], auto["same_plan"], nptp["same_plan"], one["same_plan"]) == ("auto", "tail", "", "")
+    assert nptp["latency_s"] == nptp["own_latency_s"] == 0.9 and one["latency_s"] == 2.0
+
+
 def test_auto_is_compared_with_the_best_measured_strategy() -> None:
     case = {"model": "m", "size": "64", "ranks": 2, "overlap": "on"}
     rows = [{**case, "strategy": s, "plan": p, "latency_s": t} for s, p, t in
             (("coedge", "coedge", 1.2), ("nptp", "nptp", 1.0), ("auto", "auto:nptp", 1.05))]
     rows.append({**case, "ranks": 1, "strategy": "-", "plan": "nptp", "latency_s": 0.5})
     assert auto_vs_best(rows) == ["m 64 2 ranks overlap on: auto ran auto:nptp, 1.050x the best (nptp), 0.875x coedge"]
+    rows[2]["same_plan"] = "nptp"
+    assert auto_vs_best(rows)[0].endswith("0.875x coedge (same plan as nptp: measured together)")
 
 
 def test_predictions_use_the_layer_rates_of_the_same_model() -> None:
@@ -100,3 +118,15 @@ def test_predictions_use_the_layer_rates_of_the_same_model() -> None:
     slowest = sum(max(sum(area(p) for part in pieces(plan, g, n, r) for p in part) for r in range(2)) for n in nodes)
     assert predicted("resnet18", 1e-6) - predicted("resnet18", 1e-9) == pytest.approx((1e-6 - 1e-9) * slowest)
     assert predicted("vgg16", 1e-6) == predicted(None)  # rates of another model are not used
+
+
+def test_no_prediction_for_a_plan_the_run_did_not_measure(capsys) -> None:
+    cal = Calibration((BoardCal(0, "b", 2e10, 0.0),), None, "2026-11-23", "b", (), None)
+    case = {"model": "resnet18", "size": "64", "ranks": 2, "strategy": "nptp", "_strategy": "nptp", "_overlap": "off",
+            "latency_s": 1.0}
+    ran = build(load_model("resnet18", (64, 64), None), 2, "nptp",
+                setting=Setting(cal.to_boards(2, "resnet18"), Links(0.0, 1e9, False), given=True))
+    rows = [{**case, "fingerprint": ran.fingerprint()}, {**case, "fingerprint": "0" * 16}]
+    add_predictions(rows, cal, Links(0.0, 1e9, False))
+    assert rows[0]["predicted_s"] > 0 and "predicted_s" not in rows[1]
+    assert f"measured plan {'0' * 16}, the model predicts {ran.fingerprint()}" in capsys.readouterr().err
