@@ -4,7 +4,8 @@ Each case is one `run` job (warm-up, repeats, median) started through a launcher
 same benchmark runs on one machine, on real boards (`-f hostfile` in the template) or on the virtual
 board cluster (`./run.sh cluster run -n {n} --`). One board is one case per model and size: with one
 rank every strategy is the same single tile. With rounds > 1 every case runs that many jobs, all cases
-once per round, and its latency is the median of all their inferences: on a shared machine two jobs of
+once per round (after the first, in a shuffled order, so no case always follows the same one), and its
+latency is the median of all their inferences: on a shared machine two jobs of
 the same plan differ by up to ~10%, and rounds spread what drifts over every case alike. Cases that ran the
 same plan (auto and the scheme it chose: one fingerprint) are one measurement: their inferences pool too,
 own_latency_s keeps each case's own.
@@ -16,6 +17,7 @@ import csv
 import io
 import json
 import os
+import random
 import shlex
 import statistics
 import subprocess
@@ -50,6 +52,13 @@ def cases(models: list[str], sizes: list[str], strategies: list[str], ranks: lis
                                     "overlap": overlap if n > 1 else "-", "ranks": n,
                                     "_strategy": strategy, "_overlap": overlap})
     return out
+
+
+def schedule(cases: int, rounds: int) -> list[int]:
+    """The order of the jobs, as case indices: every case once per round, the first round in order, each
+    later one shuffled (seeded by its number: the same order every time)."""
+    order = list(range(cases))
+    return order + [i for k in range(1, rounds) for i in random.Random(k).sample(order, cases)]
 
 
 def run_case(case: dict, launcher: str, warmup: int, repeat: int, timeout: float, plan_args: list[str]) -> dict:
@@ -198,10 +207,11 @@ def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ra
     out.mkdir(parents=True, exist_ok=True)
     todo = cases(models, sizes, strategies, ranks, overlaps)
     jobs: list[list[dict]] = [[] for _ in todo]
-    for i, (case, done) in enumerate(((c, d) for _ in range(rounds) for c, d in zip(todo, jobs, strict=True)), 1):
+    for i, k in enumerate(schedule(len(todo), rounds), 1):
         t0 = time.monotonic()
+        case = todo[k]
         row = run_case(case, launcher, warmup, repeat, timeout, list(plan_args))
-        done.append(row)
+        jobs[k].append(row)
         what = f"{row['latency_s']:.3f} s ({row['plan']})" if row.get("latency_s") else f"error: {row['error']}"
         print(f"[{i}/{len(todo) * rounds}] {case['model']} {case['size']} {case['ranks']} rank(s) {case['strategy']} "
               f"overlap {case['overlap']}: {what} ({time.monotonic() - t0:.0f} s wall)", file=sys.stderr, flush=True)

@@ -13,7 +13,7 @@ from nptp_mpi.cost import BoardCal, Calibration, LayerRates, Links, ModelCal, lo
 from nptp_mpi.geometry import area
 from nptp_mpi.plan import make_plan, pieces
 from nptp_mpi.planner import Setting, build, latency
-from nptp_mpi.scaling import add_predictions, auto_vs_best, cases, merge_same_plans, pool
+from nptp_mpi.scaling import add_predictions, auto_vs_best, cases, merge_same_plans, pool, schedule
 
 
 def test_one_board_is_one_case_per_model_and_size() -> None:
@@ -74,6 +74,15 @@ def test_rounds_pool_every_inference_of_a_case() -> None:
     row = pool(jobs)
     assert row["latency_s"] == 1.1 and row["spread"] == pytest.approx(1.2)
     assert pool([*jobs, {"strategy": "nptp", "error": "timed out"}])["error"] == "timed out"
+
+
+def test_rounds_run_every_case_once_each_in_a_shuffled_order() -> None:
+    """Drift within a round must not always land on the same case (auto right after tail, say)."""
+    order = schedule(10, 3)
+    rounds = [order[:10], order[10:20], order[20:]]
+    assert rounds[0] == list(range(10)) and all(sorted(r) == list(range(10)) for r in rounds)
+    assert rounds[1] != rounds[0] and rounds[2] != rounds[1] and order == schedule(10, 3)
+    assert schedule(4, 1) == [0, 1, 2, 3]
 
 
 def test_cases_that_ran_one_plan_are_one_measurement() -> None:
