@@ -5,10 +5,10 @@ same benchmark runs on one machine, on real boards (`-f hostfile` in the templat
 board cluster (`./run.sh cluster run -n {n} --`). One board is one case per model and size: with one
 rank every strategy is the same single tile. With rounds > 1 every case runs that many jobs, all cases
 once per round (after the first, in a shuffled order, so no case always follows the same one), and its
-latency is the median of all their inferences: on a shared machine two jobs of
-the same plan differ by up to ~10%, and rounds spread what drifts over every case alike. Cases that ran the
-same plan (auto and the scheme it chose: one fingerprint) are one measurement: their inferences pool too,
-own_latency_s keeps each case's own.
+latency is the median of all their inferences: on a shared machine two jobs of the same plan can differ
+by 10% and more, and rounds spread what drifts over every case alike. Cases that ran the same plan (auto
+and the scheme it chose: one fingerprint) are one measurement: their inferences pool too, own_latency_s
+keeps each case's own.
 """
 
 from __future__ import annotations
@@ -208,8 +208,7 @@ def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ra
     todo = cases(models, sizes, strategies, ranks, overlaps)
     jobs: list[list[dict]] = [[] for _ in todo]
     for i, k in enumerate(schedule(len(todo), rounds), 1):
-        t0 = time.monotonic()
-        case = todo[k]
+        case, t0 = todo[k], time.monotonic()
         row = run_case(case, launcher, warmup, repeat, timeout, list(plan_args))
         jobs[k].append(row)
         what = f"{row['latency_s']:.3f} s ({row['plan']})" if row.get("latency_s") else f"error: {row['error']}"
