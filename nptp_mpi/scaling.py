@@ -247,6 +247,13 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def versus(a: dict, other: dict, what: str) -> str:
+    """'1.014x what', and where auto is slower by less than the jobs of either row spread (with --rounds),
+    that the measurement cannot tell the two apart."""
+    ratio, spread = a["latency_s"] / other["latency_s"], max(a.get("spread") or 1.0, other.get("spread") or 1.0)
+    return f"{ratio:.3f}x {what}" + (f" (inside the jobs' spread of {spread:.2f})" if 1.0 < ratio < spread else "")
+
+
 def auto_vs_best(rows: list[dict]) -> list[str]:
     """Per case run with auto: its latency against the best measured other strategy and against CoEdge."""
     lines = []
@@ -256,9 +263,9 @@ def auto_vs_best(rows: list[dict]) -> list[str]:
         if not same:
             continue
         best = min(same, key=lambda r: r["latency_s"])
-        coedge = next((r["latency_s"] for r in same if r["strategy"] == "coedge"), None)
+        coedge = next((r for r in same if r["strategy"] == "coedge"), None)
         lines.append(f"{a['model']} {a['size']} {a['ranks']} ranks overlap {a['overlap']}: auto ran {a['plan']}, "
-                     f"{a['latency_s'] / best['latency_s']:.3f}x the best ({best['strategy']})"
-                     + (f", {a['latency_s'] / coedge:.3f}x coedge" if coedge else "")
+                     + versus(a, best, f"the best ({best['strategy']})")
+                     + (", " + versus(a, coedge, "coedge") if coedge else "")
                      + (f" (same plan as {a['same_plan']}: measured together)" if a.get("same_plan") else ""))
     return lines

@@ -109,6 +109,10 @@ def test_auto_is_compared_with_the_best_measured_strategy() -> None:
     assert auto_vs_best(rows) == ["m 64 2 ranks overlap on: auto ran auto:nptp, 1.050x the best (nptp), 0.875x coedge"]
     rows[2]["same_plan"] = "nptp"
     assert auto_vs_best(rows)[0].endswith("0.875x coedge (same plan as nptp: measured together)")
+    rows[1]["spread"] = 1.04  # 5% slower than nptp, whose jobs lay 4% apart: told apart
+    assert "1.050x the best (nptp), 0.875x" in auto_vs_best(rows)[0]
+    rows[2]["spread"] = 1.12  # auto's own jobs lay 12% apart: not
+    assert "1.050x the best (nptp) (inside the jobs' spread of 1.12), 0.875x coedge" in auto_vs_best(rows)[0]
 
 
 def test_predictions_use_the_layer_rates_of_the_same_model() -> None:
