@@ -131,9 +131,10 @@ def add_predictions(rows: list[dict], calibration, links) -> None:
             n = r["ranks"]
             setting = Setting(calibration.to_boards(n, graph.name), links, r["_overlap"] == "on", given=True)
             plan = build(graph, n, r["_strategy"], setting=setting)
-            if r.get("fingerprint", plan.fingerprint()) != plan.fingerprint():
+            predicted = plan.fingerprint()
+            if r.get("fingerprint", predicted) != predicted:
                 print(f"warning: no prediction for {r['model']} {r['size']} {n} ranks {r['strategy']}: the run "
-                      f"measured plan {r['fingerprint']}, the model predicts {plan.fingerprint()}", file=sys.stderr)
+                      f"measured plan {r['fingerprint']}, the model predicts {predicted}", file=sys.stderr)
                 continue
             r["predicted_s"] = latency(graph, plan, setting)
 
