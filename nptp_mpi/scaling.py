@@ -8,7 +8,8 @@ once per round (after the first, in a shuffled order, so no case always follows 
 latency is the median of all their inferences: on a shared machine two jobs of the same plan can differ
 by 10% and more, and rounds spread what drifts over every case alike. Cases that ran the same plan (auto
 and the scheme it chose: one fingerprint) are one measurement: their inferences pool too, own_latency_s
-keeps each case's own.
+keeps each case's own. scaling.json keeps every job of a case (its place in the run and its inferences),
+so that the noise can be looked at afterwards.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .cli import atomic_write_text
 FIELDS = ("model", "size", "strategy", "overlap", "ranks", "plan", "fingerprint", "latency_s", "own_latency_s",
           "same_plan", "spread", "predicted_s", "speedup",
           "halo_bytes", "max_rank_bytes", "compute_s", "comm_s", "max_rss_peak_mb", "max_weights_mb", "hosts", "error")
+JOB_FIELDS = ("order", "latency_s", "latencies_s")  # per job in scaling.json: its place in the run (1 = first)
 
 
 def default_launcher() -> str:
@@ -93,7 +95,7 @@ def pool(jobs: list[dict]) -> dict:
     spread = the slowest job's median over the fastest's; the first error if any job failed."""
     failed = [j for j in jobs if not j.get("latency_s")]
     if failed:
-        return failed[0]
+        return {**failed[0], "jobs": jobs}
     medians = [j["latency_s"] for j in jobs]
     return {**jobs[0], "latency_s": statistics.median(t for j in jobs for t in j["latencies_s"]),
             "spread": max(medians) / min(medians), "jobs": jobs}
@@ -211,7 +213,7 @@ def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ra
     for i, k in enumerate(schedule(len(todo), rounds), 1):
         case, t0 = todo[k], time.monotonic()
         row = run_case(case, launcher, warmup, repeat, timeout, list(plan_args))
-        jobs[k].append(row)
+        jobs[k].append({**row, "order": i})
         what = f"{row['latency_s']:.3f} s ({row['plan']})" if row.get("latency_s") else f"error: {row['error']}"
         print(f"[{i}/{len(todo) * rounds}] {case['model']} {case['size']} {case['ranks']} rank(s) {case['strategy']} "
               f"overlap {case['overlap']}: {what} ({time.monotonic() - t0:.0f} s wall)", file=sys.stderr, flush=True)
@@ -222,8 +224,10 @@ def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ra
         add_predictions(rows, *model)
     public = [{k: r.get(k) for k in FIELDS} for r in rows]
     atomic_write_text(str(out / "scaling.csv"), to_csv(public))
+    detail = [{**p, "jobs": [{k: j.get(k) for k in JOB_FIELDS} for j in r.get("jobs", ())]}
+              for p, r in zip(public, rows, strict=True)]
     atomic_write_text(str(out / "scaling.json"), json.dumps({"launcher": launcher, "warmup": warmup, "repeat": repeat,
-                                                             "rounds": rounds, "rows": public}, indent=1) + "\n")
+                                                             "rounds": rounds, "rows": detail}, indent=1) + "\n")
     try:
         plot(public, out / "scaling.png")
     except ImportError:

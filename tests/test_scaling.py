@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 
 import pytest
 from conftest import run_cli
@@ -29,11 +30,18 @@ def test_tiny_scaling_run_writes_table_json_and_plot(tmp_path) -> None:
     assert p.returncode == 0, p.stderr
     assert "[5/10]" in p.stderr and "[10/10]" in p.stderr  # progress, one line per job: every case, twice
     rows = list(csv.DictReader((out / "scaling.csv").open()))
-    assert len(rows) == 5 and json.loads((out / "scaling.json").read_text())["rows"][0]["ranks"] == 1
+    detail = json.loads((out / "scaling.json").read_text())["rows"]
+    assert len(rows) == 5 and detail[0]["ranks"] == 1
+    # the JSON keeps every job: its place in the run (each of the 10 once) and its inferences
+    assert sorted(j["order"] for r in detail for j in r["jobs"]) == list(range(1, 11))
+    assert all(len(r["jobs"]) == 2 for r in detail)
+    assert all(r["latency_s"] == statistics.median(t for j in r["jobs"] for t in j["latencies_s"])
+               for r in detail if r["latency_s"])
     assert float(rows[0]["speedup"]) == 1.0
     # 64x64 ResNet-18 has 2x2 cells: three strips cannot fit, and the row says so instead of stopping the run
     coedge3 = next(r for r in rows if r["strategy"] == "coedge" and r["ranks"] == "3")
     assert "largest" in coedge3["error"]
+    assert [j["latency_s"] for r in detail if r["error"] for j in r["jobs"]] == [None, None]
     ok = [r for r in rows if not r["error"]]
     assert all(float(r["latency_s"]) > 0 and float(r["spread"]) >= 1 for r in ok) and len(ok) == 4
     # memory per case: the largest rank's peak RSS and weights (one board holds the whole model)
