@@ -9,7 +9,8 @@ Layers (--model M [--size HxW] [--strategy S] [--ranks 1,2,4]): for each rank co
 job's size), ranks 0..k-1 at once, as a k-rank job would, compute their tiles of the k-rank plan layer by
 layer exactly as the engine does (plan.pieces, ops.run_spatial, on buffers holding what the rank holds);
 per spatial node, the median of --repeat passes after a warm-up, minus the per-call overhead, divided
-by the pixels computed → seconds per output pixel. Rank 0 alone also times the head ops. Several
+by the pixels computed → seconds per output pixel. Rank 0 alone also times the head ops; where the head
+splits (IOP), ranks 0..k-1 at once time their partial products of it → seconds per weight. Several
 counts matter where ranks share cores (4 ranks on a 2-core machine run each layer about half as fast as
 one); on boards with a core each one count is enough. With one rank only the layers are measured.
 
@@ -45,7 +46,7 @@ from .cost import BoardCal, Calibration, LayerRates, Links, ModelCal, split_head
 from .geometry import area  # noqa: E402
 from .graph import Graph  # noqa: E402
 from .ops import Tile, run_head, run_spatial  # noqa: E402
-from .plan import Plan, Transfer, held, make_plan, pieces  # noqa: E402
+from .plan import Plan, Transfer, held, make_plan, pieces, rank_params  # noqa: E402
 
 # (Cin, Cout, k, H=W): 3×3 convs of VGG-16 at 224² stages 2 and 3, and a ResNet-50 1×1 at 28².
 SHAPES = ((64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 1, 28))
@@ -128,11 +129,31 @@ def time_head(graph: Graph, plan: Plan, repeat: int) -> float:
     return _median_time(call, repeat)
 
 
-def layer_rates(measured: list[dict[str, tuple[float, int, int]]], overhead: float) -> LayerRates:
-    """Seconds per output pixel per rank and node, taking out `overhead` per kernel call (what predict adds)."""
+def time_split_head(graph: Graph, plan: Plan, rank: int, repeat: int) -> tuple[float, int] | None:
+    """Median seconds of rank's partial product of the head as IOP splits it for plan's tiles (the engine's
+    HeadPart, after a warm-up), and its weights; None where the head does not split."""
+    from .iop import HeadPart, head_weights, with_head_split
+
+    split = with_head_split(graph, plan)
+    if split.head is None:
+        return None
+    gemm = split.head.gemm
+    params = {gemm: {k: np.ascontiguousarray(v) for k, v in rank_params(graph, split, rank)[gemm].items()}}
+    part = HeadPart(graph, split, rank, params)
+    y0, x0, y1, x1 = split.own[split.last][rank]
+    own = np.random.default_rng(rank).standard_normal((graph.shapes[split.last][0], y1 - y0, x1 - x0),
+                                                      dtype=np.float32)
+    return _median_time(lambda: part.partial(own), repeat), head_weights(graph, split)[rank]
+
+
+def layer_rates(measured: list[dict[str, tuple[float, int, int]]], overhead: float,
+                split: Sequence[tuple[float, int] | None] = ()) -> LayerRates:
+    """Seconds per output pixel per rank and node, taking out `overhead` per kernel call (what predict adds),
+    and from time_split_head's (seconds, weights) per rank, where every rank has them, seconds per weight."""
+    per_weight = tuple(t / w for t, w in split) if split and all(s and s[1] for s in split) else ()
     return LayerRates(len(measured), tuple({name: max(0.0, t - overhead * calls) / pixels
                                             for name, (t, calls, pixels) in m.items() if pixels}
-                                           for m in measured))
+                                           for m in measured), per_weight)
 
 
 def quiet_barrier(world, poll_s: float = 0.01) -> None:
@@ -221,17 +242,19 @@ def _overlap(table: Sequence[Sequence[float]]) -> str:
     return " ".join(f"{size // 1024}K:{f:.0%}" for size, f in table)
 
 
-def format_table(cal: Calibration, layer_s: Sequence[Sequence[float]] = ()) -> str:
-    """Boards, pairs and links; with layers, per rank count and rank the seconds its layers took (layer_s)."""
+def format_table(cal: Calibration, layer_s: Sequence[Sequence[tuple[float, float | None]]] = ()) -> str:
+    """Boards, pairs and links; with layers, per rank count and rank the seconds its layers and its part of a
+    split head took (layer_s; None where the head does not split)."""
     lines = ["rank  host                  GFLOP/s  overhead"]
     lines += [f"{b.rank:>4}  {b.host:<20} {b.flops_per_s / 1e9:>8.2f}  {b.layer_overhead_s * 1e6:>6.0f} us"
               for b in cal.boards]
     if cal.layers:
         lc, hosts = cal.layers, [b.host for b in cal.boards]
         lines += ["", f"layers of {lc.model} {'x'.join(map(str, lc.input_shape))} on {lc.strategy} tiles; head "
-                  f"{lc.head_s * 1e3:.1f} ms on rank 0", "ranks at once  rank  host                  layers"]
-        lines += [f"{s.ranks:>13}  {r:>4}  {hosts[r]:<20} {t:>7.3f} s"
-                  for s, times in zip(lc.sets, layer_s, strict=True) for r, t in enumerate(times)]
+                  f"{lc.head_s * 1e3:.1f} ms on rank 0",
+                  "ranks at once  rank  host                  layers  split head (IOP)"]
+        lines += [f"{s.ranks:>13}  {r:>4}  {hosts[r]:<20} {t:>7.3f} s" + (f"  {part * 1e3:>9.1f} ms" if part else "")
+                  for s, times in zip(lc.sets, layer_s, strict=True) for r, (t, part) in enumerate(times)]
     if cal.pairs:
         lines += ["", "pair   alpha      bandwidth      overlap by halo message size"]
         lines += [f"0-{p['peer']:<3} {p['alpha_s'] * 1e6:>7.1f} us  {p['bytes_per_s'] * 8 / 1e6:>9.1f} Mbit/s  "
@@ -309,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             quiet_barrier(world)
     boards = world.gather_values(board)
 
-    measured, head_s = [], 0.0
+    measured, split, head_s = [], [], 0.0
     if job:
         graph, plans = job
         for k, plan in plans.items():
@@ -317,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
             mine = time_layers(graph, plan, rank, args.repeat) if rank < k else None
             quiet_barrier(world)
             measured.append(comm.gather(mine))
+            world.barrier()
+            mine = time_split_head(graph, plan, rank, args.repeat) if rank < k else None
+            quiet_barrier(world)
+            split.append(comm.gather(mine))
         head_s = time_head(graph, plan, args.repeat) if rank == 0 else 0.0
         quiet_barrier(world)
 
@@ -345,9 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         graph, plans = job
         overhead = max(b["layer_overhead_s"] for b in boards)  # what Calibration.to_boards gives predict
         measured = [m[:k] for k, m in zip(plans, measured, strict=True)]
+        split = [s[:k] for k, s in zip(plans, split, strict=True)]
         layers = ModelCal(graph.name, tuple(graph.input_shape), args.strategy or "nptp", head_s,
-                          tuple(layer_rates(m, overhead) for m in measured))
-        layer_s = [[sum(t for t, _, _ in mine.values()) for mine in m] for m in measured]
+                          tuple(layer_rates(m, overhead, s) for m, s in zip(measured, split, strict=True)))
+        layer_s = [[(sum(t for t, _, _ in mine.values()), part and part[0]) for mine, part in zip(m, s, strict=True)]
+                   for m, s in zip(measured, split, strict=True)]
     cal = Calibration(tuple(BoardCal(r, b["host"], b["flops_per_s"], b["layer_overhead_s"])
                             for r, b in enumerate(boards)), links,
                       datetime.now(timezone.utc).isoformat(timespec="seconds"), hosts[0], tuple(pairs), layers)

@@ -26,7 +26,8 @@ a layer lasting as long as its slowest rank):
   left_r) + the rest_r + border_r.
 * head: reduce (C floats per rank) or gather (plan.gather_bytes) to rank 0: α per sender + bytes / β, then the
   head ops on rank 0: their measured seconds (head_s) where calibrated, else gemm 2·M·K FLOPs and one
-  per element for the others.
+  per element for the others. A head split by IOP: iop.predict_iop (each rank's partial product at its
+  measured seconds per weight, all ranks at once).
 
 Per-layer rates carry over to other plans, sizes and rank counts by assuming a layer's seconds per output
 pixel do not depend on the tile's shape or the image size, only on the board and on how many ranks compute
@@ -130,6 +131,7 @@ class Boards:
     s_per_px: tuple[Mapping[str, float], ...] = ()
     head_s: float | None = None
     alone: Mapping[str, float] | None = None  # rank 0's rates computing with the others idle (a tail)
+    split_head_s_per_weight: tuple[float, ...] = ()  # per rank: a split head's partial product (IOP), all at once
 
 
 @dataclass(frozen=True)
@@ -229,9 +231,11 @@ def _check(plan: Plan, boards: Boards, links: Links) -> None:
         raise ValueError(f"boards give {len(boards.flops_per_s)} speed(s) for a plan on {plan.ranks} rank(s)")
     if not all(math.isfinite(f) and f > 0 for f in boards.flops_per_s) or not boards.layer_overhead_s >= 0:
         raise ValueError(f"board speeds must be positive and the overhead non-negative: {boards}")
-    if boards.s_per_px and len(boards.s_per_px) != plan.ranks:
-        raise ValueError(f"boards give layer rates for {len(boards.s_per_px)} rank(s), the plan has {plan.ranks}")
+    for rates in (boards.s_per_px, boards.split_head_s_per_weight):
+        if rates and len(rates) != plan.ranks:
+            raise ValueError(f"boards give measured rates for {len(rates)} rank(s), the plan has {plan.ranks}")
     if not all(math.isfinite(v) and v >= 0 for rates in boards.s_per_px for v in rates.values()) \
+            or not all(math.isfinite(v) and v > 0 for v in boards.split_head_s_per_weight) \
             or not (boards.head_s is None or boards.head_s >= 0):
         raise ValueError("measured layer rates and head time must be non-negative and finite")
     if not (links.alpha_s >= 0 and links.bytes_per_s > 0 and all(0 <= f <= 1 for _, f in links.overlap)):
@@ -340,10 +344,12 @@ class BoardCal:
 @dataclass(frozen=True)
 class LayerRates:
     """Rates measured with `ranks` ranks computing a `ranks`-rank plan's tiles at once: per rank, seconds per
-    output pixel of each spatial node (the per-call overhead taken out)."""
+    output pixel of each spatial node (the per-call overhead taken out), and where the model's head splits
+    (IOP), seconds per weight of the rank's partial product of it, all ranks computing theirs at once."""
 
     ranks: int
     s_per_px: tuple[dict[str, float], ...]
+    head_s_per_weight: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -363,7 +369,9 @@ class ModelCal:
 
     def to_json(self) -> dict:
         return {"model": self.model, "input_shape": list(self.input_shape), "strategy": self.strategy,
-                "head_s": self.head_s, "sets": [{"ranks": s.ranks, "s_per_px": list(s.s_per_px)} for s in self.sets]}
+                "head_s": self.head_s, "sets": [{"ranks": s.ranks, "s_per_px": list(s.s_per_px),
+                                                 **({"head_s_per_weight": list(s.head_s_per_weight)}
+                                                    if s.head_s_per_weight else {})} for s in self.sets]}
 
     @classmethod
     def from_json(cls, d, where: str) -> ModelCal:
@@ -385,8 +393,13 @@ class ModelCal:
             per_rank = s.get("s_per_px")
             if not isinstance(per_rank, list) or len(per_rank) != n or not all(isinstance(m, dict) for m in per_rank):
                 raise ValueError(f"{where}: {what}.s_per_px must be a list of {n} objects (node: seconds per pixel)")
-            sets.append(LayerRates(n, tuple({str(k): _num(v, where, f"{what}.s_per_px[{r}][{k!r}]", True)
-                                             for k, v in m.items()} for r, m in enumerate(per_rank))))
+            split = s.get("head_s_per_weight", [])  # absent: not measured (the head does not split, or older)
+            if not isinstance(split, list) or len(split) not in (0, n):
+                raise ValueError(f"{where}: {what}.head_s_per_weight must be a list of {n} numbers")
+            rates = tuple({str(k): _num(v, where, f"{what}.s_per_px[{r}][{k!r}]", True) for k, v in m.items()}
+                          for r, m in enumerate(per_rank))
+            sets.append(LayerRates(n, rates, tuple(_num(v, where, f"{what}.head_s_per_weight[{r}]")
+                                                   for r, v in enumerate(split))))
         if len({s.ranks for s in sets}) != len(sets):
             raise ValueError(f"{where}: layers.sets measures one rank count twice")
         return cls(str(d["model"]), shape, str(d["strategy"]), _num(d["head_s"], where, "layers.head_s", True),
@@ -414,8 +427,9 @@ class Calibration:
         if self.layers is None or model != self.layers.model:
             return Boards(flops, overhead)
         rates = self.layers.nearest(n)
+        split = tuple(rates.head_s_per_weight[r % rates.ranks] for r in range(n)) if rates.head_s_per_weight else ()
         return Boards(flops, overhead, tuple(rates.s_per_px[r % rates.ranks] for r in range(n)), self.layers.head_s,
-                      self.layers.nearest(1).s_per_px[0])
+                      self.layers.nearest(1).s_per_px[0], split)
 
     def to_json(self) -> dict:
         links = None if self.links is None else {**vars(self.links), "overlap": [list(p) for p in self.links.overlap]}

@@ -204,18 +204,32 @@ def _share_s(graph: Graph, node: Node, share: float, boards: Boards, r: int) -> 
     return share * (compute_s(graph, node, [_full(graph, node.output)], boards, r) - o) + o
 
 
+def head_weights(graph: Graph, plan: Plan) -> list[int]:
+    """Per rank, the weights of its share of a split head: the split FC layer's rows times its features."""
+    head = _head(graph)
+    k = [n.name for n in head].index(plan.head.gemm)
+    m, c = head[k].params["w"].shape[0], graph.shapes[head[k - 1].inputs[0]][0]
+    return [m * c * int(area(b)) for b in plan.head.bins]
+
+
 def _split_head_s(graph: Graph, plan: Plan, boards: Boards) -> float:
     """Seconds of a split head: the slowest rank's partial product, then rank 0's bias, activation and the rest
-    of the head (FLOPs, or the calibrated whole head's seconds scaled by the share of its FLOPs on this path)."""
+    of the head. The partial products at the rates calibrate measured with all ranks computing theirs at
+    once (on one machine they share its memory bandwidth), else the calibrated whole head's seconds scaled
+    by the share of its FLOPs (as if each rank ran its share at rank 0's speed alone), else FLOPs; the rest
+    as the whole head's share of FLOPs, or FLOPs."""
     head, f, o = _head(graph), boards.flops_per_s, boards.layer_overhead_s
     k = [n.name for n in head].index(plan.head.gemm)
-    m, features = head[k].params["w"].shape[0], graph.shapes[head[k].inputs[0]][0]
-    c = graph.shapes[head[k - 1].inputs[0]][0]
-    part = [2.0 * m * c * float(area(b)) for b in plan.head.bins]
-    rest = m + sum(head_flops(n, graph) for n in head[k + 1:])
-    if boards.head_s is not None:
-        return boards.head_s * (max(part) + rest) / (2.0 * m * features + rest)
-    return max(p / f[r] + o for r, p in enumerate(part)) + rest / f[0] + o * (len(head) - k)
+    weights = head_weights(graph, plan)
+    rest = head[k].params["w"].shape[0] + sum(head_flops(n, graph) for n in head[k + 1:])
+    whole = 2.0 * head[k].params["w"].size + rest
+    if boards.split_head_s_per_weight:
+        part = max(w * boards.split_head_s_per_weight[r] for r, w in enumerate(weights))
+    elif boards.head_s is not None:
+        part = boards.head_s * 2.0 * max(weights) / whole
+    else:
+        part = max(2.0 * w / f[r] + o for r, w in enumerate(weights))
+    return part + (boards.head_s * rest / whole if boards.head_s is not None else rest / f[0] + o * (len(head) - k))
 
 
 def predict_iop(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: bool = True) -> Prediction:

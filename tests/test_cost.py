@@ -185,7 +185,7 @@ def test_measured_head_time_replaces_head_flops(cases):
 
 def test_layer_rates_must_match_plan():
     g, plan = two_convs(), make_plan(two_convs(), 2, "coedge")
-    with pytest.raises(ValueError, match="layer rates for 1"):
+    with pytest.raises(ValueError, match="measured rates for 1"):
         predict(g, plan, Boards((F, F), 0.0, ({"c1": 1e-6},)), Links(0.0, 1e6, False))
     with pytest.raises(ValueError, match="non-negative"):
         predict(g, plan, Boards((F, F), 0.0, ({"c1": -1.0},) * 2), Links(0.0, 1e6, False))
@@ -322,7 +322,7 @@ def test_calibration_round_trip(tmp_path):
 def layered_calibration():
     """calibration() plus per-layer rates of two_convs() timed with 1 and 2 ranks at once."""
     sets = (LayerRates(1, ({"c1": 1e-6, "c2": 2e-6},)),
-            LayerRates(2, ({"c1": 3e-6, "c2": 4e-6}, {"c1": 5e-6, "c2": 6e-6})))
+            LayerRates(2, ({"c1": 3e-6, "c2": 4e-6}, {"c1": 5e-6, "c2": 6e-6}), (1e-9, 2e-9)))
     return replace(calibration(), layers=ModelCal("tiny", (2, 8, 8), "coedge", 0.25, sets))
 
 
@@ -336,6 +336,8 @@ def test_calibration_with_layers_round_trip_and_boards(tmp_path):
     assert b.s_per_px == sets[1].s_per_px and b.head_s == 0.25 and b.flops_per_s == (2.5e9, 3e9)
     assert cal.to_boards(1, "tiny").s_per_px == sets[0].s_per_px
     assert cal.to_boards(3, "tiny").s_per_px == (*sets[1].s_per_px, sets[1].s_per_px[0])  # nearest count, cyclic
+    assert b.split_head_s_per_weight == (1e-9, 2e-9) and cal.to_boards(3, "tiny").split_head_s_per_weight[2] == 1e-9
+    assert cal.to_boards(1, "tiny").split_head_s_per_weight == ()  # not measured with one rank here
     assert cal.to_boards(2, "vgg16") == cal.to_boards(2) == Boards((2.5e9, 3e9), 2e-4)  # another model: FLOP/s
     assert replace(cal.layers, sets=(sets[0], replace(sets[1], ranks=3))).nearest(2).ranks == 3  # tie: the larger
 
@@ -404,6 +406,8 @@ def test_malformed_calibration_refused(tmp_path, text, match):
     (("layers", "sets", 1, "s_per_px"), [{}], r"sets\[1\]\.s_per_px must be a list of 2"),
     (("layers", "sets", 1, "s_per_px", 1, "c2"), float("inf"), r"sets\[1\]\.s_per_px\[1\]\['c2'\]"),
     (("layers", "sets", 1), {"ranks": 1, "s_per_px": [{}]}, "twice"),
+    (("layers", "sets", 1, "head_s_per_weight"), [1e-9], r"sets\[1\]\.head_s_per_weight must be a list of 2"),
+    (("layers", "sets", 1, "head_s_per_weight", 1), 0, r"sets\[1\]\.head_s_per_weight\[1\]"),
 ])
 def test_malformed_layer_rates_refused(tmp_path, keys, value, match):
     path = tmp_path / "cal.json"
@@ -457,6 +461,32 @@ def test_calibrate_times_the_model_layers_under_mpiexec(tmp_path, ranks):
     assert [s.ranks for s in lc.sets] == list(range(1, ranks + 1))
     names = {n.name for n in zoo.build("resnet18", (64, 64)).nodes if n.spatial}
     assert all(set(rates) == names for s in lc.sets for rates in s.s_per_px)
+    assert all(s.head_s_per_weight == () for s in lc.sets)  # global pooling: the head does not split
+
+
+def test_calibrate_times_the_split_head_with_every_rank_at_once(tmp_path):
+    """AlexNet's first FC layer splits by its input (IOP): each rank count's ranks time their partial products
+    at once, and the prediction of a split head uses those rates instead of scaling rank 0's whole head."""
+    from nptp_mpi.iop import head_weights, predict_iop, with_head_split
+
+    out = tmp_path / "cal.json"
+    cmd = [*mpiexec(), "-n", "2", sys.executable, "-m", "nptp_mpi", "calibrate", "-o", str(out), "--repeat", "1",
+           "--pings", "5", "--large-mb", "1", "--model", "alexnet", "--size", "160", "--ranks", "1,2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "split head (IOP)" in proc.stdout
+    cal = load_calibration(str(out))
+    assert [len(s.head_s_per_weight) for s in cal.layers.sets] == [1, 2]
+    assert all(0 < v < 1e-6 for s in cal.layers.sets for v in s.head_s_per_weight)
+    graph = zoo.build("alexnet", (160, 160))
+    plan = with_head_split(graph, make_plan(graph, 2))
+    boards = cal.to_boards(2, "alexnet")
+    assert boards.split_head_s_per_weight == cal.layers.sets[1].head_s_per_weight
+    head = predict_iop(graph, plan, boards, cal.links).layers[-1]
+    part = max(w * v for w, v in zip(head_weights(graph, plan), boards.split_head_s_per_weight, strict=True))
+    slower = replace(boards, split_head_s_per_weight=tuple(2 * v for v in boards.split_head_s_per_weight))
+    assert predict_iop(graph, plan, slower, cal.links).layers[-1].compute_s - head.compute_s == pytest.approx(part)
+    assert head.compute_s > part > 0  # then rank 0's bias, activation and the rest of the head
 
 
 @pytest.mark.parametrize("ranks, args, match", [
