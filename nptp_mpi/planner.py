@@ -26,10 +26,6 @@ from .plan import FLOAT_BYTES, Plan, cuts, make_plan, plan_from_cells
 NOMINAL_FLOPS = 10e9  # FLOP/s of one speed unit: our kernels on a Raspberry Pi 4 class board, roughly
 NOMINAL_LINKS = Links(alpha_s=3e-4, bytes_per_s=100e6 / 8)  # switched 100 Mbit/s Ethernet
 LONGEST_BLOCK = 6  # fused blocks longer than this recompute too much to pay off on any model we run
-# auto keeps CoEdge's strips unless another scheme is predicted faster by more than this: between schemes
-# predicted 1-3% apart the measured order matched the predicted one 72% of the time (three benchmark runs,
-# docs/BENCHMARKS.md), and CoEdge is the baseline every scheme is measured against.
-COEDGE_MARGIN = 0.03
 
 
 @dataclass(frozen=True)
@@ -208,14 +204,10 @@ def candidates(graph: Graph, ranks: int, speeds: list[float], objective: str, se
 
 
 def choose(rows: list[tuple[str, Plan | None, float | str]]) -> Plan | None:
-    """auto's pick among candidates' rows: the plan predicted fastest (ties to the simpler scheme), but CoEdge's
-    where it is predicted within COEDGE_MARGIN of that; None where no candidate can run."""
+    """auto's pick among candidates' rows: the plan predicted fastest, ties to the simpler scheme (the earlier
+    row); None where no candidate can run."""
     ok = [(t, i, plan) for i, (_, plan, t) in enumerate(rows) if plan is not None]
-    if not ok:
-        return None
-    fastest, _, best = min(ok, key=lambda c: (c[0], c[1]))
-    coedge = next(((t, plan) for name, plan, t in rows if name == "coedge" and plan is not None), None)
-    return coedge[1] if coedge and coedge[0] <= (1 + COEDGE_MARGIN) * fastest else best
+    return min(ok, key=lambda c: (c[0], c[1]))[2] if ok else None
 
 
 def auto(graph: Graph, ranks: int, speeds: list[float], objective: str, setting: Setting) -> Plan:
@@ -253,14 +245,9 @@ def explain(graph: Graph, ranks: int, speeds: list[float], objective: str, setti
     segment with the predicted seconds of its layers."""
     rows = candidates(graph, ranks, speeds, objective, setting)
     best = choose(rows)
-    fastest, chosen = (min(t for _, plan, t in rows if plan is not None),
-                       next(t for _, plan, t in rows if plan is best))
     lines = ["auto: predicted latency per scheme (" + describe(setting) + ")"]
     lines += [f"  {name:<7} " + (f"{t:.3f} s" if plan is not None else f"cannot run: {t}") +
               ("   <- chosen" if plan is best else "") for name, plan, t in rows]
-    if chosen > fastest:
-        lines.append(f"  (coedge kept: no scheme is predicted more than {COEDGE_MARGIN:.0%} faster, closer than the "
-                     "cost model can rank them)")
     names, of = layers(spatial(graph)), layer_of(graph)
     steps = prediction(graph, best, setting).layers
     tiles = f"{best.strategy} tiles" if best.strategy in TILINGS else "two tilings" if best.retile else "nptp tiles"
