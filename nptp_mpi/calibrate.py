@@ -375,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         split = [s[:k] for k, s in zip(plans, split, strict=True)]
         layers = ModelCal(graph.name, tuple(graph.input_shape), args.strategy or "nptp", head_s,
                           tuple(layer_rates(m, overhead, s) for m, s in zip(measured, split, strict=True)))
-        layer_s = [[(sum(t for t, _, _ in mine.values()), part and part[0]) for mine, part in zip(m, s, strict=True)]
-                   for m, s in zip(measured, split, strict=True)]
+        layer_s = [[(sum(t for t, _, _ in mine.values()), part[0] if part else None)
+                    for mine, part in zip(m, s, strict=True)] for m, s in zip(measured, split, strict=True)]
     cal = Calibration(tuple(BoardCal(r, b["host"], b["flops_per_s"], b["layer_overhead_s"])
                             for r, b in enumerate(boards)), links,
                       datetime.now(timezone.utc).isoformat(timespec="seconds"), hosts[0], tuple(pairs), layers)

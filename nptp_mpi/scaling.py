@@ -224,7 +224,7 @@ def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ra
         add_predictions(rows, *model)
     public = [{k: r.get(k) for k in FIELDS} for r in rows]
     atomic_write_text(str(out / "scaling.csv"), to_csv(public))
-    detail = [{**p, "jobs": [{k: j.get(k) for k in JOB_FIELDS} for j in r.get("jobs", ())]}
+    detail = [{**p, "jobs": [{k: j.get(k) for k in JOB_FIELDS} for j in r["jobs"]]}
               for p, r in zip(public, rows, strict=True)]
     atomic_write_text(str(out / "scaling.json"), json.dumps({"launcher": launcher, "warmup": warmup, "repeat": repeat,
                                                              "rounds": rounds, "rows": detail}, indent=1) + "\n")
