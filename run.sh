@@ -70,7 +70,7 @@ install() {
 # again whenever a kernel's source changes.
 warm() {
   local key
-  key=$(cat kernels/*.py nptp_mpi/warm.py | sha256sum | cut -c1-16)
+  key=$(cat kernels/*.py nptp_mpi/tools/warm.py | sha256sum | cut -c1-16)
   [ "$(cat "$WARM_STAMP" 2>/dev/null)" = "$key" ] && return 0
   say "warming the Numba cache"
   "$VENV/bin/python" -m nptp_mpi warm || die "kernel compilation failed (see above)"
@@ -141,7 +141,7 @@ case "${1:-demo}" in
   setup) setup ;;
   test) setup; run_tests ;;
   run) shift; setup; launch "$@" ;;
-  cluster) shift; setup; "$VENV/bin/python" -m nptp_mpi.cluster "$@" ;;
+  cluster) shift; setup; "$VENV/bin/python" -m nptp_mpi.tools.cluster "$@" ;;
   help|-h|--help) usage ;;
   *) usage >&2; die "unknown command '$1'" ;;
 esac

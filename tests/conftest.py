@@ -10,10 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from nptp_mpi.model.graph import Graph, Node, Window
+from nptp_mpi.plan.geometry import area, halo_matrix, intersect, spatial
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def assert_close(got: np.ndarray, want: np.ndarray, rel: float) -> None:
+def assert_close(got: np.ndarray, want: np.ndarray, rel: float = 1e-4) -> None:
     """max |got - want| <= rel * max |want|: a tolerance relative to the output's scale."""
     assert got.shape == want.shape, (got.shape, want.shape)
     scale = float(np.max(np.abs(want))) or 1.0
@@ -37,3 +40,72 @@ def run_cli(args: list[str], ranks: int | None = None, timeout: float = 120, env
         cmd = [*mpiexec(), "-n", str(ranks), *cmd]
     full_env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full_env)
+
+
+# -- small graphs and checks several test modules share ---------------------------------------------
+
+def conv(name, x, cin, cout, k=3, stride=1, pad=1):
+    w = np.zeros((cout, cin, k, k), np.float32)
+    return Node("conv", name, (x,), name, {"groups": 1}, {"w": w}, Window((k, k), (stride, stride), (pad,) * 4))
+
+
+def small_net(hw=(32, 32)) -> Graph:
+    """conv 3x3, maxpool 2x2 s2, a ResNet-like block with a 1x1 s2 downsample and add, a concat."""
+    pool = Node("maxpool", "pool", ("c1",), "pool", window=Window((2, 2), (2, 2)))
+    nodes = [conv("c1", "input", 3, 8), pool, conv("b1", "pool", 8, 16, stride=2), conv("b2", "b1", 16, 16),
+             conv("down", "pool", 8, 16, k=1, stride=2, pad=0), Node("add", "add", ("b2", "down"), "add"),
+             conv("c3", "add", 16, 8), Node("concat", "cat", ("add", "c3"), "cat"), conv("c4", "cat", 24, 8),
+             Node("gap", "gap", ("c4",), "gap")]
+    return Graph("small", "input", (3, *hw), "gap", nodes)
+
+
+def check_invariants(graph, plan):
+    sp = spatial(graph)
+    for t, rects in plan.own.items():
+        h, w = graph.shapes[t][1:]
+        grid = np.zeros((h, w), int)
+        for y0, x0, y1, x1 in rects:
+            assert y0 < y1 and x0 < x1, t
+            grid[y0:y1, x0:x1] += 1
+        assert (grid == 1).all(), t  # disjoint and covering
+    assert set(plan.halos) == set(sp.halo_tensors())
+    for t, halo in plan.halos.items():
+        own = plan.own[t]
+        for r, need in enumerate(halo.need):
+            assert tuple(intersect(need, own[r])) == own[r]  # need ⊇ own
+        expect = {(q, r): tuple(intersect(halo.need[r], own[q])) for r in range(plan.ranks) for q in range(plan.ranks)
+                  if q != r and area(intersect(halo.need[r], own[q])) > 0}
+        got = {(x.src, x.dst): x.rect for x in halo.transfers}
+        assert got == expect, t
+        assert all(x.nbytes == 4 * halo.channels * area(x.rect) for x in halo.transfers)
+        assert [(x.dst, x.src) for x in halo.transfers] == sorted((x.dst, x.src) for x in halo.transfers)
+    assert plan.halo_bytes == sum(x.nbytes for h in plan.halos.values() for x in h.transfers)
+    assert plan.halo_bytes == int(halo_matrix(sp, np.array(plan.cell_tiles)).sum())
+    rows = plan.per_rank
+    assert sum(r["bytes_sent"] for r in rows) == sum(r["bytes_recv"] for r in rows) == plan.halo_bytes
+
+
+def chain(hw: int = 3) -> Graph:
+    """input (8, hw, hw) -> conv pre -> conv a (64) -> conv b (64) -> conv c (64) -> global pool -> FC: the pairs
+    (a, b) and (b, c) can be split (pre reads the scattered input)."""
+    rng = np.random.default_rng(0)
+    nodes, x = [], "input"
+    for name, cin, cout in (("pre", 8, 8), ("a", 8, 64), ("b", 64, 64), ("c", 64, 64)):
+        w = rng.standard_normal((cout, cin, 3, 3), dtype=np.float32) * np.float32(np.sqrt(2 / (9 * cin)))
+        nodes.append(Node("conv", name, (x,), name, {"groups": 1, "act": "relu"},
+                          {"w": w, "b": np.zeros(cout, np.float32)}, Window((3, 3), (1, 1), (1, 1, 1, 1))))
+        x = name
+    nodes += [Node("gap", "gap", (x,), "gap"), Node("flatten", "flatten", ("gap",), "flat"),
+              Node("gemm", "fc", ("flat",), "fc", {}, {"w": rng.standard_normal((10, 64), dtype=np.float32)})]
+    return Graph("chain", "input", (8, hw, hw), "fc", nodes)
+
+
+def ort_run(model, x: np.ndarray) -> np.ndarray:
+    """Output for one image x (no batch axis) from a one-thread, unoptimised onnxruntime session."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x[None]})[0][0]

@@ -13,27 +13,23 @@ import signal
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .cli import (
-    JobError,
-    UsageError,
-    atomic_write_text,
-    check_writable,
-    describe,
-    load_model,
-    report_failure,
-)
-from .d3 import imbalance, predicted, rebalance, relative, speeds
-from .engine import Engine, Stats
-from .exchange import World
-from .geometry import spatial
-from .graph import Graph
-from .plan import Plan, human, plan_from_cells
+from nptp_mpi import __version__
+from nptp_mpi.cli.show import human
+from nptp_mpi.errors import EXIT_BUG, EXIT_USER, JobError, UsageError
+from nptp_mpi.io.outputs import atomic_write_text, check_writable
+from nptp_mpi.model.graph import Graph
+from nptp_mpi.model.load import describe, load_model
+from nptp_mpi.plan.geometry import spatial
+from nptp_mpi.plan.plan import Plan, plan_from_cells
+from nptp_mpi.runtime.engine import Engine, Stats
+from nptp_mpi.runtime.exchange import World
+from nptp_mpi.strategies.d3 import imbalance, predicted, rebalance, relative, speeds
 
 VERIFY_TOL = 1e-5  # max |distributed − reference| relative to max |reference|
 # Arguments every rank must share (others, like --output, only matter on rank 0).
@@ -81,7 +77,7 @@ def measure_speed(repeat: int = 3) -> float:
 
 def _local_setup(args: argparse.Namespace, world: World) -> tuple[Graph, dict, float | None]:
     """Everything a rank can do alone before talking to the others; may raise."""
-    from .partition import parse_speeds
+    from nptp_mpi.plan.tiling import parse_speeds
 
     if world.rank == 0:
         for path, flag in ((args.output, "--output"), (args.report, "--report"), (args.png, "--png"),
@@ -91,7 +87,7 @@ def _local_setup(args: argparse.Namespace, world: World) -> tuple[Graph, dict, f
             raise UsageError(f"--images {args.images}: not a folder")
     graph = load_model(args.model, args.size, args.weights)
     if args.calibration:  # read here, so a board missing the file fails in the agreement, not alone
-        from .cost import load_calibration
+        from nptp_mpi.plan.calibration import load_calibration
 
         load_calibration(args.calibration)
     auto = args.speeds == "auto"
@@ -123,8 +119,8 @@ def _agree(world: World, err: str | None, facts: dict | None, speed: float | Non
 
 
 def _make_plan(args: argparse.Namespace, graph: Graph, world: World, measured: list[float | None]) -> Plan:
-    from .cli import plan_for
-    from .partition import parse_speeds
+    from nptp_mpi.cli.plan import plan_for
+    from nptp_mpi.plan.tiling import parse_speeds
 
     if args.speeds == "auto":
         speeds = measured
@@ -142,7 +138,7 @@ def _make_plan(args: argparse.Namespace, graph: Graph, world: World, measured: l
 
 def _load_input(args: argparse.Namespace, graph: Graph, world: World) -> np.ndarray | None:
     """Rank 0 reads the input; every rank learns whether that worked."""
-    from .inputs import image_to_tensor, load_image, load_tensor, sample_image
+    from nptp_mpi.io.inputs import image_to_tensor, load_image, load_tensor, sample_image
 
     x, err = None, None
     if world.rank == 0:
@@ -313,7 +309,8 @@ def _stream(args: argparse.Namespace, graph: Graph, runner: Runner, world: World
     Rank 0 appends one JSON line per picture to --results (or stdout), flushed as it completes, so a
     crash keeps every result finished before it.
     """
-    from .inputs import InputError, load_image
+    from nptp_mpi.errors import InputError
+    from nptp_mpi.io.inputs import load_image
 
     files = sorted(p for p in Path(args.images).iterdir() if p.is_file() and not p.name.startswith("."))
     sink = (open(args.results, "w") if args.results else sys.stdout) if world.rank == 0 else None
@@ -379,7 +376,8 @@ def _median_stats(stats: list[Stats]) -> dict:
 
 def _finish(args, graph: Graph, runner: Runner, x: np.ndarray, out: np.ndarray, everyone: list) -> None:
     """Rank 0: verify, print the table, write output, report and picture (of the plan the last inference ran)."""
-    from .inputs import atomic_save_npy, tensor_to_image
+    from nptp_mpi.io.inputs import tensor_to_image
+    from nptp_mpi.io.outputs import atomic_save_npy
 
     plan = runner.plan
     latency = statistics.median(everyone[0][2])
@@ -396,7 +394,7 @@ def _finish(args, graph: Graph, runner: Runner, x: np.ndarray, out: np.ndarray, 
     if runner.trace:
         report["d3_trace"] = runner.trace
     if args.verify:
-        from .reference import run as reference
+        from nptp_mpi.runtime.reference import run as reference
 
         ref = reference(graph, x)
         scale = float(np.max(np.abs(ref))) or 1.0
@@ -407,7 +405,7 @@ def _finish(args, graph: Graph, runner: Runner, x: np.ndarray, out: np.ndarray, 
     if args.report:
         atomic_write_text(args.report, json.dumps(report, indent=1) + "\n")
     if args.png:
-        from .plan import draw_tiles
+        from nptp_mpi.cli.show import draw_tiles
 
         draw_tiles(plan, args.png, image=tensor_to_image(x))
 
@@ -429,3 +427,14 @@ def format_report(rep: dict, what: str) -> str:
         ok = "ok" if rep["verify_rel_error"] <= VERIFY_TOL else f"ABOVE {VERIFY_TOL:g}"
         lines.append(f"verify: max |distributed - reference| / max |reference| = {rep['verify_rel_error']:.2e} ({ok})")
     return "\n".join(lines)
+
+
+def report_failure(world, exc: BaseException, debug: bool) -> int:
+    """One line naming rank, host and cause (the traceback with --debug); the exit code to use."""
+    user = isinstance(exc, (ValueError, OSError))
+    kind = "" if user else f"{type(exc).__name__}: "
+    text = f"nptp-mpi: error on rank {world.rank} (host {world.host}): {kind}{exc}\n"
+    if debug:
+        text += "".join(traceback.format_exception(exc))
+    sys.stderr.write(text)  # one write: the launcher forwards it whole before tearing the job down
+    return EXIT_USER if user else EXIT_BUG

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import re
 
+from nptp_mpi.errors import HostfileError
+
 HOST = r"[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?"
 MPICH_LINE = re.compile(rf"^(?P<host>{HOST})(:(?P<slots>\d+))?$")
 OPENMPI_LINE = re.compile(rf"^(?P<host>{HOST})(\s+slots\s*=\s*(?P<slots>\d+))?(\s+max_slots\s*=\s*\d+)?$")
-
-
-class HostfileError(ValueError):
-    """An unreadable or malformed hostfile (exit code 2)."""
 
 
 def parse(path: str) -> list[tuple[str, int]]:

@@ -28,14 +28,16 @@ import contextlib
 import math
 import os
 import stat
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFile, ImageFont, ImageOps
+
+from nptp_mpi.errors import InputError
+from nptp_mpi.io.outputs import atomic_write, one_line
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -43,7 +45,6 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_PIXELS",
     "InputError",
-    "atomic_save_npy",
     "check_finite",
     "image_to_rgb",
     "image_to_tensor",
@@ -70,17 +71,7 @@ _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-class InputError(ValueError):
-    """A user-supplied input is unusable; the message is one line naming the file."""
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _one_line(exc: BaseException) -> str:
-    """Exception text squeezed onto one line (the CLI prints messages as one line)."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def check_finite(x: np.ndarray, what: str) -> np.ndarray:
@@ -135,7 +126,7 @@ def _open_limited(path: PathLike, kind: str) -> Iterator[BinaryIO]:
     except PermissionError:
         raise InputError(f"{name}: permission denied") from None
     except OSError as exc:
-        raise InputError(f"{name}: cannot open ({_one_line(exc)})") from None
+        raise InputError(f"{name}: cannot open ({one_line(exc)})") from None
     with f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
@@ -196,7 +187,7 @@ def image_to_rgb(img: Image.Image, what: str = "image") -> Image.Image:
             return img
         return img.convert("RGB")
     except (ValueError, OSError) as exc:
-        raise InputError(f"{what}: cannot convert image mode {mode!r} to RGB ({_one_line(exc)})") from None
+        raise InputError(f"{what}: cannot convert image mode {mode!r} to RGB ({one_line(exc)})") from None
 
 
 def image_to_tensor(img: Image.Image, size: tuple[int, int], what: str = "image") -> np.ndarray:
@@ -277,13 +268,13 @@ def load_image(path: PathLike, size: tuple[int, int]) -> np.ndarray:
         except InputError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InputError(f"{name}: refused as a possible decompression bomb ({_one_line(exc)})") from None
+            raise InputError(f"{name}: refused as a possible decompression bomb ({one_line(exc)})") from None
         except Image.UnidentifiedImageError:
             raise InputError(f"{name}: not a recognised image file") from None
         except MemoryError:
             raise InputError(f"{name}: out of memory while decoding the image") from None
         except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on bad data
-            raise InputError(f"{name}: corrupt or truncated image ({_one_line(exc)})") from None
+            raise InputError(f"{name}: corrupt or truncated image ({one_line(exc)})") from None
 
 
 # --------------------------------------------------------------------------- sample picture
@@ -374,57 +365,11 @@ def sample_image(size: tuple[int, int] = (480, 640)) -> Image.Image:
     return img.resize((w, h), Image.Resampling.LANCZOS)
 
 
-def _atomic_write(path: PathLike, write: Callable[[BinaryIO], object], what: str) -> None:
-    """Write via ``write(fileobj)`` to a temp file next to ``path``, fsync, then os.replace.
-
-    On any failure the temp file is removed and InputError naming ``path`` is raised.
-    """
-    name = os.fspath(path)
-    target = Path(name)
-    parent = target.parent if str(target.parent) else Path(".")
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, name)
-        tmp = None
-    except InputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - report any failure as a clean one-liner
-        raise InputError(f"{name}: cannot write {what} ({_one_line(exc)})") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_sample(path: PathLike, size: tuple[int, int] = (480, 640)) -> Path:
     """Save :func:`sample_image` of ``(h, w)`` as PNG at ``path`` atomically; return the path."""
     img = sample_image(size)
-    _atomic_write(path, lambda f: img.save(f, format="PNG"), "sample image")
+    atomic_write(path, lambda f: img.save(f, format="PNG"), "sample image")
     return Path(path)
-
-
-def atomic_save_npy(path: PathLike, array: np.ndarray) -> None:
-    """Save ``array`` as .npy exactly at ``path`` (no suffix added) via temp file + os.replace.
-
-    Readers never see a half-written file.  Object arrays are refused (no pickling).
-    Failures (missing/unwritable directory, disk full, ...) raise InputError naming
-    ``path`` and leave no temp file behind.  Call from one process only (rank 0).
-    """
-    arr = np.asanyarray(array)
-    _atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False), "array")
 
 
 # --------------------------------------------------------------------------- tensors
@@ -449,7 +394,7 @@ def _read_npy_header(f: BinaryIO, name: str) -> tuple[tuple[int, ...], np.dtype]
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/SyntaxError/... on bad headers
-        raise InputError(f"{name}: corrupt .npy header ({_one_line(exc)})") from None
+        raise InputError(f"{name}: corrupt .npy header ({one_line(exc)})") from None
     dtype = np.dtype(dtype)
     if dtype.hasobject:
         raise InputError(f"{name}: .npy holds an object (pickled) array; refused, never unpickled")
@@ -482,7 +427,7 @@ def load_tensor(path: PathLike, shape: tuple[int, int, int] | None = None) -> np
         except MemoryError:
             raise InputError(f"{name}: out of memory reading the array") from None
         except Exception as exc:  # noqa: BLE001 - numpy raises ValueError/EOFError/OSError on bad data
-            raise InputError(f"{name}: corrupt or truncated .npy ({_one_line(exc)})") from None
+            raise InputError(f"{name}: corrupt or truncated .npy ({one_line(exc)})") from None
     if not isinstance(arr, np.ndarray):  # defensive: np.load may return an NpzFile
         raise InputError(f"{name}: not a single-array .npy file")
 

@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nptp_mpi.errors import ModelError
+
 Shape = tuple[int, ...]
-
-
-class ModelError(ValueError):
-    """A model we cannot run: unsupported op or attribute, bad shape, bad weights (exit code 2)."""
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
-from .graph import ACTIVATIONS, Graph, ModelError, Node, Shape, Window, _out_shape
-from .passes import simplify
+from nptp_mpi.errors import ModelError
+from nptp_mpi.model.graph import ACTIVATIONS, Graph, Node, Shape, Window, _out_shape
+from nptp_mpi.model.passes import simplify
 
 # ---------------------------------------------------------------------------------------------- import
 

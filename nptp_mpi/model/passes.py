@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 
-from .graph import ACTIVATIONS, Graph, Node, Shape, Window
+from nptp_mpi.model.graph import ACTIVATIONS, Graph, Node, Shape, Window
 
 
 def simplify(graph: Graph) -> Graph:

@@ -7,7 +7,8 @@ import zipfile
 
 import numpy as np
 
-from .graph import Graph, ModelError
+from nptp_mpi.errors import ModelError
+from nptp_mpi.model.graph import Graph
 
 
 def save_npz(graph: Graph, path: str) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import Graph, ModelError, Node, Window
-from .passes import simplify
+from nptp_mpi.errors import ModelError
+from nptp_mpi.model.graph import Graph, Node, Window
+from nptp_mpi.model.passes import simplify
 
 MODELS = ("alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "mobilenet_v2")
 

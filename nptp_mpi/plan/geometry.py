@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .graph import HEAD_OPS, WINDOW_OPS, Graph, ModelError, Window
+from nptp_mpi.errors import ModelError
+from nptp_mpi.model.graph import HEAD_OPS, WINDOW_OPS, Graph, Node, Window
 
 Rect = tuple[int, int, int, int]
 
@@ -206,3 +207,17 @@ def halo_matrix(sp: Spatial, cell_rects) -> np.ndarray:
     for t in sp.halo_tensors():
         total += 4 * sp.channels[t] * overlaps(own[t], reads[t])[1]
     return total
+
+
+def reach(graph: Graph, nodes: list[Node], tensor: str, rect: Rect) -> dict[str, Rect]:
+    """Per tensor, the rect that computing `rect` of `tensor` reads through `nodes` (walking them backwards)."""
+    shapes = graph.shapes
+    region = {tensor: rect}
+    for n in reversed(nodes):
+        if n.output not in region or not area(region[n.output]):
+            continue
+        out = region[n.output]
+        for t in n.inputs:
+            read = as_rect(out if n.window is None else need(n.window, out, shapes[t][1:]))
+            region[t] = as_rect(union(region[t], read)) if t in region else read
+    return region

@@ -15,17 +15,14 @@ from functools import lru_cache
 
 import numpy as np
 
-from .geometry import Rect, Spatial, area, halo_matrix, regions, spatial
-from .graph import Graph
+from nptp_mpi.errors import PartitionError
+from nptp_mpi.model.graph import Graph
+from nptp_mpi.plan.geometry import Rect, Spatial, area, halo_matrix, regions, spatial
 
 OBJECTIVES = ("total", "max")
 EXHAUSTIVE_BOARDS = 12  # groups up to this size try every split size; larger ones bisect
 SUBSET_CAP = 16  # groups with at most this many distinct sub-multisets try them all
 BEST_TREES = 8  # NPTP trees (best top-level splits) that are scored by exact plan bytes
-
-
-class PartitionError(ValueError):
-    """No valid partition for this strategy, rank count, speeds and model size (exit code 2)."""
 
 
 # Border bits of a rect on the image edge; a cut takes the far side's bit from the first part, the near
@@ -319,7 +316,7 @@ def nptp(cells: tuple[int, int], speeds: list[float], cost: Cost) -> list[Rect]:
     return min(candidates, key=cost.exact)
 
 
-# d3 starts from the NPTP partition and re-cuts it at run time from measured compute times (nptp_mpi.d3).
+# d3 starts from the NPTP partition and re-cuts it at run time from measured compute times (nptp_mpi.strategies.d3).
 STRATEGIES = {"coedge": coedge, "grid": grid, "nptp": nptp, "d3": nptp}
 
 

@@ -1,36 +1,24 @@
-"""Distributed engine: one rank's share of an inference, step by step as the plan says.
+"""Distributed engine: interprets one rank's program (nptp_mpi.plan.program) every inference.
 
-Rank 0 scatters the input (each rank gets its tile plus the halo its first layers read); every layer
-computes the rank's share (its own tile, or more inside a fused block) from its buffers and, where the
-plan exchanges a tensor's halo, fetches it from the neighbours that own it (an IOP conv pair runs as one
-step: nptp_mpi.iop.PairStep); the head is reduced (global pooling), gathered to rank 0, or split by IOP
-(each rank's partial product of the first FC layer, summed at rank 0).
-Buffers and MPI datatypes are made once, in the constructor, and reused by every inference.
+The engine knows steps, not schemes: compute pieces of a node, post and complete exchanges, copy, sum
+partial results, reduce to rank 0, run the head. Buffers, node variants and MPI datatypes are made once,
+in the constructor, and reused by every inference.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .exchange import Messages, World
-from .geometry import area
-from .graph import Graph
-from .halp import HOST, Seams
-from .iop import HeadPart, PairStep, summed
-from .ops import Tile, run_head, run_spatial
-from .plan import Plan, held, pieces, rank_params
+from nptp_mpi.model.graph import Graph, Node
+from nptp_mpi.plan.plan import Plan, rank_params
+from nptp_mpi.plan.program import INPUT, Compute, Copy, Head, Post, Program, Reduce, Sum, Wait, lower
+from nptp_mpi.runtime.exchange import Messages, World
+from nptp_mpi.runtime.ops import Tile, bias_act, run_head, run_spatial
 
 Rect = tuple[int, int, int, int]
-
-
-class _Msg(NamedTuple):
-    src: int
-    dst: int
-    rect: Rect
 
 
 @dataclass
@@ -45,169 +33,152 @@ class Stats:
     other_recv: int
 
 
-def _full(shape: tuple[int, ...]) -> Rect:
-    return (0, 0, shape[1], shape[2])
+class Contribution:
+    """A rank's part of a reduction to rank 0 (a Reduce step): what it adds from its own tile, and how
+    rank 0 finishes the sum."""
+
+    def __init__(self, graph: Graph, step: Reduce, params: dict[str, dict[str, np.ndarray]]) -> None:
+        self.step = step
+        self.gemm = self.pool = self.canvas = None
+        if step.kind == "linear":
+            nodes = {n.name: n for n in graph.nodes}
+            self.gemm = nodes[step.node]
+            w = params[step.node]["w"]
+            self.partial_gemm = replace(self.gemm, params={"w": w.reshape(w.shape[0], -1)}, attrs={})
+            self.b = params[step.node].get("b")
+            if step.pool:
+                self.pool = replace(nodes[step.pool], params={})
+                self.canvas = np.zeros(graph.shapes[step.source], np.float32)
+
+    def partial(self, own: np.ndarray) -> np.ndarray:
+        """This rank's addend from its own tile `own` of the source map."""
+        if self.step.kind == "mean":
+            return own.sum(axis=(1, 2), dtype=np.float64)
+        feats = own
+        if self.pool is not None:
+            y0, x0, y1, x1 = self.step.rect
+            self.canvas[:, y0:y1, x0:x1] = own  # zero elsewhere: bins get this rank's pixels' share of their mean
+            y0, x0, y1, x1 = self.step.bins
+            feats = run_head(self.pool, [self.canvas])[:, y0:y1, x0:x1]
+        return run_head(self.partial_gemm, [np.ascontiguousarray(feats).reshape(-1)])
+
+    def finish(self, total: np.ndarray) -> np.ndarray:
+        """Rank 0: the mean (global pooling) or bias and activation (a split FC layer) of the sum."""
+        if self.step.kind == "mean":
+            return (total / self.step.count).astype(np.float32).reshape(-1, 1, 1)
+        y = np.array(total, np.float32)
+        bias_act(y.reshape(-1, 1), self.b, self.gemm)
+        return y
 
 
 class Engine:
     """Runs plan on world's ranks; infer() returns the output on rank 0 and None elsewhere.
 
-    A window layer whose input has a halo is computed in pieces: the core, which reads only the rank's
-    own tile, then the border strips. With overlap (Intra-DP's idea) the halo travels while the core
-    is computed and the rank waits only before the border; without, it waits right after the producing
-    layer. Both compute the same pieces, so their outputs are identical bit for bit.
+    overlap (the program's mode): a halo travels while the core of the next window layer is computed and
+    the rank waits only before the border pieces; without, it waits right after the producing layer.
     """
 
     def __init__(self, graph: Graph, plan: Plan, world: World, overlap: bool = True) -> None:
         if plan.ranks != world.size:
             raise ValueError(f"plan is for {plan.ranks} ranks, the job has {world.size}")
         self.graph, self.plan, self.world = graph, plan, world
-        r = world.rank
-        k = next((i for i, n in enumerate(graph.nodes) if not n.spatial), len(graph.nodes))
-        self.spatial, self.head = graph.nodes[:k], graph.nodes[k:]
-        self.last = self.spatial[-1].output if self.spatial else graph.input
-
-        # Each tensor's buffer holds what this rank reads of it: its halo'd need, else its own tile.
-        self.rects = {t: held(plan, graph, t, r) for t in plan.own}
-        self.buffers = {t: np.zeros(self._shape(t, rect), np.float32) for t, rect in self.rects.items()}
-        # HALP: the host sends its seams from their own buffer, not from its tile of the block's end.
-        self.seams = Seams(graph, plan) if plan.halp and r == HOST else None
-        mine = [] if self.seams is None else self.seams.transfers
-        sums = summed(graph, plan)  # IOP pairs' reduce-scatters: PairStep runs them
-        self.msgs: dict[str, Messages] = {
-            t: world.halo_messages(self.buffers[t].shape, self.rects[t], [x for x in h.transfers if x not in mine])
-            for t, h in plan.halos.items() if t not in sums
-        }
-        self.tags = {t: i + 2 for i, t in enumerate(plan.halos)}
-        if self.seams is not None:
-            self.seam_msgs = world.flat_messages(self.seams.offsets, self.seams.transfers)
-        self.overlap = overlap
-        self.pieces = {n.name: pieces(plan, graph, n, r) for n in self.spatial}
-
-        x_shape = tuple(graph.input_shape)
-        scatter = [_Msg(0, q, plan.scatter[q]) for q in range(1, plan.ranks) if area(plan.scatter[q])]
-        self.scatter = world.halo_messages(
-            x_shape if r == 0 else self.buffers[graph.input].shape,
-            _full(x_shape) if r == 0 else self.rects[graph.input], scatter)
-
+        self.program: Program = lower(graph, plan, world.rank, overlap)
         # The weights this rank computes with (slices copied, so free_unused_weights can drop the full arrays).
-        self.params = rank_params(graph, plan, r, copy=True)
-        self.reduce = plan.gather == "reduce"
-        self.split = HeadPart(graph, plan, r, self.params) if plan.gather == "split" else None
-        self.pairs = {p.a: PairStep(graph, plan, p, world, self.params, self.tags) for p in plan.pairs}
-        self.pairs |= {p.b: None for p in plan.pairs}
-        # Head nodes rank 0 runs on the reduced or gathered tensor: after global pooling, after the split FC layer.
-        self.head_from = [n.name for n in self.head].index(plan.head.gemm) + 1 if plan.head else int(self.reduce)
-        gathered = plan.gather == "gather"
-        last_shape = graph.shapes[self.last]
-        self.gathered = np.zeros(last_shape, np.float32) if (r == 0 and gathered) else None
-        gather = [_Msg(q, 0, plan.own[self.last][q]) for q in range(1, plan.ranks)
-                  if gathered and area(plan.own[self.last][q])]  # (nothing from a rank with no tile: a tail)
-        self.gather = world.halo_messages(
-            last_shape if r == 0 else self.buffers[self.last].shape,
-            _full(last_shape) if r == 0 else self.rects[self.last], gather)
+        self.params = rank_params(graph, plan, world.rank, copy=True)
+        nodes = self.graph_nodes = {n.name: n for n in graph.nodes}
+        self.buffers: dict[str, np.ndarray | None] = {
+            b.name: np.zeros((b.channels, b.rect[2] - b.rect[0], b.rect[3] - b.rect[1]), np.float32)
+            if b.alloc else None for b in self.program.buffers.values()}
+        self.rects = {b.name: b.rect for b in self.program.buffers.values()}
+        self.fixed = {b.name for b in self.program.buffers.values() if b.fixed}
+        self.nodes: dict[int, Node] = {}  # per Compute step, its node with this rank's weights
+        self.messages: dict[int, list[tuple[str, Messages]]] = {}  # per Post step, its datatypes per buffer
+        self.parts: dict[int, Contribution] = {}
+        for i, step in enumerate(self.program.steps):
+            if isinstance(step, Compute):
+                p = self.params.get(step.node, {})
+                self.nodes[i] = replace(nodes[step.node], params={"w": p["w"]}, attrs={}) if step.linear \
+                    else replace(nodes[step.node], params=p)
+            elif isinstance(step, Post):
+                self.messages[i] = self._messages(step)
+            elif isinstance(step, Reduce):
+                self.parts[i] = Contribution(graph, step, self.params)
+        self.bias = {s.node: self.params[s.node].get("b") for s in self.program.steps if isinstance(s, Sum)}
+        self.in_hw = {n.name: graph.shapes[n.inputs[0]][1:] for n in graph.nodes}
 
-    def _shape(self, tensor: str, rect: Rect) -> tuple[int, int, int]:
-        return (self.graph.shapes[tensor][0], rect[2] - rect[0], rect[3] - rect[1])
+    def _shape(self, name: str) -> tuple[int, int, int]:
+        b = self.program.buffers[name]
+        return (b.channels, b.rect[2] - b.rect[0], b.rect[3] - b.rect[1])
 
-    def _own(self, tensor: str) -> Rect:
-        return self.plan.own[tensor][self.world.rank]
+    def _messages(self, step: Post) -> list[tuple[str, Messages]]:
+        """The step's messages grouped by buffer, as pre-built MPI datatypes."""
+        names = list(dict.fromkeys(m.buffer for m in (*step.recvs, *step.sends)))
+        return [(name, self.world.messages(self._shape(name), self.rects[name],
+                                           [(m.peer, m.rect) for m in step.sends if m.buffer == name],
+                                           [(m.peer, m.rect) for m in step.recvs if m.buffer == name]))
+                for name in names]
 
-    def _output(self, tensor: str, n_pieces: int) -> Tile | None:
-        """Where a node's pieces go: its halo buffer (persistent), a fresh tile when it has several
-        pieces and no halo, or None when the kernel's own result can simply become the buffer."""
-        if self.rects[tensor] != self.plan.comp[tensor][self.world.rank]:
-            return Tile(self.buffers[tensor], self.rects[tensor])
-        if n_pieces > 1:
-            out = Tile(np.empty(self.buffers[tensor].shape, np.float32), self.rects[tensor])
-            self.buffers[tensor] = out.data
-            return out
-        return None
+    def _tile(self, name: str) -> Tile:
+        return Tile(self.buffers[name], self.rects[name])
 
-    def _put(self, tensor: str, out: Tile | None, piece: Rect, data: np.ndarray) -> None:
-        """Place one computed piece with no copy beyond the one into a multi-piece or halo buffer."""
-        if out is None:
-            self.buffers[tensor] = data
-        else:
-            out.view(piece)[...] = data
+    def _compute(self, i: int, step: Compute) -> None:
+        """The step's pieces: written into a fixed buffer, or the single result becomes the buffer."""
+        node = self.nodes[i]
+        ins = [self._tile(t) for t in step.inputs]
+        for piece in step.pieces:
+            data = run_spatial(node, ins, self.in_hw[step.node], piece)
+            if step.output in self.fixed:
+                self._tile(step.output).view(piece)[...] = data
+            else:
+                self.buffers[step.output] = data
 
     def infer(self, x: np.ndarray | None) -> tuple[np.ndarray | None, Stats]:
         """One inference; x is the whole input (C, H, W) on rank 0 and ignored elsewhere."""
-        w, r = self.world, self.world.rank
+        w = self.world
         w.traffic.reset()
-        compute = 0.0
-        if r == 0:
-            x = np.ascontiguousarray(x, dtype=np.float32)
-            Tile(self.buffers[self.graph.input], self.rects[self.graph.input]).data[...] = Tile(
-                x, _full(x.shape)).view(self.rects[self.graph.input])
-        w.exchange(x if r == 0 else self.buffers[self.graph.input], self.scatter, 1, "the input scatter", halo=False)
-
-        pending = {}
-        if self.seams is not None:  # seams first: the other ranks need them to finish the block
+        if INPUT in self.buffers:
+            self.buffers[INPUT] = np.ascontiguousarray(x, dtype=np.float32)
+        compute, pending, out = 0.0, {}, None
+        for i, step in enumerate(self.program.steps):
             t0 = time.perf_counter()
-            self.seams.compute(x)
-            compute += time.perf_counter() - t0
-            pending["seams"] = w.post(self.seams.buffer, self.seam_msgs, self.tags[self.seams.end])
-        for node in self.spatial:
-            if node.name in self.pairs:  # an IOP conv pair: a runs both convs and the reduce-scatter, b nothing
-                step = self.pairs[node.name]
-                compute += step.run(self.buffers, pending) if step else 0.0
+            if isinstance(step, Compute):
+                self._compute(i, step)
+            elif isinstance(step, Post):
+                pending[step.key] = [w.post(self.buffers[name], msgs, step.tag, step.halo)
+                                     for name, msgs in self.messages[i]]
                 continue
-            t0 = time.perf_counter()
-            ins = [Tile(self.buffers[t], self.rects[t]) for t in node.inputs]
-            in_hw = self.graph.shapes[node.inputs[0]][1:]
-            inner, border = self.pieces[node.name]
-            out = self._output(node.output, len(inner) + len(border))
-            for piece in inner:  # (an empty piece: a HALP core that shrank away)
-                if area(piece):
-                    self._put(node.output, out, piece, run_spatial(node, ins, in_hw, piece))
-            if border and node.inputs[0] in pending:
+            elif isinstance(step, Wait):
+                for p in pending.pop(step.key):
+                    w.complete(p, step.what)
+                continue
+            elif isinstance(step, Copy):
+                self._tile(step.dst).view(step.rect)[...] = self._tile(step.src).view(step.rect)
+            elif isinstance(step, Sum):
+                self._sum(step)
+            elif isinstance(step, Reduce):
+                part = self.parts[i]
+                addend = part.partial(self._tile(step.source).view(step.rect))
                 compute += time.perf_counter() - t0
-                w.complete(pending.pop(node.inputs[0]), f"the halo exchange before {node.name!r}")
+                total = w.reduce_sum(addend, what=step.what)
                 t0 = time.perf_counter()
-            for piece in border:
-                self._put(node.output, out, piece, run_spatial(node, ins, in_hw, piece))
-            compute += time.perf_counter() - t0
-            if node.output in self.msgs:
-                posted = w.post(self.buffers[node.output], self.msgs[node.output], self.tags[node.output])
-                if self.overlap:
-                    pending[node.output] = posted
-                else:
-                    w.complete(posted, f"the halo exchange after {node.name!r}")
-        for t, posted in pending.items():  # halos no window layer waited for (none in practice)
-            w.complete(posted, f"the halo exchange of {t!r}")
-
-        t0 = time.perf_counter()
-        head_in = self._head_input()
-        compute += time.perf_counter() - t0
-        out = None
-        if r == 0:
-            t0 = time.perf_counter()
-            out = head_in
-            for node in self.head[self.head_from:]:
-                out = run_head(node, [out])
+                if total is not None:
+                    self.buffers[step.output] = part.finish(total)
+            elif isinstance(step, Head):
+                out = self.buffers[step.input]
+                for name in step.nodes:
+                    out = run_head(self.graph_nodes[name], [out])
             compute += time.perf_counter() - t0
         tr = w.traffic
         return out, Stats(compute, tr.wait_s, tr.halo_sent, tr.halo_recv, tr.other_sent, tr.other_recv)
 
-    def _head_input(self) -> np.ndarray | None:
-        """What the head continues from at rank 0: the last spatial tensor summed (global pooling) or
-        gathered, or the split FC layer's output (partial products summed, bias and activation added)."""
-        w = self.world
-        own = Tile(self.buffers[self.last], self.rects[self.last]).view(self._own(self.last))
-        if self.split is not None:
-            total = w.reduce_sum(self.split.partial(own), what="the split FC layer's reduction")
-            return None if total is None else self.split.finish(total)
-        if self.reduce:
-            c, h, wd = self.graph.shapes[self.last]
-            total = w.reduce_sum(own.sum(axis=(1, 2), dtype=np.float64))
-            return None if total is None else (total / (h * wd)).astype(np.float32).reshape(c, 1, 1)
-        if w.rank == 0:
-            Tile(self.gathered, _full(self.gathered.shape)).view(self._own(self.last))[...] = own
-            w.exchange(self.gathered, self.gather, 0, "the head gather", halo=False)
-            return self.gathered
-        w.exchange(self.buffers[self.last], self.gather, 0, "the head gather", halo=False)
-        return None
+    def _sum(self, step: Sum) -> None:
+        """Partial sums added in order into the output buffer, then the node's bias and activation."""
+        out = self.buffers[step.output]
+        parts = [self._tile(name).view(rect) for name, rect in step.parts]
+        np.copyto(out, parts[0])
+        for part in parts[1:]:
+            np.add(out, part, out=out)
+        bias_act(out.reshape(out.shape[0], -1), self.bias[step.node], self.graph_nodes[step.node])
 
     @property
     def weight_bytes(self) -> int:
@@ -224,8 +195,7 @@ class Engine:
 
     def close(self) -> None:
         """Free the MPI datatypes."""
-        for step in self.pairs.values():
-            if step:
-                step.free()
-        for m in (*self.msgs.values(), self.scatter, self.gather, *([self.seam_msgs] if self.seams else [])):
-            m.free()
+        for groups in self.messages.values():
+            for _, msgs in groups:
+                msgs.free()
+        self.messages.clear()

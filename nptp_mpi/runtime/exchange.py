@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
+from nptp_mpi.errors import PeerTimeout
+
 Rect = tuple[int, int, int, int]
-
-
-class PeerTimeout(TimeoutError):
-    """A peer did not answer within --timeout: a link is down or a board froze."""
 
 
 def _subarray(shape: tuple[int, ...], buf_rect: Rect, rect: Rect) -> MPI.Datatype:
@@ -32,12 +30,6 @@ def _subarray(shape: tuple[int, ...], buf_rect: Rect, rect: Rect) -> MPI.Datatyp
     sub = (c, rect[2] - rect[0], rect[3] - rect[1])
     start = (0, rect[0] - buf_rect[0], rect[1] - buf_rect[1])
     return MPI.FLOAT.Create_subarray(list(shape), list(sub), list(start)).Commit()
-
-
-def _pieces(offsets: list[int]) -> list[MPI.Datatype]:
-    """Datatypes selecting elements offsets[i]:offsets[i+1] of a flat float32 buffer (contiguous: no staging)."""
-    return [MPI.FLOAT.Create_indexed([end - start], [start]).Commit()
-            for start, end in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 @dataclass
@@ -164,25 +156,19 @@ class World:
         self.wait([self.comm.Ibarrier()], "a barrier (some rank has not arrived)")
 
     # -- messages ---------------------------------------------------------------------------
+    def messages(self, shape: tuple[int, ...], buf_rect: Rect, sends: list[tuple[int, Rect]],
+                 recvs: list[tuple[int, Rect]]) -> Messages:
+        """Sends and receives of (peer, rect) on a (C, h, w) float32 buffer holding buf_rect: staged through a
+        contiguous buffer, except a message that is the whole buffer (already contiguous)."""
+        def one(peer: int, rect: Rect) -> Message:
+            dtype = _subarray(shape, buf_rect, rect)
+            return Message(peer, dtype) if tuple(rect) == tuple(buf_rect) else Message.staged(peer, dtype)
+        return Messages([one(*s) for s in sends], [one(*r) for r in recvs])
+
     def halo_messages(self, shape: tuple[int, ...], buf_rect: Rect, transfers) -> Messages:
-        """This rank's sends and receives of one tensor's halo, on its (C, h, w) buffer holding buf_rect."""
-        m = Messages()
-        for t in transfers:
-            if t.src == self.rank:
-                m.sends.append(Message.staged(t.dst, _subarray(shape, buf_rect, t.rect)))
-            elif t.dst == self.rank:
-                m.recvs.append(Message.staged(t.src, _subarray(shape, buf_rect, t.rect)))
-        return m
-
-    def flat_messages(self, offsets: list[int], transfers) -> Messages:
-        """Sends of consecutive pieces of one flat float32 buffer: elements offsets[i]:offsets[i+1] to
-        transfers[i].dst (pieces computed apart from any tile buffer, e.g. HALP's seams)."""
-        return Messages(sends=[Message(t.dst, d) for t, d in zip(transfers, _pieces(offsets), strict=True)])
-
-    def inbox_messages(self, offsets: list[int], sources: list[int]) -> Messages:
-        """Receives into consecutive pieces of one flat float32 buffer: elements offsets[i]:offsets[i+1] from
-        sources[i] (one slot per sender, e.g. the partial sums of an IOP reduce-scatter, added up after)."""
-        return Messages(recvs=[Message(src, d) for src, d in zip(sources, _pieces(offsets), strict=True)])
+        """This rank's sends and receives of one tensor's transfers, on its (C, h, w) buffer holding buf_rect."""
+        return self.messages(shape, buf_rect, [(t.dst, t.rect) for t in transfers if t.src == self.rank],
+                             [(t.src, t.rect) for t in transfers if t.dst == self.rank])
 
     def post(self, buf: np.ndarray, msgs: Messages, tag: int, halo: bool = True) -> Pending:
         """Start an exchange on buf: receives posted first, then sends (packed first where staged);

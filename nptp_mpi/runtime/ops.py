@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import kernels as K
-
-from .graph import Node
+from kernels.pointwise import act_code, epilogue
+from nptp_mpi.model.graph import Node
 
 Rect = tuple[int, int, int, int]
 
@@ -88,3 +88,10 @@ def run_head(node: Node, ins: list[np.ndarray]) -> np.ndarray:
     if op == "softmax":
         return K.softmax(x)
     raise ValueError(f"node {node.name!r}: {op!r} is not a head op")
+
+
+def bias_act(y: np.ndarray, b: np.ndarray | None, node: Node) -> None:
+    """In place on (rows, n) y: the bias per row and node's activation, once its partial sums are added."""
+    a, rows = node.attrs, y.shape[0]
+    epilogue(y, np.ones(rows, np.float32), np.zeros(rows, np.float32) if b is None else b, act_code(a.get("act", "")),
+             np.float32(a.get("alpha", 0.0)), np.float32(a.get("lo", 0.0)), np.float32(a.get("hi", 0.0)))

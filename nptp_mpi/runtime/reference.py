@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import Graph, ModelError
-from .ops import Tile, run_head, run_spatial
+from nptp_mpi.errors import ModelError
+from nptp_mpi.model.graph import Graph
+from nptp_mpi.runtime.ops import Tile, run_head, run_spatial
 
 
 def run(graph: Graph, x: np.ndarray) -> np.ndarray:

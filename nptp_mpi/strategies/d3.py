@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .geometry import Rect, Spatial
-from .partition import PartitionError, check, halo_cost, nptp
+from nptp_mpi.errors import PartitionError
+from nptp_mpi.plan.geometry import Rect, Spatial
+from nptp_mpi.plan.tiling import check, halo_cost, nptp
 
 TOLERANCE = 0.1  # re-partition when the slowest rank is more than 10% above the mean
 GAIN = 0.05  # ... and a new layout predicts the slowest rank at least 5% faster (timing noise churns less)

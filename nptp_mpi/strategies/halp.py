@@ -11,28 +11,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
-from .geometry import Rect, area, as_rect, core, intersect, layers, need, ring, spatial, union
-from .graph import Graph, Node
-from .ops import Tile, run_spatial
-from .plan import FLOAT_BYTES, Halo, Plan, Transfer, block_nodes, plan_from_cells
-
-HOST = 0
-
-
-def reach(graph: Graph, nodes: list[Node], tensor: str, rect: Rect) -> dict[str, Rect]:
-    """Per tensor, the rect that computing `rect` of `tensor` reads through the block's nodes."""
-    shapes = graph.shapes
-    region = {tensor: rect}
-    for n in reversed(nodes):
-        if n.output not in region or not area(region[n.output]):
-            continue
-        out = region[n.output]
-        for t in n.inputs:
-            read = as_rect(out if n.window is None else need(n.window, out, shapes[t][1:]))
-            region[t] = as_rect(union(region[t], read)) if t in region else read
-    return region
+from nptp_mpi.errors import PartitionError
+from nptp_mpi.model.graph import Graph, Node
+from nptp_mpi.plan.cost import Setting, latency
+from nptp_mpi.plan.geometry import Rect, area, as_rect, core, intersect, layers, reach, ring, spatial
+from nptp_mpi.plan.plan import FLOAT_BYTES, HOST, Halo, Plan, Transfer, block_nodes, cuts, plan_from_cells
+from nptp_mpi.strategies.fused import LONGEST_BLOCK
+from nptp_mpi.strategies.options import Options
+from nptp_mpi.strategies.tiles import cells_for
 
 
 def shrink(graph: Graph, nodes: list[Node], plan: Plan, r: int) -> dict[str, Rect]:
@@ -74,43 +60,22 @@ def halp_plan(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: st
                    scatter=scatter, scatter_bytes=FLOAT_BYTES * c_in * int(sum(area(s) for s in scatter[1:])))
 
 
-def seam_flops(graph: Graph, plan: Plan) -> float:
-    """FLOPs the host spends on the seams (each piece's chain through the block), on top of its own tile."""
-    from .cost import node_flops
-
-    nodes = block_nodes(graph, plan.halp)
-    end = layers(spatial(graph))[plan.halp]
-    total = 0.0
-    for t in plan.halos[end].transfers:
-        chain = reach(graph, nodes, end, t.rect)
-        total += sum(node_flops(n, graph, chain[n.output]) for n in nodes if n.output in chain)
-    return total
+def choose_halp(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: str, setting: Setting,
+                longest: int = LONGEST_BLOCK) -> int:
+    """The host-assisted block length (a cut of the graph, at most `longest` layers) predicted fastest."""
+    options = [k for k in cuts(graph) if k <= longest]
+    if not options:
+        raise PartitionError(f"halp: {graph.name} has no cut within its first {longest} layers")
+    return min(options, key=lambda k: (latency(graph, halp_plan(graph, cell_tiles, speeds, objective, k), setting),
+                                       k))
 
 
-class Seams:
-    """The host's share of a host-assisted block: each ring piece it sends, computed from the whole image
-    through the block, into one flat buffer (piece i at offsets[i])."""
-
-    def __init__(self, graph: Graph, plan: Plan) -> None:
-        self.graph = graph
-        self.nodes = block_nodes(graph, plan.halp)
-        self.end = layers(spatial(graph))[plan.halp]
-        self.transfers = [t for t in plan.halos[self.end].transfers if t.src == HOST]
-        self.chains = [reach(graph, self.nodes, self.end, t.rect) for t in self.transfers]
-        sizes = [t.nbytes // FLOAT_BYTES for t in self.transfers]
-        self.offsets = [int(v) for v in np.cumsum([0, *sizes])]
-        self.buffer = np.zeros(self.offsets[-1], np.float32)
-
-    def compute(self, x: np.ndarray) -> None:
-        """Fill the buffer from the whole input x (C, H, W)."""
-        full = (0, 0, x.shape[1], x.shape[2])
-        for i, chain in enumerate(self.chains):
-            tiles = {self.graph.input: Tile(x, full)}
-            for n in self.nodes:
-                rect = chain.get(n.output)
-                if rect is None or not area(rect):
-                    continue
-                ins = [tiles[t] for t in n.inputs]
-                tiles[n.output] = Tile(run_spatial(n, ins, self.graph.shapes[n.inputs[0]][1:], rect), rect)
-            piece = tiles[self.end].data
-            self.buffer[self.offsets[i]:self.offsets[i + 1]] = piece.reshape(-1)
+def halp(graph: Graph, ranks: int, speeds: list[float], objective: str, setting: Setting,
+         options: Options = Options()) -> Plan:
+    """A host-assisted first block over options.tiling: of options.fuse's one length, else choose_halp's."""
+    fuse = options.fuse
+    cells = cells_for(graph, ranks, speeds, objective, setting, options)
+    if fuse and len(fuse) > 1:
+        raise PartitionError("halp has one host-assisted block: give its length alone, e.g. --fuse 4")
+    k = fuse[0] if fuse else choose_halp(graph, cells, tuple(speeds), objective, setting)
+    return halp_plan(graph, cells, tuple(speeds), objective, k)

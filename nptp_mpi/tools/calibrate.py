@@ -1,4 +1,4 @@
-"""Measure what the cost model needs, under MPI: `mpiexec -n N python -m nptp_mpi.calibrate -o cal.json`.
+"""Measure what the cost model needs, under MPI: `mpiexec -n N python -m nptp_mpi.tools.calibrate -o cal.json`.
 
 Boards: each rank times kernels.conv2d on three representative convs (VGG/ResNet-like; median of
 --repeat runs after a warm-up) → FLOP/s, and a tiny conv (8→8 3×3 at 4×4) → per-call overhead. Ranks
@@ -42,11 +42,12 @@ from datetime import datetime, timezone  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from .cost import BoardCal, Calibration, LayerRates, Links, ModelCal, split_head  # noqa: E402
-from .geometry import area  # noqa: E402
-from .graph import Graph  # noqa: E402
-from .ops import Tile, run_head, run_spatial  # noqa: E402
-from .plan import Plan, Transfer, held, make_plan, pieces, rank_params  # noqa: E402
+from nptp_mpi.model.graph import Graph  # noqa: E402
+from nptp_mpi.plan.calibration import BoardCal, Calibration, LayerRates, ModelCal  # noqa: E402
+from nptp_mpi.plan.cost import Links, split_head  # noqa: E402
+from nptp_mpi.plan.geometry import area  # noqa: E402
+from nptp_mpi.plan.plan import Plan, Transfer, held, make_plan, pieces, rank_params  # noqa: E402
+from nptp_mpi.runtime.ops import Tile, run_head, run_spatial  # noqa: E402
 
 # (Cin, Cout, k, H=W): 3×3 convs of VGG-16 at 224² stages 2 and 3, and a ResNet-50 1×1 at 28².
 SHAPES = ((64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 1, 28))
@@ -131,15 +132,19 @@ def time_head(graph: Graph, plan: Plan, repeat: int) -> float:
 
 def time_split_head(graph: Graph, plan: Plan, rank: int, repeat: int) -> tuple[float, int] | None:
     """Median seconds of rank's partial product of the head as IOP splits it for plan's tiles (the engine's
-    HeadPart, after a warm-up), and its weights; None where the head does not split."""
-    from .iop import HeadPart, head_weights, with_head_split
+    Contribution to the reduction, after a warm-up), and its weights; None where the head does not split."""
+    from nptp_mpi.plan.cost import head_weights
+    from nptp_mpi.plan.program import Reduce, lower
+    from nptp_mpi.runtime.engine import Contribution
+    from nptp_mpi.strategies.iop import with_head_split
 
     split = with_head_split(graph, plan)
     if split.head is None:
         return None
     gemm = split.head.gemm
     params = {gemm: {k: np.ascontiguousarray(v) for k, v in rank_params(graph, split, rank)[gemm].items()}}
-    part = HeadPart(graph, split, rank, params)
+    step = next(s for s in lower(graph, split, rank).steps if isinstance(s, Reduce))
+    part = Contribution(graph, step, params)
     y0, x0, y1, x1 = split.own[split.last][rank]
     own = np.random.default_rng(rank).standard_normal((graph.shapes[split.last][0], y1 - y0, x1 - x0),
                                                       dtype=np.float32)
@@ -272,7 +277,7 @@ def _layer_job(args: argparse.Namespace, size: int) -> tuple[Graph, dict[int, Pl
         if args.size or args.ranks or args.strategy:
             raise ValueError("--size, --strategy and --ranks need --model")
         return None
-    from .cli import load_model, parse_size
+    from nptp_mpi.model.load import load_model, parse_size
 
     try:
         counts = sorted({int(k) for k in args.ranks.split(",")}) if args.ranks else [size]
@@ -285,7 +290,7 @@ def _layer_job(args: argparse.Namespace, size: int) -> tuple[Graph, dict[int, Pl
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="nptp_mpi.calibrate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="nptp_mpi.tools.calibrate", description=__doc__.split("\n\n")[0])
     ap.add_argument("-o", "--output", required=True, help="calibration JSON to write (rank 0)")
     ap.add_argument("--shared", action="store_true", help="the ranks share one medium (Wi-Fi); default switched")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (median; default 3)")
@@ -305,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mpi4py import MPI
 
-    from .exchange import World
+    from nptp_mpi.runtime.exchange import World
 
     world = World(MPI.COMM_WORLD, timeout=300)
     comm, rank, size = world.comm, world.rank, world.size

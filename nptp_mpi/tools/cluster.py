@@ -1,9 +1,9 @@
 """A virtual cluster of boards on one Linux machine: network namespaces, a bridge and `tc` shaping.
 
-    python -m nptp_mpi.cluster up N [--rate 100mbit] [--delay 0] [--shared] [--cpu 0.5,0.5,1,1]
-    python -m nptp_mpi.cluster down
-    python -m nptp_mpi.cluster status
-    python -m nptp_mpi.cluster run [-n N] -- ARGS...      # python -m nptp_mpi ARGS on the boards
+    python -m nptp_mpi.tools.cluster up N [--rate 100mbit] [--delay 0] [--shared] [--cpu 0.5,0.5,1,1]
+    python -m nptp_mpi.tools.cluster down
+    python -m nptp_mpi.tools.cluster status
+    python -m nptp_mpi.tools.cluster run [-n N] -- ARGS...      # python -m nptp_mpi ARGS on the boards
 
 Needs root on Linux. Board K is network namespace `nptp-bK` with `lo` up and an `eth0` at 10.213.0.(K+1)/24,
 whose other end `nptp-vK` is a port of bridge `nptp-br` (10.213.0.254) in the root namespace, where mpiexec
@@ -45,7 +45,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HOSTFILE = ROOT / "hostfiles" / "virtual.txt"
 LAUNCHER = ROOT / "hostfiles" / "launch-in-netns"
 STATE_DIR = Path(os.environ.get("NPTP_CLUSTER_STATE", "/run/nptp-cluster"))
@@ -292,7 +292,7 @@ def up(n: int, rate: str, delay: str, shared: bool, cpu: str | None) -> dict:
         tmp = STATE.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(STATE)
-        lines = ["# Virtual boards of `python -m nptp_mpi.cluster up` (generated; MPICH hydra host:slots).\n"]
+        lines = ["# Virtual boards of `python -m nptp_mpi.tools.cluster up` (generated; MPICH hydra host:slots).\n"]
         lines += [f"{board_ip(k)}:1\n" for k in range(n)]
         tmp = HOSTFILE.with_suffix(".tmp")
         tmp.write_text("".join(lines))
@@ -395,7 +395,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m nptp_mpi.cluster", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m nptp_mpi.tools.cluster", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     u = sub.add_parser("up", help="create N boards (tears down an existing cluster first)")
     u.add_argument("n", type=int)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .cli import atomic_write_text
+from nptp_mpi.io.outputs import atomic_write_text
 
 FIELDS = ("model", "size", "strategy", "overlap", "ranks", "plan", "fingerprint", "latency_s", "own_latency_s",
           "same_plan", "spread", "predicted_s", "speedup",
@@ -120,8 +120,9 @@ def add_predictions(rows: list[dict], calibration, links) -> None:
     """predicted_s from the cost model for each measured case: the plan the run made for the same
     calibration and links (run_case passes them on), predicted as `plan` does; left out, with a warning,
     where the plan built here is not the one the run measured (another fingerprint)."""
-    from .cli import load_model, parse_size
-    from .planner import Setting, build, latency
+    from nptp_mpi.model.load import load_model, parse_size
+    from nptp_mpi.plan.cost import Setting, latency
+    from nptp_mpi.strategies import build
 
     graphs = {}  # one build per model and size: VGG's seeded weights take seconds
     for r in rows:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import Graph, Node, Window
-from .reference import run
+from nptp_mpi.model.graph import Graph, Node, Window
+from nptp_mpi.runtime.reference import run
 
 
 def every_op_graph(seed: int = 0) -> Graph:

@@ -35,8 +35,8 @@ def test_run_writes_output_report_and_picture(tmp_path) -> None:
 
 
 def test_input_tensor_matches_reference(tmp_path) -> None:
-    from nptp_mpi import zoo
-    from nptp_mpi.reference import run as reference
+    from nptp_mpi.model import zoo
+    from nptp_mpi.runtime.reference import run as reference
 
     x = np.random.default_rng(3).standard_normal((3, 96, 128), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)

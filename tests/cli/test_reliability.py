@@ -99,7 +99,7 @@ def test_run_sh_runs_on_a_hostfile() -> None:
 
 
 def test_hostfile_syntaxes_convert() -> None:
-    from nptp_mpi.hostfile import parse, render
+    from nptp_mpi.io.hostfile import parse, render
 
     path = ROOT / "hostfiles" / "pis.openmpi.txt"
     assert render(parse(str(path)), "mpich") == "pi1:1\npi2:1\npi3:1\npi4:1\n"

@@ -1,4 +1,4 @@
-"""Tests for nptp_mpi.inputs: image/tensor loading, validation errors, atomic writes, sample picture."""
+"""Tests for nptp_mpi.io.inputs and .outputs: image/tensor loading, validation errors, atomic writes, sample picture."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nptp_mpi import inputs
-from nptp_mpi.inputs import (
+from nptp_mpi.errors import InputError
+from nptp_mpi.io import inputs
+from nptp_mpi.io.inputs import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    InputError,
-    atomic_save_npy,
     check_finite,
     image_to_rgb,
     image_to_tensor,
@@ -26,6 +25,7 @@ from nptp_mpi.inputs import (
     sample_image,
     write_sample,
 )
+from nptp_mpi.io.outputs import atomic_save_npy
 
 SIZE = (32, 40)  # (h, w), deliberately non-square
 

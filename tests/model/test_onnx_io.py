@@ -6,14 +6,15 @@ import os
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
+from conftest import assert_close, ort_run
 from onnx import TensorProto, helper, numpy_helper
 
-from nptp_mpi import reference
-from nptp_mpi.graph import Graph, ModelError, Node, Window
-from nptp_mpi.onnx_io import load_onnx, save_onnx, to_onnx
-from nptp_mpi.passes import simplify
+from nptp_mpi.errors import ModelError
+from nptp_mpi.model.graph import Graph, Node, Window
+from nptp_mpi.model.onnx_io import load_onnx, save_onnx, to_onnx
+from nptp_mpi.model.passes import simplify
+from nptp_mpi.runtime import reference
 
 RNG = np.random.default_rng(0)
 N = helper.make_node
@@ -34,20 +35,6 @@ def make_model(nodes, inits: dict, shape=(1, 3, 16, 16), opset: int = 17, ir: in
     model = helper.make_model(helper.make_graph(nodes, "t", inputs, [y], tensors), opset_imports=opsets)
     model.ir_version = ir or helper.find_min_ir_version_for(opsets)
     return model
-
-
-def ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """Output for one image x (no batch axis) from a one-thread, unoptimised onnxruntime session."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x[None]})[0][0]
-
-
-def assert_close(got: np.ndarray, expected: np.ndarray) -> None:
-    assert got.shape == expected.shape
-    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
 def import_and_compare(tmp_path, model: onnx.ModelProto, size=None) -> Graph:

@@ -7,12 +7,13 @@ import os
 import numpy as np
 import onnx
 import pytest
-from test_onnx_io import assert_close, ort_run
+from conftest import assert_close, ort_run
 
-from nptp_mpi import reference, zoo
-from nptp_mpi.graph import ModelError
-from nptp_mpi.onnx_io import to_onnx
-from nptp_mpi.weights import load_npz, save_npz
+from nptp_mpi.errors import ModelError
+from nptp_mpi.model import zoo
+from nptp_mpi.model.onnx_io import to_onnx
+from nptp_mpi.model.weights import load_npz, save_npz
+from nptp_mpi.runtime import reference
 
 # VGG and AlexNet export to ONNX only where their adaptive pool is a plain pool: 224 (7x7 / 6x6 maps).
 # The big VGGs take ~20 s each there (0.5 GB of weights through ONNX): by default they run at 32x32 on

@@ -10,30 +10,18 @@ from functools import cache
 
 import numpy as np
 import pytest
+from conftest import ROOT, check_invariants, conv, mpiexec, small_net
 
-from nptp_mpi import zoo
-from nptp_mpi.calibrate import _check_output, layer_rates, time_layers
-from nptp_mpi.cli import UsageError, link_model
-from nptp_mpi.cost import (
-    BoardCal,
-    Boards,
-    Calibration,
-    LayerRates,
-    Links,
-    ModelCal,
-    load_calibration,
-    model_cost,
-    parse_rate,
-    parse_time,
-    predict,
-)
-from nptp_mpi.geometry import area, halo_matrix, spatial
-from nptp_mpi.graph import Graph
-from nptp_mpi.partition import objective_bytes
-from nptp_mpi.plan import make_plan, pieces, plan_from_cells
-from tests.conftest import ROOT, mpiexec
-from tests.test_partition import conv, small_net
-from tests.test_plan import check_invariants
+from nptp_mpi.cli.plan import link_model
+from nptp_mpi.errors import UsageError
+from nptp_mpi.model import zoo
+from nptp_mpi.model.graph import Graph
+from nptp_mpi.plan.calibration import BoardCal, Calibration, LayerRates, ModelCal, load_calibration
+from nptp_mpi.plan.cost import Boards, Links, model_cost, parse_rate, parse_time, predict
+from nptp_mpi.plan.geometry import area, halo_matrix, spatial
+from nptp_mpi.plan.plan import make_plan, pieces, plan_from_cells
+from nptp_mpi.plan.tiling import objective_bytes
+from nptp_mpi.tools.calibrate import _check_output, layer_rates, time_layers
 
 
 @pytest.mark.parametrize("text, value", [("100mbit", 12.5e6), ("100Mbit/s", 12.5e6), ("100mbps", 12.5e6),
@@ -123,7 +111,7 @@ def test_overlap_fraction_is_measured_against_the_wire_time():
     import time
     from types import SimpleNamespace
 
-    from nptp_mpi.calibrate import overlap_fraction
+    from nptp_mpi.tools.calibrate import overlap_fraction
 
     class FakeWorld:  # complete() takes 0.1 ms right after post (alone), 2 ms after computing
         rank, posted = 0, 0.0
@@ -432,7 +420,7 @@ def test_bad_output_paths(tmp_path):
 
 def test_calibrate_under_mpiexec(tmp_path):
     out = tmp_path / "cal.json"
-    cmd = [*mpiexec(), "-n", "2", sys.executable, "-m", "nptp_mpi.calibrate", "-o", str(out), "--repeat", "1",
+    cmd = [*mpiexec(), "-n", "2", sys.executable, "-m", "nptp_mpi.tools.calibrate", "-o", str(out), "--repeat", "1",
            "--pings", "5", "--large-mb", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -467,7 +455,8 @@ def test_calibrate_times_the_model_layers_under_mpiexec(tmp_path, ranks):
 def test_calibrate_times_the_split_head_with_every_rank_at_once(tmp_path):
     """AlexNet's first FC layer splits by its input (IOP): each rank count's ranks time their partial products
     at once, and the prediction of a split head uses those rates instead of scaling rank 0's whole head."""
-    from nptp_mpi.iop import head_weights, predict_iop, with_head_split
+    from nptp_mpi.plan.cost import head_weights, predict_iop
+    from nptp_mpi.strategies.iop import with_head_split
 
     out = tmp_path / "cal.json"
     cmd = [*mpiexec(), "-n", "2", sys.executable, "-m", "nptp_mpi", "calibrate", "-o", str(out), "--repeat", "1",

@@ -2,35 +2,15 @@
 
 import numpy as np
 import pytest
+from conftest import small_net
 
-from nptp_mpi import zoo
-from nptp_mpi.geometry import halo_matrix, spatial
-from nptp_mpi.graph import Graph, Node, Window
-from nptp_mpi.partition import (
-    STRATEGIES,
-    PartitionError,
-    halo_cost,
-    objective_bytes,
-    parse_speeds,
-    partition,
-)
+from nptp_mpi.errors import PartitionError
+from nptp_mpi.model import zoo
+from nptp_mpi.model.graph import Graph
+from nptp_mpi.plan.geometry import halo_matrix, spatial
+from nptp_mpi.plan.tiling import STRATEGIES, halo_cost, objective_bytes, parse_speeds, partition
 
 MIXED = [1, 2, 0.5, 1.5]
-
-
-def conv(name, x, cin, cout, k=3, stride=1, pad=1):
-    w = np.zeros((cout, cin, k, k), np.float32)
-    return Node("conv", name, (x,), name, {"groups": 1}, {"w": w}, Window((k, k), (stride, stride), (pad,) * 4))
-
-
-def small_net(hw=(32, 32)) -> Graph:
-    """conv 3x3, maxpool 2x2 s2, a ResNet-like block with a 1x1 s2 downsample and add, a concat."""
-    pool = Node("maxpool", "pool", ("c1",), "pool", window=Window((2, 2), (2, 2)))
-    nodes = [conv("c1", "input", 3, 8), pool, conv("b1", "pool", 8, 16, stride=2), conv("b2", "b1", 16, 16),
-             conv("down", "pool", 8, 16, k=1, stride=2, pad=0), Node("add", "add", ("b2", "down"), "add"),
-             conv("c3", "add", 16, 8), Node("concat", "cat", ("add", "c3"), "cat"), conv("c4", "cat", 24, 8),
-             Node("gap", "gap", ("c4",), "gap")]
-    return Graph("small", "input", (3, *hw), "gap", nodes)
 
 
 def spatial_at(graph: Graph, hw) -> Graph:

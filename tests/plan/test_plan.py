@@ -6,38 +6,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import check_invariants, small_net
 
-from nptp_mpi import zoo
-from nptp_mpi.geometry import area, halo_matrix, intersect, spatial
-from nptp_mpi.partition import halo_cost, objective_bytes
-from nptp_mpi.plan import draw_tiles, format_plan, make_plan
-from tests.test_partition import small_net
-
-
-def check_invariants(graph, plan):
-    sp = spatial(graph)
-    for t, rects in plan.own.items():
-        h, w = graph.shapes[t][1:]
-        grid = np.zeros((h, w), int)
-        for y0, x0, y1, x1 in rects:
-            assert y0 < y1 and x0 < x1, t
-            grid[y0:y1, x0:x1] += 1
-        assert (grid == 1).all(), t  # disjoint and covering
-    assert set(plan.halos) == set(sp.halo_tensors())
-    for t, halo in plan.halos.items():
-        own = plan.own[t]
-        for r, need in enumerate(halo.need):
-            assert tuple(intersect(need, own[r])) == own[r]  # need ⊇ own
-        expect = {(q, r): tuple(intersect(halo.need[r], own[q])) for r in range(plan.ranks) for q in range(plan.ranks)
-                  if q != r and area(intersect(halo.need[r], own[q])) > 0}
-        got = {(x.src, x.dst): x.rect for x in halo.transfers}
-        assert got == expect, t
-        assert all(x.nbytes == 4 * halo.channels * area(x.rect) for x in halo.transfers)
-        assert [(x.dst, x.src) for x in halo.transfers] == sorted((x.dst, x.src) for x in halo.transfers)
-    assert plan.halo_bytes == sum(x.nbytes for h in plan.halos.values() for x in h.transfers)
-    assert plan.halo_bytes == int(halo_matrix(sp, np.array(plan.cell_tiles)).sum())
-    rows = plan.per_rank
-    assert sum(r["bytes_sent"] for r in rows) == sum(r["bytes_recv"] for r in rows) == plan.halo_bytes
+from nptp_mpi.cli.show import draw_tiles, format_plan
+from nptp_mpi.model import zoo
+from nptp_mpi.plan.geometry import halo_matrix, spatial
+from nptp_mpi.plan.plan import make_plan
+from nptp_mpi.plan.tiling import halo_cost, objective_bytes
 
 
 def read_pixels(node, out_rect, in_hw):

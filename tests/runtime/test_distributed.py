@@ -23,7 +23,7 @@ MODELS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50"
 
 @functools.lru_cache(maxsize=1)  # one model at a time: the VGGs hold 0.5 GB of weights each
 def zoo_graph(name: str):
-    from nptp_mpi import zoo
+    from nptp_mpi.model import zoo
 
     return zoo.build(name, SIZES.get(name, SIZES["default"])[0])
 
@@ -34,10 +34,10 @@ def check_against_reference(graph, strategy: str, speeds=None, overlap: bool = T
     then everyone learns the verdict."""
     from mpi4py import MPI
 
-    from nptp_mpi.engine import Engine
-    from nptp_mpi.exchange import World
-    from nptp_mpi.planner import build
-    from nptp_mpi.reference import run as reference
+    from nptp_mpi.runtime.engine import Engine
+    from nptp_mpi.runtime.exchange import World
+    from nptp_mpi.runtime.reference import run as reference
+    from nptp_mpi.strategies import build
 
     world = World(MPI.COMM_WORLD)
     x = np.random.default_rng(1).standard_normal(graph.input_shape, dtype=np.float32)
@@ -84,7 +84,7 @@ def test_tails_and_retilings_equal_reference(model: str, where: str) -> None:
     the plan's bytes, whatever the cost model would pick."""
     from mpi4py import MPI
 
-    from nptp_mpi.plan import cuts, make_plan, plan_from_cells
+    from nptp_mpi.plan.plan import cuts, make_plan, plan_from_cells
 
     graph = zoo_graph(model).with_input_hw(*SIZES.get(model, SIZES["default"])[1])
     n, at = MPI.COMM_WORLD.size, cuts(graph)
@@ -105,7 +105,7 @@ def test_mixed_speeds_equal_reference(strategy: str) -> None:
 
 
 def test_onnx_file_equals_reference(tmp_path) -> None:
-    from nptp_mpi.onnx_io import load_onnx, save_onnx
+    from nptp_mpi.model.onnx_io import load_onnx, save_onnx
 
     path = tmp_path / "resnet18.onnx"  # tmp_path differs per rank: each rank writes and reads its own copy
     save_onnx(zoo_graph("resnet18").with_input_hw(128, 128), path)

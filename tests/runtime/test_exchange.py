@@ -1,5 +1,5 @@
 """The halo transport: a halo is packed into a contiguous buffer, sent, received into another and
-unpacked in place, with the bytes counted from MPI; flat pieces go without staging."""
+unpacked in place, with the bytes counted from MPI; a whole buffer goes without staging."""
 
 import numpy as np
 
@@ -7,8 +7,7 @@ import numpy as np
 def test_halo_is_staged_contiguously_and_lands_in_place() -> None:
     from mpi4py import MPI
 
-    from nptp_mpi.exchange import Message, Messages, World, _subarray
-    from nptp_mpi.plan import Transfer
+    from nptp_mpi.runtime.exchange import Message, Messages, World, _subarray
 
     world = World(MPI.COMM_SELF, timeout=30)
     buf = np.arange(3 * 6 * 5, dtype=np.float32).reshape(3, 6, 5)
@@ -24,10 +23,10 @@ def test_halo_is_staged_contiguously_and_lands_in_place() -> None:
     assert world.traffic.halo_sent == world.traffic.halo_recv == 120
     msgs.free()
 
-    flat = world.flat_messages([0, 4, 10], [Transfer(1, 0, (0, 0, 1, 4), 16), Transfer(1, 0, (0, 0, 1, 6), 24)])
-    assert all(m.stage is None for m in flat.sends)  # already contiguous: sent from the buffer itself
-    assert [m.dtype.Get_size() for m in flat.sends] == [16, 24]
-    flat.free()
+    whole = world.messages(buf.shape, held, [(1, held), (1, (10, 20, 12, 25))], [])
+    assert [m.stage is None for m in whole.sends] == [True, False]  # the whole buffer is sent from itself
+    assert [m.dtype.Get_size() for m in whole.sends] == [360, 120]
+    whole.free()
 
 
 def test_a_long_wait_polls_rarely_and_ends_promptly(monkeypatch) -> None:
@@ -38,7 +37,7 @@ def test_a_long_wait_polls_rarely_and_ends_promptly(monkeypatch) -> None:
 
     from mpi4py import MPI
 
-    from nptp_mpi import exchange
+    from nptp_mpi.runtime import exchange
 
     naps, nap = [], exchange.nap
     monkeypatch.setattr(exchange, "nap", lambda waited: naps.append(waited) or nap(waited))

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from conftest import assert_close, run_cli
 
-from nptp_mpi import zoo
-from nptp_mpi.d3 import imbalance, predicted, rebalance, segments
-from nptp_mpi.geometry import spatial
-from nptp_mpi.partition import STRATEGIES, check, halo_cost, partition
+from nptp_mpi.model import zoo
+from nptp_mpi.plan.geometry import spatial
+from nptp_mpi.plan.tiling import STRATEGIES, check, halo_cost, partition
+from nptp_mpi.strategies.d3 import imbalance, predicted, rebalance, segments
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +128,10 @@ def test_run_reports_the_trace(tmp_path):
 def test_slowed_rank_gets_less_area_and_every_output_is_exact(monkeypatch):
     from mpi4py import MPI
 
-    from nptp_mpi.exchange import World
-    from nptp_mpi.plan import make_plan
-    from nptp_mpi.reference import run as reference
-    from nptp_mpi.run import Runner
+    from nptp_mpi.cli.run import Runner
+    from nptp_mpi.plan.plan import make_plan
+    from nptp_mpi.runtime.exchange import World
+    from nptp_mpi.runtime.reference import run as reference
 
     world = World(MPI.COMM_WORLD)
     slow = world.size - 1

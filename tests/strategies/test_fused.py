@@ -3,12 +3,13 @@ cost model's choice of blocks is never predicted slower than exchanging every la
 
 import pytest
 
-from nptp_mpi import zoo
-from nptp_mpi.cost import Boards, Links, predict
-from nptp_mpi.geometry import area, bbox, intersect, layers, need, spatial
-from nptp_mpi.partition import PartitionError
-from nptp_mpi.plan import exchanged, make_plan, plan_from_cells
-from nptp_mpi.planner import Setting, build, choose_fuse
+from nptp_mpi.errors import PartitionError
+from nptp_mpi.model import zoo
+from nptp_mpi.plan.cost import Boards, Links, Setting, predict
+from nptp_mpi.plan.geometry import area, bbox, intersect, layers, need, spatial
+from nptp_mpi.plan.plan import exchanged, make_plan, plan_from_cells
+from nptp_mpi.strategies import build
+from nptp_mpi.strategies.fused import choose_fuse
 
 
 def contains(outer, inner) -> bool:
@@ -85,7 +86,7 @@ def test_bbox_of_needs_is_what_scatter_sends() -> None:
 
 
 def test_halp_others_start_from_their_own_tile_and_the_host_sends_the_rest() -> None:
-    from nptp_mpi.halp import halp_plan
+    from nptp_mpi.strategies.halp import halp_plan
 
     g = zoo.build("resnet18", (96, 112))
     base = make_plan(g, 4, "nptp")
@@ -108,7 +109,7 @@ def test_halp_others_start_from_their_own_tile_and_the_host_sends_the_rest() -> 
 
 
 def test_halp_needs_a_cut_through_the_graph() -> None:
-    from nptp_mpi.plan import cuts
+    from nptp_mpi.plan.plan import cuts
 
     g = zoo.build("resnet18", (96, 96))
     assert 3 not in cuts(g) and 2 in cuts(g)  # inside a residual block the shortcut crosses the cut

@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, chain
 
 MODELS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "mobilenet_v2", "alexnet")
 SIZES = {"default": (64, 64), "alexnet": (160, 160)}  # VGG at 64: its 2x2 map is pooled up to 7x7
@@ -19,14 +19,14 @@ SIZES = {"default": (64, 64), "alexnet": (160, 160)}  # VGG at 64: its 2x2 map i
 
 @functools.lru_cache(maxsize=1)  # one model at a time: the VGGs hold 0.5 GB of weights each
 def zoo_graph(name: str):
-    from nptp_mpi import zoo
+    from nptp_mpi.model import zoo
 
     return zoo.build(name, SIZES.get(name, SIZES["default"]))
 
 
 def tail_pairs(graph, plan) -> list[tuple[str, str]]:
     """The conv pairs IOP's greedy pairing takes when the later a pair, the larger its gain."""
-    from nptp_mpi.iop import candidates, pick
+    from nptp_mpi.strategies.iop import candidates, pick
 
     return pick(graph, {c: i for i, c in enumerate(candidates(graph, plan))})
 
@@ -36,11 +36,11 @@ def check_iop(graph, paired: bool = True, speeds=None, overlap: bool = True) -> 
     checks output, bytes and weights, then every rank learns the verdict."""
     from mpi4py import MPI
 
-    from nptp_mpi.engine import Engine
-    from nptp_mpi.exchange import World
-    from nptp_mpi.iop import iop_plan, with_pairs
-    from nptp_mpi.plan import weight_bytes
-    from nptp_mpi.reference import run as reference
+    from nptp_mpi.plan.plan import weight_bytes
+    from nptp_mpi.runtime.engine import Engine
+    from nptp_mpi.runtime.exchange import World
+    from nptp_mpi.runtime.reference import run as reference
+    from nptp_mpi.strategies.iop import iop_plan, with_pairs
 
     world = World(MPI.COMM_WORLD)
     x = np.random.default_rng(1).standard_normal(graph.input_shape, dtype=np.float32)
@@ -74,13 +74,13 @@ def test_iop_equals_reference(model: str) -> None:
 @pytest.mark.mpi(min_size=2)
 def test_unpooled_head_split_equals_reference() -> None:
     """At 224 AlexNet's last map is 6x6 and the adaptive pool is dropped: the flatten reads the tiles directly."""
-    from nptp_mpi import zoo
+    from nptp_mpi.model import zoo
 
     check_iop(zoo.build("alexnet", (224, 224)), paired=False)
 
 
 def test_bins_cover_what_a_tile_touches() -> None:
-    from nptp_mpi.iop import _bins
+    from nptp_mpi.strategies.iop import _bins
 
     # A 4x4 map pooled up to 7x7: bin i reads rows [floor(4i/7), ceil(4(i+1)/7)).
     assert _bins((0, 0, 2, 4), (4, 4), (7, 7)) == (0, 0, 4, 7)
@@ -91,8 +91,8 @@ def test_bins_cover_what_a_tile_touches() -> None:
 
 @pytest.mark.parametrize("ranks", (2, 3, 4))
 def test_vgg16_iop_holds_less_weight_per_rank(ranks: int) -> None:
-    from nptp_mpi.iop import iop_plan
-    from nptp_mpi.plan import make_plan, weight_bytes
+    from nptp_mpi.plan.plan import make_plan, weight_bytes
+    from nptp_mpi.strategies.iop import iop_plan
 
     graph = zoo_graph("vgg16").with_input_hw(224, 224)
     iop = weight_bytes(graph, iop_plan(graph, ranks))
@@ -103,7 +103,7 @@ def test_vgg16_iop_holds_less_weight_per_rank(ranks: int) -> None:
 
 
 def test_heads_without_flatten_fc_keep_their_reduction() -> None:
-    from nptp_mpi.iop import iop_plan
+    from nptp_mpi.strategies.iop import iop_plan
 
     plan = iop_plan(zoo_graph("resnet18"), 3)
     assert plan.head is None and plan.gather == "reduce"
@@ -119,10 +119,10 @@ def test_freed_weights_are_gone_and_the_engine_still_runs() -> None:
 
     from mpi4py import MPI
 
-    from nptp_mpi.engine import Engine
-    from nptp_mpi.exchange import World
-    from nptp_mpi.graph import Graph
-    from nptp_mpi.iop import iop_plan
+    from nptp_mpi.model.graph import Graph
+    from nptp_mpi.runtime.engine import Engine
+    from nptp_mpi.runtime.exchange import World
+    from nptp_mpi.strategies.iop import iop_plan
 
     world = World(MPI.COMM_WORLD)
     base = zoo_graph("alexnet")
@@ -143,28 +143,11 @@ def test_freed_weights_are_gone_and_the_engine_still_runs() -> None:
     assert [a for a, _ in verdict] == [[False, True, True]] + [[False, False, False]] * (world.size - 1)
 
 
-def chain(hw: int = 3) -> object:
-    """input (8, hw, hw) -> conv pre -> conv a (64) -> conv b (64) -> conv c (64) -> global pool -> FC: the pairs
-    (a, b) and (b, c) can be split (pre reads the scattered input)."""
-    from nptp_mpi.graph import Graph, Node, Window
-
-    rng = np.random.default_rng(0)
-    nodes, x = [], "input"
-    for name, cin, cout in (("pre", 8, 8), ("a", 8, 64), ("b", 64, 64), ("c", 64, 64)):
-        w = rng.standard_normal((cout, cin, 3, 3), dtype=np.float32) * np.float32(np.sqrt(2 / (9 * cin)))
-        nodes.append(Node("conv", name, (x,), name, {"groups": 1, "act": "relu"},
-                          {"w": w, "b": np.zeros(cout, np.float32)}, Window((3, 3), (1, 1), (1, 1, 1, 1))))
-        x = name
-    nodes += [Node("gap", "gap", (x,), "gap"), Node("flatten", "flatten", ("gap",), "flat"),
-              Node("gemm", "fc", ("flat",), "fc", {}, {"w": rng.standard_normal((10, 64), dtype=np.float32)})]
-    return Graph("chain", "input", (8, hw, hw), "fc", nodes)
-
-
 def test_pairs_are_taken_where_they_are_predicted_faster() -> None:
     """On 3x3 cells two equal boards get 3 and 6 cells, but 32 channels each: with free links the pair wins
     by balance; on a slow link the pair's allgather and reduce-scatter cost more than the halos they replace."""
-    from nptp_mpi.cost import Boards, Links
-    from nptp_mpi.iop import iop_plan
+    from nptp_mpi.plan.cost import Boards, Links
+    from nptp_mpi.strategies.iop import iop_plan
 
     graph, boards = chain(), Boards((1e9, 1e9), 0.0)
     fast = iop_plan(graph, 2, boards=boards, links=Links(0.0, 1e15))
@@ -175,8 +158,8 @@ def test_pairs_are_taken_where_they_are_predicted_faster() -> None:
 
 
 def test_pick_takes_the_largest_gains_that_share_no_tensor() -> None:
-    from nptp_mpi.iop import candidates, pick
-    from nptp_mpi.plan import make_plan
+    from nptp_mpi.plan.plan import make_plan
+    from nptp_mpi.strategies.iop import candidates, pick
 
     graph = chain()
     assert candidates(graph, make_plan(graph, 2)) == [("a", "b"), ("b", "c")]
@@ -186,8 +169,8 @@ def test_pick_takes_the_largest_gains_that_share_no_tensor() -> None:
 
 
 def test_pair_bytes_are_an_allgather_and_a_reduce_scatter() -> None:
-    from nptp_mpi.iop import with_pairs
-    from nptp_mpi.plan import make_plan
+    from nptp_mpi.plan.plan import make_plan
+    from nptp_mpi.strategies.iop import with_pairs
 
     graph = chain(6)
     for ranks in (2, 3, 4):
@@ -201,7 +184,7 @@ def test_pair_bytes_are_an_allgather_and_a_reduce_scatter() -> None:
 
 
 def test_channels_follow_speeds_with_one_each_at_least() -> None:
-    from nptp_mpi.iop import _channels
+    from nptp_mpi.strategies.iop import _channels
 
     assert _channels(64, (1.0, 1.0)) == ((0, 32), (32, 64))
     assert _channels(10, (1.0, 3.0)) == ((0, 2), (2, 10))  # round(2.5) is 2

@@ -6,25 +6,15 @@ import sys
 from dataclasses import replace
 
 import pytest
-from test_iop import chain
+from conftest import chain
 
-from nptp_mpi import zoo
-from nptp_mpi.cost import Boards, Links
-from nptp_mpi.geometry import layers, spatial
-from nptp_mpi.partition import PartitionError
-from nptp_mpi.plan import cuts, make_plan, pieces, plan_from_cells, rank_params, segment_tensors
-from nptp_mpi.planner import (
-    CANDIDATES,
-    Setting,
-    auto,
-    build,
-    candidates,
-    choose,
-    describe,
-    explain,
-    latency,
-    segments,
-)
+from nptp_mpi.errors import PartitionError
+from nptp_mpi.model import zoo
+from nptp_mpi.plan.cost import Boards, Links, Setting, describe, latency
+from nptp_mpi.plan.geometry import layers, spatial
+from nptp_mpi.plan.plan import cuts, make_plan, pieces, plan_from_cells, rank_params, segment_tensors
+from nptp_mpi.strategies import build
+from nptp_mpi.strategies.auto import CANDIDATES, auto, candidates, choose, explain, segments
 
 SPEEDS = [1.0] * 4
 
@@ -67,13 +57,13 @@ def test_choose_takes_the_fastest_and_ties_to_the_simpler() -> None:
 def test_auto_searches_the_nptp_tiling_once(vgg16, monkeypatch) -> None:
     """fused, halp, iop and tail all run over NPTP's tiles: auto searches them once, not per candidate, and
     runs the fused-block DP that fused and tail start from once."""
-    import nptp_mpi.plan
-    import nptp_mpi.planner
+    import nptp_mpi.plan.plan
+    import nptp_mpi.strategies.auto
 
-    searched, search = [], nptp_mpi.plan.partition
-    monkeypatch.setattr(nptp_mpi.plan, "partition", lambda name, *a: searched.append(name) or search(name, *a))
-    priced, dp = [], nptp_mpi.planner.fused_prefixes
-    monkeypatch.setattr(nptp_mpi.planner, "fused_prefixes", lambda *a: priced.append(a[1]) or dp(*a))
+    searched, search = [], nptp_mpi.plan.plan.partition
+    monkeypatch.setattr(nptp_mpi.plan.plan, "partition", lambda name, *a: searched.append(name) or search(name, *a))
+    priced, dp = [], nptp_mpi.strategies.auto.fused_prefixes
+    monkeypatch.setattr(nptp_mpi.strategies.auto, "fused_prefixes", lambda *a: priced.append(a[1]) or dp(*a))
     rows = candidates(vgg16, 4, SPEEDS, "total", Setting.nominal(SPEEDS))
     assert sorted(searched) == ["coedge", "grid", "nptp"] and priced == [rows[2][1].cell_tiles]
     assert {p.cell_tiles for name, p, _ in rows if name not in ("coedge", "grid")} == {rows[2][1].cell_tiles}
@@ -137,8 +127,8 @@ def test_fused_blocks_then_a_tail() -> None:
 
 def funnel():
     """Three 3x3 convs on a 256² map of 16 channels, five 2x2 pools down to 8², then ten convs there."""
-    from nptp_mpi.graph import Graph
-    from nptp_mpi.zoo import _Net
+    from nptp_mpi.model.graph import Graph
+    from nptp_mpi.model.zoo import _Net
 
     net = _Net(0)
     for i, cin in enumerate((3, 16, 16)):
@@ -215,7 +205,8 @@ def test_describe_says_where_board_speeds_come_from() -> None:
 
 
 def test_planning_does_not_start_mpi() -> None:
-    code = ("import sys; from nptp_mpi import cli, planner, zoo; "
-            "planner.build(zoo.build('resnet18', (64, 64)), 2, 'auto'); print('mpi4py.MPI' in sys.modules)")
+    code = ("import sys; from nptp_mpi.cli import main, plan; from nptp_mpi.strategies import build; "
+            "from nptp_mpi.model import zoo; build(zoo.build('resnet18', (64, 64)), 2, 'auto'); "
+            "print('mpi4py.MPI' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -1,4 +1,4 @@
-"""The virtual board cluster (nptp_mpi.cluster): shaped links measured by MPI ping-pong, shared bottleneck,
+"""The virtual board cluster (nptp_mpi.tools.cluster): shaped links measured by MPI ping-pong, shared bottleneck,
 clean-up after a crash, ranks on distinct hostnames. Root and Linux network namespaces only; skipped otherwise."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from nptp_mpi import cluster
+from nptp_mpi.tools import cluster
 
 REASON = cluster.unsupported_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -79,7 +79,7 @@ if MPI.COMM_WORLD.rank == 0:
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nptp_mpi.cluster", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nptp_mpi.tools.cluster", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
 

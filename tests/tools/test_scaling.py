@@ -9,12 +9,13 @@ import statistics
 import pytest
 from conftest import run_cli
 
-from nptp_mpi.cli import load_model
-from nptp_mpi.cost import BoardCal, Calibration, LayerRates, Links, ModelCal, load_calibration
-from nptp_mpi.geometry import area
-from nptp_mpi.plan import make_plan, pieces
-from nptp_mpi.planner import Setting, build, latency
-from nptp_mpi.scaling import add_predictions, auto_vs_best, cases, merge_same_plans, pool, schedule
+from nptp_mpi.model.load import load_model
+from nptp_mpi.plan.calibration import BoardCal, Calibration, LayerRates, ModelCal, load_calibration
+from nptp_mpi.plan.cost import Links, Setting, latency
+from nptp_mpi.plan.geometry import area
+from nptp_mpi.plan.plan import make_plan, pieces
+from nptp_mpi.strategies import build
+from nptp_mpi.tools.scaling import add_predictions, auto_vs_best, cases, merge_same_plans, pool, schedule
 
 
 def test_one_board_is_one_case_per_model_and_size() -> None:

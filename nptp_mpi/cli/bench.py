@@ -1,0 +1,46 @@
+"""`bench`: kernels against onnxruntime, and latency against boards, sizes and schemes (tools/)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from nptp_mpi.errors import UsageError
+from nptp_mpi.model.load import load_model, parse_size
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    if args.what == "kernels":
+        from nptp_mpi.tools.bench import bench_convs, conv_layers, format_table
+
+        layers = [layer for m in args.models.split(",") for layer in conv_layers(load_model(m, args.size, None))]
+        print(format_table(bench_convs(layers, repeat=args.repeat)))
+        return
+    from nptp_mpi.cli.plan import link_model
+    from nptp_mpi.tools.scaling import auto_vs_best, bench_scaling, default_launcher, format_rows
+
+    items = {k: [v for v in getattr(args, k).split(",") if v] for k in ("models", "sizes", "strategies", "ranks")}
+    for size in items["sizes"]:
+        parse_size(size)
+    try:
+        ranks = [int(n) for n in items["ranks"]]
+    except ValueError:
+        raise UsageError(f"--ranks {args.ranks!r}: use numbers like 1,2,3,4") from None
+    overlaps = args.overlap.split(",")
+    if not set(overlaps) <= {"on", "off"} or min(ranks, default=0) < 1 or args.rounds < 1:
+        raise UsageError("--overlap takes on, off or on,off; --ranks and --rounds positive numbers")
+    model, plan_args = None, []  # each run plans for the same calibration and links as the prediction
+    if args.calibration:
+        from nptp_mpi.plan.calibration import load_calibration
+
+        cal = load_calibration(args.calibration)
+        model = (cal, link_model(args, cal))
+        plan_args = ["--calibration", os.path.abspath(args.calibration)]
+    plan_args += [*(["--bandwidth", args.bandwidth] if args.bandwidth else []),
+                  *(["--latency", args.latency] if args.latency else []), *(["--shared"] if args.shared else [])]
+    rows = bench_scaling(items["models"], items["sizes"], items["strategies"], ranks, overlaps,
+                         args.launcher or default_launcher(), args.warmup, args.repeat, args.timeout,
+                         Path(args.output), model, plan_args, args.rounds)
+    print("\n".join([format_rows(rows), *auto_vs_best(rows)]))
+    print(f"wrote {args.output}/scaling.csv, scaling.json, scaling.png")

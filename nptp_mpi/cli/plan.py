@@ -1,0 +1,96 @@
+"""`plan`: print (or draw) the plan a run would execute, and what the cost model predicts; the helpers
+that turn arguments into the cost model's setting and a plan, shared with `run`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from nptp_mpi.errors import UsageError
+from nptp_mpi.io.outputs import check_writable
+from nptp_mpi.model.graph import Graph
+from nptp_mpi.model.load import load_model
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from nptp_mpi.cli.show import draw_tiles, format_plan, human
+    from nptp_mpi.plan.plan import weight_bytes
+    from nptp_mpi.plan.tiling import parse_speeds
+
+    graph = load_model(args.model, args.size, args.weights)
+    speeds = parse_speeds(args.speeds, args.ranks) if args.speeds else None
+    if args.bandwidth or args.calibration:
+        plan, predictions = _predict(args, graph, speeds)
+    else:
+        plan, predictions = plan_for(args, graph, args.ranks, speeds), None
+    if args.json:
+        print(json.dumps({**plan.to_json(), "weight_bytes": weight_bytes(graph, plan),
+                          **({"predicted": predictions} if predictions else {})}, indent=1))
+    else:
+        print(format_plan(plan, weights=weight_bytes(graph, plan)))
+        if args.strategy == "auto":
+            from nptp_mpi.strategies.auto import explain
+
+            print("\n" + "\n".join(explain(graph, args.ranks, speeds or [1.0] * args.ranks, args.objective,
+                                            setting_for(args, graph, args.ranks, speeds))))
+        if predictions and args.strategy != "auto":  # auto printed them already
+            print("\npredicted latency (cost model: " + predictions["model"] + ")")
+            for row in predictions["strategies"]:
+                what = (f"{row['latency_s']:.3f} s  (compute {row['compute_s']:.3f} s, communication "
+                        f"{row['comm_s']:.3f} s, halo {human(row['halo_bytes'])})" if "latency_s" in row
+                        else f"cannot run: {row['error']}")
+                print(f"  {row['strategy']:<8} {what}")
+    if args.png:
+        check_writable(args.png, "--png")
+        draw_tiles(plan, args.png)
+
+
+def link_model(args: argparse.Namespace, cal):
+    """The links to predict for: --bandwidth/--latency/--shared where given, else the calibration's."""
+    from nptp_mpi.plan.cost import Links, parse_rate, parse_time
+
+    measured = cal.links if cal else None  # None also for a calibration made on one rank
+    if not (args.bandwidth or measured):
+        raise UsageError("a prediction needs --bandwidth, or --calibration with links (calibrated on 2+ ranks)")
+    return Links(parse_time(args.latency) if args.latency else (measured.alpha_s if measured else 0.0),
+                 parse_rate(args.bandwidth) if args.bandwidth else measured.bytes_per_s,
+                 args.shared or bool(measured and measured.shared), measured.overlap if measured else ())
+
+
+def setting_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list[float] | None):
+    """What fused and auto plan for: the calibration's boards or nominal ones scaled by --speeds, and
+    --bandwidth/--latency/--shared, the calibration's links, or the nominal link. Deterministic, so every
+    rank of a job (and `plan`) makes the same choice."""
+    from nptp_mpi.plan.calibration import load_calibration
+    from nptp_mpi.plan.cost import NOMINAL_LINKS, Setting
+
+    cal = load_calibration(args.calibration) if args.calibration else None
+    nominal = Setting.nominal(speeds or [1.0] * ranks, args.overlap == "on")
+    boards = cal.to_boards(ranks, graph.name) if cal else nominal.boards
+    links = link_model(args, cal) if (args.bandwidth or (cal and cal.links)) else NOMINAL_LINKS
+    return Setting(boards, links, args.overlap == "on", given=bool(cal or args.bandwidth))
+
+
+def plan_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list[float] | None):
+    """The plan `run` executes and `plan` prints for these arguments."""
+    from nptp_mpi.strategies import build
+
+    return build(graph, ranks, args.strategy, speeds, args.objective, setting_for(args, graph, ranks, speeds),
+                 args.fuse, args.partition)
+
+
+def _predict(args: argparse.Namespace, graph: Graph, speeds: list[float] | None):
+    """The plan these arguments run, and every scheme's predicted latency for the boards and links."""
+    from nptp_mpi.plan.cost import describe, prediction
+    from nptp_mpi.strategies.auto import candidates
+
+    setting = setting_for(args, graph, args.ranks, speeds)
+    rows = []
+    for strategy, plan, t in candidates(graph, args.ranks, speeds or [1.0] * args.ranks, args.objective, setting):
+        if plan is None:
+            rows.append({"strategy": strategy, "error": t})
+            continue
+        pred = prediction(graph, plan, setting)
+        rows.append({"strategy": strategy, "latency_s": t, "compute_s": pred.compute_s, "comm_s": t - pred.compute_s,
+                     "halo_bytes": plan.halo_bytes})
+    return plan_for(args, graph, args.ranks, speeds), {"model": describe(setting), "strategies": rows}

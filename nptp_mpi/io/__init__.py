@@ -1,0 +1,1 @@
+"""Files in and out: pictures and tensors, atomic output writes, hostfiles."""

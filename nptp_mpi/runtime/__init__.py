@@ -1,0 +1,1 @@
+"""The runtime: kernels per node (ops), the exchange (the only module that touches MPI), the engines."""

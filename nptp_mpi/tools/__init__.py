@@ -1,0 +1,1 @@
+"""Tools around the engine: calibration, benchmarks, the virtual board cluster, cache warming."""
