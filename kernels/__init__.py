@@ -6,8 +6,25 @@ Spatial kernels compute an output region from an input tile buffer plus its orig
 """
 
 from .conv import conv2d
-from .pointwise import add, affine, clip, concat, gemm, leakyrelu, lrn, mul, relu, shuffle, sigmoid, softmax
-from .pool import adaptive_avgpool, global_avgpool, pool2d
+from .pointwise import (
+    activation,
+    add,
+    affine,
+    channels,
+    clip,
+    concat,
+    gemm,
+    leakyrelu,
+    lrn,
+    mul,
+    prelu,
+    relu,
+    shuffle,
+    sigmoid,
+    softmax,
+)
+from .pool import adaptive_avgpool, global_avgpool, global_maxpool, pool2d
 
-__all__ = ["add", "adaptive_avgpool", "affine", "clip", "concat", "conv2d", "gemm", "global_avgpool",
-           "leakyrelu", "lrn", "mul", "pool2d", "relu", "shuffle", "sigmoid", "softmax"]
+__all__ = ["activation", "add", "adaptive_avgpool", "affine", "channels", "clip", "concat", "conv2d", "gemm",
+           "global_avgpool", "global_maxpool", "leakyrelu", "lrn", "mul", "pool2d", "prelu", "relu", "shuffle",
+           "sigmoid", "softmax"]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
-ACTS = {"": 0, "relu": 1, "clip": 2, "leakyrelu": 3, "sigmoid": 4}
+# Fused and standalone activations. Parameters: leakyrelu, elu alpha; clip lo, hi; hardsigmoid alpha (slope) and
+# lo (offset, ONNX's beta); the others none.
+ACTS = {"": 0, "relu": 1, "clip": 2, "leakyrelu": 3, "sigmoid": 4, "hardsigmoid": 5, "hardswish": 6, "tanh": 7,
+        "elu": 8, "softplus": 9, "gelu": 10, "silu": 11}
 
 
 def act_code(act: str) -> int:
@@ -24,9 +29,22 @@ def act1(v, code, alpha, lo, hi):
         return min(max(v, lo), hi)
     if code == 3:
         return v if v >= 0 else v * alpha
-    if code == 4:  # split by sign so exp never overflows
+    if code == 4 or code == 11:  # split by sign so exp never overflows
         e = np.exp(-abs(v))
-        return np.float32(1.0) / (np.float32(1.0) + e) if v >= 0 else e / (np.float32(1.0) + e)
+        s = np.float32(1.0) / (np.float32(1.0) + e) if v >= 0 else e / (np.float32(1.0) + e)
+        return s if code == 4 else v * s
+    if code == 5:
+        return min(max(alpha * v + lo, np.float32(0.0)), np.float32(1.0))
+    if code == 6:
+        return v * min(max(v / np.float32(6.0) + np.float32(0.5), np.float32(0.0)), np.float32(1.0))
+    if code == 7:
+        return np.tanh(v)
+    if code == 8:
+        return v if v >= 0 else alpha * np.float32(math.expm1(v))
+    if code == 9:  # log(1 + e^v) without overflow
+        return max(v, np.float32(0.0)) + np.float32(math.log1p(math.exp(-abs(v))))
+    if code == 10:  # exact (erf) GELU
+        return np.float32(0.5) * v * (np.float32(1.0) + np.float32(math.erf(v * np.float32(0.7071067811865476))))
     return v
 
 
@@ -51,20 +69,36 @@ def _rows(x: np.ndarray, rows: int, code: int, scale: np.ndarray, shift: np.ndar
 _ONE, _ZERO = np.ones(1, np.float32), np.zeros(1, np.float32)
 
 
+def activation(x: np.ndarray, act: str, alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0) -> np.ndarray:
+    """A new float32 array: activation `act` (see ACTS) of every element of x."""
+    return _rows(x, 1, act_code(act), _ONE, _ZERO, alpha, lo, hi)
+
+
 def relu(x: np.ndarray) -> np.ndarray:
-    return _rows(x, 1, ACTS["relu"], _ONE, _ZERO)
+    return activation(x, "relu")
 
 
 def clip(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    return _rows(x, 1, ACTS["clip"], _ONE, _ZERO, lo=lo, hi=hi)
+    return activation(x, "clip", lo=lo, hi=hi)
 
 
 def leakyrelu(x: np.ndarray, alpha: float) -> np.ndarray:
-    return _rows(x, 1, ACTS["leakyrelu"], _ONE, _ZERO, alpha=alpha)
+    return activation(x, "leakyrelu", alpha=alpha)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return _rows(x, 1, ACTS["sigmoid"], _ONE, _ZERO)
+    return activation(x, "sigmoid")
+
+
+def prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """PRelu of (C, H, W) with one slope per channel: x where x >= 0, slope[c]·x elsewhere."""
+    x = np.asarray(x, np.float32)
+    return np.where(x >= 0, x, x * slope.reshape(-1, 1, 1)).astype(np.float32)
+
+
+def channels(x: np.ndarray, c0: int, c1: int) -> np.ndarray:
+    """Channels c0:c1 of (C, H, W), contiguous (a Split or Slice along channels)."""
+    return np.ascontiguousarray(x[c0:c1], np.float32)
 
 
 def affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:

@@ -62,6 +62,11 @@ def global_avgpool(x: np.ndarray) -> np.ndarray:
     return x.mean(axis=(1, 2), dtype=np.float64, keepdims=True).astype(np.float32)
 
 
+def global_maxpool(x: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (C, 1, 1) maximum."""
+    return x.max(axis=(1, 2), keepdims=True).astype(np.float32)
+
+
 def adaptive_avgpool(x: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """PyTorch AdaptiveAvgPool2d: cell i averages [floor(i*H/oh), ceil((i+1)*H/oh)) (same for columns)."""
     (h, w), (oh, ow) = x.shape[1:], out_hw

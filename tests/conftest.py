@@ -109,3 +109,35 @@ def ort_run(model, x: np.ndarray) -> np.ndarray:
     so.intra_op_num_threads = so.inter_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x[None]})[0][0]
+
+
+# -- ONNX models built by hand -------------------------------------------------------------------
+
+def make_model(nodes, inits: dict, shape=(1, 3, 16, 16), opset: int = 17, ir: int | None = None):
+    """A one-input ('x') one-output ('y') model; IR 3 lists initializers as graph inputs, as old exporters did."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    tensors = [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
+    if ir == 3:
+        inputs += [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in tensors]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(helper.make_graph(nodes, "t", inputs, [y], tensors), opset_imports=opsets)
+    model.ir_version = ir or helper.find_min_ir_version_for(opsets)
+    return model
+
+
+def import_and_compare(tmp_path, model, size=None) -> Graph:
+    """Save model, import it, and check the reference engine against onnxruntime on a random input."""
+    path = str(tmp_path / "model.onnx")
+    import onnx
+
+    from nptp_mpi.model.onnx_io import load_onnx
+    from nptp_mpi.runtime import reference
+
+    onnx.save(model, path)
+    graph = load_onnx(path, size)
+    x = np.random.default_rng(0).standard_normal(graph.input_shape, dtype=np.float32)
+    assert_close(reference.run(graph, x), ort_run(model, x))
+    return graph

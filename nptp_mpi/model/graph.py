@@ -52,15 +52,17 @@ class Window:
 # Op kinds. "window" ops read a footprint around each output pixel; "pointwise" ops read the same
 # pixel of each input (spatially local, so they run on any tile as is); "head" ops see whole maps.
 WINDOW_OPS = {"conv", "maxpool", "avgpool"}
-POINTWISE_OPS = {"relu", "clip", "leakyrelu", "sigmoid", "affine", "lrn", "add", "mul", "concat", "shuffle"}
-HEAD_OPS = {"gap", "adaptive_avgpool", "flatten", "gemm", "softmax"}
-ACTIVATIONS = {"relu", "clip", "leakyrelu"}
+# ACTIVATIONS fuse into the producing conv or gemm (kernels.pointwise.ACTS); sigmoid stays apart (a gate).
+ACTIVATIONS = {"relu", "clip", "leakyrelu", "hardsigmoid", "hardswish", "tanh", "elu", "softplus", "gelu", "silu"}
+POINTWISE_OPS = {"sigmoid", "affine", "lrn", "add", "mul", "concat", "shuffle", "prelu", "slice"} | ACTIVATIONS
+HEAD_OPS = {"gap", "gmp", "adaptive_avgpool", "flatten", "gemm", "softmax"}
 
 
 @dataclass
 class Node:
-    """One op. attrs hold scalars (groups, act, alpha, lo, hi, size, beta, bias, count_include_pad, out);
-    params hold float32 arrays (conv/gemm: w, b; affine: scale, shift)."""
+    """One op. attrs hold scalars (groups, act and its alpha, lo, hi; size, beta, bias; count_include_pad, out;
+    a channel slice's c0, c1); params hold float32 arrays (conv/gemm: w, b; affine: scale, shift; prelu:
+    slope)."""
 
     op: str
     name: str
@@ -144,7 +146,7 @@ class Graph:
 def _out_shape(node: Node, ins: list[Shape]) -> Shape:
     op, a = node.op, node.attrs
     x = ins[0]
-    if op in WINDOW_OPS or op in POINTWISE_OPS or op in ("gap", "adaptive_avgpool"):
+    if op in WINDOW_OPS or op in POINTWISE_OPS or op in ("gap", "gmp", "adaptive_avgpool"):
         if len(x) != 3:
             raise ModelError(f"expects a (C, H, W) feature map, got shape {x}")
     if op == "conv":
@@ -159,8 +161,16 @@ def _out_shape(node: Node, ins: list[Shape]) -> Shape:
         return (w.shape[0], *node.window.out_hw(x[1], x[2]))
     if op in ("maxpool", "avgpool"):
         return (x[0], *node.window.out_hw(x[1], x[2]))
-    if op in ("relu", "clip", "leakyrelu", "sigmoid", "lrn", "softmax"):
+    if op in ACTIVATIONS or op in ("sigmoid", "lrn", "softmax"):
         return x
+    if op == "prelu":
+        if node.params["slope"].shape != (x[0],):
+            raise ModelError(f"per-channel slope {node.params['slope'].shape} does not fit {x[0]} channels")
+        return x
+    if op == "slice":
+        if not 0 <= a["c0"] < a["c1"] <= x[0]:
+            raise ModelError(f"channels {a['c0']}:{a['c1']} do not lie within {x[0]}")
+        return (a["c1"] - a["c0"], x[1], x[2])
     if op == "affine":
         if node.params["scale"].shape != (x[0],) or node.params["shift"].shape != (x[0],):
             raise ModelError(f"per-channel scale/shift do not fit {x[0]} channels")
@@ -177,7 +187,7 @@ def _out_shape(node: Node, ins: list[Shape]) -> Shape:
         if x[0] % a["groups"]:
             raise ModelError(f"{x[0]} channels not divisible into {a['groups']} groups")
         return x
-    if op == "gap":
+    if op in ("gap", "gmp"):
         return (x[0], 1, 1)
     if op == "adaptive_avgpool":
         return (x[0], *a["out"])

@@ -12,6 +12,7 @@ from onnx import external_data_helper, helper, numpy_helper
 
 from nptp_mpi.errors import ModelError
 from nptp_mpi.model.graph import ACTIVATIONS, Graph, Node, Shape, Window, _out_shape
+from nptp_mpi.model.onnx_fold import fold_constants, with_input_shape
 from nptp_mpi.model.passes import simplify
 
 # ---------------------------------------------------------------------------------------------- import
@@ -36,7 +37,7 @@ def load_onnx(path: str, size: tuple[int, int] | None = None) -> Graph:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # protobuf decode errors have no common public base class
         raise ModelError(f"cannot read ONNX model {path}: {e}") from None
-    return simplify(_Importer(model, path).run(size))
+    return simplify(_Importer(fold_constants(with_input_shape(model, size)), path).run(size))
 
 
 class _Importer:
@@ -51,6 +52,7 @@ class _Importer:
         self.alias: dict[str, str] = {}
         self.shapes: dict[str, Shape] = {}
         self.pending: dict[str, tuple[str, str, int]] = {}  # channel-shuffle stage: (stage, source, groups)
+        self.padded: dict[str, tuple[str, tuple[int, int, int, int]]] = {}  # a zero Pad: (source, pads) held back
         self.producer: dict[str, Node] = {}
         self.nodes: list[Node] = []
 
@@ -105,9 +107,14 @@ class _Importer:
     def err(self, n: onnx.NodeProto, name: str, detail: str = "") -> ModelError:
         return ModelError(f"unsupported ONNX op {n.op_type!r}{detail} (node {name!r}) in {self.where}")
 
-    def x(self, n: onnx.NodeProto, name: str, i: int = 0) -> str:
-        """Dynamic input i (a feature map or vector computed by an earlier node)."""
+    def x(self, n: onnx.NodeProto, name: str, i: int = 0, padded: bool = False) -> str:
+        """Dynamic input i (a feature map or vector computed by an earlier node); padded: a window op that takes a
+        held-back zero Pad's input (window() adds the pads)."""
         t = self.alias.get(n.input[i], n.input[i])
+        if padded and t in self.padded:
+            t = self.padded[t][0]
+        elif t in self.padded:
+            raise self.err(n, name, f" reading the Pad output {t!r} (a zero Pad folds only into a Conv or AveragePool)")
         if t not in self.shapes:
             raise self.err(n, name, f" with constant or unsupported input {n.input[i]!r}")
         return t
@@ -122,12 +129,13 @@ class _Importer:
         """Optional constant input i; None when absent."""
         return self.const(n, name, i) if i < len(n.input) and n.input[i] else None
 
-    def emit(self, n, name, op, inputs, attrs=None, params=None, window=None) -> None:
-        """Append a graph node computing ONNX output 0 of n (an activation of a vector fuses into its gemm)."""
+    def emit(self, n, name, op, inputs, attrs=None, params=None, window=None, out: str | None = None) -> None:
+        """Append a graph node computing ONNX output 0 of n, or `out` (an activation of a vector fuses into its
+        gemm)."""
         if op in ACTIVATIONS and len(self.shapes[inputs[0]]) == 1:
             self.into_gemm(n, name, inputs[0]).attrs.update(attrs or {}, act=op)
             return
-        node = Node(op, name, tuple(inputs), n.output[0], attrs or {}, params or {}, window)
+        node = Node(op, name, tuple(inputs), out or n.output[0], attrs or {}, params or {}, window)
         try:
             self.shapes[node.output] = _out_shape(node, [self.shapes[t] for t in inputs])
         except ModelError as e:
@@ -157,6 +165,8 @@ class _Importer:
             pads = (0, 0, 0, 0)
         elif auto != "NOTSET":
             raise self.err(n, name, f" attribute auto_pad={auto!r}")
+        if n.input[0] in self.padded:  # a held-back zero Pad becomes padding
+            pads = tuple(p + q for p, q in zip(pads, self.padded[n.input[0]][1], strict=True))
         return Window(k, s, pads, d, bool(a.get("ceil_mode", 0)))
 
 
@@ -192,7 +202,7 @@ def _forward(imp: _Importer, n, name, a) -> None:
 
 @_op("Conv", attrs="kernel_shape strides pads dilations group auto_pad")
 def _conv(imp: _Importer, n, name, a) -> None:
-    x, w = imp.x(n, name), imp.const(n, name, 1).astype(np.float32)
+    x, w = imp.x(n, name, padded=True), imp.const(n, name, 1).astype(np.float32)
     if w.ndim != 4:
         raise imp.err(n, name, f" with {w.ndim - 2}-D kernel")
     params = {"w": w}
@@ -207,15 +217,22 @@ def _conv(imp: _Importer, n, name, a) -> None:
 def _pool(imp: _Importer, n, name, a) -> None:
     if a.get("storage_order", 0) or len([o for o in n.output if o]) > 1:
         raise imp.err(n, name, " with storage_order=1 or an indices output")
-    x = imp.x(n, name)
+    x = imp.x(n, name, padded=n.op_type == "AveragePool")
+    window = imp.window(n, name, x, a, ())
+    if window.kernel == imp.shapes[x][1:] and window.pads == (0, 0, 0, 0) and window.dilation == (1, 1):
+        return imp.emit(n, name, "gmp" if n.op_type == "MaxPool" else "gap", [x])  # the whole map: global pooling
     if n.op_type == "MaxPool":
-        imp.emit(n, name, "maxpool", [x], {}, window=imp.window(n, name, x, a, ()))
-    else:
-        attrs = {"count_include_pad": bool(a.get("count_include_pad", 0))}
-        imp.emit(n, name, "avgpool", [x], attrs, window=imp.window(n, name, x, a, ()))
+        return imp.emit(n, name, "maxpool", [x], {}, window=window)
+    include = bool(a.get("count_include_pad", 0))
+    if n.input[0] in imp.padded:  # a zero Pad before it counts in every window
+        if not include and any(a.get("pads", ())):
+            raise imp.err(n, name, " after a Pad, with pads of its own that do not count (count_include_pad=0)")
+        include = True
+    return imp.emit(n, name, "avgpool", [x], {"count_include_pad": include}, window=window)
 
 
-_UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "GlobalAveragePool": "gap"}
+_UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "GlobalAveragePool": "gap", "GlobalMaxPool": "gmp", "Tanh": "tanh",
+          "Softplus": "softplus", "HardSwish": "hardswish"}
 
 
 @_op(*_UNARY)
@@ -224,8 +241,32 @@ def _unary(imp: _Importer, n, name, a) -> None:
 
 
 @_op("LeakyRelu", attrs="alpha")
-def _leakyrelu(imp: _Importer, n, name, a) -> None:
-    imp.emit(n, name, "leakyrelu", [imp.x(n, name)], {"alpha": float(a.get("alpha", 0.01))})
+@_op("Elu", attrs="alpha")
+def _alpha_act(imp: _Importer, n, name, a) -> None:
+    default = {"LeakyRelu": 0.01, "Elu": 1.0}[n.op_type]
+    imp.emit(n, name, n.op_type.lower(), [imp.x(n, name)], {"alpha": float(a.get("alpha", default))})
+
+
+@_op("HardSigmoid", attrs="alpha beta")
+def _hardsigmoid(imp: _Importer, n, name, a) -> None:
+    imp.emit(n, name, "hardsigmoid", [imp.x(n, name)], {"alpha": float(a.get("alpha", 0.2)),
+                                                         "lo": float(a.get("beta", 0.5))})
+
+
+@_op("Gelu", attrs="approximate")
+def _gelu(imp: _Importer, n, name, a) -> None:
+    if a.get("approximate", "none") != "none":
+        raise imp.err(n, name, f" attribute approximate={a['approximate']!r} (the exact, erf form runs)")
+    imp.emit(n, name, "gelu", [imp.x(n, name)])
+
+
+@_op("PRelu")
+def _prelu(imp: _Importer, n, name, a) -> None:
+    x = imp.x(n, name)
+    slope = _per_channel(imp.const(n, name, 1), imp.shapes[x][0]) if len(imp.shapes[x]) == 3 else None
+    if slope is None:
+        raise imp.err(n, name, " with a slope that is not per channel")
+    imp.emit(n, name, "prelu", [x], {}, {"slope": slope})
 
 
 @_op("Clip", attrs="min max")
@@ -303,9 +344,87 @@ def _concat(imp: _Importer, n, name, a) -> None:
 
 @_op("Flatten", attrs="axis")
 def _flatten(imp: _Importer, n, name, a) -> None:
-    if a.get("axis", 1) != 1:
+    x = imp.x(n, name)
+    if a.get("axis", 1) not in (1, -len(imp.shapes[x])):  # (batch-less shapes: axis 1 is the first axis we hold)
         raise imp.err(n, name, f" attribute axis={a['axis']}")
-    imp.emit(n, name, "flatten", [imp.x(n, name)])
+    imp.emit(n, name, "flatten", [x])
+
+
+@_op("Squeeze", attrs="axes")
+def _squeeze(imp: _Importer, n, name, a) -> None:
+    """Squeeze of a (1, C, 1, 1) map: the vector (a Flatten); of a (1, K) vector's batch axis: itself."""
+    x = imp.x(n, name)
+    shape = imp.shapes[x]
+    axes = a.get("axes", imp.opt_const(n, name, 1))
+    axes = None if axes is None else sorted(int(i) % (len(shape) + 1) for i in np.ravel(axes))
+    if len(shape) == 3 and shape[1:] == (1, 1) and axes in (None, [2, 3]):
+        return imp.emit(n, name, "flatten", [x])
+    if len(shape) == 1 and axes == [0]:
+        imp.alias[n.output[0]] = x
+        return None
+    raise imp.err(n, name, f" of axes {axes} on shape (1, {', '.join(map(str, shape))})")
+
+
+@_op("ReduceMean", "ReduceMax", attrs="axes keepdims noop_with_empty_axes")
+def _reduce(imp: _Importer, n, name, a) -> None:
+    """A mean or maximum over H and W: global pooling (then the vector, without keepdims)."""
+    x = imp.x(n, name)
+    axes = a.get("axes", imp.opt_const(n, name, 1))
+    if len(imp.shapes[x]) != 3 or axes is None or sorted(int(i) % 4 for i in np.ravel(axes)) != [2, 3]:
+        raise imp.err(n, name, f" over axes {None if axes is None else list(np.ravel(axes))} (only H and W reduce)")
+    op = "gap" if n.op_type == "ReduceMean" else "gmp"
+    if a.get("keepdims", 1):
+        return imp.emit(n, name, op, [x])
+    pooled = f"{n.output[0]}/pooled"
+    imp.emit(n, name + "/pool", op, [x], out=pooled)
+    return imp.emit(n, name, "flatten", [pooled])
+
+
+@_op("Pad", attrs="mode pads value")
+def _pad(imp: _Importer, n, name, a) -> None:
+    """A zero Pad of H and W: held back and added to the padding of the conv (or average pool counting pads)
+    that reads it."""
+    x = imp.x(n, name)
+    pads = a.get("pads", imp.opt_const(n, name, 1))
+    value = a.get("value", 0.0) if (c := imp.opt_const(n, name, 2)) is None else float(np.ravel(c)[0])
+    if len(n.input) > 3 and n.input[3]:
+        raise imp.err(n, name, " with an axes input")
+    pads = [int(p) for p in np.ravel(pads)] if pads is not None else []
+    if a.get("mode", "constant") != "constant" or value != 0 or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) \
+            or min(pads) < 0 or len(imp.shapes[x]) != 3:
+        raise imp.err(n, name, " other than a zero padding of H and W")
+    imp.padded[n.output[0]] = (x, (pads[2], pads[3], pads[6], pads[7]))
+
+
+@_op("Split", attrs="axis split num_outputs")
+def _split(imp: _Importer, n, name, a) -> None:
+    """A Split along channels: one channel slice per output."""
+    x = imp.x(n, name)
+    c, outs = imp.shapes[x][0], [o for o in n.output]
+    sizes = a.get("split", imp.opt_const(n, name, 1))
+    sizes = [int(s) for s in np.ravel(sizes)] if sizes is not None else [-(-c // len(outs))] * len(outs)
+    sizes[-1] = c - sum(sizes[:-1])
+    if a.get("axis", 0) not in (1, -3) or len(imp.shapes[x]) != 3 or min(sizes) < 1:
+        raise imp.err(n, name, f" along axis {a.get('axis', 0)} (only channels split)")
+    c0 = 0
+    for i, (out, size) in enumerate(zip(outs, sizes, strict=True)):
+        if out:
+            imp.emit(n, f"{name}/{i}", "slice", [x], {"c0": c0, "c1": c0 + size}, out=out)
+        c0 += size
+
+
+@_op("Slice")
+def _slice(imp: _Importer, n, name, a) -> None:
+    """A Slice along channels with step 1: a channel slice."""
+    x = imp.x(n, name)
+    starts, ends = (np.ravel(imp.const(n, name, i)) for i in (1, 2))
+    axes = np.ravel(c) if (c := imp.opt_const(n, name, 3)) is not None else np.arange(len(starts))
+    steps = np.ravel(c) if (c := imp.opt_const(n, name, 4)) is not None else np.ones(len(starts), np.int64)
+    shape = imp.shapes[x]
+    if len(shape) != 3 or len(starts) != 1 or int(axes[0]) % 4 != 1 or int(steps[0]) != 1:
+        raise imp.err(n, name, " other than one step-1 slice along channels")
+    c0, c1, _ = slice(int(starts[0]), int(ends[0])).indices(shape[0])
+    imp.emit(n, name, "slice", [x], {"c0": c0, "c1": c1})
 
 
 @_op("Reshape", attrs="shape allowzero")
@@ -413,15 +532,28 @@ class _Exporter:
         return name
 
 
+_ONNX_ACTS = {"relu": "Relu", "tanh": "Tanh", "softplus": "Softplus", "hardswish": "HardSwish", "sigmoid": "Sigmoid"}
+
+
 def _act(ex: _Exporter, act: str, attrs: dict, x: str, out: str, name: str) -> None:
-    """Standalone or fused activation as its ONNX node."""
-    if act == "relu":
-        ex.add("Relu", [x], out, name)
-    elif act == "leakyrelu":
-        ex.add("LeakyRelu", [x], out, name, alpha=float(attrs["alpha"]))
+    """Standalone or fused activation as its ONNX node(s)."""
+    if act in _ONNX_ACTS:
+        ex.add(_ONNX_ACTS[act], [x], out, name)
+    elif act in ("leakyrelu", "elu"):
+        ex.add({"leakyrelu": "LeakyRelu", "elu": "Elu"}[act], [x], out, name, alpha=float(attrs["alpha"]))
+    elif act == "hardsigmoid":
+        ex.add("HardSigmoid", [x], out, name, alpha=float(attrs["alpha"]), beta=float(attrs["lo"]))
     elif act == "clip":
         lo, hi = (ex.const(f"{name}.{k}", np.float32(attrs[k])) for k in ("lo", "hi"))
         ex.add("Clip", [x, lo, hi], out, name)
+    elif act == "silu":
+        ex.add("Mul", [x, ex.add("Sigmoid", [x], f"{out}.sigmoid", f"{name}.sigmoid")], out, name)
+    elif act == "gelu":  # 0.5·x·(1 + erf(x/√2)): ONNX has Gelu only from opset 20
+        root2, one, half = (ex.const(f"{name}.{k}", np.float32(v)) for k, v in (("root2", 2 ** 0.5), ("one", 1),
+                                                                                   ("half", 0.5)))
+        e = ex.add("Erf", [ex.add("Div", [x, root2], f"{out}.scaled", f"{name}.div")], f"{out}.erf", f"{name}.erf")
+        e = ex.add("Add", [e, one], f"{out}.erf1", f"{name}.add")
+        ex.add("Mul", [ex.add("Mul", [x, half], f"{out}.half", f"{name}.half"), e], out, name)
     else:
         raise ModelError(f"cannot export activation {act!r} of node {name!r}")
 
@@ -489,6 +621,12 @@ def _ex_shuffle(ex, n, ins, out):
     ex.add("Reshape", [y, merge], out, n.name)
 
 
+def _ex_slice(ex, n, ins, out):
+    bounds = [ex.const(f"{n.name}.{k}", np.array([v], np.int64)) for k, v in (("c0", n.attrs["c0"]),
+                                                                             ("c1", n.attrs["c1"]), ("axis", 1))]
+    ex.add("Slice", [ins[0], *bounds], out, n.name)
+
+
 def _simple(op_type: str, *keys: str, **fixed) -> Callable:
     """Exporter for a one-to-one op: copies the listed attrs and adds fixed ONNX attributes."""
     return lambda ex, n, ins, out: ex.add(op_type, ins, out, n.name, **{k: n.attrs[k] for k in keys}, **fixed)
@@ -503,10 +641,11 @@ _EXPORT: dict[str, Callable] = {
     "affine": _ex_affine,
     "mul": _ex_mul,
     "shuffle": _ex_shuffle,
-    "relu": lambda ex, n, ins, out: _act(ex, "relu", n.attrs, ins[0], out, n.name),
-    "clip": lambda ex, n, ins, out: _act(ex, "clip", n.attrs, ins[0], out, n.name),
-    "leakyrelu": lambda ex, n, ins, out: _act(ex, "leakyrelu", n.attrs, ins[0], out, n.name),
-    "sigmoid": _simple("Sigmoid"),
+    **{a: (lambda ex, n, ins, out: _act(ex, n.op, n.attrs, ins[0], out, n.name)) for a in (*ACTIVATIONS, "sigmoid")},
+    "prelu": lambda ex, n, ins, out: ex.add("PRelu", [ins[0], ex.const(f"{n.name}.slope",
+                                                                    n.params["slope"].reshape(-1, 1, 1))], out, n.name),
+    "slice": _ex_slice,
+    "gmp": _simple("GlobalMaxPool"),
     "lrn": _simple("LRN", "size", "alpha", "beta", "bias"),
     "add": _simple("Sum"),
     "concat": _simple("Concat", axis=1),

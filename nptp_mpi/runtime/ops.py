@@ -12,7 +12,7 @@ import numpy as np
 
 import kernels as K
 from kernels.pointwise import act_code, epilogue
-from nptp_mpi.model.graph import Node
+from nptp_mpi.model.graph import ACTIVATIONS, Node
 
 Rect = tuple[int, int, int, int]
 
@@ -51,14 +51,12 @@ def run_spatial(node: Node, ins: list[Tile], in_hw: tuple[int, int], region: Rec
         return K.pool2d(x.data, x.rect[:2], in_hw, op[:3], w.kernel, w.stride, w.pads, w.dilation, region,
                         count_include_pad=bool(a.get("count_include_pad", 0)))
     xs = [t.view(region) for t in ins]
-    if op == "relu":
-        return K.relu(xs[0])
-    if op == "clip":
-        return K.clip(xs[0], a["lo"], a["hi"])
-    if op == "leakyrelu":
-        return K.leakyrelu(xs[0], a["alpha"])
-    if op == "sigmoid":
-        return K.sigmoid(xs[0])
+    if op in ACTIVATIONS or op == "sigmoid":
+        return K.activation(xs[0], op, a.get("alpha", 0.0), a.get("lo", 0.0), a.get("hi", 0.0))
+    if op == "prelu":
+        return K.prelu(xs[0], p["slope"])
+    if op == "slice":
+        return K.channels(xs[0], a["c0"], a["c1"])
     if op == "affine":
         return K.affine(xs[0], p["scale"], p["shift"])
     if op == "lrn":
@@ -79,6 +77,8 @@ def run_head(node: Node, ins: list[np.ndarray]) -> np.ndarray:
     op, x = node.op, ins[0]
     if op == "gap":
         return K.global_avgpool(x)
+    if op == "gmp":
+        return K.global_maxpool(x)
     if op == "adaptive_avgpool":
         return K.adaptive_avgpool(x, tuple(node.attrs["out"]))
     if op == "flatten":

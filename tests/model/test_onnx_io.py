@@ -7,8 +7,8 @@ import os
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_close, ort_run
-from onnx import TensorProto, helper, numpy_helper
+from conftest import assert_close, import_and_compare, make_model, ort_run
+from onnx import helper, numpy_helper
 
 from nptp_mpi.errors import ModelError
 from nptp_mpi.model.graph import Graph, Node, Window
@@ -22,28 +22,6 @@ N = helper.make_node
 
 def W(*shape: int, scale: float = 0.3) -> np.ndarray:
     return (RNG.standard_normal(shape) * scale).astype(np.float32)
-
-
-def make_model(nodes, inits: dict, shape=(1, 3, 16, 16), opset: int = 17, ir: int | None = None) -> onnx.ModelProto:
-    """A one-input ('x') one-output ('y') model; IR 3 lists initializers as graph inputs, as old exporters did."""
-    tensors = [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
-    if ir == 3:
-        inputs += [helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in tensors]
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    opsets = [helper.make_opsetid("", opset)]
-    model = helper.make_model(helper.make_graph(nodes, "t", inputs, [y], tensors), opset_imports=opsets)
-    model.ir_version = ir or helper.find_min_ir_version_for(opsets)
-    return model
-
-
-def import_and_compare(tmp_path, model: onnx.ModelProto, size=None) -> Graph:
-    path = str(tmp_path / "model.onnx")
-    onnx.save(model, path)
-    graph = load_onnx(path, size)
-    x = RNG.standard_normal(graph.input_shape, dtype=np.float32)
-    assert_close(reference.run(graph, x), ort_run(model, x))
-    return graph
 
 
 def case_opset7_bn_reshape_gemm():

@@ -1,0 +1,149 @@
+"""The ONNX front end on graphs shaped like real exporters' output: constant folding, the idioms it
+recognises and the ops it adds, each against onnxruntime; what stays unsupported is one clear refusal."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import import_and_compare, make_model
+from onnx import TensorProto, helper
+
+from nptp_mpi.errors import ModelError
+from nptp_mpi.model.onnx_fold import fold_constants
+from nptp_mpi.model.onnx_io import load_onnx
+
+N = helper.make_node
+RNG = np.random.default_rng(3)
+
+
+def W(*shape: int, scale: float = 0.3) -> np.ndarray:
+    return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+
+def conv(x: str, y: str, cin: int, cout: int, k: int = 3, **attrs) -> tuple[onnx.NodeProto, dict]:
+    return (N("Conv", [x, f"{y}.w", f"{y}.b"], [y], y, kernel_shape=[k, k], pads=[k // 2] * 4, **attrs),
+            {f"{y}.w": W(cout, cin, k, k), f"{y}.b": W(cout)})
+
+
+def ops_of(tmp_path, model: onnx.ModelProto) -> list[str]:
+    path = str(tmp_path / "m.onnx")
+    onnx.save(model, path)
+    return [n.op for n in load_onnx(path).nodes]
+
+
+def test_shape_chain_flatten_of_the_torchscript_exporter_folds(tmp_path) -> None:
+    """Shape → Gather → Unsqueeze → Concat → Reshape (opset 11 and 13 axes forms) computes a static shape."""
+    for opset in (11, 13):
+        c1, w1 = conv("x", "c1", 3, 8)
+        axes = {"axes": [0]} if opset < 13 else {}
+        nodes = [c1, N("GlobalAveragePool", ["c1"], ["g"]), N("Shape", ["g"], ["s"]),
+                 N("Gather", ["s", "zero"], ["n"], axis=0),
+                 N("Unsqueeze", ["n", *([] if opset < 13 else ["ax0"])], ["n1"], **axes),
+                 N("Concat", ["n1", "minus1"], ["shape"], axis=0), N("Reshape", ["g", "shape"], ["f"]),
+                 N("Gemm", ["f", "fc.w", "fc.b"], ["y"], transB=1)]
+        inits = {**w1, "zero": np.array(0, np.int64), "ax0": np.array([0], np.int64),
+                 "minus1": np.array([-1], np.int64), "fc.w": W(5, 8), "fc.b": W(5)}
+        graph = import_and_compare(tmp_path, make_model(nodes, inits, opset=opset))
+        assert [n.op for n in graph.nodes] == ["conv", "gap", "flatten", "gemm"]
+
+
+def test_reshaped_weights_and_unsqueezed_batchnorm_parameters_fold(tmp_path) -> None:
+    """A Conv weight stored flat and Reshaped, and Caffe2-era (opset 9) Unsqueeze of per-channel parameters."""
+    nodes = [N("Reshape", ["wflat", "wshape"], ["w"]), N("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1] * 4),
+             N("Unsqueeze", ["scale"], ["s1"], axes=[1, 2]), N("Unsqueeze", ["shift"], ["t1"], axes=[1, 2]),
+             N("Mul", ["c", "s1"], ["m"]), N("Add", ["m", "t1"], ["y"])]
+    inits = {"wflat": W(8 * 3 * 9), "wshape": np.array([8, 3, 3, 3], np.int64), "scale": W(8), "shift": W(8)}
+    graph = import_and_compare(tmp_path, make_model(nodes, inits, opset=9))
+    assert [n.op for n in graph.nodes] == ["conv"]  # the affine folds into the conv
+
+
+def test_fold_keeps_names_and_drops_only_dead_nodes() -> None:
+    nodes = [N("Constant", [], ["k"], value=helper.make_tensor("k", TensorProto.FLOAT, [1], [2.0])),
+             N("Mul", ["k", "k"], ["k2"]), N("Relu", ["x"], ["r"]), N("Mul", ["r", "k2"], ["y"])]
+    folded = fold_constants(make_model(nodes, {}))
+    assert [n.op_type for n in folded.graph.node] == ["Relu", "Mul"]
+    assert {t.name for t in folded.graph.initializer} == {"k2"}
+    assert onnx.numpy_helper.to_array(folded.graph.initializer[0]).tolist() == [4.0]
+
+
+@pytest.mark.parametrize("op,keepdims,want", [("ReduceMean", 0, ["gap", "flatten", "gemm"]),
+                                              ("ReduceMax", 1, ["gmp", "flatten", "gemm"])])
+def test_reductions_over_height_and_width_are_global_pooling(tmp_path, op: str, keepdims: int, want) -> None:
+    """The dynamo exporter's ReduceMean over H, W (axes as an input from opset 18), then MatMul + Add."""
+    c1, w1 = conv("x", "c1", 3, 8)
+    reduce = N(op, ["c1", "axes"], ["p"], keepdims=keepdims)
+    flat = [] if not keepdims else [N("Squeeze", ["p", "axes"], ["p2"])]
+    vector = "p2" if keepdims else "p"
+    nodes = [c1, reduce, *flat, N("MatMul", [vector, "fc.w"], ["mm"]), N("Add", ["mm", "fc.b"], ["y"])]
+    inits = {**w1, "axes": np.array([2, 3], np.int64), "fc.w": W(8, 5), "fc.b": W(5)}
+    graph = import_and_compare(tmp_path, make_model(nodes, inits, opset=18))
+    assert [n.op for n in graph.nodes] == ["conv", *want]
+
+
+@pytest.mark.parametrize("pool", ["AveragePool", "MaxPool"])
+def test_a_pool_over_the_whole_map_is_global_pooling(tmp_path, pool: str) -> None:
+    """Caffe2-era ResNet/Inception exports end with AveragePool(kernel = map size) and Flatten(axis=-3)."""
+    c1, w1 = conv("x", "c1", 3, 8, strides=[2, 2])
+    nodes = [c1, N(pool, ["c1"], ["p"], kernel_shape=[8, 8], strides=[1, 1]), N("Flatten", ["p"], ["f"], axis=1),
+             N("Gemm", ["f", "fc.w"], ["y"], transB=1)]
+    graph = import_and_compare(tmp_path, make_model(nodes, {**w1, "fc.w": W(5, 8)}))
+    assert [n.op for n in graph.nodes] == ["conv", "gap" if pool == "AveragePool" else "gmp", "flatten", "gemm"]
+
+
+def test_flatten_with_a_negative_axis(tmp_path) -> None:
+    nodes = [N("GlobalAveragePool", ["x"], ["p"]), N("Flatten", ["p"], ["y"], axis=-3)]
+    assert [n.op for n in import_and_compare(tmp_path, make_model(nodes, {})).nodes] == ["gap", "flatten"]
+
+
+@pytest.mark.parametrize("op,attrs,opset", [("HardSwish", {}, 17), ("HardSigmoid", {"alpha": 0.25, "beta": 0.4}, 17),
+                                            ("Tanh", {}, 17), ("Elu", {"alpha": 0.7}, 17), ("Softplus", {}, 17),
+                                            ("Gelu", {}, 20)])
+def test_activations_alone_and_fused_into_the_conv(tmp_path, op: str, attrs: dict, opset: int) -> None:
+    c1, w1 = conv("x", "c1", 3, 8)
+    nodes = [c1, N(op, ["c1"], ["a"], **attrs), N("Add", ["a", "x8"], ["s"]), N(op, ["s"], ["y"], **attrs)]
+    graph = import_and_compare(tmp_path, make_model(nodes, {**w1, "x8": W(1, 8, 1, 1)}, opset=opset))
+    assert graph.nodes[0].attrs["act"] == op.lower() and graph.nodes[-1].op == op.lower()
+
+
+def test_prelu_and_silu(tmp_path) -> None:
+    """PRelu with a per-channel slope; x·Sigmoid(x) (what exporters write for SiLU) runs as a gate."""
+    c1, w1 = conv("x", "c1", 3, 8)
+    nodes = [c1, N("PRelu", ["c1", "slope"], ["p"]), N("Sigmoid", ["p"], ["sg"]), N("Mul", ["p", "sg"], ["y"])]
+    import_and_compare(tmp_path, make_model(nodes, {**w1, "slope": W(8, 1, 1)}))
+
+
+def test_zero_pad_folds_into_the_conv_and_the_average_pool(tmp_path) -> None:
+    pads = np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)
+    nodes = [N("Pad", ["x", "pads"], ["xp"]), N("Conv", ["xp", "w"], ["c"], kernel_shape=[3, 3]),
+             N("Pad", ["c", "pads"], ["cp"]), N("AveragePool", ["cp"], ["y"], kernel_shape=[3, 3], strides=[2, 2])]
+    graph = import_and_compare(tmp_path, make_model(nodes, {"pads": pads, "w": W(4, 3, 3, 3)}))
+    assert [n.op for n in graph.nodes] == ["conv", "avgpool"]
+    assert graph.nodes[0].window.pads == (1, 2, 2, 1) and graph.nodes[1].attrs["count_include_pad"]
+
+
+def test_split_and_slice_along_channels(tmp_path) -> None:
+    """ShuffleNetV2's new-exporter form: Split into halves, a branch on one, Concat back; and a Slice."""
+    c1, w1 = conv("b", "c1", 4, 4)
+    nodes = [N("Split", ["x", "sizes"], ["a", "b"], axis=1), c1, N("Concat", ["a", "c1"], ["cat"], axis=1),
+             N("Slice", ["cat", "st", "en", "ax"], ["y"])]
+    inits = {**w1, "sizes": np.array([4, 4], np.int64), "st": np.array([2], np.int64), "en": np.array([7], np.int64),
+             "ax": np.array([1], np.int64)}
+    graph = import_and_compare(tmp_path, make_model(nodes, inits, shape=(1, 8, 12, 12)))
+    assert [n.op for n in graph.nodes].count("slice") == 3
+
+
+@pytest.mark.parametrize("nodes,inits,says", [
+    ([N("Pad", ["x", "pads", "one"], ["xp"]), N("Conv", ["xp", "w"], ["y"], kernel_shape=[3, 3])],
+     {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "one": np.array(1.0, np.float32), "w": W(4, 3, 3, 3)},
+     "other than a zero padding"),
+    ([N("ReduceMean", ["x"], ["y"], axes=[1])], {}, "only H and W reduce"),
+    ([N("Pad", ["x", "pads"], ["xp"]), N("MaxPool", ["xp"], ["y"], kernel_shape=[3, 3])],
+     {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}, "folds only into a Conv or AveragePool"),
+])
+def test_what_stays_unsupported_is_one_line_naming_op_and_node(tmp_path, nodes, inits, says: str) -> None:
+    path = str(tmp_path / "m.onnx")
+    onnx.save(make_model(nodes, inits, opset=13), path)
+    with pytest.raises(ModelError, match=says) as e:
+        load_onnx(path)
+    assert "\n" not in str(e.value) and "node" in str(e.value) and "m.onnx" in str(e.value)
