@@ -10,7 +10,7 @@ import functools
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import check_against_reference
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -26,36 +26,6 @@ def zoo_graph(name: str):
     from nptp_mpi.model import zoo
 
     return zoo.build(name, SIZES.get(name, SIZES["default"])[0])
-
-
-def check_against_reference(graph, strategy: str, speeds=None, overlap: bool = True, fuse=None,
-                            plan=None) -> np.ndarray | None:
-    """Run the strategy's plan (or the plan given) on every rank of the job; rank 0 checks output and bytes,
-    then everyone learns the verdict."""
-    from mpi4py import MPI
-
-    from nptp_mpi.runtime.engine import Engine
-    from nptp_mpi.runtime.exchange import World
-    from nptp_mpi.runtime.reference import run as reference
-    from nptp_mpi.strategies import build
-
-    world = World(MPI.COMM_WORLD)
-    x = np.random.default_rng(1).standard_normal(graph.input_shape, dtype=np.float32)
-    plan = plan or build(graph, world.size, strategy, speeds and speeds[: world.size], fuse=fuse)
-    engine = Engine(graph, plan, world, overlap=overlap)
-    out, stats = engine.infer(x if world.rank == 0 else None)
-    engine.close()
-    recv, sent = world.comm.reduce(stats.halo_recv), world.comm.reduce(stats.halo_sent)
-    failure = None
-    if world.rank == 0:
-        try:
-            assert_close(out, reference(graph, x), 1e-5)
-            assert recv == sent == plan.halo_bytes, (recv, sent, plan.halo_bytes)
-        except AssertionError as e:
-            failure = str(e)
-    failure = world.bcast(failure)  # every rank passes or fails the same test: no rank runs ahead
-    assert failure is None, failure
-    return out
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
