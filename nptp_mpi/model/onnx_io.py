@@ -187,6 +187,7 @@ def _per_channel(c: np.ndarray, channels: int) -> np.ndarray | None:
 
 @_op("Constant", attrs="value value_float value_floats value_int value_ints")
 def _constant(imp: _Importer, n, name, a) -> None:
+    """A constant: folded away before import (kept here for models the folding pass leaves it in)."""
     (value,) = a.values()
     imp.consts[n.output[0]] = numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.array(value)
 
@@ -194,6 +195,7 @@ def _constant(imp: _Importer, n, name, a) -> None:
 @_op("Identity")
 @_op("Dropout", attrs="ratio is_test seed")
 def _forward(imp: _Importer, n, name, a) -> None:
+    """Passes its input on (inference mode)."""
     if n.input[0] in imp.consts:
         imp.consts[n.output[0]] = imp.consts[n.input[0]]
     else:
@@ -202,6 +204,7 @@ def _forward(imp: _Importer, n, name, a) -> None:
 
 @_op("Conv", attrs="kernel_shape strides pads dilations group auto_pad")
 def _conv(imp: _Importer, n, name, a) -> None:
+    """conv: any stride, dilation, groups and padding (auto_pad resolved); a zero Pad before it folds in."""
     x, w = imp.x(n, name, padded=True), imp.const(n, name, 1).astype(np.float32)
     if w.ndim != 4:
         raise imp.err(n, name, f" with {w.ndim - 2}-D kernel")
@@ -215,6 +218,7 @@ def _conv(imp: _Importer, n, name, a) -> None:
 @_op("MaxPool", attrs="kernel_shape strides pads dilations auto_pad ceil_mode storage_order")
 @_op("AveragePool", attrs="kernel_shape strides pads auto_pad ceil_mode count_include_pad")
 def _pool(imp: _Importer, n, name, a) -> None:
+    """maxpool / avgpool; over the whole map: global pooling (gap, gmp); a zero Pad before AveragePool folds in."""
     if a.get("storage_order", 0) or len([o for o in n.output if o]) > 1:
         raise imp.err(n, name, " with storage_order=1 or an indices output")
     x = imp.x(n, name, padded=n.op_type == "AveragePool")
@@ -237,24 +241,28 @@ _UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "GlobalAveragePool": "gap", "Glo
 
 @_op(*_UNARY)
 def _unary(imp: _Importer, n, name, a) -> None:
+    """The activation or global pooling of the same name (activations fuse into the conv or gemm before)."""
     imp.emit(n, name, _UNARY[n.op_type], [imp.x(n, name)])
 
 
 @_op("LeakyRelu", attrs="alpha")
 @_op("Elu", attrs="alpha")
 def _alpha_act(imp: _Importer, n, name, a) -> None:
+    """leakyrelu / elu with their alpha (fuse into the conv or gemm before)."""
     default = {"LeakyRelu": 0.01, "Elu": 1.0}[n.op_type]
     imp.emit(n, name, n.op_type.lower(), [imp.x(n, name)], {"alpha": float(a.get("alpha", default))})
 
 
 @_op("HardSigmoid", attrs="alpha beta")
 def _hardsigmoid(imp: _Importer, n, name, a) -> None:
+    """hardsigmoid (alpha, beta); fuses into the conv or gemm before."""
     imp.emit(n, name, "hardsigmoid", [imp.x(n, name)], {"alpha": float(a.get("alpha", 0.2)),
                                                          "lo": float(a.get("beta", 0.5))})
 
 
 @_op("Gelu", attrs="approximate")
 def _gelu(imp: _Importer, n, name, a) -> None:
+    """gelu, the exact (erf) form; fuses into the conv or gemm before."""
     if a.get("approximate", "none") != "none":
         raise imp.err(n, name, f" attribute approximate={a['approximate']!r} (the exact, erf form runs)")
     imp.emit(n, name, "gelu", [imp.x(n, name)])
@@ -262,6 +270,7 @@ def _gelu(imp: _Importer, n, name, a) -> None:
 
 @_op("PRelu")
 def _prelu(imp: _Importer, n, name, a) -> None:
+    """prelu with one slope per channel."""
     x = imp.x(n, name)
     slope = _per_channel(imp.const(n, name, 1), imp.shapes[x][0]) if len(imp.shapes[x]) == 3 else None
     if slope is None:
@@ -271,6 +280,7 @@ def _prelu(imp: _Importer, n, name, a) -> None:
 
 @_op("Clip", attrs="min max")
 def _clip(imp: _Importer, n, name, a) -> None:
+    """clip (bounds as attributes or constant inputs); ReLU6 fuses into the conv or gemm before."""
     lo, hi = a.get("min", -np.inf), a.get("max", np.inf)  # opset < 11: attributes; later: optional inputs
     lo = lo if (c := imp.opt_const(n, name, 1)) is None else c.item()
     hi = hi if (c := imp.opt_const(n, name, 2)) is None else c.item()
@@ -279,12 +289,14 @@ def _clip(imp: _Importer, n, name, a) -> None:
 
 @_op("LRN", attrs="size alpha beta bias")
 def _lrn(imp: _Importer, n, name, a) -> None:
+    """lrn across channels."""
     attrs = {"size": a["size"], **{k: float(a.get(k, v)) for k, v in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0))}}
     imp.emit(n, name, "lrn", [imp.x(n, name)], attrs)
 
 
 @_op("BatchNormalization", attrs="epsilon momentum spatial training_mode is_test consumed_inputs")
 def _batchnorm(imp: _Importer, n, name, a) -> None:
+    """A per-channel affine, folded into the conv before it."""
     if a.get("spatial", 1) != 1 or a.get("training_mode", 0) or len([o for o in n.output if o]) > 1:
         raise imp.err(n, name, " in training mode or with spatial=0")
     gamma, beta, mean, var = (imp.const(n, name, i).astype(np.float64) for i in (1, 2, 3, 4))
@@ -305,6 +317,7 @@ _AFFINE = {
 
 @_op(*_AFFINE, attrs="broadcast axis")
 def _arith(imp: _Importer, n, name, a) -> None:
+    """Two maps: add / mul; a map and a per-channel constant: an affine; a vector and a bias: the gemm's bias."""
     consts = [t for t in n.input if t in imp.consts]
     if not consts and n.op_type in ("Add", "Sum", "Mul"):
         ins = [imp.x(n, name, i) for i in range(len(n.input))]
@@ -336,6 +349,7 @@ def _vector(imp: _Importer, n, name, c: np.ndarray, m: int) -> np.ndarray:
 
 @_op("Concat", attrs="axis")
 def _concat(imp: _Importer, n, name, a) -> None:
+    """concat along channels."""
     ins = [imp.x(n, name, i) for i in range(len(n.input))]
     if a["axis"] not in (1, -3):
         raise imp.err(n, name, f" attribute axis={a['axis']}")
@@ -344,6 +358,7 @@ def _concat(imp: _Importer, n, name, a) -> None:
 
 @_op("Flatten", attrs="axis")
 def _flatten(imp: _Importer, n, name, a) -> None:
+    """flatten (axis 1, or the same axis counted from the end)."""
     x = imp.x(n, name)
     if a.get("axis", 1) not in (1, -len(imp.shapes[x])):  # (batch-less shapes: axis 1 is the first axis we hold)
         raise imp.err(n, name, f" attribute axis={a['axis']}")
@@ -382,8 +397,9 @@ def _reduce(imp: _Importer, n, name, a) -> None:
 
 @_op("Pad", attrs="mode pads value")
 def _pad(imp: _Importer, n, name, a) -> None:
-    """A zero Pad of H and W: held back and added to the padding of the conv (or average pool counting pads)
-    that reads it."""
+    """A zero Pad of H and W: added to the padding of the Conv or AveragePool that reads it.
+
+    Held back until that reader comes; an average pool then counts the padded zeros, as the Pad made it."""
     x = imp.x(n, name)
     pads = a.get("pads", imp.opt_const(n, name, 1))
     value = a.get("value", 0.0) if (c := imp.opt_const(n, name, 2)) is None else float(np.ravel(c)[0])
@@ -453,6 +469,7 @@ def _reshape(imp: _Importer, n, name, a) -> None:
 
 @_op("Transpose", attrs="perm")
 def _transpose(imp: _Importer, n, name, a) -> None:
+    """Only as the middle of a channel shuffle (Reshape, Transpose (0, 2, 1, 3, 4), Reshape)."""
     stage, x, g = imp.pending.get(imp.alias.get(n.input[0], n.input[0]), ("", "", 0))
     if stage != "split" or list(a.get("perm", ())) != [0, 2, 1, 3, 4]:
         raise imp.err(n, name, " other than the channel-shuffle transpose (0, 2, 1, 3, 4)")
@@ -461,6 +478,7 @@ def _transpose(imp: _Importer, n, name, a) -> None:
 
 @_op("Gemm", attrs="alpha beta transA transB broadcast")
 def _gemm(imp: _Importer, n, name, a) -> None:
+    """gemm (transB, alpha, beta folded into the weights)."""
     if a.get("transA", 0):
         raise imp.err(n, name, " attribute transA=1")
     w = imp.const(n, name, 1).astype(np.float32)
@@ -473,6 +491,7 @@ def _gemm(imp: _Importer, n, name, a) -> None:
 
 @_op("MatMul")
 def _matmul(imp: _Importer, n, name, a) -> None:
+    """gemm (a MatMul by a constant matrix; an Add after it becomes the bias)."""
     w = imp.const(n, name, 1).astype(np.float32)
     if w.ndim != 2:
         raise imp.err(n, name, f" with weight of shape {w.shape}")
@@ -481,10 +500,41 @@ def _matmul(imp: _Importer, n, name, a) -> None:
 
 @_op("Softmax", attrs="axis")
 def _softmax(imp: _Importer, n, name, a) -> None:
+    """softmax of the output vector."""
     x = imp.x(n, name)
     if len(imp.shapes[x]) != 1 or a.get("axis", 1 if imp.opset < 13 else -1) not in (1, -1):
         raise imp.err(n, name, " on anything but a (1, K) vector")
     imp.emit(n, name, "softmax", [x])
+
+
+IDIOMS = (
+    ("constant subgraphs", "any node whose inputs are all constant is computed at load (Shape and Size of static "
+     "tensors included): Shape-Gather-Unsqueeze-Concat-Reshape chains, Reshape/Unsqueeze of weights"),
+    ("global pooling", "GlobalAveragePool, GlobalMaxPool, ReduceMean/ReduceMax over H and W, and an "
+     "AveragePool/MaxPool whose window is the whole map"),
+    ("batch-norm", "folded into the conv before it, with any per-channel Mul/Add/Sub/Div"),
+    ("fused activations", "an activation after a conv or gemm runs in its epilogue"),
+    ("flatten", "Flatten (axis 1 or negative), Reshape to (1, -1), Squeeze of a (1, C, 1, 1) map"),
+    ("MatMul + Add", "a gemm with bias"),
+    ("zero Pad", "folds into the padding of the Conv or AveragePool that reads it"),
+    ("channel shuffle", "Reshape-Transpose-Reshape (ShuffleNet)"),
+    ("channel split", "Split and Slice along channels: channel slices"),
+)
+
+
+def supported_markdown() -> str:
+    """docs/ONNX.md: the ops the importer takes (from its handler table) and the idioms it recognises."""
+    lines = ["# ONNX: what the importer takes", "",
+             "Generated by `python -m nptp_mpi.model.onnx_io > docs/ONNX.md` from the importer's own table "
+             "(a test checks that this file is current). Anything else is refused at load with one line "
+             "naming the op, the node and the file.", "", "## Ops", "", "| ONNX op | attributes understood | becomes |",
+             "|---|---|---|"]
+    for op_type in sorted(_HANDLERS):
+        handler, attrs = _HANDLERS[op_type]
+        lines.append(f"| {op_type} | {', '.join(sorted(attrs)) or '-'} | {handler.__doc__.splitlines()[0]} |")
+    lines += ["", "## Idioms", "", "| what exporters write | how it runs |", "|---|---|"]
+    lines += [f"| {what} | {how} |" for what, how in IDIOMS]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -653,3 +703,7 @@ _EXPORT: dict[str, Callable] = {
     "flatten": _simple("Flatten", axis=1),
     "softmax": _simple("Softmax", axis=1),
 }
+
+
+if __name__ == "__main__":
+    print(supported_markdown(), end="")

@@ -147,3 +147,14 @@ def test_what_stays_unsupported_is_one_line_naming_op_and_node(tmp_path, nodes, 
     with pytest.raises(ModelError, match=says) as e:
         load_onnx(path)
     assert "\n" not in str(e.value) and "node" in str(e.value) and "m.onnx" in str(e.value)
+
+
+def test_the_supported_ops_page_is_generated_from_the_importer() -> None:
+    from conftest import ROOT
+
+    from nptp_mpi.model.onnx_io import supported_markdown
+
+    page = (ROOT / "docs" / "ONNX.md").read_text()
+    assert page == supported_markdown(), "docs/ONNX.md is stale: python -m nptp_mpi.model.onnx_io > docs/ONNX.md"
+    for op in ("HardSwish", "ReduceMean", "Split", "Pad", "PRelu", "GlobalMaxPool"):
+        assert f"| {op} |" in page
