@@ -19,6 +19,7 @@ from .pointwise import (
     mul,
     prelu,
     relu,
+    scale_channels,
     shuffle,
     sigmoid,
     softmax,
@@ -26,5 +27,5 @@ from .pointwise import (
 from .pool import adaptive_avgpool, global_avgpool, global_maxpool, pool2d
 
 __all__ = ["activation", "add", "adaptive_avgpool", "affine", "channels", "clip", "concat", "conv2d", "gemm",
-           "global_avgpool", "global_maxpool", "leakyrelu", "lrn", "mul", "pool2d", "prelu", "relu", "shuffle",
-           "sigmoid", "softmax"]
+           "global_avgpool", "global_maxpool", "leakyrelu", "lrn", "mul", "pool2d", "prelu", "relu", "scale_channels",
+           "shuffle", "sigmoid", "softmax"]

@@ -96,6 +96,11 @@ def prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, x, x * slope.reshape(-1, 1, 1)).astype(np.float32)
 
 
+def scale_channels(x: np.ndarray, gate: np.ndarray) -> np.ndarray:
+    """(C, H, W) times one gate value per channel (squeeze-and-excitation's last step)."""
+    return (np.asarray(x, np.float32) * gate.reshape(-1, 1, 1)).astype(np.float32)
+
+
 def channels(x: np.ndarray, c0: int, c1: int) -> np.ndarray:
     """Channels c0:c1 of (C, H, W), contiguous (a Split or Slice along channels)."""
     return np.ascontiguousarray(x[c0:c1], np.float32)

@@ -54,15 +54,16 @@ class Window:
 WINDOW_OPS = {"conv", "maxpool", "avgpool"}
 # ACTIVATIONS fuse into the producing conv or gemm (kernels.pointwise.ACTS); sigmoid stays apart (a gate).
 ACTIVATIONS = {"relu", "clip", "leakyrelu", "hardsigmoid", "hardswish", "tanh", "elu", "softplus", "gelu", "silu"}
-POINTWISE_OPS = {"sigmoid", "affine", "lrn", "add", "mul", "concat", "shuffle", "prelu", "slice"} | ACTIVATIONS
+# "se" (squeeze-and-excitation) is pointwise with one global input: its map's channel means (an allreduce).
+POINTWISE_OPS = {"sigmoid", "affine", "lrn", "add", "mul", "concat", "shuffle", "prelu", "slice", "se"} | ACTIVATIONS
 HEAD_OPS = {"gap", "gmp", "adaptive_avgpool", "flatten", "gemm", "softmax"}
 
 
 @dataclass
 class Node:
     """One op. attrs hold scalars (groups, act and its alpha, lo, hi; size, beta, bias; count_include_pad, out;
-    a channel slice's c0, c1); params hold float32 arrays (conv/gemm: w, b; affine: scale, shift; prelu:
-    slope)."""
+    a channel slice's c0, c1; se's steps: (act, alpha, lo, hi) per layer of its branch); params hold float32
+    arrays (conv/gemm: w, b; affine: scale, shift; prelu: slope; se: w0, b0, w1, b1, … of its branch)."""
 
     op: str
     name: str
@@ -175,9 +176,22 @@ def _out_shape(node: Node, ins: list[Shape]) -> Shape:
         if node.params["scale"].shape != (x[0],) or node.params["shift"].shape != (x[0],):
             raise ModelError(f"per-channel scale/shift do not fit {x[0]} channels")
         return x
-    if op in ("add", "mul"):
+    if op == "add" or (op == "mul" and all(s == x for s in ins)):
         if any(s != x for s in ins):
             raise ModelError(f"inputs differ in shape: {ins}")
+        return x
+    if op == "mul":  # a per-channel gate: passes.simplify makes it a squeeze-and-excitation node, or refuses it
+        big = max(ins, key=lambda s: s[1] * s[2])
+        if len(ins) != 2 or any(s not in (big, (big[0], 1, 1)) for s in ins):
+            raise ModelError(f"inputs differ in shape: {ins}")
+        return big
+    if op == "se":
+        for i, _ in enumerate(a["steps"]):
+            w = node.params[f"w{i}"]
+            if w.ndim != 2 or w.shape[1] != (x[0] if i == 0 else node.params[f"w{i - 1}"].shape[0]):
+                raise ModelError(f"squeeze-and-excitation weight {i} {w.shape} does not fit")
+        if node.params[f"w{len(a['steps']) - 1}"].shape[0] != x[0]:
+            raise ModelError(f"squeeze-and-excitation gate does not have {x[0]} channels")
         return x
     if op == "concat":
         if any(len(s) != 3 or s[1:] != x[1:] for s in ins):

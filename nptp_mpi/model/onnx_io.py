@@ -37,7 +37,34 @@ def load_onnx(path: str, size: tuple[int, int] | None = None) -> Graph:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # protobuf decode errors have no common public base class
         raise ModelError(f"cannot read ONNX model {path}: {e}") from None
-    return simplify(_Importer(fold_constants(with_input_shape(model, size)), path).run(size))
+    return simplify(_Importer(hardswish(fold_constants(with_input_shape(model, size))), path).run(size))
+
+
+def hardswish(model: onnx.ModelProto) -> onnx.ModelProto:
+    """model, changed in place, with x·HardSigmoid(x) (alpha 1/6, beta 1/2: what opset-13 exports write for
+    HardSwish) as one HardSwish node."""
+    g = model.graph
+    uses = Counter(t for n in g.node for t in n.input)
+    gates = {n.output[0]: n for n in g.node if n.op_type == "HardSigmoid" and _is_hardswish_gate(n)}
+    merged = set()
+    for n in g.node:
+        if n.op_type == "Mul" and len(n.input) == 2:
+            pair = next(((x, gate) for x, gate in (tuple(n.input), tuple(n.input)[::-1])
+                         if gate in gates and gates[gate].input[0] == x and uses[gate] == 1), None)
+            if pair is not None:
+                merged.add(pair[1])
+                n.op_type = "HardSwish"
+                del n.input[:]
+                n.input.append(pair[0])
+    kept = [n for n in g.node if not (n.op_type == "HardSigmoid" and n.output[0] in merged)]
+    del g.node[:]
+    g.node.extend(kept)
+    return model
+
+
+def _is_hardswish_gate(n: onnx.NodeProto) -> bool:
+    a = {x.name: x.f for x in n.attribute}
+    return abs(a.get("alpha", 0.2) - 1 / 6) < 1e-6 and abs(a.get("beta", 0.5) - 0.5) < 1e-6
 
 
 class _Importer:
@@ -519,6 +546,10 @@ IDIOMS = (
     ("zero Pad", "folds into the padding of the Conv or AveragePool that reads it"),
     ("channel shuffle", "Reshape-Transpose-Reshape (ShuffleNet)"),
     ("channel split", "Split and Slice along channels: channel slices"),
+    ("SiLU / HardSwish", "x·Sigmoid(x) and x·HardSigmoid(x; 1/6, 1/2): one activation, fused into the conv before"),
+    ("squeeze-and-excitation", "global average pool of a map, 1x1 convs with activations, the map times the gate: "
+     "one node; tiled, the ranks allreduce the map's channel sums (C values each), then every rank runs the "
+     "branch and scales its tile"),
 )
 
 
@@ -671,6 +702,20 @@ def _ex_shuffle(ex, n, ins, out):
     ex.add("Reshape", [y, merge], out, n.name)
 
 
+def _ex_se(ex, n, ins, out):
+    """Squeeze-and-excitation: GlobalAveragePool, the branch as 1×1 Convs with activations, Mul."""
+    g = ex.add("GlobalAveragePool", ins, f"{out}.pooled", f"{n.name}.pool")
+    for i, (act, alpha, lo, hi) in enumerate(n.attrs["steps"]):
+        w = ex.const(f"{n.name}.w{i}", n.params[f"w{i}"][:, :, None, None])
+        b = [ex.const(f"{n.name}.b{i}", n.params[f"b{i}"])] if f"b{i}" in n.params else []
+        y = ex.add("Conv", [g, w, *b], f"{out}.conv{i}" if act else f"{out}.step{i}", f"{n.name}.conv{i}",
+                   kernel_shape=[1, 1])
+        g = f"{out}.step{i}"
+        if act:
+            _act(ex, act, {"alpha": alpha, "lo": lo, "hi": hi}, y, g, f"{n.name}.{act}{i}")
+    ex.add("Mul", [ins[0], g], out, n.name)
+
+
 def _ex_slice(ex, n, ins, out):
     bounds = [ex.const(f"{n.name}.{k}", np.array([v], np.int64)) for k, v in (("c0", n.attrs["c0"]),
                                                                              ("c1", n.attrs["c1"]), ("axis", 1))]
@@ -695,6 +740,7 @@ _EXPORT: dict[str, Callable] = {
     "prelu": lambda ex, n, ins, out: ex.add("PRelu", [ins[0], ex.const(f"{n.name}.slope",
                                                                     n.params["slope"].reshape(-1, 1, 1))], out, n.name),
     "slice": _ex_slice,
+    "se": _ex_se,
     "gmp": _simple("GlobalMaxPool"),
     "lrn": _simple("LRN", "size", "alpha", "beta", "bias"),
     "add": _simple("Sum"),

@@ -1,4 +1,5 @@
-"""Graph simplification: fold batch-norm affines into convs, fuse activations, drop no-op nodes."""
+"""Graph simplification: fold batch-norm affines into convs, fuse activations, drop no-op nodes; recognise
+SiLU (x·Sigmoid(x)) and squeeze-and-excitation blocks."""
 
 from __future__ import annotations
 
@@ -7,16 +8,81 @@ from collections import Counter
 
 import numpy as np
 
+from nptp_mpi.errors import ModelError
 from nptp_mpi.model.graph import ACTIVATIONS, Graph, Node, Shape, Window
 
 
 def simplify(graph: Graph) -> Graph:
     """The same function with fewer nodes (outputs equal up to float rounding); the input graph is untouched."""
     nodes = [dataclasses.replace(n, attrs=dict(n.attrs), params=dict(n.params)) for n in graph.nodes]
-    output, changed = graph.output, True
+    nodes, output, changed = _silu(nodes, graph.output), graph.output, True
     while changed:
         nodes, output, changed = _sweep(nodes, output, graph.shapes)
-    return Graph(graph.name, graph.input, graph.input_shape, output, nodes)
+    return Graph(graph.name, graph.input, graph.input_shape, output, _squeeze_excite(nodes, output, graph.shapes))
+
+
+def _uses(nodes: list[Node], output: str) -> Counter:
+    uses = Counter(t for n in nodes for t in n.inputs)
+    uses[output] += 1
+    return uses
+
+
+def _silu(nodes: list[Node], output: str) -> list[Node]:
+    """x·Sigmoid(x), what exporters write for SiLU (Swish), as one silu node (which then fuses into a conv)."""
+    uses, sigmoid = _uses(nodes, output), {n.output: n for n in nodes if n.op == "sigmoid"}
+    out, dropped = [], set()
+    for n in nodes:
+        if n.op == "mul" and len(n.inputs) == 2:
+            for x, s in (n.inputs, n.inputs[::-1]):
+                if s in sigmoid and sigmoid[s].inputs[0] == x and uses[s] == 1:
+                    dropped.add(s)
+                    n = Node("silu", n.name, (x,), n.output)
+                    break
+        out.append(n)
+    return [n for n in out if n.output not in dropped]
+
+
+def _squeeze_excite(nodes: list[Node], output: str, shapes: dict[str, Shape]) -> list[Node]:
+    """Global pooling of a map, 1×1 convs with activations on the pooled vector, the map times the result: one
+    se node (the pooling becomes an allreduce of channel sums when the map is tiled). Any other product of a
+    map and a per-channel tensor is refused."""
+    uses, producer = _uses(nodes, output), {n.output: n for n in nodes}
+    out, dropped = [], set()
+    for n in nodes:
+        if n.op == "mul" and len({shapes[t] for t in n.inputs}) > 1:
+            x, gate = sorted(n.inputs, key=lambda t: -shapes[t][1] * shapes[t][2])
+            chain, t = [], gate
+            while t in producer and producer[t].op != "gap" and uses[t] == 1:
+                chain.append(producer[t])
+                t = producer[t].inputs[0]
+            pool = producer.get(t)
+            steps, params = _branch(chain[::-1])
+            if pool is None or pool.op != "gap" or pool.inputs[0] != x or uses[t] != 1 or steps is None:
+                raise ModelError(f"node {n.name!r}: a per-channel gate that is not a squeeze-and-excitation branch "
+                                 "(global average pool of the same map, 1x1 convs and activations)")
+            dropped |= {m.output for m in (pool, *chain)}
+            n = Node("se", n.name, (x,), n.output, {"steps": steps}, params)
+        out.append(n)
+    return [n for n in out if n.output not in dropped]
+
+
+def _branch(chain: list[Node]) -> tuple[tuple | None, dict[str, np.ndarray]]:
+    """A squeeze-and-excitation branch as (act, alpha, lo, hi) per 1×1 conv and the convs' weights as matrices;
+    (None, {}) if the chain holds anything else."""
+    steps, params = [], {}
+    for m in chain:
+        a = m.attrs
+        if m.op == "conv" and m.window.kernel == (1, 1) and a.get("groups", 1) == 1:
+            i = len(steps)
+            params[f"w{i}"] = m.params["w"].reshape(m.params["w"].shape[0], -1)
+            if "b" in m.params:
+                params[f"b{i}"] = m.params["b"]
+            steps.append((a.get("act", ""), a.get("alpha", 0.0), a.get("lo", 0.0), a.get("hi", 0.0)))
+        elif (m.op in ACTIVATIONS or m.op == "sigmoid") and steps and not steps[-1][0]:
+            steps[-1] = (m.op, a.get("alpha", 0.0), a.get("lo", 0.0), a.get("hi", 0.0))
+        else:
+            return None, {}
+    return (tuple(steps) if steps else None), params
 
 
 def _sweep(nodes: list[Node], output: str, shapes: dict[str, Shape]) -> tuple[list[Node], str, bool]:

@@ -24,6 +24,8 @@ a layer lasting as long as its slowest rank):
   exchange's on a shared medium). A layer-synchronous clock shortens what is left of the background
   part, and the first consumer that needs the halo waits per rank: max(core_r, background part
   left_r) + the rest_r + border_r.
+* a squeeze-and-excitation node: every rank first waits for the allreduce of its map's C channel sums
+  (allreduce_s: 2·⌈log₂ N⌉ messages of 8·C bytes), then computes its pieces as a pointwise node.
 * head: reduce (C floats per rank) or gather (plan.gather_bytes) to rank 0: α per sender + bytes / β, then the
   head ops on rank 0: their measured seconds (head_s) where calibrated, else gemm 2·M·K FLOPs and one
   per element for the others. A head split by IOP: iop.predict_iop (each rank's partial product at its
@@ -223,6 +225,15 @@ def _comm(plan: Plan, tensor: str, links: Links) -> list[tuple[float, float]]:
     return out
 
 
+def allreduce_s(nbytes: int, ranks: int, links: Links) -> float:
+    """An allreduce of nbytes over ranks: a reduce and a broadcast along a binary tree, 2·⌈log₂ ranks⌉ messages
+    one after another (all of them through the one medium when it is shared)."""
+    if ranks < 2:
+        return 0.0
+    hops = 2 * math.ceil(math.log2(ranks))
+    return hops * links.alpha_s + (2 * (ranks - 1) if links.shared else hops) * nbytes / links.bytes_per_s
+
+
 def _check(plan: Plan, boards: Boards, links: Links) -> None:
     if len(boards.flops_per_s) != plan.ranks:
         raise ValueError(f"boards give {len(boards.flops_per_s)} speed(s) for a plan on {plan.ranks} rank(s)")
@@ -260,6 +271,9 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
             comms.append(sum(wait) if wait else 0.0)
             steps.append(c_in + c_b if wait is None else max(c_in, wait[0]) + wait[1] + c_b)
         step = max(steps)
+        if node.op == "se":  # every rank waits for the allreduce of the channel sums, then computes
+            means = allreduce_s(8 * graph.shapes[node.inputs[0]][0], n, links)
+            step, comms = step + means, [c + means for c in comms]
         for r in range(n):  # what is still in flight travelled while this layer ran
             left[r] = {t: (max(0.0, bg - step), at_wait) for t, (bg, at_wait) in left[r].items()}
         comm_after = 0.0

@@ -41,6 +41,7 @@ class Compute:
     output: str
     pieces: tuple[Rect, ...]
     linear: bool = False
+    mean: str = ""  # a squeeze-and-excitation node's channel means (a Reduce's output on every rank)
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,10 @@ class Sum:
 
 @dataclass(frozen=True)
 class Reduce:
-    """Every rank's contribution from rect of source summed at rank 0 into output. kind "mean": per-channel
-    sums over the rect, divided by count (global pooling); "linear": the FC layer `node` applied to the
-    rank's features (those in bins after the adaptive pool `pool`, if any) by their weight columns, its bias
-    and activation after the sum."""
+    """Every rank's contribution from rect of source summed at rank 0 (at every rank: everyone) into output.
+    kind "mean": per-channel sums over the rect, divided by count (global pooling, squeeze-and-excitation);
+    "linear": the FC layer `node` applied to the rank's features (those in bins after the adaptive pool
+    `pool`, if any) by their weight columns, its bias and activation after the sum."""
 
     kind: str
     source: str
@@ -106,6 +107,7 @@ class Reduce:
     node: str = ""
     pool: str = ""
     bins: Rect | None = None
+    everyone: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,13 +193,14 @@ def lower(graph: Graph, plan: Plan, r: int, overlap: bool = True) -> Program:
             continue
         inner, border = pieces(plan, graph, node, r)
         inner = [p for p in inner if area(p)]  # (an empty piece: a HALP core that shrank away)
+        mean = _channel_means(b, node) if node.op == "se" else ""
         if inner:
-            b.steps.append(Compute(node.name, node.inputs, node.output, tuple(inner)))
+            b.steps.append(Compute(node.name, node.inputs, node.output, tuple(inner), mean=mean))
         if border and node.inputs[0] in pending:
             pending.remove(node.inputs[0])
             b.steps.append(Wait(node.inputs[0], f"the halo exchange before {node.name!r}"))
         if border:
-            b.steps.append(Compute(node.name, node.inputs, node.output, tuple(border)))
+            b.steps.append(Compute(node.name, node.inputs, node.output, tuple(border), mean=mean))
         t = node.output
         if t in plan.halos and t not in summed:
             mine = seams if r == HOST else []  # the host sends its seams from their own buffers
@@ -212,6 +215,17 @@ def lower(graph: Graph, plan: Plan, r: int, overlap: bool = True) -> Program:
         b.steps.append(Wait(t, f"the halo exchange of {t!r}"))
     _head_steps(b)
     return Program(r, b.buffers, tuple(b.steps))
+
+
+def _channel_means(b: _Builder, node: Node) -> str:
+    """The allreduce of a squeeze-and-excitation node's channel sums over every rank's own tile of its map
+    (every rank takes part, also one that computes none of it); the name of the means' value."""
+    x = node.inputs[0]
+    _, h, w = b.graph.shapes[x]
+    out = f"{node.name}~means"
+    b.steps.append(Reduce("mean", x, b.plan.own[x][b.r], out, f"the channel means of {node.name!r}", count=h * w,
+                          everyone=True))
+    return out
 
 
 def _scatter(b: _Builder) -> None:

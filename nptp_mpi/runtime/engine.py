@@ -125,8 +125,9 @@ class Engine:
         """The step's pieces: written into a fixed buffer, or the single result becomes the buffer."""
         node = self.nodes[i]
         ins = [self._tile(t) for t in step.inputs]
+        mean = self.buffers[step.mean] if step.mean else None
         for piece in step.pieces:
-            data = run_spatial(node, ins, self.in_hw[step.node], piece)
+            data = run_spatial(node, ins, self.in_hw[step.node], piece, mean)
             if step.output in self.fixed:
                 self._tile(step.output).view(piece)[...] = data
             else:
@@ -159,7 +160,7 @@ class Engine:
                 part = self.parts[i]
                 addend = part.partial(self._tile(step.source).view(step.rect))
                 compute += time.perf_counter() - t0
-                total = w.reduce_sum(addend, what=step.what)
+                total = w.reduce_sum(addend, None if step.everyone else 0, what=step.what)
                 t0 = time.perf_counter()
                 if total is not None:
                     self.buffers[step.output] = part.finish(total)

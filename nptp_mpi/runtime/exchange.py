@@ -202,11 +202,15 @@ class World:
         """The basic neighbour-only exchange: post, then wait at once."""
         self.complete(self.post(buf, msgs, tag, halo), what)
 
-    def reduce_sum(self, x: np.ndarray, root: int = 0, what: str = "the global-pooling reduction") -> np.ndarray | None:
-        """Element-wise sum over ranks at root (per-tile partial sums: global pooling, a split FC layer)."""
-        out = np.empty_like(x) if self.rank == root else None
+    def reduce_sum(self, x: np.ndarray, root: int | None = 0,
+                   what: str = "the global-pooling reduction") -> np.ndarray | None:
+        """Element-wise sum over ranks at root, or at every rank with root None (per-tile partial sums: global
+        pooling, a split FC layer, squeeze-and-excitation's channel means)."""
+        out = np.empty_like(x) if self.rank == root or root is None else None
         t0 = time.perf_counter()
-        self.wait([self.comm.Ireduce(x, out, op=MPI.SUM, root=root)], what)
+        req = self.comm.Iallreduce(x, out, op=MPI.SUM) if root is None else \
+            self.comm.Ireduce(x, out, op=MPI.SUM, root=root)
+        self.wait([req], what)
         self.traffic.wait_s += time.perf_counter() - t0
         if self.rank != root:
             self.traffic.other_sent += x.nbytes

@@ -37,8 +37,11 @@ def _act(node: Node) -> dict:
     return {"act": a.get("act", ""), "alpha": a.get("alpha", 0.0), "lo": a.get("lo", 0.0), "hi": a.get("hi", 0.0)}
 
 
-def run_spatial(node: Node, ins: list[Tile], in_hw: tuple[int, int], region: Rect) -> np.ndarray:
-    """Output `region` of a window or pointwise node from input tiles that cover what it reads."""
+def run_spatial(node: Node, ins: list[Tile], in_hw: tuple[int, int], region: Rect,
+                mean: np.ndarray | None = None) -> np.ndarray:
+    """Output `region` of a window or pointwise node from input tiles that cover what it reads; a
+    squeeze-and-excitation node also takes its map's channel means (from the whole map when mean is None: the
+    reference's tiles are whole)."""
     op, a, p = node.op, node.attrs, node.params
     if op == "conv":
         w = node.window
@@ -57,6 +60,8 @@ def run_spatial(node: Node, ins: list[Tile], in_hw: tuple[int, int], region: Rec
         return K.prelu(xs[0], p["slope"])
     if op == "slice":
         return K.channels(xs[0], a["c0"], a["c1"])
+    if op == "se":
+        return K.scale_channels(xs[0], se_gate(node, K.global_avgpool(ins[0].data) if mean is None else mean))
     if op == "affine":
         return K.affine(xs[0], p["scale"], p["shift"])
     if op == "lrn":
@@ -70,6 +75,15 @@ def run_spatial(node: Node, ins: list[Tile], in_hw: tuple[int, int], region: Rec
     if op == "shuffle":
         return K.shuffle(xs[0], a["groups"])
     raise ValueError(f"node {node.name!r}: {op!r} is not a spatial op")
+
+
+def se_gate(node: Node, mean: np.ndarray) -> np.ndarray:
+    """A squeeze-and-excitation node's per-channel gate from its map's channel means: its branch of 1×1 convs
+    (as matrices) with their activations."""
+    g = mean.reshape(-1)
+    for i, (act, alpha, lo, hi) in enumerate(node.attrs["steps"]):
+        g = K.gemm(g, node.params[f"w{i}"], node.params.get(f"b{i}"), act, alpha, lo, hi)
+    return g
 
 
 def run_head(node: Node, ins: list[np.ndarray]) -> np.ndarray:

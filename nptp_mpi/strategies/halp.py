@@ -40,6 +40,9 @@ def shrink(graph: Graph, nodes: list[Node], plan: Plan, r: int) -> dict[str, Rec
 def halp_plan(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: str, k: int) -> Plan:
     """The plan of a host-assisted first block of k layers over the given tiling, then layer by layer."""
     nodes = block_nodes(graph, k)
+    if any(n.op == "se" for n in nodes):  # the seams would need the whole map's channel means
+        raise PartitionError(f"halp: a host-assisted block of {k} layers holds a squeeze-and-excitation node; "
+                             "the block must end before it")
     base = plan_from_cells(graph, cell_tiles, "halp", speeds, objective, fuse=(k,))
     end = layers(spatial(graph))[k]
     halo = base.halos[end]
@@ -63,9 +66,10 @@ def halp_plan(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: st
 def choose_halp(graph: Graph, cell_tiles, speeds: tuple[float, ...], objective: str, setting: Setting,
                 longest: int = LONGEST_BLOCK) -> int:
     """The host-assisted block length (a cut of the graph, at most `longest` layers) predicted fastest."""
-    options = [k for k in cuts(graph) if k <= longest]
+    options = [k for k in cuts(graph) if k <= longest and not any(n.op == "se" for n in block_nodes(graph, k))]
     if not options:
-        raise PartitionError(f"halp: {graph.name} has no cut within its first {longest} layers")
+        gate = " before a squeeze-and-excitation node" if any(n.op == "se" for n in graph.nodes) else ""
+        raise PartitionError(f"halp: {graph.name} has no cut within its first {longest} layers{gate}")
     return min(options, key=lambda k: (latency(graph, halp_plan(graph, cell_tiles, speeds, objective, k), setting),
                                        k))
 

@@ -7,6 +7,9 @@ signature a real run uses.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 
 from nptp_mpi.model.graph import Graph, Node, Window
@@ -51,7 +54,31 @@ def every_op_graph(seed: int = 0) -> Graph:
     return Graph("every-op", "x", (3, 16, 16), "sm", nodes)
 
 
+def clear_stale_cache() -> bool:
+    """Drop the kernels' Numba cache when any kernel source changed since it was written; True if it did.
+
+    Numba keys a cached function on its own file only, so a kernel that inlines a helper from another file
+    (conv.py's depthwise loop inlines pointwise.act1) would otherwise load its old machine code after that
+    helper changed: a new activation code ran as the identity in depthwise convs."""
+    import kernels
+
+    folder = Path(kernels.__file__).parent
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.glob("*.py")))).hexdigest()
+    cache, stamp = folder / "__pycache__", folder / "__pycache__" / "nptp-kernel-sources.sha256"
+    try:
+        if stamp.exists() and stamp.read_text() == digest:
+            return False
+        for f in (*cache.glob("*.nbi"), *cache.glob("*.nbc")):
+            f.unlink()
+        cache.mkdir(exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:  # a read-only install: nothing was cached there either
+        return False
+    return True
+
+
 def warm() -> None:
-    """Run every kernel once (compiling into, or loading from, the on-disk cache)."""
+    """Run every kernel once (compiling into, or loading from, the on-disk cache; a stale cache dropped first)."""
+    clear_stale_cache()
     g = every_op_graph()
     run(g, np.random.default_rng(1).standard_normal(g.input_shape, dtype=np.float32))

@@ -158,3 +158,41 @@ def test_the_supported_ops_page_is_generated_from_the_importer() -> None:
     assert page == supported_markdown(), "docs/ONNX.md is stale: python -m nptp_mpi.model.onnx_io > docs/ONNX.md"
     for op in ("HardSwish", "ReduceMean", "Split", "Pad", "PRelu", "GlobalMaxPool"):
         assert f"| {op} |" in page
+
+
+@pytest.mark.parametrize("gate,act", [("Sigmoid", "Relu"), ("HardSigmoid", "Relu"), ("Sigmoid", "silu")])
+def test_squeeze_and_excitation_becomes_one_node(tmp_path, gate: str, act: str) -> None:
+    """Global pool of a map, 1×1 convs with activations (x·Sigmoid(x) for SiLU), the map times the gate."""
+    c1, w1 = conv("x", "c1", 3, 8)
+    silu = [N("Sigmoid", ["s1"], ["sg"]), N("Mul", ["s1", "sg"], ["a1"])]
+    mid = [N("Relu", ["s1"], ["a1"])] if act == "Relu" else silu
+    nodes = [c1, N("GlobalAveragePool", ["c1"], ["p"]), N("Conv", ["p", "w1", "b1"], ["s1"], kernel_shape=[1, 1]), *mid,
+             N("Conv", ["a1", "w2", "b2"], ["s2"], kernel_shape=[1, 1]), N(gate, ["s2"], ["g"]),
+             N("Mul", ["g", "c1"], ["y"])]
+    inits = {**w1, "w1": W(4, 8, 1, 1), "b1": W(4), "w2": W(8, 4, 1, 1), "b2": W(8)}
+    graph = import_and_compare(tmp_path, make_model(nodes, inits))
+    assert [n.op for n in graph.nodes] == ["conv", "se"]
+    assert [s[0] for s in graph.nodes[1].attrs["steps"]] == [act.lower(), gate.lower()]
+
+
+def test_hardswish_written_as_x_times_hardsigmoid_is_one_node(tmp_path) -> None:
+    """Opset-13 exports (HardSwish is opset 14) write x·HardSigmoid(x; 1/6, 1/2), also after a Gemm."""
+    c1, w1 = conv("x", "c1", 3, 8)
+    hs = {"alpha": 1 / 6, "beta": 0.5}
+    nodes = [c1, N("HardSigmoid", ["c1"], ["h"], **hs), N("Mul", ["c1", "h"], ["m"]),
+             N("GlobalAveragePool", ["m"], ["p"]), N("Flatten", ["p"], ["f"]), N("Gemm", ["f", "fw"], ["g"], transB=1),
+             N("HardSigmoid", ["g"], ["gh"], **hs), N("Mul", ["gh", "g"], ["y"])]
+    graph = import_and_compare(tmp_path, make_model(nodes, {**w1, "fw": W(5, 8)}, opset=13))
+    assert [(n.op, n.attrs.get("act")) for n in graph.nodes] == [("conv", "hardswish"), ("gap", None),
+                                                                 ("flatten", None), ("gemm", "hardswish")]
+
+
+def test_a_gate_that_is_not_squeeze_and_excitation_is_refused(tmp_path) -> None:
+    """The pooled map is another one than the gated: no per-channel rule can run it tiled."""
+    c1, w1 = conv("x", "c1", 3, 8)
+    c2, w2 = conv("x", "c2", 3, 8)
+    nodes = [c1, c2, N("GlobalAveragePool", ["c2"], ["p"]), N("Sigmoid", ["p"], ["g"]), N("Mul", ["c1", "g"], ["y"])]
+    path = str(tmp_path / "m.onnx")
+    onnx.save(make_model(nodes, {**w1, **w2}), path)
+    with pytest.raises(ModelError, match="not a squeeze-and-excitation branch"):
+        load_onnx(path)

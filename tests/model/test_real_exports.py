@@ -17,12 +17,7 @@ from nptp_mpi.runtime import reference
 
 FIXTURES = sorted((ROOT / "tests" / "data" / "onnx").glob("*.onnx"))
 # Still refused, and why (what the real-models issue has left to build).
-REFUSED = {
-    **{f"{m}.{e}": "inputs differ in shape"  # squeeze-and-excitation: a (C,1,1) gate times the (C,H,W) map
-       for m in ("efficientnet_b0", "mobilenet_v3_large", "mobilenet_v3_small", "regnet_y_400mf")
-       for e in ("dynamo", "torchscript")},
-    **{f"convnext_tiny.{e}": "'Transpose'" for e in ("dynamo", "torchscript")},  # channels-last LayerNorm blocks
-}
+REFUSED = {f"convnext_tiny.{e}": "'Transpose'" for e in ("dynamo", "torchscript")}  # channels-last LayerNorm
 
 
 def test_the_fixtures_are_all_there() -> None:

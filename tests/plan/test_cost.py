@@ -499,3 +499,20 @@ def test_links_for_a_prediction_from_flags_and_calibration():
     given = link_model(Namespace(bandwidth="100mbit", latency="1ms", shared=True), one_rank)
     assert given == Links(1e-3, 12.5e6, True) and given.background(10 ** 6) == 1.0
     assert link_model(flags, calibration()) == calibration().links  # the measured overlap comes along
+
+
+def test_squeeze_and_excitation_waits_for_the_allreduce_of_its_channel_sums() -> None:
+    """An se node's step is its compute plus 2·⌈log₂ N⌉ messages of 8·C bytes; on one rank, its compute alone."""
+    from nptp_mpi.model.graph import Node
+    from nptp_mpi.plan.cost import allreduce_s
+
+    w = np.ones((4, 8), np.float32)
+    se = Node("se", "se", ("c1",), "se", {"steps": (("relu", 0.0, 0.0, 0.0), ("sigmoid", 0.0, 0.0, 0.0))},
+              {"w0": w, "w1": np.ones((8, 4), np.float32)})
+    g = Graph("se", "input", (3, 32, 32), "gap", [conv("c1", "input", 3, 8), se, Node("gap", "gap", ("se",), "gap")])
+    links, boards = Links(1e-3, 1e6), Boards((1e9,) * 3, 0.0)
+    step = {x.name: x for x in predict(g, make_plan(g, 3), boards, links).layers}["se"]
+    assert allreduce_s(64, 3, links) == pytest.approx(4 * 1e-3 + 4 * 64 / 1e6)
+    assert step.comm_s == pytest.approx(allreduce_s(64, 3, links)) and step.time_s > step.comm_s
+    assert allreduce_s(64, 1, links) == 0.0
+    assert allreduce_s(64, 3, replace(links, shared=True)) == pytest.approx(4 * 1e-3 + 4 * 64 / 1e6)

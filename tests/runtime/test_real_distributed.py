@@ -2,7 +2,8 @@
 plan's bytes on the wire, or refuses the model in one line on every rank alike (no hang, no traceback).
 
 Which files: one per family of graph shape the engine meets (plain residual, Inception branches, fire
-modules, channel split and shuffle, inverted residuals), from both exporters, at the size they were exported
+modules, channel split and shuffle, inverted residuals, squeeze-and-excitation: an allreduce of channel sums
+in the middle of the network), from both exporters, at the size they were exported
 at (224², 7×7 cells: exporters fix reshape targets such as ShuffleNet's channel shuffle to it). VGG and
 AlexNet are left to the one-rank test (their weights make each case slow, not different). Plus a Caffe2-era
 graph whose last pooling is an AveragePool over the whole map (refused on two or more ranks before, when
@@ -26,7 +27,7 @@ from nptp_mpi.model.onnx_io import load_onnx
 pytestmark = pytest.mark.mpi(min_size=2)
 
 FILES = ("resnet18.dynamo", "googlenet.torchscript", "squeezenet1_1.dynamo", "shufflenet_v2_x1_0.torchscript",
-         "mobilenet_v2.dynamo")
+         "mobilenet_v2.dynamo", "mobilenet_v3_small.dynamo", "efficientnet_b0.torchscript")
 STRATEGIES = ("coedge", "grid", "nptp", "fused", "halp", "iop", "tail", "mixed", "auto")
 
 
