@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,9 +98,18 @@ def _local_setup(args: argparse.Namespace, world: World) -> tuple[Graph, dict, f
     return graph, facts, measure_speed() if auto else None
 
 
+def _tuples(value):
+    """JSON's lists back as tuples (how the arguments were, and are shown)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 def _agree(world: World, err: str | None, facts: dict | None, speed: float | None) -> list[float | None]:
     """Every rank learns every rank's start-up error and facts; any error or difference → JobError."""
     everyone = world.allgather((err, facts, speed, world.host))
+    for r, e in enumerate(everyone):  # JSON from whatever runs as rank r: check its form before use
+        if not (isinstance(e, list) and len(e) == 4 and isinstance(e[3], str) and isinstance(e[1], dict | None)):
+            raise JobError(f"rank {r} sent start-up data of another form; is every rank this program?")
+    everyone = [(e, None if f is None else {k: _tuples(v) for k, v in f.items()}, s, h) for e, f, s, h in everyone]
     world.hosts = [e[3] for e in everyone]
     failed = [(r, h, e) for r, (e, _, _, h) in enumerate(everyone) if e]
     if failed:
@@ -296,7 +305,7 @@ def _timed(args: argparse.Namespace, graph: Graph, x, runner: Runner, world: Wor
         stats.append(st)
         if world.rank == 0 and args.repeat > 1:
             print(f"inference {i + 1}/{args.repeat}: {latencies[-1]:.3f} s", file=sys.stderr, flush=True)
-    everyone = world.gather_values((world.host, stats, latencies,
+    everyone = world.gather_values((world.host, [asdict(s) for s in stats], latencies,
                                     (rss_start, rss_mb(), rss_peak_mb(), runner.engine.weight_bytes / 1e6)))
     if world.rank == 0:
         inject_fault(world, "write")
@@ -368,10 +377,11 @@ def _summary(out: np.ndarray) -> dict:
     return {"top5": [[int(k), float(out[k])] for k in top]}
 
 
-def _median_stats(stats: list[Stats]) -> dict:
-    return {"compute_s": statistics.median(s.compute_s for s in stats),
-            "comm_s": statistics.median(s.comm_s for s in stats),
-            "bytes_sent": stats[-1].halo_sent, "bytes_recv": stats[-1].halo_recv}
+def _median_stats(stats: list[dict]) -> dict:
+    """A rank's Stats (as gathered: dicts) over the timed inferences."""
+    return {"compute_s": statistics.median(s["compute_s"] for s in stats),
+            "comm_s": statistics.median(s["comm_s"] for s in stats),
+            "bytes_sent": stats[-1]["halo_sent"], "bytes_recv": stats[-1]["halo_recv"]}
 
 
 def _finish(args, graph: Graph, runner: Runner, x: np.ndarray, out: np.ndarray, everyone: list) -> None:

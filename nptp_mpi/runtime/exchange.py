@@ -10,6 +10,7 @@ independently of the plan, so tests can check the wire against the plan's predic
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
-from nptp_mpi.errors import PeerTimeout
+from nptp_mpi.errors import JobError, PeerTimeout
 
 Rect = tuple[int, int, int, int]
 
@@ -88,6 +89,21 @@ class Pending:
     buf: np.ndarray
 
 
+MAX_VALUE_BYTES = 1 << 20  # one rank's start-up facts or timings: kilobytes in practice
+
+
+def _encode(value) -> np.ndarray:
+    return np.frombuffer(json.dumps(value).encode(), np.uint8)
+
+
+def _decode(buf: np.ndarray, offset: int, size: int, rank: int):
+    """JSON from rank's slice of buf; anything else is one clear error (never unpickled)."""
+    try:
+        return json.loads(buf[offset:offset + size].tobytes())
+    except ValueError:
+        raise JobError(f"rank {rank} sent start-up data that is not JSON; is every rank this program?") from None
+
+
 def nap(waited_s: float) -> float:
     """Seconds to sleep between polls after waiting waited_s: 0.2 ms, growing to 2% of the wait so far (at
     most 5 ms), so a wait ends at most 2% (and 5 ms) late and a rank idle for a second polls ~50 times."""
@@ -135,15 +151,52 @@ class World:
         hosts = self.hosts or ["?"] * self.size
         return ", ".join(f"rank {p} (host {hosts[p]})" for p in late) or "another rank"
 
-    # -- start-up agreement: small Python values, each after a bounded barrier -------------
+    # -- start-up agreement: small JSON values, each after a bounded barrier --------------------
+    # Plain bytes only: mpi4py's lowercase collectives unpickle what another rank sends, so a foreign
+    # program started as one rank of the job could run code in ours. JSON turns tuples into lists.
     def allgather(self, value):
-        """Small Python values from every rank (start-up facts, timings); never feature maps."""
+        """Small JSON values from every rank (start-up facts, timings); never feature maps."""
         self.barrier()
-        return self.comm.allgather(value)
+        data = _encode(value)
+        sizes = np.zeros(self.size, np.int64)
+        self.wait([self.comm.Iallgather(np.array([data.size], np.int64), sizes)], "the start-up agreement")
+        buf, offsets = self._inbox(sizes)
+        self.wait([self.comm.Iallgatherv(data, [buf, sizes, offsets, MPI.BYTE])], "the start-up agreement")
+        return [_decode(buf, o, s, r) for r, (o, s) in enumerate(zip(offsets, sizes, strict=True))]
 
     def bcast(self, value, root: int = 0):
+        """value from root on every rank (JSON)."""
         self.barrier()
-        return self.comm.bcast(value, root=root)
+        data = _encode(value) if self.rank == root else np.empty(0, np.uint8)
+        size = np.array([data.size], np.int64)
+        self.wait([self.comm.Ibcast(size, root=root)], "the start-up agreement")
+        buf, _ = self._inbox(size)
+        if self.rank == root:
+            buf[:] = data
+        self.wait([self.comm.Ibcast(buf, root=root)], "the start-up agreement")
+        return _decode(buf, 0, int(size[0]), root)
+
+    def gather_values(self, value, root: int = 0):
+        """Small JSON values from every rank at root (a list there, None elsewhere)."""
+        self.barrier()
+        data = _encode(value)
+        sizes = np.zeros(self.size, np.int64)
+        self.wait([self.comm.Igather(np.array([data.size], np.int64), sizes, root=root)], "gathering results")
+        if self.rank != root:
+            self.wait([self.comm.Igatherv(data, None, root=root)], "gathering results")
+            return None
+        buf, offsets = self._inbox(sizes)
+        self.wait([self.comm.Igatherv(data, [buf, sizes, offsets, MPI.BYTE], root=root)], "gathering results")
+        return [_decode(buf, o, s, r) for r, (o, s) in enumerate(zip(offsets, sizes, strict=True))]
+
+    def _inbox(self, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A receive buffer for messages of these sizes, refused beyond MAX_VALUE_BYTES each."""
+        big = next((r for r, s in enumerate(sizes) if not 0 <= s <= MAX_VALUE_BYTES), None)
+        if big is not None:
+            raise JobError(f"rank {big} sent {int(sizes[big])} bytes of start-up data (at most {MAX_VALUE_BYTES}); "
+                           "is every rank this program?")
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        return np.empty(int(sizes.sum()), np.uint8), offsets
 
     def abort(self, code: int) -> None:
         """End the whole job now: no rank may be left waiting in a collective."""
@@ -215,7 +268,3 @@ class World:
         if self.rank != root:
             self.traffic.other_sent += x.nbytes
         return out
-
-    def gather_values(self, value, root: int = 0):
-        self.barrier()
-        return self.comm.gather(value, root=root)

@@ -206,7 +206,7 @@ def overlap_fraction(world, other: int, nbytes: int, repeat: int, wire_s: float)
                                                               Transfer(other, me, (2, 0, 3, width), nbytes)])
 
     def wait_s(busy_s: float) -> float:
-        world.comm.sendrecv(None, dest=other, source=other)  # start together
+        swap(world, other, 0.0)  # start together
         posted = world.post(buf, msgs, 8, halo=False)
         end = time.perf_counter() + busy_s
         while time.perf_counter() < end:  # computing: no MPI calls
@@ -221,13 +221,20 @@ def overlap_fraction(world, other: int, nbytes: int, repeat: int, wire_s: float)
     return min(1.0, max(0.0, 1.0 - left / max(alone, wire_s)))
 
 
+def swap(world, other: int, value: float) -> float:
+    """Exchange one float with rank `other` (a plain buffer: nothing another rank sends is unpickled)."""
+    theirs = np.zeros(1)
+    world.comm.Sendrecv(np.array([value], np.float64), dest=other, recvbuf=theirs, source=other)
+    return float(theirs[0])
+
+
 def overlap_table(world, other: int, repeat: int, alpha_s: float, bytes_per_s: float) -> list[tuple[int, float]]:
     """(size, overlap_fraction) for each of OVERLAP_SIZES with rank `other` over a link of α and β; both
     ranks get the same table, the smaller of their two measurements."""
     out = []
     for size in OVERLAP_SIZES:
         mine = overlap_fraction(world, other, size, repeat, alpha_s + size / bytes_per_s)
-        out.append((size, min(mine, world.comm.sendrecv(mine, dest=other, source=other))))
+        out.append((size, min(mine, swap(world, other, mine))))
     return out
 
 
@@ -344,11 +351,11 @@ def main(argv: list[str] | None = None) -> int:
             world.barrier()  # ranks 0..k-1 start together
             mine = time_layers(graph, plan, rank, args.repeat) if rank < k else None
             quiet_barrier(world)
-            measured.append(comm.gather(mine))
+            measured.append(world.gather_values(mine))
             world.barrier()
             mine = time_split_head(graph, plan, rank, args.repeat) if rank < k else None
             quiet_barrier(world)
-            split.append(comm.gather(mine))
+            split.append(world.gather_values(mine))
         head_s = time_head(graph, plan, args.repeat) if rank == 0 else 0.0
         quiet_barrier(world)
 

@@ -115,7 +115,7 @@ def test_overlap_fraction_is_measured_against_the_wire_time():
 
     class FakeWorld:  # complete() takes 0.1 ms right after post (alone), 2 ms after computing
         rank, posted = 0, 0.0
-        comm = SimpleNamespace(sendrecv=lambda *a, **k: None)
+        comm = SimpleNamespace(Sendrecv=lambda *a, **k: None)
 
         def halo_messages(self, *a):
             return SimpleNamespace(free=lambda: None)
