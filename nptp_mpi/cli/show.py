@@ -37,6 +37,9 @@ def format_plan(plan: Plan, top: int | None = 10, weights: list[int] | None = No
     if plan.retile is not None:
         lines += ["", f"from layer {plan.retile[0]} on (layers as in --fuse) the maps are re-tiled, the map "
                   "redistributed there; cell tiles then: " + " ".join(str(r) for r in plan.retile[1])]
+    if plan.grid:
+        lines += ["", f"tiles follow {plan.grid} ({plan.cells[0]}x{plan.cells[1]} cells): the maps after it have too "
+                  f"few cells for {plan.ranks} ranks, so the tiled part ends there"]
     if plan.tail == 0:
         lines += ["", "tail from layer 0: rank 0 computes everything alone (distributing is predicted slower)"]
     elif plan.tail:

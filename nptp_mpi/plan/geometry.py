@@ -74,7 +74,8 @@ def ring(out: Rect, inner: Rect) -> list[Rect]:
 
 
 def edge(e, n_cells: int, ratio: int, size: int) -> np.ndarray:
-    """Position of cell edge e in a tensor whose stride is 1/ratio of the grid's; the last edge is the end."""
+    """Position of cell edge e in a tensor whose stride is 1/ratio of the grid's; the last edge is the end
+    (ratio 0, a map coarser than a cell: 0 or the end, so only the whole grid or nothing maps onto it)."""
     e = np.asarray(e)
     return np.where(e == n_cells, size, np.minimum(e * ratio, size))
 
@@ -101,18 +102,21 @@ class Spatial:
     readers: dict[str, tuple[tuple[Window | None, str], ...]]
     last: str
     head: str | None
+    grid: str = ""  # the map cells are pixels of: the last one, or an earlier cut's (tiling ends there)
 
     @property
     def cells(self) -> tuple[int, int]:
-        return self.hw[self.last]
+        return self.hw[self.grid or self.last]
 
     def halo_tensors(self) -> list[str]:
         """Tensors some window op reads, except the graph input (which is scattered instead)."""
         return [t for t in self.tensors[1:] if any(w is not None for w, _ in self.readers[t])]
 
 
-def spatial(graph: Graph) -> Spatial:
-    """Split off the spatial prefix and compute every tensor's cumulative stride (tiles align to it)."""
+def spatial(graph: Graph, grid: str | None = None) -> Spatial:
+    """Split off the spatial prefix and compute every tensor's cumulative stride (tiles align to it). grid: a
+    cut's map whose pixels are the cells instead of the last map's; maps after it are coarser than a cell
+    (ratio 0: held whole by one rank or not at all, a tail's)."""
     strides = {graph.input: (1, 1)}
     readers: dict[str, list] = {graph.input: []}
     head = None
@@ -136,19 +140,25 @@ def spatial(graph: Graph) -> Spatial:
     for n in graph.nodes:
         if n.op in HEAD_OPS and any(t in strides and t != last for t in n.inputs):
             raise ModelError(f"{graph.name}: head op {n.name!r} reads {n.inputs}, not the last map {last!r}")
-    big = strides[last]
+    big = strides[grid or last]
+    ratio = {}
     for t, s in strides.items():
-        if big[0] % s[0] or big[1] % s[1]:
+        if not (big[0] % s[0] or big[1] % s[1]):
+            ratio[t] = (big[0] // s[0], big[1] // s[1])
+        elif grid is not None and not (s[0] % big[0] or s[1] % big[1]):
+            ratio[t] = (0, 0)
+        else:
             raise ModelError(f"{graph.name}: stride {s} of {t!r} does not divide the output stride {big}")
     shapes = graph.shapes
     return Spatial(
         tensors=tuple(strides),
         channels={t: shapes[t][0] for t in strides},
         hw={t: tuple(shapes[t][1:]) for t in strides},
-        ratio={t: (big[0] // s[0], big[1] // s[1]) for t, s in strides.items()},
+        ratio=ratio,
         readers={t: tuple(r) for t, r in readers.items()},
         last=last,
         head=head.op if head else None,
+        grid=grid or "",
     )
 
 

@@ -97,6 +97,7 @@ class Plan:
     halp: int = 0  # layers of the host-assisted first block (halp.py), 0 for none
     tail: int | None = None  # the layer from which rank 0 computes alone (0: everything; the map gathered there)
     retile: tuple[int, tuple[Rect, ...]] | None = None  # (layer, cell tiles): from there on this tiling instead
+    grid: str | None = None  # the map cells follow when not the last one (the tiled part ends there: a tail)
 
     def __hash__(self) -> int:
         return hash(self.fingerprint())
@@ -144,6 +145,7 @@ class Plan:
             "halp": self.halp,
             "tail": self.tail,
             "retile": None if self.retile is None else [self.retile[0], [list(r) for r in self.retile[1]]],
+            "grid": self.grid,
             "recompute": self.recompute,
             "halo_bytes": self.halo_bytes,
             "per_rank": self.per_rank,
@@ -160,6 +162,8 @@ class Plan:
         """Short sha256 of the whole content: ranks compare it before they start. auto's choice hashes as the
         scheme it chose (strategy auto:tail as tail): the same work, however it was picked."""
         fields = {**asdict(self), "strategy": self.strategy.removeprefix("auto:")}
+        if self.grid is None:  # (plans tiled to the last map hash as they did before the field existed)
+            del fields["grid"]
         content = repr((sorted((k, v) for k, v in fields.items() if k not in ("own", "comp", "halos")),
                         list(self.own.items()), list(self.comp.items()), list(self.halos.items())))
         return hashlib.sha256(content.encode()).hexdigest()[:16]
@@ -281,19 +285,49 @@ def make_plan(graph: Graph, ranks: int, strategy: str = "nptp", speeds: list[flo
     tiling); fuse: fused block lengths (see exchanged); cost_model: see partition.partition (None:
     halo bytes decide)."""
     speeds = tuple(float(s) for s in speeds) if speeds is not None else (1.0,) * ranks
-    cell_tiles = partition(tiling or strategy, graph, ranks, list(speeds), objective, cost_model)
+    try:
+        cell_tiles = partition(tiling or strategy, graph, ranks, list(speeds), objective, cost_model)
+    except PartitionError:
+        if fuse or tiling or strategy not in EARLIER_GRID:
+            raise
+        found = earlier_grid(graph, ranks, strategy, speeds, objective)
+        if found is None:
+            raise
+        k, cell_tiles = found
+        return plan_from_cells(graph, cell_tiles, strategy, speeds, objective, tail=k, grid=layers(spatial(graph))[k])
     return plan_from_cells(graph, cell_tiles, strategy, speeds, objective, fuse)
+
+
+EARLIER_GRID = ("coedge", "grid", "nptp")  # the tilings whose tiling may end early (d3 re-cuts the whole grid)
+
+
+def earlier_grid(graph: Graph, ranks: int, strategy: str, speeds: tuple[float, ...],
+                 objective: str) -> tuple[int, list[Rect]] | None:
+    """Where the last maps have too few cells for the ranks: the latest cut k whose map the strategy can tile
+    (its cells are that map's pixels), and the cell rects; the layers from k on then run on rank 0 alone, the
+    map gathered to it. None where no cut's map can carry the ranks."""
+    names = layers(spatial(graph))
+    for k in reversed(cuts(graph)):
+        prefix = Graph(graph.name, graph.input, tuple(graph.input_shape), names[k], block_nodes(graph, k))
+        try:
+            return k, partition(strategy, prefix, ranks, list(speeds), objective)
+        except PartitionError:
+            continue
+    return None
 
 
 def plan_from_cells(graph: Graph, cell_tiles, strategy: str = "nptp", speeds: tuple[float, ...] | None = None,
                     objective: str = "total", fuse: tuple[int, ...] = (), tail: int | None = None,
-                    retile: tuple[int, tuple[Rect, ...]] | None = None) -> Plan:
+                    retile: tuple[int, tuple[Rect, ...]] | None = None, grid: str | None = None) -> Plan:
     """The plan for given cell rects (one per rank, already checked): what make_plan builds around them.
     retile: (layer k, other cell rects): from layer k (a cut) on, the maps are tiled by those instead, the
     map layer k reads redistributed between the two tilings. tail: from that layer (0: all of them) on,
     rank 0 computes alone, the map gathered to it. Both start after the fused blocks, a tail after the
-    retiling."""
-    sp = spatial(graph)
+    retiling. grid: the map the cells are pixels of when it is not the last one (earlier_grid): the map the
+    tail reads."""
+    sp = spatial(graph, grid)
+    if grid and (tail is None or layers(sp)[tail] != grid or retile is not None):
+        raise PartitionError(f"tiles that follow {grid!r} need the tail to start at that map")
     ranks = len(cell_tiles)
     speeds = tuple(float(s) for s in speeds) if speeds is not None else (1.0,) * ranks
     cell_tiles = [as_rect(r) for r in cell_tiles]
@@ -344,4 +378,5 @@ def plan_from_cells(graph: Graph, cell_tiles, strategy: str = "nptp", speeds: tu
         gather_bytes=gather_bytes,
         tail=tail,
         retile=starts[0] if retile is not None else None,
+        grid=grid,
     )

@@ -38,9 +38,9 @@ def candidates(graph: Graph, ranks: int, speeds: list[float], objective: str, se
         except PartitionError as e:
             out.append((name, None, str(e)))
             continue
-        if name in TILINGS:
+        if name in TILINGS and plan.grid is None:  # (tiles of an earlier map are cells of another size)
             tilings[name] = plan.cell_tiles
-        if name == "nptp":  # fused and tail both start from the block DP over these tiles
+        if name == "nptp" and plan.grid is None:  # fused and tail both start from the block DP over these tiles
             prefixes = fused_prefixes(graph, plan.cell_tiles, setting)
         out.append((name, plan, latency(graph, plan, setting)))
     return out

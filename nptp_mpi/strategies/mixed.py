@@ -44,6 +44,6 @@ def mixed(graph: Graph, ranks: int, speeds: list[float], objective: str, setting
     if options.fuse:
         raise PartitionError("--fuse needs --strategy fused or halp; mixed exchanges every layer")
     model = tile_cost(graph, objective, setting)
-    tilings = {name: make_plan(graph, ranks, name, speeds, objective, model).cell_tiles
-               for name in ("coedge", "grid", "nptp")}
+    plans = {name: make_plan(graph, ranks, name, speeds, objective, model) for name in ("coedge", "grid", "nptp")}
+    tilings = {name: p.cell_tiles for name, p in plans.items() if p.grid is None}  # (same cells only)
     return mixed_plan(graph, tilings, tuple(speeds), objective, setting)

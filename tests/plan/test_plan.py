@@ -10,7 +10,7 @@ from conftest import check_invariants, small_net
 
 from nptp_mpi.cli.show import draw_tiles, format_plan
 from nptp_mpi.model import zoo
-from nptp_mpi.plan.geometry import halo_matrix, spatial
+from nptp_mpi.plan.geometry import area, halo_matrix, layers, spatial
 from nptp_mpi.plan.plan import make_plan
 from nptp_mpi.plan.tiling import halo_cost, objective_bytes
 
@@ -78,3 +78,24 @@ def test_exact_cost_equals_plan_bytes():
     plan = make_plan(g, 4, objective="max")
     cost = halo_cost(spatial(g), "max")
     assert cost.exact(list(plan.cell_tiles)) == max(r["bytes_sent"] + r["bytes_recv"] for r in plan.per_rank)
+
+
+@pytest.mark.parametrize("model", ["vgg16", "resnet50"])
+def test_eight_and_sixteen_ranks_plan_for_every_tiling(model: str) -> None:
+    """At 224² the last map has 7×7 cells: 8 or 16 strips do not fit, so the tiled part ends at the latest map
+    that carries them (its pixels the cells) and rank 0 runs the rest; every rank still gets a tile."""
+    graph = zoo.build(model, (224, 224))
+    names = layers(spatial(graph))
+    for ranks in (8, 16):
+        for strategy in ("coedge", "grid", "nptp"):
+            plan = make_plan(graph, ranks, strategy)
+            assert all(area(t) > 0 for t in plan.tiles), (strategy, ranks, plan.tiles)
+            rows = plan.per_rank
+            assert sum(r["bytes_sent"] for r in rows) == sum(r["bytes_recv"] for r in rows) == plan.halo_bytes
+            if plan.grid is None:
+                continue
+            assert plan.tail is not None and names[plan.tail] == plan.grid and plan.cells == graph.shapes[plan.grid][1:]
+            for t in plan.own:  # from the grid map on, rank 0 owns every map whole, the others nothing
+                if t in names[plan.tail + 1:]:
+                    assert plan.own[t][0] == (0, 0, *graph.shapes[t][1:]) and not any(area(r) for r in plan.own[t][1:])
+    assert make_plan(graph, 8, "coedge").grid is not None  # 7 rows cannot hold 8 strips

@@ -92,3 +92,20 @@ def test_overlap_changes_nothing_bit_for_bit(model: str, strategy: str) -> None:
     assert (on is None) == (off is None)
     if on is not None:
         assert np.array_equal(on, off)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("model", ["resnet18", "vgg11"])
+def test_more_ranks_than_the_last_maps_cells(model: str, strategy: str) -> None:
+    """At 64² the last map is 2×2 cells: from 3 strips (or 5 ranks) on, the tiles follow an earlier map and
+    rank 0 runs the layers after it, the map gathered to it; same output, the plan's bytes."""
+    from mpi4py import MPI
+
+    from nptp_mpi.strategies import build
+
+    graph = zoo_graph(model).with_input_hw(64, 64)
+    plan = build(graph, MPI.COMM_WORLD.Get_size(), strategy)
+    assert plan.grid is not None or plan.cells == (2, 2)
+    if strategy == "coedge" and MPI.COMM_WORLD.Get_size() > 2:
+        assert plan.grid is not None and plan.tail is not None
+    check_against_reference(graph, strategy, plan=plan)
