@@ -190,7 +190,12 @@ def test_build_iop_takes_pairs_by_the_setting() -> None:
 
 
 def test_no_candidate_fits() -> None:
-    g = zoo.build("resnet18", (32, 32))  # 1x1 cells
+    from conftest import conv
+
+    from nptp_mpi.model.graph import Graph, Node
+
+    g = Graph("dot", "input", (3, 1, 1), "gap", [conv("c1", "input", 3, 8, k=1, pad=0),  # one pixel: no map
+                                                  Node("gap", "gap", ("c1",), "gap")])   # carries two tiles
     rows = candidates(g, 2, [1.0, 1.0], "total", Setting.nominal([1.0, 1.0]))
     assert all(plan is None and isinstance(why, str) for _, plan, why in rows)
     with pytest.raises(PartitionError, match="cell"):

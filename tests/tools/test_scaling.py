@@ -26,8 +26,8 @@ def test_one_board_is_one_case_per_model_and_size() -> None:
 
 def test_tiny_scaling_run_writes_table_json_and_plot(tmp_path) -> None:
     out = tmp_path / "res"
-    p = run_cli(["bench", "scaling", "--models", "resnet18", "--sizes", "64", "--ranks", "1,2,3", "--strategies",
-                 "coedge,nptp", "--repeat", "1", "--warmup", "0", "--rounds", "2", "-o", str(out)], timeout=300)
+    p = run_cli(["bench", "scaling", "--models", "resnet18", "--sizes", "64", "--ranks", "1,2,5", "--strategies",
+                 "d3,nptp", "--repeat", "1", "--warmup", "0", "--rounds", "2", "-o", str(out)], timeout=300)
     assert p.returncode == 0, p.stderr
     assert "[5/10]" in p.stderr and "[10/10]" in p.stderr  # progress, one line per job: every case, twice
     rows = list(csv.DictReader((out / "scaling.csv").open()))
@@ -39,9 +39,10 @@ def test_tiny_scaling_run_writes_table_json_and_plot(tmp_path) -> None:
     assert all(r["latency_s"] == statistics.median(t for j in r["jobs"] for t in j["latencies_s"])
                for r in detail if r["latency_s"])
     assert float(rows[0]["speedup"]) == 1.0
-    # 64x64 ResNet-18 has 2x2 cells: three strips cannot fit, and the row says so instead of stopping the run
-    coedge3 = next(r for r in rows if r["strategy"] == "coedge" and r["ranks"] == "3")
-    assert "largest" in coedge3["error"]
+    # 64x64 ResNet-18 has 2x2 cells: d3 (which re-cuts them at run time) cannot give 5 ranks a tile, and the row
+    # says so instead of stopping the run (nptp tiles an earlier map)
+    d3 = next(r for r in rows if r["strategy"] == "d3" and r["ranks"] == "5")
+    assert "largest" in d3["error"]
     assert [j["latency_s"] for r in detail if r["error"] for j in r["jobs"]] == [None, None]
     ok = [r for r in rows if not r["error"]]
     assert all(float(r["latency_s"]) > 0 and float(r["spread"]) >= 1 for r in ok) and len(ok) == 4
