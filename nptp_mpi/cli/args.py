@@ -8,8 +8,9 @@ import os
 from nptp_mpi import __version__
 from nptp_mpi.errors import UsageError
 from nptp_mpi.model.load import parse_size
+from nptp_mpi.strategies import STRATEGIES
 
-DESCRIPTION = "Command line: `python -m nptp_mpi [run|plan|export|sample|warm|bench] …` (run is the default)."
+DESCRIPTION = "One CNN inference across several boards with MPI (run is the default command)."
 COMMANDS = ("run", "plan", "export", "sample", "warm", "bench", "hostfile", "calibrate")
 
 
@@ -17,7 +18,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of printing, so that under mpiexec only one rank reports."""
 
     def error(self, message: str):
-        raise UsageError(f"{message} (see: python -m nptp_mpi {self.prog.split()[-1]} --help)")
+        raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
 def launcher_rank() -> int:
@@ -47,7 +48,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _partition_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strategy", default="auto",
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES, metavar="STRATEGY",
                    help="auto (default: the scheme the cost model predicts fastest, see `plan --strategy auto`) | "
                    "coedge | grid | nptp | fused (DeepThings' fused blocks over --partition, --fuse) | halp (rank 0 "
                    "computes the seams of a first block) | iop | tail (the last layers on rank 0 alone) | mixed (one "
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--size", type=parse_size, default=(480, 640))
 
     sub.add_parser("warm", help="compile every kernel once into the Numba cache")
+    sub.add_parser("calibrate", add_help=False, help="measure the boards and links the cost model predicts with "
+                   "(under mpiexec; its own options: calibrate --help)")
 
     hostfile = sub.add_parser("hostfile", help="check a hostfile and print it in a launcher's syntax")
     hostfile.add_argument("path")
@@ -146,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        raise UsageError(f"unknown command {argv[0]!r}: use one of {', '.join(COMMANDS)} "
+                         "(see: python -m nptp_mpi --help)")
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv = ["run", *argv]
     args = build_parser().parse_args(argv)

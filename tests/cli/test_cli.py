@@ -155,3 +155,16 @@ def test_plan_predicts_latency_per_strategy(tmp_path) -> None:
     assert chosen.startswith("auto:") and rows[chosen[5:]]["latency_s"] == min(r["latency_s"] for r in rows.values())
     bad = run_cli(["plan", "--model", "resnet18", "--ranks", "2", "--bandwidth", "fast"])
     assert bad.returncode == 2 and "fast" in bad.stderr
+
+
+def test_help_names_every_command_and_errors_point_to_the_right_help() -> None:
+    from nptp_mpi.cli.args import COMMANDS
+
+    top = run_cli(["--help"])
+    assert top.returncode == 0 and all(f"    {c} " in top.stdout for c in COMMANDS), top.stdout
+    bogus = run_cli(["bogus"])
+    assert bogus.returncode == 2 and bogus.stderr == ("nptp-mpi: error: unknown command 'bogus': use one of "
+                                                      f"{', '.join(COMMANDS)} (see: python -m nptp_mpi --help)\n")
+    zig = run_cli(["run", "--strategy", "zig"])
+    assert zig.returncode == 2 and "invalid choice: 'zig'" in zig.stderr and "'nptp'" in zig.stderr
+    assert zig.stderr.rstrip().endswith("(see: python -m nptp_mpi run --help)") and zig.stderr.count("\n") == 1
