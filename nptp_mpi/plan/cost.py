@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 from nptp_mpi.model.graph import Graph, Node
 from nptp_mpi.plan.geometry import area, layers, reach, spatial
-from nptp_mpi.plan.plan import Plan, block_nodes, pieces, plan_from_cells
+from nptp_mpi.plan.plan import Plan, block_nodes, pieces, plan_from_cells, split_head, whole
 
 Rect = tuple[int, int, int, int]
 
@@ -175,12 +175,6 @@ def node_flops(node: Node, graph: Graph, region: Rect) -> float:
     if node.op == "lrn":
         return float(c * a * node.attrs.get("size", 1))
     return float(c * a * max(1, len(node.inputs) if node.op != "concat" else 1))
-
-
-def split_head(graph: Graph) -> tuple[list[Node], list[Node]]:
-    """(spatial nodes, head nodes): the head starts at the first op that sees whole maps."""
-    k = next((i for i, nd in enumerate(graph.nodes) if not nd.spatial), len(graph.nodes))
-    return graph.nodes[:k], graph.nodes[k:]
 
 
 def compute_s(graph: Graph, node: Node, rects: Sequence[Rect], boards: Boards, r: int, alone: bool = False) -> float:
@@ -316,7 +310,7 @@ def model_cost(graph: Graph, boards: Boards, links: Links, overlap: bool = True,
 def _share_s(graph: Graph, node: Node, share: float, boards: Boards, r: int) -> float:
     """Rank r's seconds for `share` of node's output channels over the whole map, in one kernel call."""
     o = boards.layer_overhead_s
-    return share * (compute_s(graph, node, [(0, 0, *graph.shapes[node.output][1:])], boards, r) - o) + o
+    return share * (compute_s(graph, node, [whole(graph, node.output)], boards, r) - o) + o
 
 
 def head_weights(graph: Graph, plan: Plan) -> list[int]:

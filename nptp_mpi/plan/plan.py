@@ -169,6 +169,17 @@ class Plan:
         return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
+def split_head(graph: Graph) -> tuple[list[Node], list[Node]]:
+    """(spatial nodes, head nodes): the head starts at the first op that sees whole maps."""
+    k = next((i for i, nd in enumerate(graph.nodes) if not nd.spatial), len(graph.nodes))
+    return graph.nodes[:k], graph.nodes[k:]
+
+
+def whole(graph: Graph, tensor: str) -> Rect:
+    """The rect of a whole map."""
+    return (0, 0, *graph.shapes[tensor][1:])
+
+
 def held(plan: Plan, graph: Graph, tensor: str, r: int) -> Rect:
     """What rank r holds of a tensor: the input with what its first layers read, a tensor with a halo
     with that halo, anything else what the rank computes of it."""

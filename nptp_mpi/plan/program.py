@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from nptp_mpi.model.graph import Graph, Node
 from nptp_mpi.plan.geometry import Rect, area, layers, reach, spatial
-from nptp_mpi.plan.plan import HOST, Plan, block_nodes, held, pieces
+from nptp_mpi.plan.plan import HOST, Plan, block_nodes, held, pieces, split_head, whole
 
 INPUT = "<input>"  # rank 0's whole input, the caller's array (bound each inference, never copied)
 SCATTER_TAG, GATHER_TAG = 1, 0  # halo tags are 2 + the tensor's place among the plan's halos
@@ -130,15 +130,6 @@ class Program:
     steps: tuple[Step, ...]
 
 
-def _head(graph: Graph) -> list[Node]:
-    k = next((i for i, n in enumerate(graph.nodes) if not n.spatial), len(graph.nodes))
-    return graph.nodes[k:]
-
-
-def _full(graph: Graph, tensor: str) -> Rect:
-    return (0, 0, *graph.shapes[tensor][1:])
-
-
 class _Builder:
     """Accumulates a program's buffers and steps."""
 
@@ -232,7 +223,7 @@ def _scatter(b: _Builder) -> None:
     """Rank 0 keeps its part of the input and sends every other rank its tile and halo."""
     g, plan, r = b.graph, b.plan, b.r
     if r == 0:
-        b.buffer(INPUT, g.input, _full(g, g.input), alloc=False)
+        b.buffer(INPUT, g.input, whole(g, g.input), alloc=False)
         b.steps.append(Copy(INPUT, g.input, plan.scatter[0]))
     sends = [(q, INPUT, plan.scatter[q]) for q in range(1, plan.ranks) if r == 0 and area(plan.scatter[q])]
     recvs = [(0, g.input, plan.scatter[r])] if r and area(plan.scatter[r]) else []
@@ -275,10 +266,10 @@ def _pair(b: _Builder, pair, tags: dict[str, int], pending: list[str]) -> None:
     if t_in in pending:
         pending.remove(t_in)
         b.steps.append(Wait(t_in, f"the allgather before {a.name!r}"))
-    mid = b.buffer(f"{t_mid}~whole", t_mid, _full(g, t_mid), alloc=False)
-    partial = b.buffer(f"{t_out}~partial", t_out, _full(g, t_out), alloc=False)
-    b.steps.append(Compute(a.name, (t_in,), mid, (_full(g, t_mid),)))
-    b.steps.append(Compute(bn.name, (mid,), partial, (_full(g, t_out),), linear=True))
+    mid = b.buffer(f"{t_mid}~whole", t_mid, whole(g, t_mid), alloc=False)
+    partial = b.buffer(f"{t_out}~partial", t_out, whole(g, t_out), alloc=False)
+    b.steps.append(Compute(a.name, (t_in,), mid, (whole(g, t_mid),)))
+    b.steps.append(Compute(bn.name, (mid,), partial, (whole(g, t_out),), linear=True))
     halo, rect = plan.halos[t_out], plan.halos[t_out].need[r]
     slots = {x.src: b.buffer(f"{t_out}~from{x.src}", t_out, rect, fixed=True) for x in halo.transfers if x.dst == r}
     b.exchange(f"{t_out}~rs", [(x.dst, partial, x.rect) for x in halo.transfers if x.src == r],
@@ -290,7 +281,7 @@ def _pair(b: _Builder, pair, tags: dict[str, int], pending: list[str]) -> None:
 def _head_steps(b: _Builder) -> None:
     """How the last spatial map reaches the head at rank 0 (a reduction or a gather), then the head."""
     g, plan, r = b.graph, b.plan, b.r
-    head, last = _head(g), plan.last
+    head, last = split_head(g)[1], plan.last
     own = plan.own[last][r]
     if plan.head is not None:  # the first FC layer split by its input features (IOP)
         names = [n.name for n in head]
@@ -306,7 +297,7 @@ def _head_steps(b: _Builder) -> None:
     else:
         gathered = [q for q in range(1, plan.ranks) if area(plan.own[last][q])]  # (none from a tail's idle ranks)
         if r == 0:
-            b.buffer("gathered", last, _full(g, last), fixed=True)
+            b.buffer("gathered", last, whole(g, last), fixed=True)
             b.steps.append(Copy(last, "gathered", own))
         sends = [(0, last, own)] if r in gathered else []
         recvs = [(q, "gathered", plan.own[last][q]) for q in gathered] if r == 0 else []

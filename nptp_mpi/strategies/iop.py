@@ -25,7 +25,7 @@ from dataclasses import replace
 import numpy as np
 
 from nptp_mpi.errors import PartitionError
-from nptp_mpi.model.graph import Graph, Node
+from nptp_mpi.model.graph import Graph
 from nptp_mpi.plan.cost import Boards, Links, Setting, predict_iop
 from nptp_mpi.plan.geometry import area
 from nptp_mpi.plan.plan import (
@@ -39,19 +39,12 @@ from nptp_mpi.plan.plan import (
     held,
     make_plan,
     plan_from_cells,
+    split_head,
+    whole,
 )
 from nptp_mpi.strategies.options import Options, tile_cost
 
 Pair = tuple[str, str]
-
-
-def _head(graph: Graph) -> list[Node]:
-    k = next((i for i, n in enumerate(graph.nodes) if not n.spatial), len(graph.nodes))
-    return graph.nodes[k:]
-
-
-def _full(graph: Graph, tensor: str) -> Rect:
-    return (0, 0, *graph.shapes[tensor][1:])
 
 
 # -- head split ---------------------------------------------------------------------------------------
@@ -71,7 +64,7 @@ def head_split(graph: Graph, plan: Plan) -> HeadSplit | None:
     """The split of a head that is [adaptive average pool,] flatten, FC…: per rank the bins (pooled
     pixels, or pixels of the last map) its tile contributes to; None for any other head (global pooling
     keeps its C-float reduction, which moves fewer bytes and every rank would need every column)."""
-    head = _head(graph)
+    head = split_head(graph)[1]
     ops = [n.op for n in head]
     pool = ops[:1] == ["adaptive_avgpool"]
     if ops[pool:pool + 2] != ["flatten", "gemm"]:
@@ -140,7 +133,7 @@ def with_pairs(graph: Graph, plan: Plan, pairs: list[Pair]) -> Plan:
         t_in, t_mid, t_out = _tensors(graph, pair)
         own, c_in, c_out = plan.own[t_in], graph.shapes[t_in][0], graph.shapes[t_out][0]
         held_out = tuple(held(plan, graph, t_out, r) for r in range(n))
-        halos[t_in] = Halo(t_in, c_in, (_full(graph, t_in),) * n, _to_all(own, c_in, by_sender=True))
+        halos[t_in] = Halo(t_in, c_in, (whole(graph, t_in),) * n, _to_all(own, c_in, by_sender=True))
         halos[t_out] = Halo(t_out, c_out, held_out, _to_all(held_out, c_out, by_sender=False))
         del halos[t_mid]
         split.append(ConvPair(*pair, _channels(graph.shapes[t_mid][0], plan.speeds)))

@@ -44,9 +44,9 @@ import numpy as np  # noqa: E402
 
 from nptp_mpi.model.graph import Graph  # noqa: E402
 from nptp_mpi.plan.calibration import BoardCal, Calibration, LayerRates, ModelCal  # noqa: E402
-from nptp_mpi.plan.cost import Links, split_head  # noqa: E402
+from nptp_mpi.plan.cost import Links  # noqa: E402
 from nptp_mpi.plan.geometry import area  # noqa: E402
-from nptp_mpi.plan.plan import Plan, Transfer, held, make_plan, pieces, rank_params  # noqa: E402
+from nptp_mpi.plan.plan import Plan, Transfer, held, make_plan, pieces, rank_params, split_head  # noqa: E402
 from nptp_mpi.runtime.ops import Tile, run_head, run_spatial  # noqa: E402
 
 # (Cin, Cout, k, H=W): 3×3 convs of VGG-16 at 224² stages 2 and 3, and a ResNet-50 1×1 at 28².
