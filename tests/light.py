@@ -247,8 +247,3 @@ def restore_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     del g.input[:]
     g.input.extend(inputs)
     return out
-
-
-def load_restored(path: str, seed: int = 0) -> onnx.ModelProto:
-    """onnx.load(path) then restore_weights."""
-    return restore_weights(onnx.load(path), seed)

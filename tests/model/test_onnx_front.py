@@ -26,12 +26,6 @@ def conv(x: str, y: str, cin: int, cout: int, k: int = 3, **attrs) -> tuple[onnx
             {f"{y}.w": W(cout, cin, k, k), f"{y}.b": W(cout)})
 
 
-def ops_of(tmp_path, model: onnx.ModelProto) -> list[str]:
-    path = str(tmp_path / "m.onnx")
-    onnx.save(model, path)
-    return [n.op for n in load_onnx(path).nodes]
-
-
 def test_shape_chain_flatten_of_the_torchscript_exporter_folds(tmp_path) -> None:
     """Shape → Gather → Unsqueeze → Concat → Reshape (opset 11 and 13 axes forms) computes a static shape."""
     for opset in (11, 13):
