@@ -162,7 +162,7 @@ def lower(graph: Graph, plan: Plan, r: int, overlap: bool = True) -> Program:
     pairs_a = {p.a: p for p in plan.pairs}
     pairs_b = {p.b for p in plan.pairs}
     summed = {next(n for n in graph.nodes if n.name == p.b).output for p in plan.pairs}
-    seams = _seam_transfers(graph, plan) if plan.halp else []
+    seam_end, seams = _seam_transfers(graph, plan) if plan.halp else ("", [])
 
     # every tensor's buffer holds what this rank reads of it: its halo'd need, else what it computes
     n_pieces = {n.output: sum(map(len, pieces(plan, graph, n, r))) for n in sp_nodes}
@@ -194,7 +194,8 @@ def lower(graph: Graph, plan: Plan, r: int, overlap: bool = True) -> Program:
             b.steps.append(Compute(node.name, node.inputs, node.output, tuple(border), mean=mean))
         t = node.output
         if t in plan.halos and t not in summed:
-            mine = seams if r == HOST else []  # the host sends its seams from their own buffers
+            # the host sends the block end's seams from their own buffers (another tensor's transfer can equal one)
+            mine = seams if r == HOST and t == seam_end else []
             transfers = [x for x in plan.halos[t].transfers if x not in mine]
             posted = b.exchange(t, [(x.dst, t, x.rect) for x in transfers if x.src == r],
                                 [(x.src, t, x.rect) for x in transfers if x.dst == r], tags[t])
@@ -231,10 +232,10 @@ def _scatter(b: _Builder) -> None:
         b.steps.append(Wait("scatter", "the input scatter"))
 
 
-def _seam_transfers(graph: Graph, plan: Plan) -> list:
-    """The transfers of a host-assisted block's end that the host computes apart from its own tile."""
+def _seam_transfers(graph: Graph, plan: Plan) -> tuple[str, list]:
+    """A host-assisted block's end, and its transfers that the host computes apart from its own tile."""
     end = layers(spatial(graph))[plan.halp]
-    return [t for t in plan.halos[end].transfers if t.src == HOST]
+    return end, [t for t in plan.halos[end].transfers if t.src == HOST]
 
 
 def _seams(b: _Builder, transfers: list, tags: dict[str, int]) -> None:
