@@ -10,6 +10,7 @@ from .pointwise import (
     activation,
     add,
     affine,
+    channel_norm,
     channels,
     clip,
     concat,
@@ -25,7 +26,8 @@ from .pointwise import (
     softmax,
 )
 from .pool import adaptive_avgpool, global_avgpool, global_maxpool, pool2d
+from .window import pad2d
 
-__all__ = ["activation", "add", "adaptive_avgpool", "affine", "channels", "clip", "concat", "conv2d", "gemm",
-           "global_avgpool", "global_maxpool", "leakyrelu", "lrn", "mul", "pool2d", "prelu", "relu", "scale_channels",
-           "shuffle", "sigmoid", "softmax"]
+__all__ = ["activation", "add", "adaptive_avgpool", "affine", "channel_norm", "channels", "clip", "concat", "conv2d",
+           "gemm", "global_avgpool", "global_maxpool", "leakyrelu", "lrn", "mul", "pad2d", "pool2d", "prelu", "relu",
+           "scale_channels", "shuffle", "sigmoid", "softmax"]

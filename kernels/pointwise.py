@@ -131,6 +131,28 @@ def lrn(x: np.ndarray, size: int, alpha: float, beta: float, bias: float) -> np.
     return out
 
 
+@njit(cache=True)
+def _channel_norm(x, scale, shift, eps, out):
+    c_n, h, w = x.shape
+    mean, var = np.zeros((h, w)), np.zeros((h, w))  # float64 sums: thousands of channels stay exact
+    for c in range(c_n):
+        mean += x[c]
+    mean /= c_n
+    for c in range(c_n):
+        var += (x[c] - mean) ** 2
+    inv = 1.0 / np.sqrt(var / c_n + eps)
+    for c in range(c_n):
+        out[c] = ((x[c] - mean) * inv * scale[c] + shift[c]).astype(np.float32)
+
+
+def channel_norm(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, eps: float) -> np.ndarray:
+    """Each pixel of (C, H, W) normalised over its C values, then scale[c]·x + shift[c] (ONNX LayerNormalization
+    over the last axis of a channels-last map)."""
+    out = np.empty(x.shape, np.float32)
+    _channel_norm(np.ascontiguousarray(x, np.float32), scale, shift, float(eps), out)
+    return out
+
+
 def _fold(op: np.ufunc, xs: tuple[np.ndarray, ...]) -> np.ndarray:
     out = np.array(xs[0], dtype=np.float32, order="C")
     for y in xs[1:]:

@@ -24,6 +24,12 @@ def _span(o0: int, o1: int, k: int, s: int, d: int, p: int, n: int, origin: int,
     return o0 * s - p, (o1 - 1) * s - p + (k - 1) * d + 1
 
 
+def pad2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], pads: tuple[int, int, int, int],
+          value: float, region: tuple[int, int, int, int]) -> np.ndarray:
+    """Output region of a constant padding of H and W (ONNX Pad): the input, `value` outside the image."""
+    return np.ascontiguousarray(window(x, origin, in_hw, (1, 1), (1, 1), pads, (1, 1), region, value))
+
+
 def window(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kernel: tuple[int, int],
            stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int],
            region: tuple[int, int, int, int], fill: float) -> np.ndarray:

@@ -173,3 +173,13 @@ def check_against_reference(graph, strategy: str, speeds=None, overlap: bool = T
     failure = world.bcast(failure)  # every rank passes or fails the same test: no rank runs ahead
     assert failure is None, failure
     return out
+
+
+def run_or_refuse(graph, strategy: str) -> None:
+    """Equal to the reference, or refused in one line by every rank alike (the plan is deterministic)."""
+    from nptp_mpi.errors import ModelError, PartitionError
+
+    try:
+        check_against_reference(graph, strategy)
+    except (PartitionError, ModelError) as e:
+        assert "\n" not in str(e) and str(e), repr(e)

@@ -50,20 +50,25 @@ class Window:
 
 
 # Op kinds. "window" ops read a footprint around each output pixel; "pointwise" ops read the same
-# pixel of each input (spatially local, so they run on any tile as is); "head" ops see whole maps.
-WINDOW_OPS = {"conv", "maxpool", "avgpool"}
+# pixel of each input (spatially local, so they run on any tile as is); "head" ops see whole maps. The head
+# of a graph starts at its first head op: everything from there on runs on whole tensors (a pointwise op too,
+# such as ConvNeXt's channel norm of the pooled map).
+WINDOW_OPS = {"conv", "maxpool", "avgpool", "pad"}  # pad: a 1×1 window whose padding is the Pad's value
 # ACTIVATIONS fuse into the producing conv or gemm (kernels.pointwise.ACTS); sigmoid stays apart (a gate).
 ACTIVATIONS = {"relu", "clip", "leakyrelu", "hardsigmoid", "hardswish", "tanh", "elu", "softplus", "gelu", "silu"}
-# "se" (squeeze-and-excitation) is pointwise with one global input: its map's channel means (an allreduce).
-POINTWISE_OPS = {"sigmoid", "affine", "lrn", "add", "mul", "concat", "shuffle", "prelu", "slice", "se"} | ACTIVATIONS
+# "se" (squeeze-and-excitation) is pointwise with one global input: its map's channel means (an allreduce);
+# "chnorm" normalises each pixel over the channels (LayerNorm of a channels-last map).
+POINTWISE_OPS = {"sigmoid", "affine", "lrn", "add", "mul", "concat", "shuffle", "prelu", "slice", "se",
+                 "chnorm"} | ACTIVATIONS
 HEAD_OPS = {"gap", "gmp", "adaptive_avgpool", "flatten", "gemm", "softmax"}
 
 
 @dataclass
 class Node:
     """One op. attrs hold scalars (groups, act and its alpha, lo, hi; size, beta, bias; count_include_pad, out;
-    a channel slice's c0, c1; se's steps: (act, alpha, lo, hi) per layer of its branch); params hold float32
-    arrays (conv/gemm: w, b; affine: scale, shift; prelu: slope; se: w0, b0, w1, b1, … of its branch)."""
+    a channel slice's c0, c1; se's steps: (act, alpha, lo, hi) per layer of its branch; chnorm's eps; pad's
+    value); params hold float32 arrays (conv/gemm: w, b; affine, chnorm: scale, shift; prelu: slope; se: w0,
+    b0, w1, b1, … of its branch)."""
 
     op: str
     name: str
@@ -107,6 +112,11 @@ class Graph:
         if self.output not in shapes:
             raise ModelError(f"{self.name}: output tensor {self.output!r} is never produced")
         self.shapes = shapes
+
+    @property
+    def head_start(self) -> int:
+        """Index of the first head op (len(nodes) when there is none): the nodes before it may be tiled."""
+        return next((i for i, n in enumerate(self.nodes) if n.op in HEAD_OPS), len(self.nodes))
 
     def consumers(self, tensor: str) -> list[Node]:
         return [n for n in self.nodes if tensor in n.inputs]
@@ -160,7 +170,7 @@ def _out_shape(node: Node, ins: list[Shape]) -> Shape:
         if node.window.kernel != tuple(w.shape[2:]):
             raise ModelError(f"kernel_shape {node.window.kernel} differs from weight {w.shape}")
         return (w.shape[0], *node.window.out_hw(x[1], x[2]))
-    if op in ("maxpool", "avgpool"):
+    if op in ("maxpool", "avgpool", "pad"):
         return (x[0], *node.window.out_hw(x[1], x[2]))
     if op in ACTIVATIONS or op in ("sigmoid", "lrn", "softmax"):
         return x
@@ -172,7 +182,7 @@ def _out_shape(node: Node, ins: list[Shape]) -> Shape:
         if not 0 <= a["c0"] < a["c1"] <= x[0]:
             raise ModelError(f"channels {a['c0']}:{a['c1']} do not lie within {x[0]}")
         return (a["c1"] - a["c0"], x[1], x[2])
-    if op == "affine":
+    if op in ("affine", "chnorm"):
         if node.params["scale"].shape != (x[0],) or node.params["shift"].shape != (x[0],):
             raise ModelError(f"per-channel scale/shift do not fit {x[0]} channels")
         return x

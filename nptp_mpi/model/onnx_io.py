@@ -13,19 +13,21 @@ from onnx import external_data_helper, helper, numpy_helper
 from nptp_mpi.errors import ModelError
 from nptp_mpi.model.graph import ACTIVATIONS, Graph, Node, Shape, Window, _out_shape
 from nptp_mpi.model.onnx_fold import fold_constants, with_input_shape
+from nptp_mpi.model.onnx_idioms import rewrite_idioms
 from nptp_mpi.model.passes import simplify
 
 # ---------------------------------------------------------------------------------------------- import
 
-_HANDLERS: dict[str, tuple[Callable, set[str]]] = {}
+_HANDLERS: dict[str, tuple[Callable, set[str], bool]] = {}
 
 
-def _op(*types: str, attrs: str = "") -> Callable:
-    """Register an import handler for ONNX op types, with the attribute names it understands."""
+def _op(*types: str, attrs: str = "", nhwc: bool = False) -> Callable:
+    """Register an import handler for ONNX op types, with the attribute names it understands; nhwc: it also
+    takes channels-last maps (the Transpose (0, 2, 3, 1) of one we hold), and its output stays channels-last."""
 
     def register(f: Callable) -> Callable:
         for t in types:
-            _HANDLERS[t] = (f, set(attrs.split()))
+            _HANDLERS[t] = (f, set(attrs.split()), nhwc)
         return f
 
     return register
@@ -37,34 +39,7 @@ def load_onnx(path: str, size: tuple[int, int] | None = None) -> Graph:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # protobuf decode errors have no common public base class
         raise ModelError(f"cannot read ONNX model {path}: {e}") from None
-    return simplify(_Importer(hardswish(fold_constants(with_input_shape(model, size))), path).run(size))
-
-
-def hardswish(model: onnx.ModelProto) -> onnx.ModelProto:
-    """model, changed in place, with x·HardSigmoid(x) (alpha 1/6, beta 1/2: what opset-13 exports write for
-    HardSwish) as one HardSwish node."""
-    g = model.graph
-    uses = Counter(t for n in g.node for t in n.input)
-    gates = {n.output[0]: n for n in g.node if n.op_type == "HardSigmoid" and _is_hardswish_gate(n)}
-    merged = set()
-    for n in g.node:
-        if n.op_type == "Mul" and len(n.input) == 2:
-            pair = next(((x, gate) for x, gate in (tuple(n.input), tuple(n.input)[::-1])
-                         if gate in gates and gates[gate].input[0] == x and uses[gate] == 1), None)
-            if pair is not None:
-                merged.add(pair[1])
-                n.op_type = "HardSwish"
-                del n.input[:]
-                n.input.append(pair[0])
-    kept = [n for n in g.node if not (n.op_type == "HardSigmoid" and n.output[0] in merged)]
-    del g.node[:]
-    g.node.extend(kept)
-    return model
-
-
-def _is_hardswish_gate(n: onnx.NodeProto) -> bool:
-    a = {x.name: x.f for x in n.attribute}
-    return abs(a.get("alpha", 0.2) - 1 / 6) < 1e-6 and abs(a.get("beta", 0.5) - 0.5) < 1e-6
+    return simplify(_Importer(rewrite_idioms(fold_constants(with_input_shape(model, size))), path).run(size))
 
 
 class _Importer:
@@ -79,7 +54,8 @@ class _Importer:
         self.alias: dict[str, str] = {}
         self.shapes: dict[str, Shape] = {}
         self.pending: dict[str, tuple[str, str, int]] = {}  # channel-shuffle stage: (stage, source, groups)
-        self.padded: dict[str, tuple[str, tuple[int, int, int, int]]] = {}  # a zero Pad: (source, pads) held back
+        self.padded: dict[str, tuple] = {}  # a zero Pad held back: (source, pads, its node, its name)
+        self.last: set[str] = set()  # ONNX tensors that are a map we hold, seen channels-last (N, H, W, C)
         self.producer: dict[str, Node] = {}
         self.nodes: list[Node] = []
 
@@ -116,7 +92,8 @@ class _Importer:
             name = n.name or f"{n.op_type}_{i}"
             name = name if name not in names else f"{name}_{i}"
             names.add(name)
-            handler, known = _HANDLERS.get(n.op_type, (None, set())) if n.domain in ("", "ai.onnx") else (None, set())
+            std = n.domain in ("", "ai.onnx")
+            handler, known, nhwc = _HANDLERS.get(n.op_type, (None, set(), False)) if std else (None, set(), False)
             if handler is None:
                 raise self.err(n, name)
             attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
@@ -124,6 +101,13 @@ class _Importer:
                 if k not in known:
                     raise self.err(n, name, f" attribute {k}={v!r}")
             attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+            maps = [t for t in n.input if t and t not in self.consts]
+            last = [t for t in maps if t in self.last]
+            if last and (not nhwc or len(last) != len(maps)):
+                raise self.err(n, name, " on a channels-last map (after a Transpose (0, 2, 3, 1))"
+                               + (" and a channels-first one" if nhwc else ""))
+            if last:  # (a Transpose back to channels-first takes its output off again)
+                self.last.update(o for o in n.output if o)
             handler(self, n, name, attrs)
         out = self.alias.get(g.output[0].name, g.output[0].name)
         if out not in self.shapes:
@@ -136,12 +120,13 @@ class _Importer:
 
     def x(self, n: onnx.NodeProto, name: str, i: int = 0, padded: bool = False) -> str:
         """Dynamic input i (a feature map or vector computed by an earlier node); padded: a window op that takes a
-        held-back zero Pad's input (window() adds the pads)."""
+        held-back zero Pad's input (window() adds the pads). Any other reader of a held-back Pad gets it computed."""
         t = self.alias.get(n.input[i], n.input[i])
         if padded and t in self.padded:
             t = self.padded[t][0]
-        elif t in self.padded:
-            raise self.err(n, name, f" reading the Pad output {t!r} (a zero Pad folds only into a Conv or AveragePool)")
+        elif t in self.padded and t not in self.shapes:
+            src, pads, pad, pad_name = self.padded[t]
+            self.emit(pad, pad_name, "pad", [src], {"value": 0.0}, window=Window(pads=pads))
         if t not in self.shapes:
             raise self.err(n, name, f" with constant or unsupported input {n.input[i]!r}")
         return t
@@ -192,7 +177,7 @@ class _Importer:
             pads = (0, 0, 0, 0)
         elif auto != "NOTSET":
             raise self.err(n, name, f" attribute auto_pad={auto!r}")
-        if n.input[0] in self.padded:  # a held-back zero Pad becomes padding
+        if x != self.alias.get(n.input[0], n.input[0]):  # x() folded a held-back zero Pad: it becomes padding
             pads = tuple(p + q for p, q in zip(pads, self.padded[n.input[0]][1], strict=True))
         return Window(k, s, pads, d, bool(a.get("ceil_mode", 0)))
 
@@ -204,10 +189,12 @@ def _same_pads(hw: tuple[int, ...], k: tuple, s: tuple, d: tuple, lower: bool) -
     return begin[0], begin[1], total[0] - begin[0], total[1] - begin[1]
 
 
-def _per_channel(c: np.ndarray, channels: int) -> np.ndarray | None:
-    """A constant that broadcasts over (1, C, H, W) per channel, as a (C,) float32 vector; else None."""
+def _per_channel(c: np.ndarray, channels: int, last: bool = False) -> np.ndarray | None:
+    """A constant that broadcasts over (1, C, H, W) per channel (last: over (1, H, W, C)), as a (C,) float32
+    vector; else None."""
     shape = (1,) * (4 - c.ndim) + c.shape
-    if c.ndim > 4 or shape[0] != 1 or shape[2:] != (1, 1) or shape[1] not in (1, channels):
+    axis = 3 if last else 1
+    if c.ndim > 4 or any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
         return None
     return np.broadcast_to(c.astype(np.float32).reshape(-1), (channels,)).copy()
 
@@ -219,8 +206,8 @@ def _constant(imp: _Importer, n, name, a) -> None:
     imp.consts[n.output[0]] = numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.array(value)
 
 
-@_op("Identity")
-@_op("Dropout", attrs="ratio is_test seed")
+@_op("Identity", nhwc=True)
+@_op("Dropout", attrs="ratio is_test seed", nhwc=True)
 def _forward(imp: _Importer, n, name, a) -> None:
     """Passes its input on (inference mode)."""
     if n.input[0] in imp.consts:
@@ -262,32 +249,33 @@ def _pool(imp: _Importer, n, name, a) -> None:
     return imp.emit(n, name, "avgpool", [x], {"count_include_pad": include}, window=window)
 
 
-_UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "GlobalAveragePool": "gap", "GlobalMaxPool": "gmp", "Tanh": "tanh",
-          "Softplus": "softplus", "HardSwish": "hardswish"}
+_UNARY = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softplus": "softplus", "HardSwish": "hardswish",
+          "GlobalAveragePool": "gap", "GlobalMaxPool": "gmp"}
 
 
-@_op(*_UNARY)
+@_op(*list(_UNARY)[:5], nhwc=True)
+@_op(*list(_UNARY)[5:])
 def _unary(imp: _Importer, n, name, a) -> None:
     """The activation or global pooling of the same name (activations fuse into the conv or gemm before)."""
     imp.emit(n, name, _UNARY[n.op_type], [imp.x(n, name)])
 
 
-@_op("LeakyRelu", attrs="alpha")
-@_op("Elu", attrs="alpha")
+@_op("LeakyRelu", attrs="alpha", nhwc=True)
+@_op("Elu", attrs="alpha", nhwc=True)
 def _alpha_act(imp: _Importer, n, name, a) -> None:
     """leakyrelu / elu with their alpha (fuse into the conv or gemm before)."""
     default = {"LeakyRelu": 0.01, "Elu": 1.0}[n.op_type]
     imp.emit(n, name, n.op_type.lower(), [imp.x(n, name)], {"alpha": float(a.get("alpha", default))})
 
 
-@_op("HardSigmoid", attrs="alpha beta")
+@_op("HardSigmoid", attrs="alpha beta", nhwc=True)
 def _hardsigmoid(imp: _Importer, n, name, a) -> None:
     """hardsigmoid (alpha, beta); fuses into the conv or gemm before."""
     imp.emit(n, name, "hardsigmoid", [imp.x(n, name)], {"alpha": float(a.get("alpha", 0.2)),
                                                          "lo": float(a.get("beta", 0.5))})
 
 
-@_op("Gelu", attrs="approximate")
+@_op("Gelu", attrs="approximate", nhwc=True)
 def _gelu(imp: _Importer, n, name, a) -> None:
     """gelu, the exact (erf) form; fuses into the conv or gemm before."""
     if a.get("approximate", "none") != "none":
@@ -305,7 +293,7 @@ def _prelu(imp: _Importer, n, name, a) -> None:
     imp.emit(n, name, "prelu", [x], {}, {"slope": slope})
 
 
-@_op("Clip", attrs="min max")
+@_op("Clip", attrs="min max", nhwc=True)
 def _clip(imp: _Importer, n, name, a) -> None:
     """clip (bounds as attributes or constant inputs); ReLU6 fuses into the conv or gemm before."""
     lo, hi = a.get("min", -np.inf), a.get("max", np.inf)  # opset < 11: attributes; later: optional inputs
@@ -342,7 +330,7 @@ _AFFINE = {
 }
 
 
-@_op(*_AFFINE, attrs="broadcast axis")
+@_op(*_AFFINE, attrs="broadcast axis", nhwc=True)
 def _arith(imp: _Importer, n, name, a) -> None:
     """Two maps: add / mul; a map and a per-channel constant: an affine; a vector and a bias: the gemm's bias."""
     consts = [t for t in n.input if t in imp.consts]
@@ -358,7 +346,8 @@ def _arith(imp: _Importer, n, name, a) -> None:
     if len(shape) == 1 and n.op_type in ("Add", "Sum"):
         imp.into_gemm(n, name, x, bias=True).params["b"] = _vector(imp, n, name, c, shape[0])
         return
-    per_channel = _per_channel(c, shape[0]) if len(shape) == 3 else None
+    per_channel = _per_channel(c, shape[0], n.input[0] in imp.last or n.input[1] in imp.last) if len(shape) == 3 \
+        else None
     if per_channel is None:
         raise imp.err(n, name, f" with a constant of shape {c.shape} (not per-channel)")
     c = per_channel
@@ -424,19 +413,25 @@ def _reduce(imp: _Importer, n, name, a) -> None:
 
 @_op("Pad", attrs="mode pads value")
 def _pad(imp: _Importer, n, name, a) -> None:
-    """A zero Pad of H and W: added to the padding of the Conv or AveragePool that reads it.
+    """pad: a constant padding of H and W; a zero one adds to the padding of the Conv or AveragePool reading it.
 
-    Held back until that reader comes; an average pool then counts the padded zeros, as the Pad made it."""
+    A zero Pad is held back until its reader comes; an average pool then counts the padded zeros, as the Pad
+    made it."""
     x = imp.x(n, name)
     pads = a.get("pads", imp.opt_const(n, name, 1))
     value = a.get("value", 0.0) if (c := imp.opt_const(n, name, 2)) is None else float(np.ravel(c)[0])
     if len(n.input) > 3 and n.input[3]:
         raise imp.err(n, name, " with an axes input")
     pads = [int(p) for p in np.ravel(pads)] if pads is not None else []
-    if a.get("mode", "constant") != "constant" or value != 0 or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) \
-            or min(pads) < 0 or len(imp.shapes[x]) != 3:
-        raise imp.err(n, name, " other than a zero padding of H and W")
-    imp.padded[n.output[0]] = (x, (pads[2], pads[3], pads[6], pads[7]))
+    if a.get("mode", "constant") != "constant" or len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) \
+            or min(pads) < 0 or len(imp.shapes[x]) != 3 or not np.isfinite(value):
+        raise imp.err(n, name, f" with mode {a.get('mode', 'constant')!r}, pads {pads} and value {value} (only a "
+                      "constant, finite, non-negative padding of H and W runs)")
+    hw = (pads[2], pads[3], pads[6], pads[7])
+    if value == 0:
+        imp.padded[n.output[0]] = (x, hw, n, name)
+    else:
+        imp.emit(n, name, "pad", [x], {"value": float(value)}, window=Window(pads=hw))
 
 
 @_op("Split", attrs="axis split num_outputs")
@@ -472,10 +467,12 @@ def _slice(imp: _Importer, n, name, a) -> None:
 
 @_op("Reshape", attrs="shape allowzero")
 def _reshape(imp: _Importer, n, name, a) -> None:
-    """Flatten to (1, K), a no-op reshape, or a step of the channel shuffle Reshape-Transpose-Reshape."""
+    """Flatten to (1, K), a no-op reshape, a step of the channel shuffle Reshape-Transpose-Reshape, or a (C, 1, 1)
+    map flattened to (C,) (held back: only the identity Gather, or another Reshape, may read it)."""
     src = imp.alias.get(n.input[0], n.input[0])
     stage, x, g = imp.pending.get(src, ("", src, 0))
     x = x if stage else imp.x(n, name)
+    stage = "" if stage == "flat" else stage  # reshaping a flat view reshapes the map it views
     c, *hw = imp.shapes[x]
     full = {"": (1, c, *hw), "split": (1, g, c // max(g, 1), *hw), "swapped": (1, c // max(g, 1), g, *hw)}[stage]
     target = [int(d) for d in (a["shape"] if "shape" in a else imp.const(n, name, 1))]
@@ -488,19 +485,30 @@ def _reshape(imp: _Importer, n, name, a) -> None:
         imp.alias[n.output[0]] = x
     elif not stage and len(dims) == 2 and dims[0] == 1:
         imp.emit(n, name, "flatten", [x])
+    elif not stage and dims == [c] and hw == [1, 1]:
+        imp.pending[n.output[0]] = ("flat", x, 0)
     elif not stage and len(hw) == 2 and len(dims) == 5 and dims[:3] == [1, dims[1], c // dims[1]] and dims[3:] == hw:
         imp.pending[n.output[0]] = ("split", x, dims[1])
     else:
         raise imp.err(n, name, f" to shape {target}")
 
 
-@_op("Transpose", attrs="perm")
+@_op("Transpose", attrs="perm", nhwc=True)
 def _transpose(imp: _Importer, n, name, a) -> None:
-    """Only as the middle of a channel shuffle (Reshape, Transpose (0, 2, 1, 3, 4), Reshape)."""
-    stage, x, g = imp.pending.get(imp.alias.get(n.input[0], n.input[0]), ("", "", 0))
-    if stage != "split" or list(a.get("perm", ())) != [0, 2, 1, 3, 4]:
-        raise imp.err(n, name, " other than the channel-shuffle transpose (0, 2, 1, 3, 4)")
-    imp.pending[n.output[0]] = ("swapped", x, g)
+    """A map to channels-last (0, 2, 3, 1) and back (0, 3, 1, 2), or the middle of a channel shuffle (Reshape,
+    Transpose (0, 2, 1, 3, 4), Reshape)."""
+    perm, src = list(a.get("perm", ())), imp.alias.get(n.input[0], n.input[0])
+    stage, x, g = imp.pending.get(src, ("", "", 0))
+    if stage == "split" and perm == [0, 2, 1, 3, 4]:
+        imp.pending[n.output[0]] = ("swapped", x, g)
+    elif perm == ([0, 3, 1, 2] if n.input[0] in imp.last else [0, 2, 3, 1]) and len(imp.shapes.get(src, ())) == 3:
+        imp.alias[n.output[0]] = imp.x(n, name)
+        if perm == [0, 3, 1, 2]:
+            imp.last.discard(n.output[0])
+        else:
+            imp.last.add(n.output[0])
+    else:
+        raise imp.err(n, name, f" with perm {perm} (only to channels-last and back, or a channel shuffle)")
 
 
 @_op("Gemm", attrs="alpha beta transA transB broadcast")
@@ -516,13 +524,47 @@ def _gemm(imp: _Importer, n, name, a) -> None:
     imp.emit(n, name, "gemm", [imp.x(n, name)], {"act": ""}, params)
 
 
-@_op("MatMul")
+@_op("MatMul", nhwc=True)
 def _matmul(imp: _Importer, n, name, a) -> None:
-    """gemm (a MatMul by a constant matrix; an Add after it becomes the bias)."""
+    """gemm (a MatMul by a constant matrix; an Add after it becomes the bias); of a channels-last map: a 1×1
+    conv (a Linear layer applied to every pixel)."""
     w = imp.const(n, name, 1).astype(np.float32)
+    x = imp.x(n, name)
     if w.ndim != 2:
         raise imp.err(n, name, f" with weight of shape {w.shape}")
-    imp.emit(n, name, "gemm", [imp.x(n, name)], {"act": ""}, {"w": np.ascontiguousarray(w.T)})
+    if n.input[0] in imp.last:
+        w = np.ascontiguousarray(w.T)[:, :, None, None]
+        return imp.emit(n, name, "conv", [x], {"groups": 1, "act": ""}, {"w": w}, Window())
+    if len(imp.shapes[x]) != 1:
+        raise imp.err(n, name, " of a channels-first map (only of a vector or a channels-last map)")
+    return imp.emit(n, name, "gemm", [x], {"act": ""}, {"w": np.ascontiguousarray(w.T)})
+
+
+@_op("LayerNormalization", attrs="axis epsilon stash_type", nhwc=True)
+def _layernorm(imp: _Importer, n, name, a) -> None:
+    """chnorm: over the channels of a channels-last map (ConvNeXt), each pixel on its own."""
+    x = imp.x(n, name)
+    c = imp.shapes[x][0]
+    if n.input[0] not in imp.last or a.get("axis", -1) not in (-1, 3) or any(n.output[1:]):
+        raise imp.err(n, name, " other than over the last axis of a channels-last map (Transpose (0, 2, 3, 1))")
+    scale, shift = (imp.opt_const(n, name, i) for i in (1, 2))
+    params = {k: np.full(c, default, np.float32) if v is None else _per_channel(v, c, last=True)
+              for k, v, default in (("scale", scale, 1), ("shift", shift, 0))}
+    if any(v is None for v in params.values()):
+        raise imp.err(n, name, " with a scale or bias that is not one value per channel")
+    imp.emit(n, name, "chnorm", [x], {"eps": float(a.get("epsilon", 1e-5))}, params)
+
+
+@_op("Gather", attrs="axis")
+def _gather(imp: _Importer, n, name, a) -> None:
+    """The identity Gather that PyTorch's dynamo export writes for as_strided: every element of a flattened
+    (C, 1, 1) map, in order, back in the map's shape."""
+    stage, x, _ = imp.pending.get(imp.alias.get(n.input[0], n.input[0]), ("", "", 0))
+    idx = imp.const(n, name, 1)
+    if stage != "flat" or a.get("axis", 0) != 0 or idx.shape != (1, *imp.shapes[x]) \
+            or not np.array_equal(idx.ravel(), np.arange(idx.size)):
+        raise imp.err(n, name, " other than the identity Gather of a flattened map (as_strided)")
+    imp.alias[n.output[0]] = x
 
 
 @_op("Softmax", attrs="axis")
@@ -543,10 +585,17 @@ IDIOMS = (
     ("fused activations", "an activation after a conv or gemm runs in its epilogue"),
     ("flatten", "Flatten (axis 1 or negative), Reshape to (1, -1), Squeeze of a (1, C, 1, 1) map"),
     ("MatMul + Add", "a gemm with bias"),
-    ("zero Pad", "folds into the padding of the Conv or AveragePool that reads it"),
+    ("zero Pad", "folds into the padding of the Conv or AveragePool that reads it (any other reader: a pad node)"),
     ("channel shuffle", "Reshape-Transpose-Reshape (ShuffleNet)"),
     ("channel split", "Split and Slice along channels: channel slices"),
-    ("SiLU / HardSwish", "x·Sigmoid(x) and x·HardSigmoid(x; 1/6, 1/2): one activation, fused into the conv before"),
+    ("SiLU / HardSwish / GELU", "x·Sigmoid(x), x·HardSigmoid(x; 1/6, 1/2) and 0.5·x·(1 + Erf(x/√2)): one "
+     "activation, fused into the conv before"),
+    ("channels-last blocks (ConvNeXt)", "Transpose (0, 2, 3, 1) … Transpose (0, 3, 1, 2): the ops between run on the "
+     "map as it is held (channels first); LayerNormalization over the last axis (or spelled out as ReduceMean, "
+     "Sub, Pow, ReduceMean, Add, Sqrt, Div) is a per-pixel channel norm, MatMul by a (C, K) matrix a 1x1 conv, "
+     "a constant of shape (C,) a per-channel affine"),
+    ("ops after global pooling", "run in the head on whole tensors (ConvNeXt's norm of the pooled map); the "
+     "dynamo exporter's flat view and identity Gather (as_strided) of the pooled map are the map itself"),
     ("squeeze-and-excitation", "global average pool of a map, 1x1 convs with activations, the map times the gate: "
      "one node; tiled, the ranks allreduce the map's channel sums (C values each), then every rank runs the "
      "branch and scales its tile"),
@@ -558,11 +607,12 @@ def supported_markdown() -> str:
     lines = ["# ONNX: what the importer takes", "",
              "Generated by `python -m nptp_mpi.model.onnx_io > docs/ONNX.md` from the importer's own table "
              "(a test checks that this file is current). Anything else is refused at load with one line "
-             "naming the op, the node and the file.", "", "## Ops", "", "| ONNX op | attributes understood | becomes |",
-             "|---|---|---|"]
+             "naming the op, the node and the file.", "", "## Ops", "",
+             "| ONNX op | attributes understood | on channels-last maps | becomes |", "|---|---|---|---|"]
     for op_type in sorted(_HANDLERS):
-        handler, attrs = _HANDLERS[op_type]
-        lines.append(f"| {op_type} | {', '.join(sorted(attrs)) or '-'} | {handler.__doc__.splitlines()[0]} |")
+        handler, attrs, nhwc = _HANDLERS[op_type]
+        lines.append(f"| {op_type} | {', '.join(sorted(attrs)) or '-'} | {'yes' if nhwc else '-'} | "
+                     f"{handler.__doc__.splitlines()[0]} |")
     lines += ["", "## Idioms", "", "| what exporters write | how it runs |", "|---|---|"]
     lines += [f"| {what} | {how} |" for what, how in IDIOMS]
     return "\n".join(lines) + "\n"
@@ -580,7 +630,7 @@ def to_onnx(graph: Graph, opset: int = 17) -> onnx.ModelProto:
     """The graph as an ONNX model with input 'input' (1, C, H, W) and output 'output' (batch axis added)."""
     if not 11 <= opset <= onnx.defs.onnx_opset_version():
         raise ModelError(f"cannot export to ONNX opset {opset} (supported: 11..{onnx.defs.onnx_opset_version()})")
-    ex = _Exporter(graph)
+    ex = _Exporter(graph, opset)
     for n in graph.nodes:
         ins = [ex.name(t) for t in n.inputs]
         _EXPORT[n.op](ex, n, ins, ex.name(n.output))
@@ -598,8 +648,8 @@ def to_onnx(graph: Graph, opset: int = 17) -> onnx.ModelProto:
 class _Exporter:
     """Collects ONNX nodes and initializers."""
 
-    def __init__(self, graph: Graph) -> None:
-        self.graph, self.nodes, self.inits = graph, [], []
+    def __init__(self, graph: Graph, opset: int) -> None:
+        self.graph, self.opset, self.nodes, self.inits = graph, opset, [], []
 
     def name(self, tensor: str) -> str:
         return {self.graph.input: "input", self.graph.output: "output"}.get(tensor, tensor)
@@ -716,6 +766,22 @@ def _ex_se(ex, n, ins, out):
     ex.add("Mul", [ins[0], g], out, n.name)
 
 
+def _ex_chnorm(ex, n, ins, out):
+    """Transpose to channels-last, LayerNormalization over the last axis, Transpose back (as ConvNeXt's export)."""
+    if ex.opset < 17:
+        raise ModelError(f"node {n.name!r}: LayerNormalization needs ONNX opset 17 or later, not {ex.opset}")
+    t = ex.add("Transpose", ins, f"{out}.nhwc", f"{n.name}.nhwc", perm=[0, 2, 3, 1])
+    t = ex.add("LayerNormalization", [t, *_params(ex, n, "scale", "shift")], f"{out}.norm", n.name, axis=-1,
+               epsilon=float(n.attrs["eps"]))
+    ex.add("Transpose", [t], out, f"{n.name}.nchw", perm=[0, 3, 1, 2])
+
+
+def _ex_pad(ex, n, ins, out):
+    t, left, b, r = n.window.pads
+    pads = ex.const(f"{n.name}.pads", np.array([0, 0, t, left, 0, 0, b, r], np.int64))
+    ex.add("Pad", [ins[0], pads, ex.const(f"{n.name}.value", np.float32(n.attrs["value"]))], out, n.name)
+
+
 def _ex_slice(ex, n, ins, out):
     bounds = [ex.const(f"{n.name}.{k}", np.array([v], np.int64)) for k, v in (("c0", n.attrs["c0"]),
                                                                              ("c1", n.attrs["c1"]), ("axis", 1))]
@@ -740,6 +806,8 @@ _EXPORT: dict[str, Callable] = {
     "prelu": lambda ex, n, ins, out: ex.add("PRelu", [ins[0], ex.const(f"{n.name}.slope",
                                                                     n.params["slope"].reshape(-1, 1, 1))], out, n.name),
     "slice": _ex_slice,
+    "pad": _ex_pad,
+    "chnorm": _ex_chnorm,
     "se": _ex_se,
     "gmp": _simple("GlobalMaxPool"),
     "lrn": _simple("LRN", "size", "alpha", "beta", "bias"),

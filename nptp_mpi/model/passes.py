@@ -114,7 +114,7 @@ def _fuse(src: Node, n: Node) -> bool:
         bias = src.params.get("b", np.zeros_like(scale))
         src.params.update(w=src.params["w"] * scale[:, None, None, None], b=bias * scale + shift)
         return True
-    if n.op == "affine" and src.op == "affine":
+    if n.op == "affine" and src.op in ("affine", "chnorm"):
         scale, shift = n.params["scale"], n.params["shift"]
         src.params.update(scale=src.params["scale"] * scale, shift=src.params["shift"] * scale + shift)
         return True

@@ -174,6 +174,8 @@ def node_flops(node: Node, graph: Graph, region: Rect) -> float:
         return float(c * a * node.window.kernel[0] * node.window.kernel[1])
     if node.op == "lrn":
         return float(c * a * node.attrs.get("size", 1))
+    if node.op == "chnorm":  # two passes for the mean and variance, one to normalise
+        return float(3 * c * a)
     return float(c * a * max(1, len(node.inputs) if node.op != "concat" else 1))
 
 

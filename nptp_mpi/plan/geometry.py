@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nptp_mpi.errors import ModelError
-from nptp_mpi.model.graph import HEAD_OPS, WINDOW_OPS, Graph, Node, Window
+from nptp_mpi.model.graph import WINDOW_OPS, Graph, Node, Window
 
 Rect = tuple[int, int, int, int]
 
@@ -119,13 +119,12 @@ def spatial(graph: Graph, grid: str | None = None) -> Spatial:
     (ratio 0: held whole by one rank or not at all, a tail's)."""
     strides = {graph.input: (1, 1)}
     readers: dict[str, list] = {graph.input: []}
-    head = None
-    for n in graph.nodes:
-        if n.op in HEAD_OPS:
-            head = head or n
-            continue
-        if head is not None:
-            raise ModelError(f"{graph.name}: spatial op {n.name!r} ({n.op}) after head op {head.name!r}")
+    head = graph.nodes[graph.head_start] if graph.head_start < len(graph.nodes) else None
+    for prev, n in zip(graph.nodes[graph.head_start:], graph.nodes[graph.head_start + 1:], strict=False):
+        if n.inputs != (prev.output,):  # the head runs as a chain on whole tensors
+            raise ModelError(f"{graph.name}: {n.op} {n.name!r} after head op {head.name!r} reads {n.inputs}, not "
+                             f"the output of {prev.name!r} alone (the head is a chain of one-input ops)")
+    for n in graph.nodes[:graph.head_start]:
         ins = [strides[t] for t in n.inputs]
         if n.op in WINDOW_OPS:
             strides[n.output] = (ins[0][0] * n.window.stride[0], ins[0][1] * n.window.stride[1])
@@ -136,9 +135,9 @@ def spatial(graph: Graph, grid: str | None = None) -> Spatial:
         for t in n.inputs:
             readers[t].append((n.window if n.op in WINDOW_OPS else None, n.output))
         readers[n.output] = []
-    last = next((n.output for n in reversed(graph.nodes) if n.spatial), graph.input)
-    for n in graph.nodes:
-        if n.op in HEAD_OPS and any(t in strides and t != last for t in n.inputs):
+    last = graph.nodes[graph.head_start - 1].output if graph.head_start else graph.input
+    for n in graph.nodes[graph.head_start:]:
+        if any(t in strides and t != last for t in n.inputs):
             raise ModelError(f"{graph.name}: head op {n.name!r} reads {n.inputs}, not the last map {last!r}")
     big = strides[grid or last]
     ratio = {}

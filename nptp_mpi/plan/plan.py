@@ -171,7 +171,7 @@ class Plan:
 
 def split_head(graph: Graph) -> tuple[list[Node], list[Node]]:
     """(spatial nodes, head nodes): the head starts at the first op that sees whole maps."""
-    k = next((i for i, nd in enumerate(graph.nodes) if not nd.spatial), len(graph.nodes))
+    k = graph.head_start
     return graph.nodes[:k], graph.nodes[k:]
 
 
@@ -210,11 +210,11 @@ def rank_params(graph: Graph, plan: Plan, r: int, copy: bool = False) -> dict[st
     outs = {p.a: p.channels[r] for p in plan.pairs}
     ins = {p.b: p.channels[r] for p in plan.pairs}
     out: dict[str, dict[str, np.ndarray]] = {}
-    for n in graph.nodes:
-        p = n.params
-        if not p or not (n.spatial or r == 0 or (plan.head and n.name == plan.head.gemm)):
+    for i, n in enumerate(graph.nodes):
+        p, tiled = n.params, i < graph.head_start
+        if not p or not (tiled or r == 0 or (plan.head and n.name == plan.head.gemm)):
             continue
-        if n.spatial and not area(plan.comp[n.output][r]) and n.name not in outs | ins:
+        if tiled and not area(plan.comp[n.output][r]) and n.name not in outs | ins:
             continue  # a tail node: rank 0 computes it alone
         if n.name in outs:
             c0, c1 = outs[n.name]

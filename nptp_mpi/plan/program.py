@@ -157,7 +157,7 @@ def lower(graph: Graph, plan: Plan, r: int, overlap: bool = True) -> Program:
     if plan.ranks <= r:
         raise ValueError(f"plan is for {plan.ranks} ranks, not rank {r}")
     b = _Builder(graph, plan, r)
-    sp_nodes = [n for n in graph.nodes if n.spatial]
+    sp_nodes = split_head(graph)[0]
     tags = {t: i + 2 for i, t in enumerate(plan.halos)}
     pairs_a = {p.a: p for p in plan.pairs}
     pairs_b = {p.b for p in plan.pairs}

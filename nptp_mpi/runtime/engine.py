@@ -16,7 +16,7 @@ from nptp_mpi.model.graph import Graph, Node
 from nptp_mpi.plan.plan import Plan, rank_params
 from nptp_mpi.plan.program import INPUT, Compute, Copy, Head, Post, Program, Reduce, Sum, Wait, lower
 from nptp_mpi.runtime.exchange import Messages, World
-from nptp_mpi.runtime.ops import Tile, bias_act, run_head, run_spatial
+from nptp_mpi.runtime.ops import Tile, bias_act, run_spatial, run_whole
 
 Rect = tuple[int, int, int, int]
 
@@ -59,8 +59,8 @@ class Contribution:
             y0, x0, y1, x1 = self.step.rect
             self.canvas[:, y0:y1, x0:x1] = own  # zero elsewhere: bins get this rank's pixels' share of their mean
             y0, x0, y1, x1 = self.step.bins
-            feats = run_head(self.pool, [self.canvas])[:, y0:y1, x0:x1]
-        return run_head(self.partial_gemm, [np.ascontiguousarray(feats).reshape(-1)])
+            feats = run_whole(self.pool, [self.canvas])[:, y0:y1, x0:x1]
+        return run_whole(self.partial_gemm, [np.ascontiguousarray(feats).reshape(-1)])
 
     def finish(self, total: np.ndarray) -> np.ndarray:
         """Rank 0: the mean (global pooling) or bias and activation (a split FC layer) of the sum."""
@@ -167,7 +167,7 @@ class Engine:
             elif isinstance(step, Head):
                 out = self.buffers[step.input]
                 for name in step.nodes:
-                    out = run_head(self.graph_nodes[name], [out])
+                    out = run_whole(self.graph_nodes[name], [out])
             compute += time.perf_counter() - t0
         tr = w.traffic
         return out, Stats(compute, tr.wait_s, tr.halo_sent, tr.halo_recv, tr.other_sent, tr.other_recv)

@@ -53,6 +53,8 @@ def run_spatial(node: Node, ins: list[Tile], in_hw: tuple[int, int], region: Rec
         x = ins[0]
         return K.pool2d(x.data, x.rect[:2], in_hw, op[:3], w.kernel, w.stride, w.pads, w.dilation, region,
                         count_include_pad=bool(a.get("count_include_pad", 0)))
+    if op == "pad":
+        return K.pad2d(ins[0].data, ins[0].rect[:2], in_hw, node.window.pads, a["value"], region)
     xs = [t.view(region) for t in ins]
     if op in ACTIVATIONS or op == "sigmoid":
         return K.activation(xs[0], op, a.get("alpha", 0.0), a.get("lo", 0.0), a.get("hi", 0.0))
@@ -64,6 +66,8 @@ def run_spatial(node: Node, ins: list[Tile], in_hw: tuple[int, int], region: Rec
         return K.scale_channels(xs[0], se_gate(node, K.global_avgpool(ins[0].data) if mean is None else mean))
     if op == "affine":
         return K.affine(xs[0], p["scale"], p["shift"])
+    if op == "chnorm":
+        return K.channel_norm(xs[0], p["scale"], p["shift"], a["eps"])
     if op == "lrn":
         return K.lrn(xs[0], a["size"], a["alpha"], a["beta"], a["bias"])
     if op == "add":
@@ -86,9 +90,13 @@ def se_gate(node: Node, mean: np.ndarray) -> np.ndarray:
     return g
 
 
-def run_head(node: Node, ins: list[np.ndarray]) -> np.ndarray:
-    """A head node on whole tensors (global pooling, flatten, classifier, softmax)."""
+def run_whole(node: Node, ins: list[np.ndarray]) -> np.ndarray:
+    """Any node on whole tensors: a spatial one over its whole output (the reference, a tail), a head one
+    (global pooling, flatten, classifier, softmax)."""
     op, x = node.op, ins[0]
+    if node.spatial:
+        out = (0, 0, *(node.window.out_hw(*x.shape[1:]) if node.window else x.shape[1:]))
+        return run_spatial(node, [Tile(t, (0, 0, *t.shape[1:])) for t in ins], x.shape[1:], out)
     if op == "gap":
         return K.global_avgpool(x)
     if op == "gmp":

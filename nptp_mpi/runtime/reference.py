@@ -9,7 +9,7 @@ import numpy as np
 
 from nptp_mpi.errors import ModelError
 from nptp_mpi.model.graph import Graph
-from nptp_mpi.runtime.ops import Tile, run_head, run_spatial
+from nptp_mpi.runtime.ops import run_whole
 
 
 def run(graph: Graph, x: np.ndarray) -> np.ndarray:
@@ -23,10 +23,5 @@ def run(graph: Graph, x: np.ndarray) -> np.ndarray:
         for t in node.inputs:
             if last_use[t] == i and t != graph.output:
                 del values[t]  # keeps peak memory near two layers' worth on large inputs
-        if node.spatial:
-            _, h, w = graph.shapes[node.output]
-            tiles = [Tile(v, (0, 0, v.shape[1], v.shape[2])) for v in ins]
-            values[node.output] = run_spatial(node, tiles, tuple(ins[0].shape[1:]), (0, 0, h, w))
-        else:
-            values[node.output] = run_head(node, ins)
+        values[node.output] = run_whole(node, ins)
     return values[graph.output]

@@ -20,9 +20,7 @@ def layer_of(graph: Graph) -> dict[str, int]:
     pointwise nodes with the window op before them."""
     index = {t: i for i, t in enumerate(layers(spatial(graph)))}
     out, current = {}, 0
-    for n in graph.nodes:
-        if not n.spatial:
-            break
+    for n in graph.nodes[:graph.head_start]:
         if n.window is not None:
             current = index[n.inputs[0]]
         out[n.name] = current

@@ -47,7 +47,7 @@ from nptp_mpi.plan.calibration import BoardCal, Calibration, LayerRates, ModelCa
 from nptp_mpi.plan.cost import Links  # noqa: E402
 from nptp_mpi.plan.geometry import area  # noqa: E402
 from nptp_mpi.plan.plan import Plan, Transfer, held, make_plan, pieces, rank_params, split_head  # noqa: E402
-from nptp_mpi.runtime.ops import Tile, run_head, run_spatial  # noqa: E402
+from nptp_mpi.runtime.ops import Tile, run_spatial, run_whole  # noqa: E402
 
 # (Cin, Cout, k, H=W): 3×3 convs of VGG-16 at 224² stages 2 and 3, and a ResNet-50 1×1 at 28².
 SHAPES = ((64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 1, 28))
@@ -125,7 +125,7 @@ def time_head(graph: Graph, plan: Plan, repeat: int) -> float:
     def call():
         out = x
         for node in head[1:] if reduce else head:
-            out = run_head(node, [out])
+            out = run_whole(node, [out])
 
     return _median_time(call, repeat)
 

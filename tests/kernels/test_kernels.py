@@ -202,6 +202,17 @@ def test_gemm(act, bias):
     assert_close(K.gemm(x, w, b if bias else None, name, **kw), want)
 
 
+@pytest.mark.parametrize("c", [1, 7, 768])
+def test_channel_norm_is_layer_norm_over_the_channels_of_each_pixel(c):
+    """Against onnxruntime's LayerNormalization over the last axis of the channels-last map; a large common
+    offset (the mean is subtracted before squaring) must not cost precision."""
+    x = randn((c, 5, 6)) + 100.0
+    scale, shift = randn(c, 1), randn(c, 2)
+    nhwc = np.ascontiguousarray(x.transpose(1, 2, 0))[None]
+    want = ort_run([nhwc], ("LayerNormalization", [scale, shift], dict(axis=-1, epsilon=1e-6)))[0]
+    assert_close(K.channel_norm(x, scale, shift, 1e-6), want.transpose(2, 0, 1))
+
+
 def test_softmax():
     x = randn(1000) * 50
     assert_close(K.softmax(x), ort_run([x[None]], ("Softmax", [], dict(axis=-1)))[0])
@@ -258,7 +269,20 @@ def region_cases():
         yield (f"pool{n}", lambda buf, org, reg, case=case: pool_call(case, buf, org, reg), x, (k, s, pads, d), hw)
 
 
+    for pads in ((1, 2, 0, 3), (0, 0, 2, 2)):
+        x = randn((3, 9, 10))
+        hw = (9 + pads[0] + pads[2], 10 + pads[1] + pads[3])
+        yield (f"pad{pads}", lambda buf, org, reg, x=x, pads=pads: K.pad2d(buf, org, x.shape[1:], pads, 0.25, reg),
+               x, ((1, 1), (1, 1), pads, (1, 1)), hw)
+
+
 REGION_CASES = list(region_cases())
+
+
+def test_pad2d_is_onnx_pad():
+    x = randn((3, 9, 10))
+    want = ort_run([x[None]], ("Pad", [np.array([0, 0, 1, 2, 0, 0, 0, 3]), np.float32(0.25)], {}))[0]
+    assert_close(K.pad2d(x, (0, 0), (9, 10), (1, 2, 0, 3), 0.25, (0, 0, 10, 15)), want)
 
 
 @pytest.mark.parametrize("name, compute, x, win, out_hw", REGION_CASES, ids=[c[0] for c in REGION_CASES])

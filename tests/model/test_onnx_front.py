@@ -116,6 +116,21 @@ def test_zero_pad_folds_into_the_conv_and_the_average_pool(tmp_path) -> None:
     assert graph.nodes[0].window.pads == (1, 2, 2, 1) and graph.nodes[1].attrs["count_include_pad"]
 
 
+def test_pad_with_a_value_and_a_zero_pad_before_a_max_pool_are_pad_nodes(tmp_path) -> None:
+    """A Pad that cannot fold into its reader's padding (a value, or a MaxPool reading it) is a pad node; a zero
+    Pad read by a Conv and a MaxPool folds into the one and runs as a node for the other."""
+    c1, w1 = conv("x", "c1", 3, 8)
+    nodes = [c1, N("Pad", ["c1", "pads", "val"], ["p1"]), N("Conv", ["p1", "w2"], ["c2"], kernel_shape=[3, 3]),
+             N("Pad", ["c2", "pads0"], ["p2"]), N("MaxPool", ["p2"], ["m"], kernel_shape=[3, 3]),
+             N("Conv", ["p2", "w3"], ["c3"], kernel_shape=[3, 3]), N("Add", ["m", "c3"], ["y"])]
+    inits = {**w1, "pads": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64), "val": np.array(0.75, np.float32),
+             "pads0": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "w2": W(8, 8, 3, 3), "w3": W(8, 8, 3, 3)}
+    graph = import_and_compare(tmp_path, make_model(nodes, inits, opset=13))
+    assert [n.op for n in graph.nodes] == ["conv", "pad", "conv", "pad", "maxpool", "conv", "add"]
+    assert graph.nodes[1].attrs["value"] == 0.75 and graph.nodes[1].window.pads == (1, 2, 2, 1)
+    assert graph.nodes[5].window.pads == (1, 1, 1, 1) and graph.nodes[5].inputs == ("c2",)  # folded
+
+
 def test_split_and_slice_along_channels(tmp_path) -> None:
     """ShuffleNetV2's new-exporter form: Split into halves, a branch on one, Concat back; and a Slice."""
     c1, w1 = conv("b", "c1", 4, 4)
@@ -128,12 +143,11 @@ def test_split_and_slice_along_channels(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("nodes,inits,says", [
-    ([N("Pad", ["x", "pads", "one"], ["xp"]), N("Conv", ["xp", "w"], ["y"], kernel_shape=[3, 3])],
-     {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "one": np.array(1.0, np.float32), "w": W(4, 3, 3, 3)},
-     "other than a zero padding"),
+    ([N("Pad", ["x", "pads"], ["xp"], mode="reflect"), N("Conv", ["xp", "w"], ["y"], kernel_shape=[3, 3])],
+     {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "w": W(4, 3, 3, 3)}, "mode 'reflect'"),
+    ([N("Pad", ["x", "pads"], ["y"])], {"pads": np.array([0, 0, -1, 1, 0, 0, 1, 1], np.int64)}, "non-negative"),
+    ([N("Pad", ["x", "pads"], ["y"])], {"pads": np.array([0, 1, 0, 0, 0, 0, 0, 0], np.int64)}, "padding of H and W"),
     ([N("ReduceMean", ["x"], ["y"], axes=[1])], {}, "only H and W reduce"),
-    ([N("Pad", ["x", "pads"], ["xp"]), N("MaxPool", ["xp"], ["y"], kernel_shape=[3, 3])],
-     {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)}, "folds only into a Conv or AveragePool"),
 ])
 def test_what_stays_unsupported_is_one_line_naming_op_and_node(tmp_path, nodes, inits, says: str) -> None:
     path = str(tmp_path / "m.onnx")
@@ -190,3 +204,75 @@ def test_a_gate_that_is_not_squeeze_and_excitation_is_refused(tmp_path) -> None:
     onnx.save(make_model(nodes, {**w1, **w2}), path)
     with pytest.raises(ModelError, match="not a squeeze-and-excitation branch"):
         load_onnx(path)
+
+
+def _convnext_block(opset: int, spelled_out: bool) -> tuple[list, dict]:
+    """A ConvNeXt block: depthwise conv, Transpose to channels-last, LayerNorm, Linear, GELU, Linear, Transpose
+    back, layer scale, residual; spelled_out: LayerNorm and GELU op by op, as the TorchScript exporter writes
+    them before opsets 17 and 20 (ReduceMean's axes an input from opset 18)."""
+    c, e = 8, 16
+    dw = N("Conv", ["x0", "dw.w", "dw.b"], ["d"], kernel_shape=[7, 7], pads=[3] * 4, group=c)
+    stem, ws = conv("x", "x0", 3, c)
+    inits = {**ws, "dw.w": W(c, 1, 7, 7), "dw.b": W(c), "ln.s": W(c) + 1, "ln.b": W(c), "l1.w": W(c, e), "l1.b": W(e),
+             "l2.w": W(e, c), "l2.b": W(c), "gamma": W(c, 1, 1), "two": np.float32(2), "eps": np.float32(1e-6),
+             "root2": np.float32(2 ** 0.5), "one": np.float32(1), "half": np.float32(0.5),
+             "last": np.array([-1], np.int64)}
+    nodes = [stem, dw, N("Transpose", ["d"], ["t"], perm=[0, 2, 3, 1])]
+    if spelled_out:
+        axes = ({"axes": [-1]}, []) if opset < 18 else ({}, ["last"])
+        mean = lambda i, o: N("ReduceMean", [i, *axes[1]], [o], **axes[0])  # noqa: E731
+        nodes += [mean("t", "mu"), N("Sub", ["t", "mu"], ["dev"]), N("Pow", ["dev", "two"], ["sq"]),
+                  mean("sq", "var"), N("Add", ["var", "eps"], ["ve"]), N("Sqrt", ["ve"], ["sd"]),
+                  N("Div", ["dev", "sd"], ["nrm"]), N("Mul", ["nrm", "ln.s"], ["nsc"]),
+                  N("Add", ["nsc", "ln.b"], ["n"]),
+                  N("MatMul", ["n", "l1.w"], ["h0"]), N("Add", ["l1.b", "h0"], ["h"]),
+                  N("Div", ["h", "root2"], ["hs"]), N("Erf", ["hs"], ["he"]), N("Add", ["he", "one"], ["he1"]),
+                  N("Mul", ["h", "he1"], ["hm"]), N("Mul", ["hm", "half"], ["g"])]
+    else:
+        nodes += [N("LayerNormalization", ["t", "ln.s", "ln.b"], ["n"], axis=-1, epsilon=1e-6),
+                  N("MatMul", ["n", "l1.w"], ["h0"]), N("Add", ["h0", "l1.b"], ["h"]), N("Gelu", ["h"], ["g"])]
+    nodes += [N("MatMul", ["g", "l2.w"], ["o0"]), N("Add", ["o0", "l2.b"], ["o"]),
+              N("Transpose", ["o"], ["ob"], perm=[0, 3, 1, 2]), N("Mul", ["gamma", "ob"], ["os"]),
+              N("Add", ["os", "x0"], ["y"])]
+    return nodes, inits
+
+
+@pytest.mark.parametrize("opset,spelled_out", [(20, False), (13, True), (18, True)])
+def test_a_convnext_block_runs_channels_first(tmp_path, opset: int, spelled_out: bool) -> None:
+    """LayerNorm over the channels of a channels-last map is one chnorm node; the Linears are 1×1 convs."""
+    graph = import_and_compare(tmp_path, make_model(*_convnext_block(opset, spelled_out), opset=opset))
+    ops = [(n.op, n.attrs.get("act")) for n in graph.nodes]
+    assert ops == [("conv", ""), ("conv", ""), ("chnorm", None), ("conv", "gelu"), ("conv", ""), ("add", None)], ops
+
+
+def test_convnext_head_pools_then_normalises_the_pooled_map(tmp_path) -> None:
+    """The head: mean over H, W (the dynamo form: a flat view read back by an identity Gather), a channel norm of
+    the pooled (C, 1, 1) map, flatten, classifier; the norm runs in the head, on whole tensors."""
+    c1, w1 = conv("x", "c1", 3, 8)
+    nodes = [c1, N("ReduceMean", ["c1", "hw"], ["m"], keepdims=1), N("Reshape", ["m", "flat"], ["v"]),
+             N("Gather", ["v", "idx"], ["back"], axis=0), N("Transpose", ["back"], ["t"], perm=[0, 2, 3, 1]),
+             N("LayerNormalization", ["t", "s", "b"], ["n"], axis=-1, epsilon=1e-6),
+             N("Transpose", ["n"], ["nb"], perm=[0, 3, 1, 2]), N("Reshape", ["nb", "vec"], ["f"]),
+             N("Gemm", ["f", "fw"], ["y"], transB=1)]
+    inits = {**w1, "hw": np.array([-1, -2], np.int64), "flat": np.array([-1], np.int64),
+             "idx": np.arange(8, dtype=np.int64).reshape(1, 8, 1, 1), "s": W(8) + 1, "b": W(8),
+             "vec": np.array([1, 8], np.int64), "fw": W(5, 8)}
+    graph = import_and_compare(tmp_path, make_model(nodes, inits, opset=20))
+    assert [n.op for n in graph.nodes] == ["conv", "gap", "chnorm", "flatten", "gemm"]
+    assert graph.head_start == 1
+
+
+@pytest.mark.parametrize("nodes,says", [
+    ([N("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]), N("Concat", ["t", "t"], ["y"], axis=3)],
+     "on a channels-last map"),
+    ([N("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]), N("Add", ["t", "x"], ["y"])], "and a channels-first one"),
+    ([N("Transpose", ["x"], ["y"], perm=[0, 1, 3, 2])], "only to channels-last and back"),
+    ([N("LayerNormalization", ["x", "s"], ["y"], axis=1)], "channels-last map"),
+    ([N("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]), N("Add", ["t", "s3"], ["y"])], "not per-channel"),
+])
+def test_channels_last_ops_the_importer_cannot_map_are_refused(tmp_path, nodes, says: str) -> None:
+    path = str(tmp_path / "m.onnx")
+    onnx.save(make_model(nodes, {"s": W(3, 16, 16), "s3": W(16, 1)}, opset=20), path)
+    with pytest.raises(ModelError, match=says) as e:
+        load_onnx(path)
+    assert "\n" not in str(e.value) and "node" in str(e.value)

@@ -17,7 +17,7 @@ from nptp_mpi.runtime import reference
 
 FIXTURES = sorted((ROOT / "tests" / "data" / "onnx").glob("*.onnx"))
 # Still refused, and why (what the real-models issue has left to build).
-REFUSED = {f"convnext_tiny.{e}": "'Transpose'" for e in ("dynamo", "torchscript")}  # channels-last LayerNorm
+REFUSED: dict[str, str] = {}
 
 
 def test_the_fixtures_are_all_there() -> None:

@@ -10,7 +10,9 @@ import functools
 
 import numpy as np
 import pytest
-from conftest import check_against_reference
+from conftest import check_against_reference, run_or_refuse
+
+from nptp_mpi.strategies import STRATEGIES as ALL_STRATEGIES
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -80,6 +82,14 @@ def test_onnx_file_equals_reference(tmp_path) -> None:
     path = tmp_path / "resnet18.onnx"  # tmp_path differs per rank: each rank writes and reads its own copy
     save_onnx(zoo_graph("resnet18").with_input_hw(128, 128), path)
     check_against_reference(load_onnx(str(path)), "nptp")
+
+
+@pytest.mark.parametrize("strategy", sorted(ALL_STRATEGIES))
+def test_every_op_equals_reference(strategy: str) -> None:
+    """The warm-up graph holds every spatial op and conv flavour (a constant pad among them)."""
+    from nptp_mpi.tools.warm import every_op_graph
+
+    run_or_refuse(every_op_graph().with_input_hw(40, 36), strategy)
 
 
 @pytest.mark.parametrize("strategy", (*STRATEGIES, "fused", "halp", "tail", "mixed"))
