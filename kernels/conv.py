@@ -1,10 +1,12 @@
-"""2-D convolution of an output region: im2col into a bounded, reused column buffer + float32 BLAS GEMM."""
+"""2-D convolution of an output region: Winograd F(4×4, 3×3) where it pays (winograd.py), else im2col into a
+bounded column buffer + float32 BLAS GEMM; depthwise convs by direct loops."""
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
+from . import winograd
 from .pointwise import act1, act_code, epilogue
 from .window import window
 
@@ -56,6 +58,44 @@ def _depthwise(p, w, b, sh, sw, dh, dw, out, code, alpha, lo, hi):
                 dst[j] = act1(acc[j], code, alpha, lo, hi)
 
 
+@njit(cache=True, parallel=True)
+def _depthwise3x3(p, w, b, s, out, code, alpha, lo, hi):
+    """_depthwise for 3×3 kernels at stride 1 or 2 (no dilation): the nine taps in one pass over each output
+    row (no accumulator traffic between taps), stride-2 rows split into even and odd columns first so that every
+    load is unit-stride. Plain indexing, no row views: at 7×7 a view per row cost more than its arithmetic."""
+    cout, oh, ow = out.shape
+    mult = cout // p.shape[0]
+    rows, width = p.shape[1], p.shape[2]
+    half = (width + 1) // 2
+    for o in prange(cout):  # (channels in parallel under --threads)
+        c = o // mult
+        split = np.zeros((2, rows, half + 1), np.float32)  # stride 2: [0] even columns, [1] odd ones
+        if s == 2:
+            for r in range(rows):
+                for j in range(width):
+                    split[j % 2, r, j // 2] = p[c, r, j]
+        w00, w01, w02 = w[o, 0, 0, 0], w[o, 0, 0, 1], w[o, 0, 0, 2]
+        w10, w11, w12 = w[o, 0, 1, 0], w[o, 0, 1, 1], w[o, 0, 1, 2]
+        w20, w21, w22 = w[o, 0, 2, 0], w[o, 0, 2, 1], w[o, 0, 2, 2]
+        bo = b[o]
+        for i in range(oh):
+            if s == 1:
+                for j in range(ow):
+                    out[o, i, j] = (bo + w00 * p[c, i, j] + w01 * p[c, i, j + 1] + w02 * p[c, i, j + 2]
+                                    + w10 * p[c, i + 1, j] + w11 * p[c, i + 1, j + 1] + w12 * p[c, i + 1, j + 2]
+                                    + w20 * p[c, i + 2, j] + w21 * p[c, i + 2, j + 1] + w22 * p[c, i + 2, j + 2])
+            else:
+                r = 2 * i
+                for j in range(ow):
+                    out[o, i, j] = (bo + w00 * split[0, r, j] + w01 * split[1, r, j] + w02 * split[0, r, j + 1]
+                                    + w10 * split[0, r + 1, j] + w11 * split[1, r + 1, j]
+                                    + w12 * split[0, r + 1, j + 1] + w20 * split[0, r + 2, j]
+                                    + w21 * split[1, r + 2, j] + w22 * split[0, r + 2, j + 1])
+            if code:
+                for j in range(ow):
+                    out[o, i, j] = act1(out[o, i, j], code, alpha, lo, hi)
+
+
 def _gemm_conv(p: np.ndarray, wm: np.ndarray, out: np.ndarray, kernel: tuple[int, int],
                stride: tuple[int, int], dilation: tuple[int, int], step: int, cols: np.ndarray | None) -> None:
     """One group: out (Cout, oh, ow) = wm @ im2col(p), `step` output rows at a time.
@@ -74,6 +114,14 @@ def _gemm_conv(p: np.ndarray, wm: np.ndarray, out: np.ndarray, kernel: tuple[int
             col = cols[:k * n].reshape(k, n)
             _im2col(p, *kernel, *stride, *dilation, r0, r1, col)
         np.matmul(wm, col, out=flat[:, r0 * ow:r1 * ow])
+
+
+def winograd_pays(w_shape: tuple, stride: tuple, dilation: tuple, out_hw: tuple) -> bool:
+    """Whether a 3×3 stride-1 conv runs faster by Winograd F(4×4, 3×3) than by im2col (`bench kernels`, one
+    thread): from 16 input channels and a 20×20 output on (below, the transforms and the GEMMs' short rows eat
+    the saving; a region under 8 rows or columns wastes most of its 4×4 tiles, as a halo strip would)."""
+    return (tuple(w_shape[2:]) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+            and w_shape[1] >= 16 and min(out_hw) >= 8 and out_hw[0] * out_hw[1] >= 400)
 
 
 def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
@@ -96,7 +144,13 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     b = np.zeros(cout, np.float32) if b is None else np.asarray(b, np.float32)
     epi = (act_code(act), np.float32(alpha), np.float32(lo), np.float32(hi))
     if cin_g == 1 and groups > 1:
-        _depthwise(p, w, b, *stride, *dilation, out, *epi)
+        if (kh, kw) == (3, 3) and stride[0] == stride[1] in (1, 2) and dilation == (1, 1):
+            _depthwise3x3(p, w, b, stride[0], out, *epi)
+        else:
+            _depthwise(p, w, b, *stride, *dilation, out, *epi)
+        return out
+    if groups == 1 and winograd_pays(w.shape, stride, dilation, out.shape[1:]):
+        winograd.conv3x3(p, w, b, out, *epi)
         return out
     k = cin_g * kh * kw
     cout_g, (oh, ow) = cout // groups, out.shape[1:]

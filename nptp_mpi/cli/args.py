@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from nptp_mpi import __version__
 from nptp_mpi.errors import UsageError
@@ -40,6 +41,22 @@ def parse_fuse(text: str) -> tuple[int, ...]:
     return fuse
 
 
+def _prog() -> str:
+    """How the user started us: the console script or the module."""
+    return "nptp-mpi" if os.path.basename(sys.argv[0]) == "nptp-mpi" else "python -m nptp_mpi"
+
+
+def _positive(text: str) -> int:
+    """A whole number ≥ 1 (argparse type)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
+    return n
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vgg16", help="zoo name (vgg11/13/16/19, resnet18/34/50, mobilenet_v2, "
                    "alexnet) or a .onnx file (default vgg16)")
@@ -72,7 +89,7 @@ def _cost_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    top = _Parser(prog="python -m nptp_mpi", description=DESCRIPTION)
+    top = _Parser(prog=_prog(), description=DESCRIPTION)
     top.add_argument("--version", action="version", version=f"nptp-mpi {__version__}")
     sub = top.add_subparsers(dest="command")
 
@@ -87,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warmup", type=int, default=1, help="untimed inferences first (default 1)")
     run.add_argument("--repeat", type=int, default=1, help="timed inferences; latency is their median")
     run.add_argument("--verify", action="store_true", help="rank 0 also runs the single-process reference")
+    run.add_argument("--threads", type=_positive, default=1, help="BLAS and Numba threads per rank (default 1: one "
+                     "rank per core; one rank with T threads per board also works, see README)")
     run.add_argument("--overlap", choices=("on", "off"), default="on",
                      help="compute each tile's core while its halo travels (default on; same output bit for bit)")
     run.add_argument("--output", help="write the output tensor (.npy) here")
@@ -120,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     hostfile.add_argument("path")
     hostfile.add_argument("--launcher", choices=("mpich", "openmpi"), default="mpich")
 
-    bench = sub.add_parser("bench", help="benchmarks: kernels, scaling").add_subparsers(dest="what", required=True)
+    bench = sub.add_parser("bench", help="benchmarks: models, kernels, scaling")
+    bench = bench.add_subparsers(dest="what", required=True)
+    models = bench.add_parser("models", help="one rank vs onnxruntime, whole models, with our time per op kind")
+    models.add_argument("--models", default="vgg16,resnet50,mobilenet_v2", help="zoo names or .onnx files")
+    models.add_argument("--sizes", default="224,512")
+    models.add_argument("--threads", default="1", help="thread counts to compare, e.g. 1,2 (both sides get each)")
+    models.add_argument("--rounds", type=_positive, default=5, help="timed inferences of each side, interleaved")
     kern = bench.add_parser("kernels", help="our conv kernel vs onnxruntime, one thread, per distinct conv layer")
     kern.add_argument("--models", default="vgg16,resnet50")
     kern.add_argument("--size", type=parse_size, default=(224, 224))
@@ -151,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         raise UsageError(f"unknown command {argv[0]!r}: use one of {', '.join(COMMANDS)} "
-                         "(see: python -m nptp_mpi --help)")
+                         f"(see: {_prog()} --help)")
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv = ["run", *argv]
     args = build_parser().parse_args(argv)

@@ -1,4 +1,4 @@
-"""`bench`: kernels against onnxruntime, and latency against boards, sizes and schemes (tools/)."""
+"""`bench`: models and kernels against onnxruntime, and latency against boards, sizes and schemes (tools/)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,20 @@ from nptp_mpi.model.load import load_model, parse_size
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.what == "models":
+        from nptp_mpi.tools.bench import bench_models, blas_info, format_models
+
+        try:
+            threads = [int(t) for t in args.threads.split(",") if t]
+        except ValueError:
+            threads = []
+        if not threads or min(threads) < 1:
+            raise UsageError(f"--threads {args.threads!r}: use counts like 1 or 1,2")
+        sizes = [parse_size(s) for s in args.sizes.split(",") if s]
+        graphs = [(m, load_model(m, size, None)) for m in args.models.split(",") if m for size in sizes]
+        print(blas_info(), flush=True)
+        print(format_models(bench_models(graphs, threads, args.rounds, lambda line: print(line, flush=True))))
+        return
     if args.what == "kernels":
         from nptp_mpi.tools.bench import bench_convs, conv_layers, format_table
 

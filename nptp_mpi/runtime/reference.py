@@ -5,6 +5,8 @@ Every distributed run is compared against it, and it is compared against onnxrun
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from nptp_mpi.errors import ModelError
@@ -12,8 +14,9 @@ from nptp_mpi.model.graph import Graph
 from nptp_mpi.runtime.ops import run_whole
 
 
-def run(graph: Graph, x: np.ndarray) -> np.ndarray:
-    """Output of graph for one input x of shape graph.input_shape (no batch axis)."""
+def run(graph: Graph, x: np.ndarray, spent: dict[str, float] | None = None) -> np.ndarray:
+    """Output of graph for one input x of shape graph.input_shape (no batch axis); spent: seconds are added up
+    there per node name (what `bench models` breaks down)."""
     if tuple(x.shape) != tuple(graph.input_shape):
         raise ModelError(f"{graph.name}: input shape {tuple(x.shape)} differs from {tuple(graph.input_shape)}")
     values: dict[str, np.ndarray] = {graph.input: np.ascontiguousarray(x, dtype=np.float32)}
@@ -23,5 +26,8 @@ def run(graph: Graph, x: np.ndarray) -> np.ndarray:
         for t in node.inputs:
             if last_use[t] == i and t != graph.output:
                 del values[t]  # keeps peak memory near two layers' worth on large inputs
+        t0 = time.perf_counter()
         values[node.output] = run_whole(node, ins)
+        if spent is not None:
+            spent[node.name] = spent.get(node.name, 0.0) + time.perf_counter() - t0
     return values[graph.output]

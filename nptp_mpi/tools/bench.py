@@ -1,11 +1,13 @@
-"""Kernel benchmark: our conv2d against single-threaded onnxruntime on the same conv layers.
+"""Single-rank benchmarks against onnxruntime: whole models with a breakdown by op type (`bench models`), and
+our conv2d on each distinct conv layer (`bench kernels`).
 
-Pin BLAS to one thread before numpy is imported (OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1; the
-`bench kernels` CLI sets them) so both sides get one core.
+`python -m nptp_mpi` sizes the BLAS and Numba thread pools before numpy loads (--threads, default 1); each
+measurement then limits both to its thread count, and onnxruntime gets as many intra-op threads.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from functools import partial
@@ -30,9 +32,21 @@ def _median_s(fns: list, repeat: int) -> list[float]:
     return [statistics.median(ts) for ts in times]
 
 
-def _ort_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int, groups: int):
-    """A one-thread, fully optimised ORT session of one Conv node; returns a no-argument runner."""
+def ort_session(model, threads: int = 1):
+    """An onnxruntime session of an ONNX model with its default (full) graph optimisations and `threads`
+    intra-op threads; returns run(x) for a batch-less input."""
     import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x[None]})[0][0]
+
+
+def _ort_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int, groups: int):
+    """A one-thread onnxruntime session of one Conv node; returns a no-argument runner."""
     from onnx import TensorProto, helper, numpy_helper
 
     node = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[stride] * 2, pads=[pad] * 4,
@@ -41,13 +55,8 @@ def _ort_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int
                                                                              (1, *x.shape))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    feed = {"x": x[None]}
-    return lambda: sess.run(None, feed)[0][0]
+    run = ort_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    return lambda: run(x)
 
 
 def conv_layers(graph) -> list[dict]:
@@ -93,10 +102,111 @@ def format_table(rows: list[dict]) -> str:
     cols = [("name", "{}"), ("cin", "{}"), ("cout", "{}"), ("h", "{}"), ("w", "{}"), ("k", "{}"),
             ("stride", "{}"), ("groups", "{}"), ("ms_ours", "{:.2f}"), ("ms_ort", "{:.2f}"),
             ("gflops_ours", "{:.1f}"), ("gflops_ort", "{:.1f}"), ("ratio", "{:.2f}")]
-    cells = [[c for c, _ in cols]] + [[f.format(r[c]) for c, f in cols] for r in rows]
+    ratio = statistics.median(r["ratio"] for r in rows) if rows else float("nan")
+    return "\n".join([_aligned([c for c, _ in cols], cols, rows),
+                      f"median ratio (ours / onnxruntime GFLOP/s): {ratio:.2f}"])
+
+
+def _aligned(head: list[str], cols: list[tuple[str, str]], rows: list[dict]) -> str:
+    """Rows as a text table: a header, a rule, one line per row (first column left, the others right)."""
+    cells = [head] + [[f.format(r[c]) for c, f in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = ["  ".join(v.rjust(wd) if i else v.ljust(wd) for i, (v, wd) in enumerate(zip(row, widths, strict=True)))
              for row in cells]
     lines.insert(1, "-" * len(lines[0]))
-    ratio = statistics.median(r["ratio"] for r in rows) if rows else float("nan")
-    return "\n".join([*lines, f"median ratio (ours / onnxruntime GFLOP/s): {ratio:.2f}"])
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+KINDS = ("conv3x3", "conv1x1", "depthwise", "conv other", "pooling", "fc", "element-wise", "copies")
+
+
+def kind(graph, node) -> str:
+    """The column of node's time in the breakdown."""
+    if node.op == "conv":
+        cin_g, k = node.params["w"].shape[1], node.window.kernel
+        if cin_g == 1 and node.attrs.get("groups", 1) > 1:
+            return "depthwise"
+        return {(3, 3): "conv3x3", (1, 1): "conv1x1"}.get(k, "conv other")
+    if node.op in ("maxpool", "avgpool", "gap", "gmp", "adaptive_avgpool"):
+        return "pooling"
+    if node.op == "gemm":
+        return "fc"
+    if node.op in ("concat", "slice", "shuffle", "flatten", "pad"):
+        return "copies"
+    return "element-wise"
+
+
+def blas_info() -> str:
+    """Which BLAS runs and with which kernel (threadpoolctl), and whether OPENBLAS_CORETYPE forces one."""
+    from threadpoolctl import threadpool_info
+
+    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')} kernels, "
+            f"{i.get('num_threads')} threads)" for i in threadpool_info() if i.get("user_api") == "blas"]
+    forced = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    return f"BLAS: {', '.join(blas) or 'none found'}" + (f"; set in the environment: {forced}" if forced else "")
+
+
+def _ort_model(spec: str, graph):
+    """The ONNX model onnxruntime runs: the user's file at the benchmark's size, or a zoo graph exported."""
+    if spec.endswith(".onnx"):
+        import onnx
+
+        from nptp_mpi.model.onnx_fold import with_input_shape
+
+        return with_input_shape(onnx.load(spec), graph.input_shape[1:])
+    from nptp_mpi.model.onnx_io import to_onnx
+
+    return to_onnx(graph)
+
+
+def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: int = 5,
+                 progress=print) -> list[dict]:
+    """Per (model spec, graph) and thread count: median latency of ours (the reference engine: one rank) and of
+    onnxruntime, interleaved round by round after a warm-up, with the spread (min to max) and our median
+    seconds per op kind (KINDS)."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    from nptp_mpi.runtime import reference
+
+    rows = []
+    for spec, graph in graphs:
+        x = np.random.default_rng(0).standard_normal(graph.input_shape, dtype=np.float32)
+        kinds = {n.name: kind(graph, n) for n in graph.nodes}
+        for t in threads:
+            ort_run = ort_session(_ort_model(spec, graph), t)
+            with threadpool_limits(limits=t):
+                numba.set_num_threads(min(t, numba.config.NUMBA_NUM_THREADS))
+                err = float(np.abs(reference.run(graph, x) - ort_run(x)).max())  # (also the warm-up)
+                ours, theirs, parts = [], [], {k: [] for k in KINDS}
+                for _ in range(rounds):
+                    spent: dict[str, float] = {}
+                    t0 = time.perf_counter()
+                    reference.run(graph, x, spent)
+                    ours.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    ort_run(x)
+                    theirs.append(time.perf_counter() - t0)
+                    for k in KINDS:
+                        parts[k].append(sum(s for name, s in spent.items() if kinds[name] == k))
+            c, h, w = graph.input_shape
+            row = {"model": graph.name, "size": f"{h}x{w}", "threads": t, "ms_ours": 1e3 * statistics.median(ours),
+                   "ms_ort": 1e3 * statistics.median(theirs), "spread_ours": 1e3 * (max(ours) - min(ours)),
+                   "spread_ort": 1e3 * (max(theirs) - min(theirs)), "max_abs_err": err,
+                   **{f"ms_{k}": 1e3 * statistics.median(v) for k, v in parts.items()}}
+            row["ratio"] = row["ms_ours"] / row["ms_ort"]
+            rows.append(row)
+            progress(f"{row['model']} {row['size']} threads={t}: ours {row['ms_ours']:.1f} ms, onnxruntime "
+                     f"{row['ms_ort']:.1f} ms ({row['ratio']:.2f}x)")
+    return rows
+
+
+def format_models(rows: list[dict]) -> str:
+    """Aligned table of bench_models rows: latency, ratio (ours / onnxruntime), then our time per op kind."""
+    cols = [("model", "{}"), ("size", "{}"), ("threads", "{}"), ("ms_ours", "{:.1f}"), ("spread_ours", "±{:.1f}"),
+            ("ms_ort", "{:.1f}"), ("spread_ort", "±{:.1f}"), ("ratio", "{:.2f}"),
+            *((f"ms_{k}", "{:.1f}") for k in KINDS)]
+    head = [c.removeprefix("ms_").removesuffix("_ours").removesuffix("_ort") for c, _ in cols]
+    return _aligned(head, cols, rows)

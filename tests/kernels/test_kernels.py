@@ -42,11 +42,12 @@ def ort_run(inputs: list[np.ndarray], *stages: tuple[str, list[np.ndarray], dict
     return sess.run(None, dict(zip(names, inputs, strict=True)))[0]
 
 
-def assert_close(got: np.ndarray, want: np.ndarray) -> None:
-    """Max abs error within 1e-4 of the largest expected magnitude; dtype float32, C-contiguous."""
+def assert_close(got: np.ndarray, want: np.ndarray, scale: float | None = None) -> None:
+    """Max abs error within 1e-4 of scale (default: the largest expected magnitude); dtype float32,
+    C-contiguous."""
     assert got.dtype == np.float32 and got.flags.c_contiguous
     assert got.shape == want.shape, (got.shape, want.shape)
-    scale = max(float(np.abs(want).max()), 1e-30)
+    scale = max(float(np.abs(want).max()) if scale is None else scale, 1e-30)
     err = float(np.abs(got - want).max())
     assert err <= 1e-4 * scale, f"max abs error {err} vs max |expected| {scale}"
 
@@ -63,7 +64,12 @@ CONVS = [
     (16, 12, 9, 10, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
     (16, 12, 9, 10, (1, 1), (2, 2), (1, 0, 0, 1), (1, 1), 4, False),
     (3, 4, 20, 19, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1, True),
+    # Winograd F(4×4, 3×3): sizes no multiple of 4, asymmetric pads, a map big enough for tiles of it
+    (16, 20, 23, 29, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
+    (32, 8, 26, 21, (3, 3), (1, 1), (0, 2, 1, 0), (1, 1), 1, False),
+    (16, 16, 80, 80, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
 ]
+WINOGRAD = (10, 11, 12)
 
 
 def conv_case(case, seed=0):
@@ -91,7 +97,40 @@ def test_conv2d(case, act):
     want = ort_run([x[None]], *stages)[0]
     got = K.conv2d(x, (0, 0), x.shape[1:], wt, b, case[5], case[6], case[7], case[8], (0, 0, *want.shape[1:]),
                    name, **kw)
-    assert_close(got, want)
+    # A conv's rounding scales with its sums, not with what a squashing activation leaves of them.
+    assert_close(got, want, scale=float(np.abs(ort_run([x[None]], stages[0])).max()))
+
+
+def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():
+    """The Winograd cases above take that path (else test_conv2d would not test it); a thin region and a
+    strided or few-channel conv do not; the filter transform is computed once per weight array."""
+    from kernels import winograd
+    from kernels.conv import winograd_pays
+
+    for n in WINOGRAD:
+        cin, cout, h, w, k, s, pads, d = CONVS[n][:8]
+        assert winograd_pays((cout, cin, *k), s, d, (h + pads[0] + pads[2] - 2, w + pads[1] + pads[3] - 2))
+    assert not winograd_pays((16, 16, 3, 3), (1, 1), (1, 1), (4, 200))  # a halo strip
+    assert not winograd_pays((16, 16, 3, 3), (2, 2), (1, 1), (40, 40))
+    assert not winograd_pays((16, 3, 3, 3), (1, 1), (1, 1), (40, 40))
+    wt = randn((8, 16, 3, 3))
+    u = winograd.filter_transform(wt)
+    assert winograd.filter_transform(wt) is u and winograd.filter_transform(wt.copy()) is not u
+    assert u.shape == (36, 8, 16)
+
+
+@pytest.mark.parametrize("cin,h,w", [(16, 21, 22), (64, 37, 41), (256, 12, 30)])
+def test_winograd_error_against_a_float64_direct_conv(cin, h, w):
+    """F(4×4, 3×3) in float32 stays within 2e-5 of the largest output (measured 0.5-1.1e-5; im2col: ~1e-6)
+    on He-scaled weights, against the direct sum in float64."""
+    from kernels import winograd
+
+    x, wt = randn((cin, h + 2, w + 2), 1), randn((24, cin, 3, 3), 2) * np.float32(np.sqrt(2 / (9 * cin)))
+    exact = sum(np.einsum("kc,chw->khw", wt[:, :, i, j].astype(np.float64), x[:, i:i + h, j:j + w].astype(np.float64))
+                for i in range(3) for j in range(3))
+    got = np.empty((24, h, w), np.float32)
+    winograd.conv3x3(x, wt, np.zeros(24, np.float32), got, 0, np.float32(0), np.float32(0), np.float32(0))
+    assert np.abs(got - exact).max() <= 2e-5 * np.abs(exact).max()
 
 
 # (kind, c, h, w, kernel, stride, pads (t, l, b, r), dilation, ceil_mode, count_include_pad)
@@ -254,7 +293,7 @@ def tiled(compute, x: np.ndarray, kernel, stride, pads, dilation, out_hw) -> lis
 
 def region_cases():
     """(compute(buffer, origin, region), x, window, out_hw) for conv and pool attribute combos."""
-    for n in (1, 2, 3, 6, 8):
+    for n in (1, 2, 3, 6, 8, 10, 12):  # (10, 12: Winograd where a tile is big enough, im2col on the thin ones)
         case = CONVS[n]
         x, wt, b, _ = conv_case(case)
         k, s, pads, d, g = case[4:9]
@@ -288,8 +327,11 @@ def test_pad2d_is_onnx_pad():
 @pytest.mark.parametrize("name, compute, x, win, out_hw", REGION_CASES, ids=[c[0] for c in REGION_CASES])
 def test_tiles_match_whole(name, compute, x, win, out_hw):
     whole = compute(x, (0, 0), (0, 0, *out_hw))
+    # Winograd's rounding differs from im2col's by about 1e-5 of the largest value: a tile too thin for it
+    # (or cut differently into 4×4 tiles) may differ from the whole map by that much; anything else, by ulps.
+    tol = 3e-5 if name in (f"conv{n}" for n in WINOGRAD) else 1e-6
     for got in tiled(compute, x, *win, out_hw):
-        np.testing.assert_allclose(got, whole, rtol=1e-6, atol=1e-6 * np.abs(whole).max())
+        np.testing.assert_allclose(got, whole, rtol=tol, atol=tol * np.abs(whole).max())
     # A buffer larger than the image, with garbage outside it: padding must come from the kernel, not x.
     big = np.full((x.shape[0], x.shape[1] + 5, x.shape[2] + 7), 1e6, np.float32)
     big[:, 2:-3, 3:-4] = x

@@ -1,0 +1,52 @@
+"""`bench models` and `bench kernels` (one rank against onnxruntime), and the thread pools `--threads` sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from nptp_mpi.__main__ import threads_asked
+from nptp_mpi.model import zoo
+from nptp_mpi.tools.bench import KINDS, bench_models, format_models, kind
+
+
+def test_models_bench_times_both_engines_and_breaks_ours_down_by_op_kind() -> None:
+    graph = zoo.build("mobilenet_v2", (64, 64))
+    (row,) = bench_models([("mobilenet_v2", graph)], [1], rounds=2, progress=lambda _: None)
+    assert row["ms_ours"] > 0 and row["ms_ort"] > 0 and row["ratio"] == row["ms_ours"] / row["ms_ort"]
+    assert row["max_abs_err"] < 1e-3  # the same model on both sides
+    parts = sum(row[f"ms_{k}"] for k in KINDS)
+    assert 0.5 * row["ms_ours"] < parts <= row["ms_ours"] * 1.01  # (the rest: Python between the nodes)
+    assert row["ms_depthwise"] > 0 and row["ms_conv1x1"] > 0
+    assert "depthwise" in format_models([row]).splitlines()[0]
+
+
+def test_op_kinds() -> None:
+    g = zoo.build("resnet18", (64, 64))
+    kinds = {kind(g, n) for n in g.nodes}
+    assert {"conv3x3", "conv1x1", "conv other", "pooling", "fc"} <= kinds <= set(KINDS)
+
+
+def test_the_command_prints_which_blas_ran_and_the_table() -> None:
+    p = run_cli(["bench", "models", "--models", "resnet18", "--sizes", "64", "--rounds", "1"], timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("BLAS: ") and "resnet18 64x64 threads=1" in p.stdout and "conv3x3" in p.stdout
+    bad = run_cli(["bench", "models", "--threads", "0"])
+    assert bad.returncode == 2 and "--threads" in bad.stderr
+
+
+@pytest.mark.parametrize("argv,want", [([], None), (["run", "--threads", "3"], 3), (["bench", "models",
+                                       "--threads=1,4,2"], 4), (["--threads", "x"], None)])
+def test_thread_pools_are_sized_from_the_command_line_before_numpy_loads(argv, want) -> None:
+    assert threads_asked(argv) == want
+
+
+def test_threads_change_no_output_beyond_the_tolerance(tmp_path) -> None:
+    outs = []
+    for t in ("1", "2"):
+        out = tmp_path / f"y{t}.npy"
+        p = run_cli(["run", "--model", "resnet18", "--size", "64", "--threads", t, "--output", str(out)], timeout=300)
+        assert p.returncode == 0, p.stderr
+        outs.append(np.load(out))
+    assert np.abs(outs[0] - outs[1]).max() <= 1e-5 * np.abs(outs[0]).max()
