@@ -4,7 +4,7 @@ bounded column buffer + float32 BLAS GEMM; depthwise convs by direct loops."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import winograd
 from .pointwise import act1, act_code, epilogue
@@ -58,7 +58,7 @@ def _depthwise(p, w, b, sh, sw, dh, dw, out, code, alpha, lo, hi):
                 dst[j] = act1(acc[j], code, alpha, lo, hi)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _depthwise3x3(p, w, b, s, out, code, alpha, lo, hi):
     """_depthwise for 3×3 kernels at stride 1 or 2 (no dilation): the nine taps in one pass over each output
     row (no accumulator traffic between taps), stride-2 rows split into even and odd columns first so that every
@@ -67,10 +67,10 @@ def _depthwise3x3(p, w, b, s, out, code, alpha, lo, hi):
     mult = cout // p.shape[0]
     rows, width = p.shape[1], p.shape[2]
     half = (width + 1) // 2
-    for o in prange(cout):  # (channels in parallel under --threads)
+    split = np.zeros((2, rows, half + 1), np.float32)  # stride 2: [0] even columns, [1] odd ones
+    for o in range(cout):
         c = o // mult
-        split = np.zeros((2, rows, half + 1), np.float32)  # stride 2: [0] even columns, [1] odd ones
-        if s == 2:
+        if s == 2 and o % mult == 0:  # (the next multiplier's outputs read the same channel)
             for r in range(rows):
                 for j in range(width):
                     split[j % 2, r, j // 2] = p[c, r, j]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import weakref
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .pointwise import act1
 
@@ -53,16 +53,16 @@ def _at(m0, m1, m2, m3, m4, m5):
     return m0 + m1 + m2 + m3 + m4, m1 - m2 + _2 * (m3 - m4), m1 + m2 + _4 * (m3 + m4), m1 - m2 + _8 * (m3 - m4) + m5
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _inputs(p, t0, t1, tw, v):
     """v[a*6+b, c, n] = (Bᵀ·d·B)[a, b] of the 6×6 tile d of channel c at tile row t0 + n // tw, column n % tw.
 
     A whole tile row at a time, tiles innermost, so that writes are contiguous (36 streams of tile-by-tile
     writes were 3× slower than the direct conv); its six input rows are first split into their four column
     phases (x = 4u + phase), so that the transform's loads are contiguous too."""
-    for c in prange(p.shape[0]):  # (channels in parallel under --threads; scratch per channel)
-        t = np.empty((6, 6, tw), np.float32)
-        q = np.empty((6, 4, tw + 1), np.float32)
+    t = np.empty((6, 6, tw), np.float32)
+    q = np.empty((6, 4, tw + 1), np.float32)
+    for c in range(p.shape[0]):
         for ty in range(t0, t1):
             y, n0 = 4 * ty, (ty - t0) * tw
             for r in range(6):
@@ -84,13 +84,13 @@ def _inputs(p, t0, t1, tw, v):
                     v[6 * i + 3, c, n0 + tx], v[6 * i + 4, c, n0 + tx], v[6 * i + 5, c, n0 + tx] = r3, r4, r5
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _outputs(m, t0, t1, tw, b, out, code, alpha, lo, hi):
     """out[k, 4ty:4ty+4, 4tx:4tx+4] = act(Aᵀ·m·A + b[k]) for the chunk's tiles, clipped to out's extent; a
     tile row at a time, tiles innermost, like _inputs."""
     oh, ow = out.shape[1], out.shape[2]
-    for k in prange(m.shape[1]):
-        t = np.empty((4, 6, tw), np.float32)
+    t = np.empty((4, 6, tw), np.float32)
+    for k in range(m.shape[1]):
         for ty in range(t0, t1):
             n0 = (ty - t0) * tw
             for j in range(6):  # columns: Aᵀ·m

@@ -20,17 +20,16 @@ def threads_asked(argv: list[str]) -> int | None:
 
 
 def entry() -> int:
-    """Before numpy and Numba load: one thread per rank unless --threads asks for more (several ranks share a
-    board's cores, and BLAS pools would fight over them; a pool cannot grow once started)."""
+    """Before numpy and Numba load: one thread per rank unless --threads asks BLAS for more (several ranks
+    share a board's cores, and BLAS pools would fight over them; a pool cannot grow once started). Numba stays
+    on one thread: two pools on the same cores spin against each other (VGG-16 224², 2 cores: BLAS 2 threads
+    105 ms, Numba 2 threads 110 ms, both 227 ms, neither 121 ms)."""
     n = threads_asked(sys.argv[1:])
     for var in POOLS:
-        if n is not None and n > 0:
+        if n is not None and n > 0 and var != "NUMBA_NUM_THREADS":
             os.environ[var] = str(n)
         else:
             os.environ.setdefault(var, "1")
-    # OpenBLAS's idle threads spin for a long while after each call and starve Numba's parallel loops (MobileNetV2
-    # with 2 threads: 152 ms spinning, 20 ms with the shortest spin; `bench models`)
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     from nptp_mpi.cli.main import main
 
     return main()

@@ -14,10 +14,10 @@ PACKAGE = ROOT / "nptp_mpi"
 ALLOWED = {
     "errors": set(),
     "io": {"errors"},
-    "model": {"errors"},
-    "plan": {"errors", "model"},
-    "strategies": {"errors", "model", "plan"},
-    "runtime": {"errors", "model", "plan"},
+    "model": {"errors", "io"},
+    "plan": {"errors", "io", "model"},
+    "strategies": {"errors", "io", "model", "plan"},
+    "runtime": {"errors", "io", "model", "plan"},
     "tools": {"errors", "io", "model", "plan", "strategies", "runtime"},
     "cli": {"errors", "io", "model", "plan", "strategies", "runtime", "tools"},
 }

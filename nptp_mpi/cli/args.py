@@ -46,6 +46,14 @@ def _prog() -> str:
     return "nptp-mpi" if os.path.basename(sys.argv[0]) == "nptp-mpi" else "python -m nptp_mpi"
 
 
+def _size(text: str) -> tuple[int, int]:
+    """parse_size as an argparse type (its message kept)."""
+    try:
+        return parse_size(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _positive(text: str) -> int:
     """A whole number ≥ 1 (argparse type)."""
     try:
@@ -60,7 +68,7 @@ def _positive(text: str) -> int:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vgg16", help="zoo name (vgg11/13/16/19, resnet18/34/50, mobilenet_v2, "
                    "alexnet) or a .onnx file (default vgg16)")
-    p.add_argument("--size", type=parse_size, default=None, help="input N or HxW (default 224, or the model's)")
+    p.add_argument("--size", type=_size, default=None, help="input N or HxW (default 224, or the model's)")
     p.add_argument("--weights", help=".npz weights for a zoo model (never unpickled)")
 
 
@@ -104,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--warmup", type=int, default=1, help="untimed inferences first (default 1)")
     run.add_argument("--repeat", type=int, default=1, help="timed inferences; latency is their median")
     run.add_argument("--verify", action="store_true", help="rank 0 also runs the single-process reference")
-    run.add_argument("--threads", type=_positive, default=1, help="BLAS and Numba threads per rank (default 1: one "
-                     "rank per core; one rank with T threads per board also works, see README)")
+    run.add_argument("--allow-nonfinite", action="store_true", help="write an output holding NaN or Inf (else an "
+                     "error, exit 2)")
+    run.add_argument("--threads", type=_positive, default=1, help="BLAS threads per rank (default 1: one rank per "
+                     "core is faster; see README)")
     run.add_argument("--overlap", choices=("on", "off"), default="on",
                      help="compute each tile's core while its halo travels (default on; same output bit for bit)")
     run.add_argument("--output", help="write the output tensor (.npy) here")
@@ -129,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser("sample", help="write the bundled synthetic sample picture")
     sample.add_argument("-o", "--output", required=True)
-    sample.add_argument("--size", type=parse_size, default=(480, 640))
+    sample.add_argument("--size", type=_size, default=(480, 640))
 
     sub.add_parser("warm", help="compile every kernel once into the Numba cache")
     sub.add_parser("calibrate", add_help=False, help="measure the boards and links the cost model predicts with "
@@ -148,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--rounds", type=_positive, default=5, help="timed inferences of each side, interleaved")
     kern = bench.add_parser("kernels", help="our conv kernel vs onnxruntime, one thread, per distinct conv layer")
     kern.add_argument("--models", default="vgg16,resnet50")
-    kern.add_argument("--size", type=parse_size, default=(224, 224))
+    kern.add_argument("--size", type=_size, default=(224, 224))
     kern.add_argument("--repeat", type=int, default=5)
     scal = bench.add_parser("scaling", help="latency vs boards, size and strategy (CSV, JSON, plots)")
     scal.add_argument("--models", default="vgg16,resnet18")
@@ -180,8 +190,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv = ["run", *argv]
     args = build_parser().parse_args(argv)
-    if getattr(args, "timeout", 1) <= 0:
-        raise UsageError("--timeout must be > 0 seconds")
+    if not 0 < getattr(args, "timeout", 1) < float("inf"):  # (nan fails this too)
+        raise UsageError("--timeout must be a finite number of seconds > 0")
     for flag in ("warmup", "repeat", "ranks") if args.command in ("run", "plan") else ():
         if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < (0 if flag == "warmup" else 1):
             raise UsageError(f"--{flag} must be {'≥ 0' if flag == 'warmup' else '≥ 1'}")

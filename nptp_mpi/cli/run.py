@@ -21,8 +21,8 @@ import numpy as np
 
 from nptp_mpi import __version__
 from nptp_mpi.cli.show import human
-from nptp_mpi.errors import EXIT_BUG, EXIT_USER, JobError, UsageError
-from nptp_mpi.io.outputs import atomic_write_text, check_writable
+from nptp_mpi.errors import EXIT_BUG, EXIT_USER, InputError, JobError, UsageError
+from nptp_mpi.io.outputs import check_writable
 from nptp_mpi.model.graph import Graph
 from nptp_mpi.model.load import describe, load_model
 from nptp_mpi.plan.geometry import spatial
@@ -80,9 +80,10 @@ def _local_setup(args: argparse.Namespace, world: World) -> tuple[Graph, dict, f
     from nptp_mpi.plan.tiling import parse_speeds
 
     if world.rank == 0:
+        reads = (args.input, args.image, args.weights, args.calibration, args.model)
         for path, flag in ((args.output, "--output"), (args.report, "--report"), (args.png, "--png"),
                            (args.results, "--results")):
-            check_writable(path, flag)
+            check_writable(path, flag, reads)
         if args.images and not Path(args.images).is_dir():
             raise UsageError(f"--images {args.images}: not a folder")
     graph = load_model(args.model, args.size, args.weights)
@@ -192,6 +193,7 @@ def _run(args: argparse.Namespace, world: World) -> int:
     plan = _make_plan(args, graph, world, measured)
     x = None if args.images else _load_input(args, graph, world)
 
+    np.seterr(all="ignore")  # an overflow is reported once, as a non-finite output, not warned of per kernel
     runner = Runner(graph, plan, world, overlap=args.overlap == "on")
     if not (args.verify and world.rank == 0):  # rank 0 verifies against the reference, on the whole graph
         runner.engine.free_unused_weights()
@@ -307,9 +309,16 @@ def _timed(args: argparse.Namespace, graph: Graph, x, runner: Runner, world: Wor
             print(f"inference {i + 1}/{args.repeat}: {latencies[-1]:.3f} s", file=sys.stderr, flush=True)
     everyone = world.gather_values((world.host, [asdict(s) for s in stats], latencies,
                                     (rss_start, rss_mb(), rss_peak_mb(), runner.engine.weight_bytes / 1e6)))
+    refusal = None
     if world.rank == 0:
         inject_fault(world, "write")
-        _finish(args, graph, runner, x, out, everyone)
+        try:
+            _finish(args, graph, runner, x, out, everyone)
+        except (InputError, UsageError) as e:  # (a non-finite output, an output that cannot be written)
+            refusal = str(e)
+    refusal = world.bcast(refusal)  # every rank ends alike: one line from rank 0, exit 2 everywhere
+    if refusal:
+        raise JobError(refusal)
 
 
 def _stream(args: argparse.Namespace, graph: Graph, runner: Runner, world: World) -> None:
@@ -318,10 +327,11 @@ def _stream(args: argparse.Namespace, graph: Graph, runner: Runner, world: World
     Rank 0 appends one JSON line per picture to --results (or stdout), flushed as it completes, so a
     crash keeps every result finished before it.
     """
-    from nptp_mpi.errors import InputError
     from nptp_mpi.io.inputs import load_image
 
-    files = sorted(p for p in Path(args.images).iterdir() if p.is_file() and not p.name.startswith("."))
+    # every entry but folders and hidden files: a pipe, a device link or a link loop is tried, refused (never
+    # blocking) and reported like any bad picture, not silently left out
+    files = sorted(p for p in Path(args.images).iterdir() if not p.is_dir() and not p.name.startswith("."))
     sink = (open(args.results, "w") if args.results else sys.stdout) if world.rank == 0 else None
     done, skipped, latencies, i = 0, [], [], 0
     try:
@@ -355,7 +365,7 @@ def _stream(args: argparse.Namespace, graph: Graph, runner: Runner, world: World
             sink.close()
     if world.rank == 0:
         med = f", median latency {statistics.median(latencies):.3f} s" if latencies else ""
-        bad = f" ({', '.join(skipped)})" if skipped else ""
+        bad = f" ({', '.join(map(repr, skipped))})" if skipped else ""  # (repr: a newline in a name stays on the line)
         print(f"nptp-mpi: stream of {done + len(skipped)} pictures: {done} done, {len(skipped)} skipped{bad}{med}",
               file=sys.stderr)
 
@@ -387,7 +397,7 @@ def _median_stats(stats: list[dict]) -> dict:
 def _finish(args, graph: Graph, runner: Runner, x: np.ndarray, out: np.ndarray, everyone: list) -> None:
     """Rank 0: verify, print the table, write output, report and picture (of the plan the last inference ran)."""
     from nptp_mpi.io.inputs import tensor_to_image
-    from nptp_mpi.io.outputs import atomic_save_npy
+    from nptp_mpi.io.outputs import atomic_write_all
 
     plan = runner.plan
     latency = statistics.median(everyone[0][2])
@@ -410,14 +420,21 @@ def _finish(args, graph: Graph, runner: Runner, x: np.ndarray, out: np.ndarray, 
         scale = float(np.max(np.abs(ref))) or 1.0
         report["verify_rel_error"] = float(np.max(np.abs(out - ref))) / scale
     print(format_report(report, describe(graph, args.model, args.weights)))
+    bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
+    if bad and not args.allow_nonfinite:
+        raise InputError(f"the output holds {bad} non-finite values (NaN or Inf): the model overflows on this input "
+                         "or divides by zero; nothing written (--allow-nonfinite writes it anyway)")
+    files = []  # written all or none: a report that fails leaves no new output behind
     if args.output:
-        atomic_save_npy(args.output, out[None])
+        files.append((args.output, lambda f: np.save(f, out[None], allow_pickle=False), "output tensor"))
     if args.report:
-        atomic_write_text(args.report, json.dumps(report, indent=1) + "\n")
+        files.append((args.report, lambda f: f.write((json.dumps(report, indent=1) + "\n").encode()), "report"))
     if args.png:
-        from nptp_mpi.cli.show import draw_tiles
+        from nptp_mpi.cli.show import tiles_picture
 
-        draw_tiles(plan, args.png, image=tensor_to_image(x))
+        picture = tiles_picture(plan, image=tensor_to_image(x))
+        files.append((args.png, lambda f: picture.save(f, format="PNG"), "partition picture"))
+    atomic_write_all(files)
 
 
 def format_report(rep: dict, what: str) -> str:

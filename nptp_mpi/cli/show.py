@@ -78,7 +78,13 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30
 
 
 def draw_tiles(plan: Plan, path: str, image=None) -> None:
-    """PNG of the partition over the input image (or grey): translucent tile per rank, outline, rank number."""
+    """PNG of the partition (tiles_picture) at path."""
+    picture = tiles_picture(plan, image)
+    atomic_write(path, lambda f: picture.save(f, format="PNG"), "partition picture")
+
+
+def tiles_picture(plan: Plan, image=None) -> Image.Image:
+    """The partition over the input image (or grey): translucent tile per rank, outline, rank number."""
     _, h, w = plan.input_shape
     base = (image if image is not None else Image.new("RGB", (w, h), (200, 200, 200))).convert("RGBA")
     base = base.resize((w, h))
@@ -91,5 +97,4 @@ def draw_tiles(plan: Plan, path: str, image=None) -> None:
         draw.text(((x0 + x1) // 2, (y0 + y1) // 2), f"rank {r}" if size >= 24 else str(r), fill=(255, 255, 255, 255),
                   anchor="mm", font=ImageFont.load_default(size=size), stroke_width=max(1, size // 12),
                   stroke_fill=(0, 0, 0, 255))
-    out = Image.alpha_composite(base, overlay).convert("RGB")
-    atomic_write(path, lambda f: out.save(f, format="PNG"), "partition picture")
+    return Image.alpha_composite(base, overlay).convert("RGB")

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import re
 
-from nptp_mpi.errors import HostfileError
+from nptp_mpi.errors import HostfileError, InputError
+from nptp_mpi.io.files import open_regular
 
+MAX_HOSTFILE_BYTES = 1 << 20
 HOST = r"[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?"
 MPICH_LINE = re.compile(rf"^(?P<host>{HOST})(:(?P<slots>\d+))?$")
 OPENMPI_LINE = re.compile(rf"^(?P<host>{HOST})(\s+slots\s*=\s*(?P<slots>\d+))?(\s+max_slots\s*=\s*\d+)?$")
@@ -17,8 +19,10 @@ OPENMPI_LINE = re.compile(rf"^(?P<host>{HOST})(\s+slots\s*=\s*(?P<slots>\d+))?(\
 def parse(path: str) -> list[tuple[str, int]]:
     """(host, slots) per board, in file order; raises HostfileError naming the file and line."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open_regular(path, "hostfile", MAX_HOSTFILE_BYTES) as f:
+            lines = f.read().decode("utf-8").splitlines()
+    except InputError as e:
+        raise HostfileError(str(e)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise HostfileError(f"hostfile {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     hosts: list[tuple[str, int]] = []

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import stat
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFile, ImageFont, ImageOps
 
 from nptp_mpi.errors import InputError
+from nptp_mpi.io.files import open_regular
 from nptp_mpi.io.outputs import atomic_write, one_line
 
 __all__ = [
@@ -101,43 +101,6 @@ def _check_size_arg(size: tuple[int, int]) -> tuple[int, int]:
     if h <= 0 or w <= 0 or (h, w) != tuple(size):
         raise InputError(f"invalid target size {size!r}: height and width must be positive integers")
     return h, w
-
-
-@contextlib.contextmanager
-def _open_limited(path: PathLike, kind: str) -> Iterator[BinaryIO]:
-    """Open ``path`` for reading after checking it is a non-empty regular file <= MAX_FILE_BYTES.
-
-    Non-regular paths (FIFOs, devices) are refused before opening so we never block;
-    size is re-checked with ``fstat`` on the opened handle, i.e. on the file actually read.
-    OS errors become InputError naming the file.
-    """
-    name = os.fspath(path)
-    try:
-        mode = os.stat(name).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(name)
-        if not stat.S_ISREG(mode):  # refuse FIFOs/devices before open() could block on them
-            raise InputError(f"{name}: not a regular file")
-        f = open(name, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        raise InputError(f"{name}: no such {kind} file") from None
-    except IsADirectoryError:
-        raise InputError(f"{name}: is a directory, expected a {kind} file") from None
-    except PermissionError:
-        raise InputError(f"{name}: permission denied") from None
-    except OSError as exc:
-        raise InputError(f"{name}: cannot open ({one_line(exc)})") from None
-    with f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{name}: not a regular file")
-        if st.st_size == 0:
-            raise InputError(f"{name}: empty file")
-        if st.st_size > MAX_FILE_BYTES:
-            raise InputError(
-                f"{name}: file is {st.st_size} bytes, larger than the limit of {MAX_FILE_BYTES} bytes"
-            )
-        yield f
 
 
 # --------------------------------------------------------------------------- images
@@ -250,7 +213,7 @@ def load_image(path: PathLike, size: tuple[int, int]) -> np.ndarray:
     """
     name = os.fspath(path)
     _check_size_arg(size)
-    with _open_limited(name, "image") as f, _strict_pillow():
+    with open_regular(name, "image", MAX_FILE_BYTES) as f, _strict_pillow():
         try:
             img = Image.open(f)
             w, h = img.size
@@ -419,7 +382,7 @@ def load_tensor(path: PathLike, shape: tuple[int, int, int] | None = None) -> np
     a shape different from ``shape``, and missing/empty/oversized/corrupt files.
     """
     name = os.fspath(path)
-    with _open_limited(name, ".npy") as f:
+    with open_regular(name, ".npy", MAX_FILE_BYTES) as f:
         file_shape, _dtype = _read_npy_header(f, name)
         f.seek(0)
         try:

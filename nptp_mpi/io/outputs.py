@@ -26,42 +26,68 @@ def one_line(exc: BaseException) -> str:
 
 
 
-def check_writable(path: str | None, flag: str) -> None:
-    """Refuse before any work if an output path cannot be written."""
+def check_writable(path: str | None, flag: str, reads: tuple[str | None, ...] = ()) -> None:
+    """Refuse before any work an output path that cannot be written: a missing or read-only folder, a name
+    the file system cannot hold, an existing target that is not a regular file (a device such as /dev/full
+    would be replaced by a file), or one of the files the run reads (reads)."""
     if path is None:
         return
-    parent = Path(path).resolve().parent
+    target = Path(path)
+    parent = target.resolve().parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UsageError(f"{flag} {path}: folder {parent} does not exist or is not writable")
+    longest = 255
+    with contextlib.suppress(OSError, ValueError):
+        longest = os.pathconf(parent, "PC_NAME_MAX")
+    if len(target.name.encode()) > longest:
+        raise UsageError(f"{flag} {path}: the file name is longer than {parent} allows ({longest} bytes)")
+    if target.exists() or target.is_symlink():
+        if not target.is_file():
+            raise UsageError(f"{flag} {path}: exists and is not a regular file (a folder, device or pipe)")
+        for other in reads:
+            with contextlib.suppress(OSError):
+                if other and os.path.samefile(path, other):
+                    raise UsageError(f"{flag} {path}: is the file the run reads as {other}; it would be overwritten")
 
+
+def atomic_write_all(files: list[tuple[PathLike, Callable[[BinaryIO], object], str]]) -> None:
+    """Write several files all or none: each ``(path, write(fileobj), what)`` goes to a temp file beside its
+    path, is flushed and fsynced (a full disk fails here); only when every one is complete are they renamed
+    over their targets. On any failure the temp files are removed, the targets are left as they were, and
+    InputError names the file that failed."""
+    temps: list[str] = []
+    try:
+        for path, write, what in files:
+            name = os.fspath(path)
+            target = Path(name)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".",
+                                           prefix=f".{target.name}.", suffix=".tmp")
+                temps.append(tmp)
+                with os.fdopen(fd, "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o666 & ~umask())
+            except InputError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - report any failure as a clean one-liner
+                raise InputError(f"{name}: cannot write {what} ({one_line(exc)})") from None
+        for (path, _, what), tmp in zip(files, temps, strict=True):
+            try:
+                os.replace(tmp, os.fspath(path))
+            except OSError as exc:
+                raise InputError(f"{os.fspath(path)}: cannot write {what} ({one_line(exc)})") from None
+        temps = []
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], object], what: str) -> None:
-    """Write via ``write(fileobj)`` to a temp file next to ``path``, fsync, then os.replace.
-
-    On any failure the temp file is removed and InputError naming ``path`` is raised.
-    """
-    name = os.fspath(path)
-    target = Path(name)
-    parent = target.parent if str(target.parent) else Path(".")
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~umask())
-        os.replace(tmp, name)
-        tmp = None
-    except InputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - report any failure as a clean one-liner
-        raise InputError(f"{name}: cannot write {what} ({one_line(exc)})") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    """Write one file whole or not at all (atomic_write_all)."""
+    atomic_write_all([(path, write, what)])
 
 
 def umask() -> int:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+
+import numpy as np
 
 from nptp_mpi.errors import ModelError, UsageError
 from nptp_mpi.model.graph import Graph
+
+MAX_SIDE = 16384  # 3×16384² float32 is 3 GiB before the first layer
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -18,6 +23,8 @@ def parse_size(text: str) -> tuple[int, int]:
         parts *= 2
     if len(parts) != 2 or min(parts) < 1:
         raise UsageError(f"bad --size {text!r}: use N or HxW, e.g. 512 or 480x640")
+    if max(parts) > MAX_SIDE:
+        raise UsageError(f"--size {text}: at most {MAX_SIDE} pixels a side (the input alone would not fit a board)")
     return parts[0], parts[1]
 
 
@@ -31,7 +38,7 @@ def load_model(spec: str, size: tuple[int, int] | None, weights: str | None) -> 
     elif spec.endswith(".onnx"):
         from nptp_mpi.model.onnx_io import load_onnx
 
-        if not Path(spec).is_file():
+        if not Path(spec).exists():  # (anything else that is not a regular file: the opener says what it is)
             raise ModelError(f"model file {spec!r} not found")
         graph = load_onnx(spec, size=size)
     else:
@@ -40,7 +47,17 @@ def load_model(spec: str, size: tuple[int, int] | None, weights: str | None) -> 
         from nptp_mpi.model.weights import load_npz
 
         graph = load_npz(graph, weights)
+    check_finite(graph)
     return graph
+
+
+def check_finite(graph: Graph) -> None:
+    """Refuse weights holding NaN or Inf (a corrupt file, or a constant division by zero folded into them): they
+    would make every output NaN, silently. (A float64 sum of float32 values is finite exactly when they all are.)"""
+    for n in graph.nodes:
+        for k, v in n.params.items():
+            if not math.isfinite(float(np.sum(v, dtype=np.float64))):
+                raise ModelError(f"{graph.name}: weight {k!r} of node {n.name!r} holds NaN or Inf values")
 
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -10,7 +11,8 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
-from nptp_mpi.errors import ModelError
+from nptp_mpi.errors import InputError, ModelError
+from nptp_mpi.io.files import open_regular, require_regular
 from nptp_mpi.model.graph import ACTIVATIONS, Graph, Node, Shape, Window, _out_shape
 from nptp_mpi.model.onnx_fold import fold_constants, with_input_shape
 from nptp_mpi.model.onnx_idioms import rewrite_idioms
@@ -18,6 +20,8 @@ from nptp_mpi.model.passes import simplify
 
 # ---------------------------------------------------------------------------------------------- import
 
+MAX_MODEL_BYTES = 1 << 31  # protobuf's own limit; external data files may be 16 times that
+MAX_ELEMENTS = 1 << 31  # values in one feature map (8 GiB of float32)
 _HANDLERS: dict[str, tuple[Callable, set[str], bool]] = {}
 
 
@@ -36,10 +40,14 @@ def _op(*types: str, attrs: str = "", nhwc: bool = False) -> Callable:
 def load_onnx(path: str, size: tuple[int, int] | None = None) -> Graph:
     """Read an ONNX CNN as a simplified Graph; size (h, w) fills or overrides the input's spatial dims."""
     try:
-        model = onnx.load(path, load_external_data=False)
+        with open_regular(path, "ONNX model", MAX_MODEL_BYTES) as f:
+            model = onnx.load_model_from_string(f.read())  # (external data: read by _initializer, checked there)
+    except InputError:
+        raise
     except Exception as e:  # protobuf decode errors have no common public base class
         raise ModelError(f"cannot read ONNX model {path}: {e}") from None
-    return simplify(_Importer(rewrite_idioms(fold_constants(with_input_shape(model, size))), path).run(size))
+    with np.errstate(all="ignore"):  # non-finite weights are refused once loaded (load.check_finite), not warned of
+        return simplify(_Importer(rewrite_idioms(fold_constants(with_input_shape(model, size))), path).run(size))
 
 
 class _Importer:
@@ -69,6 +77,7 @@ class _Importer:
                 raise ModelError(
                     f"initializer {t.name!r} in {self.where}: external data {location!r} lies outside the model folder"
                 )
+            require_regular(full, "external data", MAX_MODEL_BYTES << 4)
             try:
                 external_data_helper.load_external_data_for_tensor(t, base)
             except OSError as e:
@@ -152,6 +161,9 @@ class _Importer:
             self.shapes[node.output] = _out_shape(node, [self.shapes[t] for t in inputs])
         except ModelError as e:
             raise ModelError(f"ONNX op {n.op_type!r} (node {name!r}) in {self.where}: {e}") from None
+        if math.prod(self.shapes[node.output]) > MAX_ELEMENTS:
+            raise ModelError(f"ONNX op {n.op_type!r} (node {name!r}) in {self.where}: its output "
+                             f"{self.shapes[node.output]} has more than {MAX_ELEMENTS} values")
         self.nodes.append(node)
         self.producer[node.output] = node
 
@@ -170,6 +182,11 @@ class _Importer:
         d = tuple(a.get("dilations", (1, 1)))
         if len(k) != 2:
             raise self.err(n, name, f" with {len(k)}-D window")
+        if len(s) != 2 or len(d) != 2 or min(*k, *s, *d) < 1 or len(a.get("pads", (0,) * 4)) != 4 \
+                or min(a.get("pads", (0,))) < 0:
+            raise ModelError(f"ONNX op {n.op_type!r} (node {name!r}) in {self.where}: invalid window: kernel "
+                             f"{list(k)}, strides {list(s)}, dilations {list(d)}, pads {list(a.get('pads', ()))} (the "
+                             "spec wants values >= 1, pads >= 0, four of them)")
         pads, auto = tuple(a.get("pads", (0, 0, 0, 0))), a.get("auto_pad", "NOTSET")
         if auto in ("SAME_UPPER", "SAME_LOWER"):
             pads = _same_pads(self.shapes[x][1:], k, s, d, auto == "SAME_LOWER")
@@ -351,6 +368,8 @@ def _arith(imp: _Importer, n, name, a) -> None:
     if per_channel is None:
         raise imp.err(n, name, f" with a constant of shape {c.shape} (not per-channel)")
     c = per_channel
+    if n.op_type == "Div" and not np.all(c):
+        raise ModelError(f"ONNX op 'Div' (node {name!r}) in {imp.where}: divides by a constant that holds zeros")
     scale, shift = _AFFINE[n.op_type](c)
     params = {k: np.broadcast_to(np.float32(v), c.shape).copy() for k, v in (("scale", scale), ("shift", shift))}
     imp.emit(n, name, "affine", [x], {}, params)
@@ -367,8 +386,8 @@ def _vector(imp: _Importer, n, name, c: np.ndarray, m: int) -> np.ndarray:
 def _concat(imp: _Importer, n, name, a) -> None:
     """concat along channels."""
     ins = [imp.x(n, name, i) for i in range(len(n.input))]
-    if a["axis"] not in (1, -3):
-        raise imp.err(n, name, f" attribute axis={a['axis']}")
+    if a.get("axis") not in (1, -3):
+        raise imp.err(n, name, f" attribute axis={a.get('axis')} (only channels concatenate; the spec requires it)")
     imp.emit(n, name, "concat", ins)
 
 
@@ -725,11 +744,25 @@ def _ex_pool(ex, n, ins, out):
 
 
 def _ex_adaptive(ex, n, ins, out):
+    """An AveragePool where the map is a multiple of the output; else (ONNX has no adaptive pooling) the exact
+    averaging matrices: rows · X · columnsᵀ, two MatMuls (onnxruntime runs it; our importer takes the first)."""
     (h, w), (oh, ow) = ex.graph.shapes[n.inputs[0]][1:], n.attrs["out"]
-    if h % oh or w % ow:
-        raise ModelError(f"node {n.name!r}: ONNX has no adaptive pooling from {h}x{w} to {oh}x{ow} (not a multiple)")
-    k = [h // oh, w // ow]
-    ex.add("AveragePool", ins, out, n.name, kernel_shape=k, strides=k)
+    if not (h % oh or w % ow):
+        k = [h // oh, w // ow]
+        ex.add("AveragePool", ins, out, n.name, kernel_shape=k, strides=k)
+        return
+    rows, cols = (_averaging(n_in, n_out) for n_in, n_out in ((h, oh), (w, ow)))
+    y = ex.add("MatMul", [ex.const(f"{n.name}.rows", rows), ins[0]], f"{out}.pooled_rows", f"{n.name}.rows")
+    ex.add("MatMul", [y, ex.const(f"{n.name}.cols", np.ascontiguousarray(cols.T))], out, n.name)
+
+
+def _averaging(n: int, m: int) -> np.ndarray:
+    """(m, n) matrix averaging the cells of PyTorch's adaptive pooling: cell i covers [⌊i·n/m⌋, ⌈(i+1)·n/m⌉)."""
+    a = np.zeros((m, n), np.float32)
+    for i in range(m):
+        lo, hi = i * n // m, -(-(i + 1) * n // m)
+        a[i, lo:hi] = 1 / (hi - lo)
+    return a
 
 
 def _ex_affine(ex, n, ins, out):

@@ -8,7 +8,10 @@ import zipfile
 import numpy as np
 
 from nptp_mpi.errors import ModelError
+from nptp_mpi.io.files import open_regular
 from nptp_mpi.model.graph import Graph
+
+MAX_WEIGHTS_BYTES = 1 << 34  # 16 GiB: any CNN a board holds
 
 
 def save_npz(graph: Graph, path: str) -> None:
@@ -20,7 +23,7 @@ def save_npz(graph: Graph, path: str) -> None:
 def load_npz(graph: Graph, path: str) -> Graph:
     """A copy of graph with its parameters read from path; every key must be present with the right shape."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open_regular(path, "weights", MAX_WEIGHTS_BYTES) as f, np.load(f, allow_pickle=False) as data:
             expected = {f"{n.name}.{k}" for n in graph.nodes for k in n.params}
             if extra := sorted(set(data.files) - expected):
                 raise ModelError(f"{path}: weights {extra[:3]} belong to no node of {graph.name}")

@@ -13,6 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
+from nptp_mpi.io.files import open_regular
 from nptp_mpi.plan.cost import Boards, Links
 
 CALIBRATION_VERSION = 2  # 2 added "layers", links.overlap and null links (one rank); 1 is still read
@@ -204,11 +205,8 @@ class Calibration:
 def load_calibration(path: str) -> Calibration:
     """Read a calibration JSON (plain JSON only); ValueError naming the file and the problem."""
     try:
-        size = os.path.getsize(path)
-        if size > MAX_CALIBRATION_BYTES:
-            raise ValueError(f"calibration {path}: {size} bytes is too large for a calibration file")
-        with open(path, encoding="utf-8") as fh:
-            d = json.load(fh)
+        with open_regular(path, "calibration", MAX_CALIBRATION_BYTES) as fh:
+            d = json.loads(fh.read().decode("utf-8"))
     except OSError as e:
         raise ValueError(f"calibration {path}: cannot read ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

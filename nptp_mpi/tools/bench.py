@@ -1,8 +1,9 @@
 """Single-rank benchmarks against onnxruntime: whole models with a breakdown by op type (`bench models`), and
 our conv2d on each distinct conv layer (`bench kernels`).
 
-`python -m nptp_mpi` sizes the BLAS and Numba thread pools before numpy loads (--threads, default 1); each
-measurement then limits both to its thread count, and onnxruntime gets as many intra-op threads.
+`python -m nptp_mpi` sizes the BLAS thread pool before numpy loads (--threads, default 1; Numba's kernels stay
+on one thread, see __main__); each measurement then limits BLAS to its thread count, and onnxruntime gets as many
+intra-op threads.
 """
 
 from __future__ import annotations
@@ -166,7 +167,6 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
     """Per (model spec, graph) and thread count: median latency of ours (the reference engine: one rank) and of
     onnxruntime, interleaved round by round after a warm-up, with the spread (min to max) and our median
     seconds per op kind (KINDS)."""
-    import numba
     from threadpoolctl import threadpool_limits
 
     from nptp_mpi.runtime import reference
@@ -178,7 +178,6 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
         for t in threads:
             ort_run = ort_session(_ort_model(spec, graph), t)
             with threadpool_limits(limits=t):
-                numba.set_num_threads(min(t, numba.config.NUMBA_NUM_THREADS))
                 err = float(np.abs(reference.run(graph, x) - ort_run(x)).max())  # (also the warm-up)
                 ours, theirs, parts = [], [], {k: [] for k in KINDS}
                 for _ in range(rounds):

@@ -84,7 +84,7 @@ def test_memory_stays_flat_over_many_inferences(tmp_path) -> None:
 def test_run_sh_refuses_bad_hostfiles(tmp_path) -> None:
     bad = tmp_path / "hosts.txt"
     bad.write_text("pi1:2\npi2 slots=two\n")
-    for path, needle in ((bad, "line 2"), (tmp_path / "missing.txt", "cannot read")):
+    for path, needle in ((bad, "line 2"), (tmp_path / "missing.txt", "no such file")):
         p = subprocess.run([str(ROOT / "run.sh"), "run", "--hostfile", str(path), *SMALL], capture_output=True,
                            text=True, timeout=120, cwd=ROOT)
         assert p.returncode == 2 and needle in p.stderr, p.stderr

@@ -284,12 +284,14 @@ def all_ops_graph(hw: int = 16) -> Graph:
         node("concat", "cat", ["add", "mul"]),
         node("shuffle", "shuffle", ["cat"], {"groups": 4}),
         node("affine", "bn", ["shuffle"], params={"scale": W(16) + 1, "shift": W(16)}),
-        node("sigmoid", "sig", ["bn"]),
+        node("chnorm", "ln", ["bn"], {"eps": 1e-5}, params={"scale": W(16) + 1, "shift": W(16)}),
+        node("sigmoid", "sig", ["ln"]),
         node("lrn", "lrn", ["sig"], {"size": 3, "alpha": 1e-3, "beta": 0.75, "bias": 1.0}),
         node("clip", "clip", ["lrn"], {"lo": 0.1, "hi": 0.9}),
         node("leakyrelu", "lrelu", ["clip"], {"alpha": 0.1}),
         node("relu", "relu", ["lrelu"]),
-        node("maxpool", "mp", ["relu"], window=Window((3, 3), (2, 2), (1, 1, 1, 1), ceil=True)),
+        node("pad", "pad", ["relu"], {"value": -0.5}, window=Window(pads=(0, 1, 1, 0))),
+        node("maxpool", "mp", ["pad"], window=Window((3, 3), (2, 2), (1, 1, 1, 1), ceil=True)),
         node("avgpool", "ap", ["mp"], {"count_include_pad": False}, window=Window((2, 2))),
         node("adaptive_avgpool", "adapt", ["ap"], {"out": (4, 4)}),
         node("flatten", "flat", ["adapt"]),
@@ -313,10 +315,13 @@ def test_export_all_ops_checks_and_matches(tmp_path):
     assert_close(reference.run(back, x), expected)
 
 
-def test_export_refuses_non_divisible_adaptive_pool():
-    graph = all_ops_graph(hw=20)  # adaptive pool 10x10 -> 4x4
-    with pytest.raises(ModelError, match="adaptive"):
-        to_onnx(graph)
+def test_a_non_divisible_adaptive_pool_exports_as_averaging_matrices():
+    graph = all_ops_graph(hw=20)  # adaptive pool 10x10 -> 4x4: cells of 2 and 3, overlapping
+    assert graph.shapes["ap"][1:] == (10, 10)
+    model = to_onnx(graph)
+    assert [n.op_type for n in model.graph.node].count("MatMul") == 2
+    x = RNG.standard_normal(graph.input_shape, dtype=np.float32)
+    assert_close(ort_run(model, x), reference.run(graph, x))
 
 
 def test_simplify_folds_fuses_drops_and_keeps_outputs():
