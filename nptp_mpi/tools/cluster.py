@@ -95,6 +95,10 @@ def unsupported_reason() -> str | None:
             return f"the virtual cluster needs '{tool}' (iproute2 / util-linux), not found on PATH"
     if not Path("/proc/self/ns/net").exists():
         return "this kernel has no network namespaces"
+    try:
+        mpiexec_path()
+    except ClusterError as e:
+        return str(e)
     return None
 
 
@@ -356,14 +360,16 @@ def status() -> str:
 
 
 def mpiexec_path() -> str:
-    here = Path(sys.executable).parent / "mpiexec"
-    found = str(here) if here.exists() else shutil.which("mpiexec")
-    if not found:
-        raise ClusterError("no mpiexec: run ./run.sh setup")
-    version = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
-    if "HYDRA" not in version:
-        raise ClusterError(f"{found} is not MPICH's hydra; the virtual cluster launches with hydra only")
-    return found
+    """The launcher (tools.launcher), which must be MPICH's hydra: boards are entered with its -launcher-exec."""
+    from nptp_mpi.tools.launcher import LauncherError, find
+
+    try:
+        launcher = find()
+    except LauncherError as e:
+        raise ClusterError(str(e)) from None
+    if launcher.kind != "mpich":
+        raise ClusterError(f"{launcher.describe()} is not MPICH's hydra; the virtual cluster launches with hydra only")
+    return launcher.path
 
 
 def launch_command(cmd: list[str], n: int | None = None) -> tuple[list[str], dict]:

@@ -36,9 +36,10 @@ JOB_FIELDS = ("order", "latency_s", "latencies_s")  # per job in scaling.json: i
 
 
 def default_launcher() -> str:
-    """mpiexec next to this Python (the mpich wheel's), else the one on PATH."""
-    here = Path(sys.executable).parent / "mpiexec"
-    return f"{here if here.exists() else 'mpiexec'} -n {{n}} {sys.executable} -m nptp_mpi"
+    """The launcher run.sh uses, with the flags it needs (tools.launcher)."""
+    from nptp_mpi.tools.launcher import find
+
+    return " ".join([*find().command(), "-n", "{n}", sys.executable, "-m", "nptp_mpi"])
 
 
 def cases(models: list[str], sizes: list[str], strategies: list[str], ranks: list[int],
