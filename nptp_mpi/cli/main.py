@@ -8,6 +8,8 @@ whole job at once, so no rank is left waiting in a collective.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 from nptp_mpi.cli.args import launcher_rank, parse_args
@@ -24,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except UsageError as e:
         if launcher_rank() == 0:
-            print(f"nptp-mpi: error: {e}", file=sys.stderr)
+            print(f"nptp-mpi: error: {e}", file=sys.stderr, flush=True)
+        _settle()
         return EXIT_USER
     if args.command != "run":
         try:
@@ -36,6 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     from nptp_mpi.cli.run import run_job
 
     return run_job(args)
+
+
+def _settle() -> None:
+    """Under a launcher, wait (10 s at most) until every rank has met the same usage error, so that rank 0's line
+    is out before any rank exits: Open MPI ends the whole job at the first non-zero exit, cutting it off."""
+    if any(os.environ.get(v, "1") not in ("", "1") for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")):
+        from nptp_mpi.runtime.exchange import World
+
+        with contextlib.suppress(Exception):  # (a rank that never started: give up after the timeout)
+            World(timeout=10).barrier()
 
 
 def command(name: str):
