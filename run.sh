@@ -116,7 +116,8 @@ run_tests() {
   for n in ${NPTP_TEST_RANKS:-2 3 4}; do
     say "MPI tests on $n ranks"
     # shellcheck disable=SC2046
-    $(mpiexec_cmd) -n "$n" "$VENV/bin/python" -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests \
+    # (--color=no: Open MPI hands ranks a terminal, and colour codes would garble the summary lines)
+    $(mpiexec_cmd) -n "$n" "$VENV/bin/python" -m mpi4py -m pytest -q -p no:cacheprovider --color=no --with-mpi -m mpi tests \
       || { rc=$?; say "MPI tests on $n ranks failed (exit $rc)"; return "$rc"; }
   done
 }
