@@ -4,6 +4,7 @@ Numba cache), hostfile (a hostfile in a launcher's syntax)."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from nptp_mpi.io.outputs import check_writable
@@ -36,6 +37,9 @@ def cmd_warm(args: argparse.Namespace) -> None:
 
 
 def cmd_hostfile(args: argparse.Namespace) -> None:
-    from nptp_mpi.io.hostfile import parse, render
+    from nptp_mpi.io.hostfile import dropped, parse, render
 
-    print(render(parse(args.path), args.launcher), end="")
+    hosts = parse(args.path)
+    if lost := dropped(hosts, args.launcher):
+        print(f"nptp-mpi: note: {lost}", file=sys.stderr)
+    print(render(hosts, args.launcher), end="")

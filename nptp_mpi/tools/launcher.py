@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         launcher = find()
         if args.check:
             check(launcher)
+            return 0
     except LauncherError as e:
         print(f"nptp-mpi: error: {e}", file=sys.stderr)
         return 2

@@ -104,4 +104,17 @@ def test_hostfile_syntaxes_convert() -> None:
     path = ROOT / "hostfiles" / "pis.openmpi.txt"
     assert render(parse(str(path)), "mpich") == "pi1:1\npi2:1\npi3:1\npi4:1\n"
     assert parse(str(ROOT / "hostfiles" / "pis.txt")) == parse(str(path))
-    assert parse(str(ROOT / "hostfiles" / "localhost.txt")) == [("localhost", 4)]
+    assert parse(str(ROOT / "hostfiles" / "localhost.txt")) == [("localhost", 4, None)]
+
+
+def test_max_slots_is_kept_for_open_mpi_and_its_loss_said_for_mpich(tmp_path) -> None:
+    from nptp_mpi.io.hostfile import dropped, parse, render
+
+    path = tmp_path / "h.txt"
+    path.write_text("pi1 slots=2 max_slots=4\npi2 slots=1\n")
+    hosts = parse(str(path))
+    assert render(hosts, "openmpi") == "pi1 slots=2 max_slots=4\npi2 slots=1\n"
+    assert render(hosts, "mpich") == "pi1:2\npi2:1\n" and "pi1 (max_slots=4)" in dropped(hosts, "mpich")
+    assert dropped(hosts, "openmpi") is None
+    p = run_cli(["hostfile", str(path)])
+    assert p.returncode == 0 and p.stdout == "pi1:2\npi2:1\n" and "no max_slots" in p.stderr
