@@ -86,16 +86,32 @@ def test_a_name_too_long_for_the_file_system_is_one_line(tmp_path) -> None:
 
 
 def test_when_one_output_fails_none_replaces_what_was_there(tmp_path) -> None:
-    out, report = tmp_path / "y.npy", tmp_path / "locked" / "r.json"
+    """The second of two files fails mid-write (a full disk, say): the first, complete, is not renamed over
+    its target either, and no temp file is left."""
+    from nptp_mpi.errors import InputError
+    from nptp_mpi.io.outputs import atomic_write_all
+
+    out, report = tmp_path / "y.npy", tmp_path / "r.json"
     out.write_bytes(b"previous")
-    report.parent.mkdir()
     report.write_text("old")
-    # the report's folder turns read-only after the start-up checks: the write itself fails
-    p = run_cli(["run", *SMALL, "--output", str(out), "--report", str(report)], timeout=120,
-                env={"NPTP_FAULT": "0:write"})
-    assert p.returncode != 0
+
+    def full_disk(f):
+        f.write(b"{")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(InputError, match="r.json: cannot write report .*No space left"):
+        atomic_write_all([(out, lambda f: f.write(b"new"), "output"), (report, full_disk, "report")])
     assert out.read_bytes() == b"previous" and report.read_text() == "old"
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["locked", "y.npy"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["r.json", "y.npy"]
+    atomic_write_all([(out, lambda f: f.write(b"new"), "output"), (report, lambda f: f.write(b"{}"), "report")])
+    assert out.read_bytes() == b"new" and report.read_text() == "{}"
+
+
+def test_a_failure_while_writing_leaves_the_previous_outputs(tmp_path) -> None:
+    out = tmp_path / "y.npy"
+    out.write_bytes(b"previous")
+    p = run_cli(["run", *SMALL, "--output", str(out)], timeout=120, env={"NPTP_FAULT": "0:write"})
+    assert p.returncode != 0 and out.read_bytes() == b"previous" and [f.name for f in tmp_path.iterdir()] == ["y.npy"]
 
 
 def test_weights_holding_nan_are_refused_at_load(tmp_path) -> None:
