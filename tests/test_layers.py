@@ -18,8 +18,9 @@ ALLOWED = {
     "plan": {"errors", "io", "model"},
     "strategies": {"errors", "io", "model", "plan"},
     "runtime": {"errors", "io", "model", "plan"},
+    "api": {"errors", "io", "model", "plan", "strategies", "runtime"},
     "tools": {"errors", "io", "model", "plan", "strategies", "runtime"},
-    "cli": {"errors", "io", "model", "plan", "strategies", "runtime", "tools"},
+    "cli": {"errors", "io", "model", "plan", "strategies", "runtime", "tools", "api"},
 }
 MPI_MODULES = {"nptp_mpi.runtime.exchange", "nptp_mpi.tools.calibrate"}
 KERNEL_USERS = {"runtime", "tools", "cli"}
