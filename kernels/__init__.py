@@ -5,6 +5,7 @@ column rows and the GEMM operands contiguous, and a halo of whole rows is one co
 Spatial kernels compute an output region from an input tile buffer plus its origin in the full image.
 """
 
+from . import cache  # noqa: F401 - first: it picks Numba's cache folder before any kernel is compiled
 from .conv import conv2d
 from .pointwise import (
     activation,
