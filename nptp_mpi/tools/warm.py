@@ -8,6 +8,7 @@ signature a real run uses.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +66,18 @@ def clear_stale_cache() -> bool:
     import kernels
 
     folder = Path(kernels.__file__).parent
-    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.glob("*.py")))).hexdigest()
-    cache, stamp = folder / "__pycache__", folder / "__pycache__" / "nptp-kernel-sources.sha256"
+    sources = sorted(folder.glob("*.py"))
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sources)).hexdigest()
+    # beside the sources, or where kernels.cache sent it (only our modules' entries: the folder may be shared)
+    cache = Path(os.environ["NUMBA_CACHE_DIR"]) if os.environ.get("NUMBA_CACHE_DIR") else folder / "__pycache__"
+    stamp = cache / "nptp-kernel-sources.sha256"
+    ours = tuple(f"{f.stem}." for f in sources)
     try:
         if stamp.exists() and stamp.read_text() == digest:
             return False
-        for f in (*cache.glob("*.nbi"), *cache.glob("*.nbc")):
-            f.unlink()
+        for f in (*cache.rglob("*.nbi"), *cache.rglob("*.nbc")):
+            if f.name.startswith(ours):
+                f.unlink()
         cache.mkdir(exist_ok=True)
         stamp.write_text(digest)
     except OSError:  # a read-only install: nothing was cached there either
