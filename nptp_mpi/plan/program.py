@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nptp_mpi.model.graph import Graph, Node
-from nptp_mpi.plan.geometry import Rect, area, layers, reach, spatial
+from nptp_mpi.plan.geometry import Rect, area, as_rect, layers, need, reach, spatial
 from nptp_mpi.plan.plan import HOST, Plan, block_nodes, held, pieces, split_head, whole
 
 INPUT = "<input>"  # rank 0's whole input, the caller's array (bound each inference, never copied)
@@ -185,13 +185,14 @@ def lower(graph: Graph, plan: Plan, r: int, overlap: bool = True) -> Program:
         inner, border = pieces(plan, graph, node, r)
         inner = [p for p in inner if area(p)]  # (an empty piece: a HALP core that shrank away)
         mean = _channel_means(b, node) if node.op == "se" else ""
-        if inner:
-            b.steps.append(Compute(node.name, node.inputs, node.output, tuple(inner), mean=mean))
-        if border and node.inputs[0] in pending:
-            pending.remove(node.inputs[0])
-            b.steps.append(Wait(node.inputs[0], f"the halo exchange before {node.name!r}"))
-        if border:
-            b.steps.append(Compute(node.name, node.inputs, node.output, tuple(border), mean=mean))
+        for part in (inner, border):
+            if not part:
+                continue
+            for t in node.inputs:  # a halo in flight that this part reads: wait for it first
+                if t in pending and any(not _within(reads(graph, node, t, p), plan.comp[t][r]) for p in part):
+                    pending.remove(t)
+                    b.steps.append(Wait(t, f"the halo exchange before {node.name!r}"))
+            b.steps.append(Compute(node.name, node.inputs, node.output, tuple(part), mean=mean))
         t = node.output
         if t in plan.halos and t not in summed:
             # the host sends the block end's seams from their own buffers (another tensor's transfer can equal one)
@@ -207,6 +208,17 @@ def lower(graph: Graph, plan: Plan, r: int, overlap: bool = True) -> Program:
         b.steps.append(Wait(t, f"the halo exchange of {t!r}"))
     _head_steps(b)
     return Program(r, b.buffers, tuple(b.steps))
+
+
+def reads(graph: Graph, node: Node, t: str, rect: Rect) -> Rect:
+    """What computing rect of node's output reads of its input t (a pointwise op: the same rect)."""
+    if node.window is None:
+        return rect
+    return as_rect(need(node.window, rect, graph.shapes[t][1:]))
+
+
+def _within(a: Rect, b: Rect) -> bool:
+    return not area(a) or (a[0] >= b[0] and a[1] >= b[1] and a[2] <= b[2] and a[3] <= b[3])
 
 
 def _channel_means(b: _Builder, node: Node) -> str:
