@@ -152,8 +152,9 @@ def test_shared_bottleneck_splits_the_rate(virtual, tmp_path):
     shared = mpi_script(tmp_path, CONCURRENT, 3)
     print("concurrent per-link", per_link, "shared", shared)
     # per-link: 0->1 and 1->2 use different directions of board 1's link, both at (nearly) full rate; two TCP
-    # streams at once on a busy 2-core machine measured 0.74-0.95 x rate each, so the bound leaves room
-    assert per_link["slow"] >= 0.6 * RATE and per_link["total"] >= 1.3 * RATE, per_link
+    # streams at once on a busy 2-core machine measured 0.64-0.95 x rate each, 1.28-1.9 x rate together: the
+    # bound stays above what the shared channel below may carry (1.15 x rate), which is the point
+    assert per_link["slow"] >= 0.6 * RATE and per_link["total"] >= 1.2 * RATE, per_link
     # shared: one channel; both together move ~rate, the later-finishing flow got ~half of it
     assert 0.8 * RATE <= shared["total"] <= 1.15 * RATE, shared
     assert 0.35 * RATE <= shared["slow"] <= 0.6 * RATE, shared
