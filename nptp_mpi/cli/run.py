@@ -397,7 +397,7 @@ def _median_stats(stats: list[dict]) -> dict:
 def _finish(args, graph: Graph, runner: Runner, x: np.ndarray, out: np.ndarray, everyone: list) -> None:
     """Rank 0: verify, print the table, write output, report and picture (of the plan the last inference ran)."""
     from nptp_mpi.io.inputs import tensor_to_image
-    from nptp_mpi.io.outputs import atomic_write_all
+    from nptp_mpi.io.outputs import atomic_write_all, npy_writer, text_writer
 
     plan = runner.plan
     latency = statistics.median(everyone[0][2])
@@ -426,9 +426,9 @@ def _finish(args, graph: Graph, runner: Runner, x: np.ndarray, out: np.ndarray, 
                          "or divides by zero; nothing written (--allow-nonfinite writes it anyway)")
     files = []  # written all or none: a report that fails leaves no new output behind
     if args.output:
-        files.append((args.output, lambda f: np.save(f, out[None], allow_pickle=False), "output tensor"))
+        files.append((args.output, npy_writer(out[None]), "output tensor"))
     if args.report:
-        files.append((args.report, lambda f: f.write((json.dumps(report, indent=1) + "\n").encode()), "report"))
+        files.append((args.report, text_writer(json.dumps(report, indent=1) + "\n"), "report"))
     if args.png:
         from nptp_mpi.cli.show import tiles_picture
 

@@ -97,9 +97,20 @@ def umask() -> int:
     return mask
 
 
+def text_writer(text: str) -> Callable[[BinaryIO], object]:
+    """A writer (for atomic_write_all) of text as UTF-8."""
+    return lambda f: f.write(text.encode())
+
+
+def npy_writer(array: np.ndarray) -> Callable[[BinaryIO], object]:
+    """A writer (for atomic_write_all) of array as .npy; object arrays are refused (no pickling)."""
+    arr = np.asanyarray(array)
+    return lambda f: np.save(f, arr, allow_pickle=False)
+
+
 def atomic_write_text(path: PathLike, text: str) -> None:
     """Write text to path atomically (atomic_write)."""
-    atomic_write(path, lambda f: f.write(text.encode()), "text")
+    atomic_write(path, text_writer(text), "text")
 
 
 def atomic_save_npy(path: PathLike, array: np.ndarray) -> None:
@@ -109,5 +120,4 @@ def atomic_save_npy(path: PathLike, array: np.ndarray) -> None:
     Failures (missing/unwritable directory, disk full, ...) raise InputError naming
     ``path`` and leave no temp file behind.  Call from one process only (rank 0).
     """
-    arr = np.asanyarray(array)
-    atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False), "array")
+    atomic_write(path, npy_writer(array), "array")
