@@ -84,7 +84,7 @@ install() {
 # again whenever a kernel's source changes.
 warm() {
   local key
-  key=$(cat kernels/*.py nptp_mpi/tools/warm.py | sha256sum | cut -c1-16)
+  key=$(cat kernels/*.py nptp_mpi/runtime/warm.py | sha256sum | cut -c1-16)
   [ "$(cat "$WARM_STAMP" 2>/dev/null)" = "$key" ] && return 0
   say "warming the Numba cache"
   "$VENV/bin/python" -m nptp_mpi warm || die "kernel compilation failed (see above)"

@@ -14,11 +14,12 @@ import numpy as np
 from nptp_mpi.errors import UsageError
 from nptp_mpi.model.graph import Graph
 from nptp_mpi.model.load import load_model
-from nptp_mpi.plan.cost import Links, Setting, parse_rate, parse_time
+from nptp_mpi.plan.cost import Setting, links_given
 from nptp_mpi.plan.plan import Plan
 from nptp_mpi.runtime import reference as _reference
 from nptp_mpi.runtime.engine import Engine, Stats
 from nptp_mpi.runtime.exchange import World
+from nptp_mpi.runtime.warm import warm_first
 from nptp_mpi.strategies import build
 
 __all__ = ["Job", "Stats", "load", "plan", "reference"]
@@ -35,12 +36,9 @@ def plan(graph: Graph, ranks: int, strategy: str = "auto", speeds: list[float] |
     """The plan of strategy for ranks boards of relative speeds (default equal), over links of bandwidth
     ("100mbit") and per-message latency ("1ms"), shared: one medium for all (default: the nominal link)."""
     speeds = [1.0] * ranks if speeds is None else list(speeds)
-    setting = Setting.nominal(speeds, overlap)
-    if bandwidth:
-        links = Links(parse_time(latency) if latency else 0.0, parse_rate(bandwidth), shared, ())
+    setting, links = Setting.nominal(speeds, overlap), links_given(bandwidth, latency, shared)
+    if links is not None:
         setting = replace(setting, links=links, given=True)
-    elif latency or shared:
-        raise UsageError("latency and shared describe a link: give its bandwidth too")
     return build(graph, ranks, strategy, speeds, "total", setting)
 
 
@@ -60,6 +58,7 @@ class Job:
         self.world = World(comm, timeout)
         if self.world.size != plan.ranks:
             raise UsageError(f"the plan is for {plan.ranks} ranks, the communicator has {self.world.size}")
+        warm_first(self.world)
         self.engine = Engine(graph, plan, self.world, overlap=overlap)
         if free_weights:
             self.engine.free_unused_weights()

@@ -31,6 +31,11 @@ class PeerTimeout(TimeoutError):
     """A peer did not answer within --timeout: a link is down or a board froze."""
 
 
+class PeerLost(ConnectionError):
+    """MPI reported a peer's request failed: the rank died or its link broke (where the launcher lets the
+    other ranks see it before it ends the job)."""
+
+
 class JobError(Exception):
     """An error that every rank has met identically: rank 0 reports it, all exit with code."""
 

@@ -29,7 +29,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_warm(args: argparse.Namespace) -> None:
-    from nptp_mpi.tools.warm import warm
+    from nptp_mpi.runtime.warm import warm
 
     t0 = time.perf_counter()
     warm()

@@ -47,14 +47,12 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 def link_model(args: argparse.Namespace, cal):
     """The links to predict for: --bandwidth/--latency/--shared where given, else the calibration's."""
-    from nptp_mpi.plan.cost import Links, parse_rate, parse_time
+    from nptp_mpi.plan.cost import links_given
 
-    measured = cal.links if cal else None  # None also for a calibration made on one rank
-    if not (args.bandwidth or measured):
+    links = links_given(args.bandwidth, args.latency, args.shared, cal.links if cal else None)  # one rank: no links
+    if links is None:
         raise UsageError("a prediction needs --bandwidth, or --calibration with links (calibrated on 2+ ranks)")
-    return Links(parse_time(args.latency) if args.latency else (measured.alpha_s if measured else 0.0),
-                 parse_rate(args.bandwidth) if args.bandwidth else measured.bytes_per_s,
-                 args.shared or bool(measured and measured.shared), measured.overlap if measured else ())
+    return links
 
 
 def setting_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list[float] | None):
@@ -62,12 +60,12 @@ def setting_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list
     --bandwidth/--latency/--shared, the calibration's links, or the nominal link. Deterministic, so every
     rank of a job (and `plan`) makes the same choice."""
     from nptp_mpi.plan.calibration import load_calibration
-    from nptp_mpi.plan.cost import NOMINAL_LINKS, Setting
+    from nptp_mpi.plan.cost import NOMINAL_LINKS, Setting, links_given
 
     cal = load_calibration(args.calibration) if args.calibration else None
     nominal = Setting.nominal(speeds or [1.0] * ranks, args.overlap == "on")
     boards = cal.to_boards(ranks, graph.name) if cal else nominal.boards
-    links = link_model(args, cal) if (args.bandwidth or (cal and cal.links)) else NOMINAL_LINKS
+    links = links_given(args.bandwidth, args.latency, args.shared, cal.links if cal else None) or NOMINAL_LINKS
     return Setting(boards, links, args.overlap == "on", given=bool(cal or args.bandwidth))
 
 

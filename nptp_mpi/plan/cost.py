@@ -49,6 +49,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from nptp_mpi.errors import UsageError
 from nptp_mpi.model.graph import Graph, Node
 from nptp_mpi.plan.geometry import area, layers, reach, spatial
 from nptp_mpi.plan.plan import Plan, block_nodes, pieces, plan_from_cells, split_head, whole
@@ -115,6 +116,19 @@ class Links:
             return 1.0
         return next((f for size, f in self.overlap if nbytes <= size), self.overlap[-1][1])
 
+
+
+def links_given(bandwidth: str | None, latency: str | None = None, shared: bool = False,
+                measured: Links | None = None) -> Links | None:
+    """The links a user described: bandwidth ("100mbit"), latency ("1ms") and shared where given, the rest
+    from measured links (a calibration's); None where neither says anything (plan for the nominal link)."""
+    if not (bandwidth or measured):
+        if latency or shared:
+            raise UsageError("latency and shared describe a link: give its bandwidth too")
+        return None
+    return Links(parse_time(latency) if latency else (measured.alpha_s if measured else 0.0),
+                 parse_rate(bandwidth) if bandwidth else measured.bytes_per_s,
+                 shared or bool(measured and measured.shared), measured.overlap if measured else ())
 
 @dataclass(frozen=True)
 class Boards:

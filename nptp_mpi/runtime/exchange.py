@@ -15,12 +15,13 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from mpi4py import MPI
 
-from nptp_mpi.errors import JobError, PeerTimeout
+from nptp_mpi.errors import JobError, PeerLost, PeerTimeout
 
 Rect = tuple[int, int, int, int]
 
@@ -123,32 +124,48 @@ class World:
         self.traffic = Traffic()
 
     def wait(self, reqs: list[MPI.Request], what: str, peers: list[int] | None = None,
-             statuses: list[MPI.Status] | None = None) -> None:
+             statuses: list[MPI.Status] | None = None, at_least: float = 0.0) -> None:
         """Waitall bounded by self.timeout that gives the core away while waiting.
 
         MPICH busy-polls; with ranks sharing a laptop's cores that steals the peers' compute time. We
         poll with sched_yield for about a millisecond (prompt on a board's own core), then sleep between
         polls (nap): a short wait gains at most 0.2 ms, a long one (an idle rank while rank 0 runs a
-        tail) wakes rarely enough to leave the cores to the ranks that compute.
+        tail) wakes rarely enough to leave the cores to the ranks that compute. at_least: a floor on the
+        timeout, for waits that are long by nature (a peer compiling).
         """
         start = time.monotonic()
         polls = 0
-        while not MPI.Request.Testall(reqs, statuses):
+        limit = None if self.timeout is None else max(self.timeout, at_least)
+        statuses = [MPI.Status() for _ in reqs] if statuses is None else statuses
+        while True:
+            try:
+                if self._testall(reqs, statuses):
+                    return
+            except MPI.Exception as e:  # MPICH: a peer's socket closed before the launcher ended the job
+                failed = [i for i, st in enumerate(statuses) if st.Get_error() not in (MPI.SUCCESS, MPI.ERR_PENDING)]
+                why = MPI.Get_error_string(statuses[failed[0]].Get_error() if failed else e.Get_error_code())
+                raise PeerLost(f"MPI failed a message with {self._ranks(peers, failed)} in {what} "
+                               f"({why.strip()}): did that rank die, or its link fail?") from None
             waited = time.monotonic() - start
-            if self.timeout is not None and waited > self.timeout:
-                raise PeerTimeout(f"timed out after {self.timeout:g} s waiting for {self._pending(reqs, peers)} "
-                                  f"in {what}")
+            if limit is not None and waited > limit:
+                raise PeerTimeout(f"timed out after {limit:g} s waiting for {self._pending(reqs, peers)} in {what}")
             polls += 1
             if polls < 1000:  # ~1 ms of prompt polling
                 os.sched_yield()
             else:
                 time.sleep(nap(waited))
 
+    @staticmethod
+    def _testall(reqs: list[MPI.Request], statuses: list[MPI.Status]) -> bool:
+        return MPI.Request.Testall(reqs, statuses)
+
     def _pending(self, reqs: list[MPI.Request], peers: list[int] | None) -> str:
-        if peers is None:
-            return "another rank"
-        late = sorted({p for r, p in zip(reqs, peers, strict=True) if not r.Get_status()})
+        return self._ranks(peers, [i for i, r in enumerate(reqs) if not r.Get_status()])
+
+    def _ranks(self, peers: list[int] | None, which: list[int]) -> str:
+        """The peers of the requests numbered `which`, with their hosts (collectives have no single peer)."""
         hosts = self.hosts or ["?"] * self.size
+        late = sorted({peers[i] for i in which}) if peers is not None else []
         return ", ".join(f"rank {p} (host {hosts[p]})" for p in late) or "another rank"
 
     # -- start-up agreement: small JSON values, each after a bounded barrier --------------------
@@ -207,6 +224,17 @@ class World:
 
     def barrier(self) -> None:
         self.wait([self.comm.Ibarrier()], "a barrier (some rank has not arrived)")
+
+    def first_on_each_host(self, fn: Callable[[], None], what: str, at_least: float = 600.0) -> None:
+        """fn on the first rank of each host (ranks sharing memory) while that host's other ranks wait, at
+        least at_least seconds whatever the job's timeout: what the first rank does is slow by nature."""
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            if node.Get_rank() == 0:
+                fn()
+            self.wait([node.Ibarrier()], what, at_least=at_least)
+        finally:
+            node.Free()
 
     # -- messages ---------------------------------------------------------------------------
     def messages(self, shape: tuple[int, ...], buf_rect: Rect, sends: list[tuple[int, Rect]],

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import kernels as K
-from kernels.pointwise import act_code, epilogue
+from nptp_mpi import kernels as K
+from nptp_mpi.kernels.pointwise import act_code, epilogue
 from nptp_mpi.model.graph import ACTIVATIONS, Node
 
 Rect = tuple[int, int, int, int]

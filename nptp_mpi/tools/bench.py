@@ -15,7 +15,7 @@ from functools import partial
 
 import numpy as np
 
-import kernels
+from nptp_mpi import kernels
 
 
 def _median_s(fns: list, repeat: int) -> list[float]:

@@ -57,7 +57,7 @@ OVERLAP_SIZES = tuple(4096 << k for k in range(7))  # halo message sizes whose o
 
 def _conv_call(cin: int, cout: int, k: int, hw: int):
     """A no-argument call of kernels.conv2d on one shape, and its FLOPs."""
-    import kernels as K
+    from nptp_mpi import kernels as K
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((cin, hw, hw), dtype=np.float32)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kernels.cache import cache_dir
+from nptp_mpi.kernels.cache import cache_dir
 
 
 def test_beside_the_sources_when_writable_else_per_user_else_temporary(tmp_path) -> None:
@@ -34,7 +34,7 @@ import os
 real = os.access
 os.access = lambda p, mode, *a, **k: False if "kernels" in str(p) and mode == os.W_OK else real(p, mode, *a, **k)
 import numpy as np
-import kernels as K
+from nptp_mpi import kernels as K
 K.activation(np.ones((2, 3, 3), np.float32), "relu")
 folder = os.environ["NUMBA_CACHE_DIR"]
 print(folder, sum(len(files) for _, _, files in os.walk(folder)))

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import kernels as K
+from nptp_mpi import kernels as K
 
 
 def randn(shape, seed: int = 0) -> np.ndarray:
@@ -104,8 +104,8 @@ def test_conv2d(case, act):
 def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():
     """The Winograd cases above take that path (else test_conv2d would not test it); a thin region and a
     strided or few-channel conv do not; the filter transform is computed once per weight array."""
-    from kernels import winograd
-    from kernels.conv import winograd_pays
+    from nptp_mpi.kernels import winograd
+    from nptp_mpi.kernels.conv import winograd_pays
 
     for n in WINOGRAD:
         cin, cout, h, w, k, s, pads, d = CONVS[n][:8]
@@ -123,7 +123,7 @@ def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():
 def test_winograd_error_against_a_float64_direct_conv(cin, h, w):
     """F(4×4, 3×3) in float32 stays within 2e-5 of the largest output (measured 0.5-1.1e-5; im2col: ~1e-6)
     on He-scaled weights, against the direct sum in float64."""
-    from kernels import winograd
+    from nptp_mpi.kernels import winograd
 
     x, wt = randn((cin, h + 2, w + 2), 1), randn((24, cin, 3, 3), 2) * np.float32(np.sqrt(2 / (9 * cin)))
     exact = sum(np.einsum("kc,chw->khw", wt[:, :, i, j].astype(np.float64), x[:, i:i + h, j:j + w].astype(np.float64))

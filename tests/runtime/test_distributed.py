@@ -87,7 +87,7 @@ def test_onnx_file_equals_reference(tmp_path) -> None:
 @pytest.mark.parametrize("strategy", sorted(ALL_STRATEGIES))
 def test_every_op_equals_reference(strategy: str) -> None:
     """The warm-up graph holds every spatial op and conv flavour (a constant pad among them)."""
-    from nptp_mpi.tools.warm import every_op_graph
+    from nptp_mpi.runtime.warm import every_op_graph
 
     run_or_refuse(every_op_graph().with_input_hw(40, 36), strategy)
 

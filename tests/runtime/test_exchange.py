@@ -58,3 +58,23 @@ def test_a_long_wait_polls_rarely_and_ends_promptly(monkeypatch) -> None:
     assert got.tolist() == [1, 1, 1, 1]
     assert len(naps) < 600, len(naps)
     assert late < 0.03, late
+
+
+def test_a_failed_message_names_its_peer_and_host() -> None:
+    """A request MPI fails (MPICH: a dead peer's socket closed; here, a message too long for its buffer) ends
+    the wait with one line naming that request's peer, not MPICH's "See the MPI_ERROR field in MPI_Status"."""
+    import pytest
+    from mpi4py import MPI
+
+    from nptp_mpi.errors import PeerLost
+    from nptp_mpi.runtime.exchange import World
+
+    world = World(MPI.COMM_SELF, timeout=30)
+    world.comm.Set_errhandler(MPI.ERRORS_RETURN)
+    world.hosts = ["board-a"]
+    ok, short = np.zeros(2, np.float32), np.zeros(2, np.float32)
+    reqs = [world.comm.Irecv(ok, source=0, tag=1), world.comm.Irecv(short, source=0, tag=2)]
+    reqs += [world.comm.Isend(np.ones(2, np.float32), dest=0, tag=1),
+             world.comm.Isend(np.ones(8, np.float32), dest=0, tag=2)]
+    with pytest.raises(PeerLost, match=r"message with rank 0 \(host board-a\) in the halo of x \(.*truncat"):
+        world.wait(reqs, "the halo of x", peers=[0, 0, 0, 0])

@@ -2,7 +2,8 @@
 
 A tiny graph holding every op and every conv flavour runs through the reference engine; the kernels
 take contiguous float32 arrays and scalar attributes of fixed types, so these calls cover every
-signature a real run uses.
+signature a real run uses. A job whose cache is cold lets one rank per host compile while the others
+wait, then they load (warm_first): four ranks compiling the same kernels at once took twice as long.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from nptp_mpi.model.graph import Graph, Node, Window
+from nptp_mpi.runtime.exchange import World
 from nptp_mpi.runtime.reference import run
 
 
@@ -30,7 +32,8 @@ def every_op_graph(seed: int = 0) -> Graph:
                     {"w": w(cout, cin // groups, k, k), "b": w(cout)}, Window((k, k), (stride, stride), (p, p, p, p)))
 
     nodes = [
-        conv("c1", "x", 3, 8, 3, act="relu"),
+        conv("c0", "x", 3, 16, 3),
+        conv("c1", "c0", 16, 8, 3, act="relu"),  # 16 channels in, 20×20 out: the Winograd path
         conv("c2", "c1", 8, 8, 3, stride=2, groups=2, act="clip", lo=0.0, hi=6.0),
         conv("c3", "c2", 8, 8, 3, groups=8, act="leakyrelu", alpha=0.1),
         Node("pad", "pad", ("c3",), "pad", {"value": 0.5}, window=Window(pads=(1, 0, 0, 1))),
@@ -54,7 +57,30 @@ def every_op_graph(seed: int = 0) -> Graph:
         Node("gemm", "fc", ("fl",), "fc", {"act": "relu"}, {"w": w(10, 144), "b": w(10)}),
         Node("softmax", "sm", ("fc",), "sm"),
     ]
-    return Graph("every-op", "x", (3, 16, 16), "sm", nodes)
+    return Graph("every-op", "x", (3, 20, 20), "sm", nodes)
+
+
+def _cache() -> tuple[Path, str]:
+    """The kernels' Numba cache folder (beside the sources, or where kernels.cache sent it) and a digest of
+    every kernel source."""
+    from nptp_mpi import kernels
+
+    folder = Path(kernels.__file__).parent
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.glob("*.py")))).hexdigest()
+    return (Path(os.environ["NUMBA_CACHE_DIR"]) if os.environ.get("NUMBA_CACHE_DIR") else folder / "__pycache__",
+            digest)
+
+
+WARM_STAMP = "nptp-kernels-warm.sha256"  # written once warm() has compiled every kernel of these sources
+
+
+def is_warm() -> bool:
+    """Whether warm() has run since the kernel sources last changed (every kernel is then in the cache)."""
+    cache, digest = _cache()
+    try:
+        return (cache / WARM_STAMP).read_text() == digest
+    except OSError:
+        return False
 
 
 def clear_stale_cache() -> bool:
@@ -63,21 +89,18 @@ def clear_stale_cache() -> bool:
     Numba keys a cached function on its own file only, so a kernel that inlines a helper from another file
     (conv.py's depthwise loop inlines pointwise.act1) would otherwise load its old machine code after that
     helper changed: a new activation code ran as the identity in depthwise convs."""
-    import kernels
+    from nptp_mpi import kernels
 
-    folder = Path(kernels.__file__).parent
-    sources = sorted(folder.glob("*.py"))
-    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sources)).hexdigest()
-    # beside the sources, or where kernels.cache sent it (only our modules' entries: the folder may be shared)
-    cache = Path(os.environ["NUMBA_CACHE_DIR"]) if os.environ.get("NUMBA_CACHE_DIR") else folder / "__pycache__"
+    cache, digest = _cache()
     stamp = cache / "nptp-kernel-sources.sha256"
-    ours = tuple(f"{f.stem}." for f in sources)
+    ours = tuple(f"{f.stem}." for f in Path(kernels.__file__).parent.glob("*.py"))  # the folder may be shared
     try:
         if stamp.exists() and stamp.read_text() == digest:
             return False
         for f in (*cache.rglob("*.nbi"), *cache.rglob("*.nbc")):
             if f.name.startswith(ours):
                 f.unlink()
+        (cache / WARM_STAMP).unlink(missing_ok=True)
         cache.mkdir(exist_ok=True)
         stamp.write_text(digest)
     except OSError:  # a read-only install: nothing was cached there either
@@ -90,3 +113,14 @@ def warm() -> None:
     clear_stale_cache()
     g = every_op_graph()
     run(g, np.random.default_rng(1).standard_normal(g.input_shape, dtype=np.float32))
+    cache, digest = _cache()
+    try:
+        (cache / WARM_STAMP).write_text(digest)
+    except OSError:  # no cache to write (a read-only folder): every run compiles, as it would anyway
+        pass
+
+
+def warm_first(world: World) -> None:
+    """On a cold cache, one rank per host compiles every kernel while that host's other ranks wait; then
+    they all load from the cache. A warm cache costs one check and a host-local barrier."""
+    world.first_on_each_host(lambda: None if is_warm() else warm(), "compiling the kernels (a cold Numba cache)")
