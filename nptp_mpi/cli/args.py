@@ -22,14 +22,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
-def launcher_rank() -> int:
-    """This process's rank as the MPI launcher says, read before MPI starts (0 outside mpiexec)."""
-    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
 def parse_fuse(text: str) -> tuple[int, ...]:
     """--fuse 4,4,3: positive layer counts per fused block."""
     try:

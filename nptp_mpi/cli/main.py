@@ -12,8 +12,11 @@ import contextlib
 import os
 import sys
 
-from nptp_mpi.cli.args import launcher_rank, parse_args
+from nptp_mpi.cli.args import COMMANDS, parse_args
+from nptp_mpi.cli.early import bound_mpi_start, launcher_rank, started, timeout_asked
 from nptp_mpi.errors import EXIT_USER, UsageError
+
+START_TIMEOUT = 300.0  # MPI start-up when --timeout says nothing (its default)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,10 +25,13 @@ def main(argv: list[str] | None = None) -> int:
         from nptp_mpi.tools.calibrate import main as calibrate
 
         return calibrate(argv[1:])
+    is_run = not argv or argv[0] == "run" or argv[0] not in COMMANDS and argv[0].startswith("-")
     try:
         args = parse_args(argv)
     except UsageError as e:
-        if launcher_rank() == 0:
+        if is_run and launcher_rank() is not None:  # the others are in `run`: tell them in its agreement
+            return _refuse_in_agreement(str(e), argv)
+        if launcher_rank() in (None, 0):
             print(f"nptp-mpi: error: {e}", file=sys.stderr, flush=True)
         _settle()
         return EXIT_USER
@@ -36,9 +42,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nptp-mpi: error: {e}", file=sys.stderr)
             return EXIT_USER
         return 0
-    from nptp_mpi.cli.run import run_job
+    watchdog = bound_mpi_start(args.timeout) if launcher_rank() is not None else None
+    from nptp_mpi.cli.run import run_job  # starts MPI
 
+    if watchdog is not None:
+        started(watchdog)
     return run_job(args)
+
+
+def _refuse_in_agreement(message: str, argv: list[str]) -> int:
+    """A `run` rank whose arguments do not parse still takes part in the start-up agreement, so that every
+    rank learns why and all end alike (an MPMD launch may give one rank arguments the others lack)."""
+    timeout = timeout_asked(argv, START_TIMEOUT)
+    watchdog = bound_mpi_start(timeout)
+    from nptp_mpi.cli.run import refuse_in_agreement
+
+    started(watchdog)
+    return refuse_in_agreement(message, timeout)
 
 
 def _settle() -> None:

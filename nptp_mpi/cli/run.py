@@ -183,6 +183,21 @@ def run_job(args: argparse.Namespace) -> int:
         return 1
 
 
+def refuse_in_agreement(message: str, timeout: float) -> int:
+    """This rank's arguments failed: bring that error to the start-up agreement the other ranks hold (they
+    may have parsed theirs), where every rank learns it; rank 0 reports it once. Returns the exit code."""
+    world = World(timeout=timeout)
+    try:
+        _agree(world, message, None, None)
+    except JobError as e:
+        if world.rank == 0:
+            print(f"nptp-mpi: error: {e}", file=sys.stderr)
+        return e.code
+    except BaseException as e:  # noqa: BLE001 - a peer gone or timed out: end every rank
+        world.abort(report_failure(world, e, False))
+    return EXIT_USER
+
+
 def _run(args: argparse.Namespace, world: World) -> int:
     err, facts, speed, graph = None, None, None, None
     try:

@@ -17,6 +17,8 @@ from nptp_mpi.plan.plan import HOST, Plan, block_nodes, held, pieces, split_head
 
 INPUT = "<input>"  # rank 0's whole input, the caller's array (bound each inference, never copied)
 SCATTER_TAG, GATHER_TAG = 1, 0  # halo tags are 2 + the tensor's place among the plan's halos
+# The job's control messages (runtime.exchange) take the top of the tag range MPI guarantees (up to 32767).
+HOST_TAG, ARRIVE_TAG, FAULT_TAG = 32765, 32766, 32767
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,8 @@ def lower(graph: Graph, plan: Plan, r: int, overlap: bool = True) -> Program:
     b = _Builder(graph, plan, r)
     sp_nodes = split_head(graph)[0]
     tags = {t: i + 2 for i, t in enumerate(plan.halos)}
+    if len(tags) + 2 > HOST_TAG:
+        raise ValueError(f"{len(tags)} halo tensors: more than MPI's tags below the control tags")
     pairs_a = {p.a: p for p in plan.pairs}
     pairs_b = {p.b for p in plan.pairs}
     summed = {next(n for n in graph.nodes if n.name == p.b).output for p in plan.pairs}

@@ -10,6 +10,7 @@ independently of the plan, so tests can check the wire against the plan's predic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ import numpy as np
 from mpi4py import MPI
 
 from nptp_mpi.errors import JobError, PeerLost, PeerTimeout
+from nptp_mpi.plan.program import ARRIVE_TAG, FAULT_TAG, HOST_TAG
 
 Rect = tuple[int, int, int, int]
 
@@ -105,6 +107,15 @@ def _decode(buf: np.ndarray, offset: int, size: int, rank: int):
         raise JobError(f"rank {rank} sent start-up data that is not JSON; is every rank this program?") from None
 
 
+JUDGE_S = 0.5  # rank 0 gathers the timed-out ranks' reports this long before it names the stalled rank
+
+
+def grace(limit: float, rank: int) -> float:
+    """How long a rank other than 0 waits, after its timeout, for rank 0 to end the job; staggered by rank so
+    that if rank 0 is the one stuck, one rank (the lowest waiting) reports it first."""
+    return max(2.0, min(30.0, 0.2 * limit)) + 0.3 * rank
+
+
 def nap(waited_s: float) -> float:
     """Seconds to sleep between polls after waiting waited_s: 0.2 ms, growing to 2% of the wait so far (at
     most 5 ms), so a wait ends at most 2% (and 5 ms) late and a rank idle for a second polls ~50 times."""
@@ -119,11 +130,18 @@ class World:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.host = socket.gethostname()
-        self.hosts: list[str] | None = None  # every rank's host, once known (for messages)
+        self.hosts: list[str] | None = None  # every rank's host, once agreed (for messages)
         self.timeout = timeout
         self.traffic = Traffic()
+        # Every rank's host name to rank 0 now, before anything can stall, so that rank 0 can name the host
+        # of a rank that stalls before the start-up agreement.
+        self._host = np.frombuffer(self.host.encode()[:255].ljust(256, b"\0"), np.uint8).copy()
+        self._host_from = np.zeros((self.size, 256), np.uint8) if self.rank == 0 else None
+        self._host_reqs = [self.comm.Irecv(self._host_from[r], source=r, tag=HOST_TAG)
+                           for r in range(1, self.size)] if self.rank == 0 else \
+            [self.comm.Isend(self._host, dest=0, tag=HOST_TAG)]
 
-    def wait(self, reqs: list[MPI.Request], what: str, peers: list[int] | None = None,
+    def wait(self, reqs: list[MPI.Request], what: str, peers: list[int | None] | None = None,
              statuses: list[MPI.Status] | None = None, at_least: float = 0.0) -> None:
         """Waitall bounded by self.timeout that gives the core away while waiting.
 
@@ -131,12 +149,19 @@ class World:
         poll with sched_yield for about a millisecond (prompt on a board's own core), then sleep between
         polls (nap): a short wait gains at most 0.2 ms, a long one (an idle rank while rank 0 runs a
         tail) wakes rarely enough to leave the cores to the ranks that compute. at_least: a floor on the
-        timeout, for waits that are long by nature (a peer compiling).
+        timeout, for waits that are long by nature (a peer compiling). peers: each request's rank (None for
+        a collective's).
+
+        A stall is judged by rank 0 alone, so the job ends with one line naming the stalled rank: a rank
+        that times out tells rank 0 whom it waits for (FAULT_TAG) and waits a grace period more; rank 0
+        (on its own timeout, or on such a report) names the ranks waited for that have not reported
+        themselves waiting, and ends the job. If rank 0 does not within the grace, it is the one stuck.
         """
         start = time.monotonic()
         polls = 0
         limit = None if self.timeout is None else max(self.timeout, at_least)
         statuses = [MPI.Status() for _ in reqs] if statuses is None else statuses
+        reported = False
         while True:
             try:
                 if self._testall(reqs, statuses):
@@ -147,8 +172,18 @@ class World:
                 raise PeerLost(f"MPI failed a message with {self._ranks(peers, failed)} in {what} "
                                f"({why.strip()}): did that rank die, or its link fail?") from None
             waited = time.monotonic() - start
+            if self.rank == 0 and waited > 0.05 and self.comm.Iprobe(MPI.ANY_SOURCE, FAULT_TAG):
+                self._judge(self._late(reqs, peers), what, limit or waited)
             if limit is not None and waited > limit:
-                raise PeerTimeout(f"timed out after {limit:g} s waiting for {self._pending(reqs, peers)} in {what}")
+                if self.rank == 0:
+                    self._judge(self._late(reqs, peers), what, limit)
+                if not reported:
+                    self._report(self._late(reqs, peers), what)
+                    reported = True
+                elif waited > limit + grace(limit, self.rank):
+                    raise PeerTimeout(f"timed out after {limit:g} s waiting for "
+                                      f"{self._named(self._late(reqs, peers) or [0])} in {what} (rank 0, which "
+                                      "ends a stalled job, did not answer either)")
             polls += 1
             if polls < 1000:  # ~1 ms of prompt polling
                 os.sched_yield()
@@ -159,14 +194,55 @@ class World:
     def _testall(reqs: list[MPI.Request], statuses: list[MPI.Status]) -> bool:
         return MPI.Request.Testall(reqs, statuses)
 
-    def _pending(self, reqs: list[MPI.Request], peers: list[int] | None) -> str:
-        return self._ranks(peers, [i for i, r in enumerate(reqs) if not r.Get_status()])
+    @staticmethod
+    def _late(reqs: list[MPI.Request], peers: list[int | None] | None) -> list[int]:
+        """The ranks of the point-to-point requests not done yet."""
+        return sorted({int(p) for r, p in zip(reqs, peers or [None] * len(reqs), strict=True)
+                       if p is not None and not r.Get_status()})
 
-    def _ranks(self, peers: list[int] | None, which: list[int]) -> str:
+    def _ranks(self, peers: list[int | None] | None, which: list[int]) -> str:
         """The peers of the requests numbered `which`, with their hosts (collectives have no single peer)."""
-        hosts = self.hosts or ["?"] * self.size
-        late = sorted({peers[i] for i in which}) if peers is not None else []
-        return ", ".join(f"rank {p} (host {hosts[p]})" for p in late) or "another rank"
+        return self._named(sorted({int(peers[i]) for i in which if peers[i] is not None}) if peers else [])
+
+    def _named(self, ranks: list[int]) -> str:
+        hosts = self.hosts or [self._host_of(r) for r in range(self.size)]
+        return ", ".join(f"rank {p} (host {hosts[p]})" for p in ranks) or "another rank"
+
+    def _host_of(self, r: int) -> str:
+        """Rank r's host from the name it sent at start (rank 0; '?' elsewhere, or if none came)."""
+        if r == self.rank:
+            return self.host
+        if self._host_from is None or not self._host_reqs[r - 1].Test():
+            return "?"
+        return self._host_from[r].tobytes().rstrip(b"\0").decode(errors="replace")
+
+    def _report(self, late: list[int], what: str) -> None:
+        """Tell rank 0 that this rank timed out, waiting for whom (kept until sent: the job ends soon)."""
+        self._fault = _encode({"late": late, "what": what})
+        self._fault_req = self.comm.Isend(self._fault, dest=0, tag=FAULT_TAG)
+
+    def _judge(self, late: list[int], what: str, limit: float) -> None:
+        """Rank 0: gather the timed-out ranks' reports for a moment, then raise PeerTimeout naming the ranks
+        waited for that are not themselves waiting (the stalled ones; rank 0's own wait counts)."""
+        reports: dict[int, dict] = {}
+        until = time.monotonic() + JUDGE_S
+        while True:
+            st = MPI.Status()
+            while self.comm.Iprobe(MPI.ANY_SOURCE, FAULT_TAG, st) and st.Get_count(MPI.BYTE) <= MAX_VALUE_BYTES:
+                buf = np.empty(st.Get_count(MPI.BYTE), np.uint8)
+                self.comm.Recv(buf, source=st.Get_source(), tag=FAULT_TAG)
+                with contextlib.suppress(JobError):
+                    reports[st.Get_source()] = _decode(buf, 0, buf.size, st.Get_source())
+            if time.monotonic() > until:
+                break
+            time.sleep(0.01)
+        waiting = {0, *reports}
+        told = {r for rep in reports.values() if isinstance(rep, dict) for r in rep.get("late", ())
+                if isinstance(r, int) and 0 <= r < self.size}
+        stalled = sorted((told | set(late)) - waiting)
+        if not late and reports:  # rank 0 is not waiting for anyone in particular: say where the others were
+            what = next(rep.get("what", what) for rep in reports.values() if isinstance(rep, dict))
+        raise PeerTimeout(f"timed out after {limit:g} s waiting for {self._named(stalled)} in {what}")
 
     # -- start-up agreement: small JSON values, each after a bounded barrier --------------------
     # Plain bytes only: mpi4py's lowercase collectives unpickle what another rank sends, so a foreign
@@ -223,7 +299,12 @@ class World:
         self.comm.Abort(code)
 
     def barrier(self) -> None:
-        self.wait([self.comm.Ibarrier()], "a barrier (some rank has not arrived)")
+        """A bounded barrier; each rank also sends rank 0 an empty token, so a stall names who has not arrived."""
+        none = np.empty(0, np.uint8)
+        tokens = [self.comm.Irecv(none, source=r, tag=ARRIVE_TAG) for r in range(1, self.size)] \
+            if self.rank == 0 else [self.comm.Isend(none, dest=0, tag=ARRIVE_TAG)]
+        peers = list(range(1, self.size)) if self.rank == 0 else [None]
+        self.wait([self.comm.Ibarrier(), *tokens], "a barrier", [None, *peers])
 
     def first_on_each_host(self, fn: Callable[[], None], what: str, at_least: float = 600.0) -> None:
         """fn on the first rank of each host (ranks sharing memory) while that host's other ranks wait, at

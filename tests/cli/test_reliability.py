@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ROOT, mpiexec, run_cli
 from PIL import Image
 
@@ -27,6 +28,41 @@ def test_killed_rank_ends_the_job_with_nonzero_code() -> None:
     p, took = _timed(["run", *SMALL, "--repeat", "3"], env={"NPTP_FAULT": "1:infer:kill"})
     assert p.returncode != 0
     assert took < 60, took  # MPICH's hydra tears the job down when a rank dies (README: Open MPI likewise)
+
+
+@pytest.mark.parametrize("fault, stalled", [("2:infer:stall", 2), ("0:infer:stall", 0), ("3:setup:stall", 3),
+                                            ("0:write:stall", 0)])
+def test_a_stall_ends_the_job_with_one_line_naming_the_stalled_rank(tmp_path, fault, stalled) -> None:
+    """Every rank that times out tells rank 0 whom it waits for; rank 0 names the one not itself waiting, or,
+    stalled itself, the lowest rank waiting names it. One line, whichever phase (setup: before the ranks
+    know each other's hosts), and nothing written."""
+    p, took = _timed(["run", *SMALL, "--timeout", "4", "--output", str(tmp_path / "y.npy")], ranks=4,
+                     env={"NPTP_FAULT": fault})
+    errors = [line for line in p.stderr.splitlines() if line.startswith("nptp-mpi: error")]
+    assert p.returncode != 0 and len(errors) == 1, p.stderr
+    assert f"timed out after 4 s waiting for rank {stalled} (host " in errors[0], errors
+    assert "host ?" not in errors[0] and took < 45, (errors, took)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mpmd_ranks_with_different_arguments_end_alike_with_one_line() -> None:
+    """A rank whose arguments do not parse takes part in the start-up agreement (MPI starts first), so the
+    others learn why instead of waiting for it for ever."""
+    py = [sys.executable, "-m", "nptp_mpi", "run", *SMALL]
+    p = subprocess.run([*mpiexec(), "-n", "1", *py, "--bogus", ":", "-n", "1", *py], capture_output=True, text=True,
+                       timeout=90, cwd=ROOT)
+    assert p.returncode == 2 and p.stderr.count("nptp-mpi: error") == 1, p.stderr
+    assert "rank 0 (host" in p.stderr and "--bogus" in p.stderr
+
+
+def test_a_rank_that_never_starts_the_program_ends_the_job_at_the_timeout() -> None:
+    """MPI_Init waits for every rank, holding the GIL: a watchdog process ends the rank after --timeout."""
+    py = [sys.executable, "-m", "nptp_mpi", "run", *SMALL, "--timeout", "3"]
+    t0 = time.monotonic()
+    p = subprocess.run([*mpiexec(), "-n", "1", *py, ":", "-n", "1", "sleep", "60"], capture_output=True, text=True,
+                       timeout=90, cwd=ROOT)
+    assert p.returncode != 0 and time.monotonic() - t0 < 30
+    assert "nptp-mpi: error on rank 0 (host" in p.stderr and "MPI did not start within 3 s" in p.stderr, p.stderr
 
 
 def test_failure_while_writing_aborts_and_writes_nothing(tmp_path) -> None:

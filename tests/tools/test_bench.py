@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from nptp_mpi.__main__ import threads_asked
+from nptp_mpi.cli.early import threads_asked
 from nptp_mpi.model import zoo
 from nptp_mpi.tools.bench import KINDS, bench_models, format_models, kind
 
