@@ -13,6 +13,8 @@ import zipfile
 import pytest
 from conftest import ROOT
 
+from nptp_mpi.tools.launcher import find
+
 
 def _wheel(tmp_path) -> zipfile.ZipFile:
     p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
@@ -55,8 +57,12 @@ def test_the_wheel_installs_read_only_and_runs_an_onnx_model_without_home(tmp_pa
     work, scratch = tmp_path / "work", tmp_path / "tmp"
     work.mkdir()
     scratch.mkdir()
-    # no HOME, nothing of the checkout on the path: the installed copy and the venv's dependencies only
+    # no HOME, nothing of the checkout on the path: the installed copy and the venv's dependencies only. Open
+    # MPI's own start-up refuses to run without a HOME variable (opal_init), so there it names one that does
+    # not exist: still no HOME to write to.
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(site), "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"}
+    if find().kind == "openmpi":
+        env["HOME"] = "/proc/no-such-home"  # cannot be created, even by root
     prefix = _read_only(site)
 
     def cli(*args: str) -> subprocess.CompletedProcess:

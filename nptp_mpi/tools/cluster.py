@@ -23,7 +23,13 @@ Shaping (htb: one class at --rate; a netem child adds --delay where the kernel h
   station's airtime comes out of the same capacity. Round trip = 2 x delay.
 
 --cpu F0,F1,...: board K's processes get at most FK of one core (cgroup v2 `cpu.max`, or cgroup v1
-`cpu.cfs_quota_us` where only v1's cpu controller is mounted), in cgroup `nptp-cluster/bK`.
+`cpu.cfs_quota_us` where only v1's cpu controller is mounted), in cgroup `nptp-cluster/bK`. The quota period
+is 10 ms (longer only where the 1 ms minimum quota needs it), not the kernel's 100 ms: with 100 ms a board at
+0.25 core ran 25 ms and then stood still for 75, so a layer's time depended on where in the period it fell
+(32 ms of work at 0.25 core: 10-90% of chunk times 7.6-82 ms with 100 ms, 26-43 ms with 10 ms).
+The shares may add up to at most the machine's cores (8 boards x 0.25 on 2 cores), so every board gets its
+share. --mem M0,M1,... caps a board's memory (cgroup memory.max, or v1 memory.limit_in_bytes), like a 1 GB
+or 2 GB board: a rank beyond it is killed by the kernel's OOM killer, as on the board.
 
 `up` writes `hostfiles/virtual.txt` (MPICH hydra `address:1` lines) and /run/nptp-cluster/state.json. `down`
 removes every namespace, link, qdisc and cgroup whose name has the cluster's prefixes, with or without the
@@ -58,7 +64,9 @@ BRIDGE_IP = f"{SUBNET}.254"
 MAX_BOARDS = 200
 NS_RE = re.compile(r"^nptp-b(\d+)$")
 LINK_RE = re.compile(r"^nptp-(v\d+|br|air)$")
-CGROUP_DIRS = (Path("/sys/fs/cgroup/nptp-cluster"), Path("/sys/fs/cgroup/cpu/nptp-cluster"))
+CGROUP_DIRS = (Path("/sys/fs/cgroup/nptp-cluster"), Path("/sys/fs/cgroup/cpu/nptp-cluster"),
+               Path("/sys/fs/cgroup/memory/nptp-cluster"))
+MIN_QUOTA_US, PERIOD_US = 1000, 10_000  # the kernel's minimum CFS quota; our period (see the module's text)
 RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)$")
 DELAY_RE = re.compile(r"^(\d+(?:\.\d+)?)(us|ms|s)?$")
 RATE_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
@@ -134,7 +142,35 @@ def parse_cpu(text: str | None, n: int) -> list[float] | None:
         fracs *= n
     if len(fracs) != n or any(not 0.01 <= f <= 64 for f in fracs):
         raise ClusterError(f"--cpu {text!r}: give {n} fractions of a core between 0.01 and 64 (or one for all)")
+    cores = os.cpu_count() or 1
+    if sum(fracs) > cores + 1e-9:
+        raise ClusterError(f"--cpu {text!r}: the boards' shares add up to {sum(fracs):g} cores, more than this "
+                           f"machine's {cores}; they would not all get their share")
     return fracs
+
+
+def period_us(frac: float) -> int:
+    """The CFS period for a share of a core: PERIOD_US, longer only where the quota would fall below 1 ms."""
+    return max(PERIOD_US, -(-MIN_QUOTA_US * 1000 // round(frac * 1000)))
+
+
+MEM_RE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$")
+
+
+def parse_mem(text: str | None, n: int) -> list[int] | None:
+    """--mem 1g or 512m,1g,…: bytes per board (one value: all boards), at least 64 MB."""
+    if text is None:
+        return None
+    sizes = []
+    for part in text.lower().split(","):
+        m = MEM_RE.match(part.strip())
+        if not m:
+            raise ClusterError(f"--mem {text!r}: give sizes like 1g or 512m, one per board (or one for all)")
+        sizes.append(int(float(m[1]) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m[2]]))
+    sizes = sizes * n if len(sizes) == 1 else sizes
+    if len(sizes) != n or min(sizes) < 64 << 20:
+        raise ClusterError(f"--mem {text!r}: give {n} sizes of at least 64m (or one for all)")
+    return sizes
 
 
 # --- discovery -----------------------------------------------------------------------------------------
@@ -172,44 +208,51 @@ def read_state() -> dict | None:
 # --- cgroups --------------------------------------------------------------------------------------------
 
 
-def cgroup_root() -> tuple[str, Path]:
-    """('v2', /sys/fs/cgroup) or ('v1', /sys/fs/cgroup/cpu), whichever has a writable cpu controller."""
+V1_PROBE = {"cpu": "cpu.cfs_quota_us", "memory": "memory.limit_in_bytes"}
+FLAG = {"cpu": "--cpu", "memory": "--mem"}
+
+
+def cgroup_root(controller: str = "cpu") -> tuple[str, Path]:
+    """('v2', /sys/fs/cgroup) or ('v1', /sys/fs/cgroup/<controller>), whichever has that controller writable."""
     v2 = Path("/sys/fs/cgroup")
     try:
-        if "cpu" in (v2 / "cgroup.controllers").read_text().split() and os.access(v2, os.W_OK):
+        if controller in (v2 / "cgroup.controllers").read_text().split() and os.access(v2, os.W_OK):
             return "v2", v2
     except OSError:
         pass
-    v1 = Path("/sys/fs/cgroup/cpu")
-    if (v1 / "cpu.cfs_quota_us").exists() and os.access(v1, os.W_OK):
+    v1 = v2 / controller
+    if (v1 / V1_PROBE[controller]).exists() and os.access(v1, os.W_OK):
         return "v1", v1
-    raise ClusterError("--cpu needs a writable cgroup cpu controller (cgroup v2 cpu.max or v1 cpu.cfs_quota_us "
-                       "under /sys/fs/cgroup), not available here")
+    raise ClusterError(f"{FLAG[controller]} needs a writable cgroup {controller} controller (cgroup v2, or v1's "
+                       f"{V1_PROBE[controller]} under /sys/fs/cgroup), not available here")
 
 
-def make_cgroups(fracs: list[float]) -> str:
-    kind, base = cgroup_root()
+def limit_files(controller: str, kind: str, limit: float) -> list[tuple[str, str]]:
+    """The files that set one board's limit, in the order to write them."""
+    if controller == "memory":
+        return [("memory.max" if kind == "v2" else "memory.limit_in_bytes", str(int(limit)))]
+    period = period_us(limit)
+    quota = max(MIN_QUOTA_US, round(limit * period))
+    return [("cpu.max", f"{quota} {period}")] if kind == "v2" else \
+        [("cpu.cfs_period_us", str(period)), ("cpu.cfs_quota_us", str(quota))]
+
+
+def make_cgroups(controller: str, limits: list[float]) -> str:
+    """A cgroup nptp-cluster/bK per board with its limit (cpu: a fraction of a core; memory: bytes)."""
+    kind, base = cgroup_root(controller)
     top = base / "nptp-cluster"
-    period = 100_000
     try:
-        if kind == "v2":
-            if "cpu" not in (base / "cgroup.subtree_control").read_text().split():
-                (base / "cgroup.subtree_control").write_text("+cpu")
-            top.mkdir(exist_ok=True)
-            (top / "cgroup.subtree_control").write_text("+cpu")
-        else:
-            top.mkdir(exist_ok=True)
-        for k, f in enumerate(fracs):
+        top.mkdir(exist_ok=True)
+        for d in (base, top) if kind == "v2" else ():
+            if controller not in (d / "cgroup.subtree_control").read_text().split():
+                (d / "cgroup.subtree_control").write_text(f"+{controller}")
+        for k, limit in enumerate(limits):
             d = top / f"b{k}"
             d.mkdir(exist_ok=True)
-            quota = max(1000, int(round(f * period)))
-            if kind == "v2":
-                (d / "cpu.max").write_text(f"{quota} {period}")
-            else:
-                (d / "cpu.cfs_period_us").write_text(str(period))
-                (d / "cpu.cfs_quota_us").write_text(str(quota))
+            for name, value in limit_files(controller, kind, limit):
+                (d / name).write_text(value)
     except OSError as e:
-        raise ClusterError(f"--cpu: cannot set up cgroup {top} ({e.strerror or e})") from None
+        raise ClusterError(f"{FLAG[controller]}: cannot set up cgroup {top} ({e.strerror or e})") from None
     return f"{kind}:{top}"
 
 
@@ -256,13 +299,15 @@ def shape(ns: str | None, dev: str, rate_bits: float, delay_s: float) -> None:
             raise ClusterError(f"tc netem on {dev}: {p.stderr.strip()}")
 
 
-def up(n: int, rate: str, delay: str, shared: bool, cpu: str | None) -> dict:
+def up(n: int, rate: str, delay: str, shared: bool, cpu: str | None, mem: str | None = None) -> dict:
     if not 1 <= n <= MAX_BOARDS:
         raise ClusterError(f"up N: N must be between 1 and {MAX_BOARDS}, not {n}")
     rate_bits, delay_s = parse_rate(rate), parse_delay(delay)
-    fracs = parse_cpu(cpu, n)
+    fracs, sizes = parse_cpu(cpu, n), parse_mem(mem, n)
     if fracs is not None:
-        cgroup_root()  # fail before building anything
+        cgroup_root("cpu")  # fail before building anything
+    if sizes is not None:
+        cgroup_root("memory")
     down(quiet=True)
     try:
         sh("ip", "link", "add", BRIDGE, "type", "bridge")
@@ -287,11 +332,14 @@ def up(n: int, rate: str, delay: str, shared: bool, cpu: str | None) -> dict:
             else:
                 shape(ns, "eth0", rate_bits, delay_s)
                 shape(None, port, rate_bits, 0)
-        cg = make_cgroups(fracs) if fracs is not None else None
+        cg = make_cgroups("cpu", fracs) if fracs is not None else None
+        mem_cg = make_cgroups("memory", sizes) if sizes is not None else None
         state = {"boards": [{"board": k, "host": f"board{k}", "namespace": ns_name(k), "address": board_ip(k),
-                             "port": port_name(k), "cpu": fracs[k] if fracs else None} for k in range(n)],
+                             "port": port_name(k), "cpu": fracs[k] if fracs else None,
+                             "mem_bytes": sizes[k] if sizes else None} for k in range(n)],
                  "bridge": BRIDGE, "bridge_address": BRIDGE_IP, "rate": rate, "rate_bits": rate_bits,
-                 "delay": delay, "delay_s": delay_s, "mode": "shared" if shared else "per-link", "cgroup": cg}
+                 "delay": delay, "delay_s": delay_s, "mode": "shared" if shared else "per-link", "cgroup": cg,
+                 "memory_cgroup": mem_cg}
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         tmp = STATE.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
@@ -342,8 +390,9 @@ def status() -> str:
                    f"{state['mode']}, bridge {state['bridge']} {state['bridge_address']}, hostfile {HOSTFILE}")
         for b in state["boards"]:
             cpu = f"{b['cpu']:g} core" if b["cpu"] is not None else "no cpu limit"
+            mem = f"{b['mem_bytes'] / (1 << 20):.0f} MB" if b.get("mem_bytes") else "no memory limit"
             there = "up" if b["namespace"] in ns_now else "MISSING"
-            out.append(f"  {b['host']:8} {b['address']:12} {b['namespace']:9} {cpu:14} {there}")
+            out.append(f"  {b['host']:8} {b['address']:12} {b['namespace']:9} {cpu:14} {mem:16} {there}")
         known = {b["namespace"] for b in state["boards"]}
         stray = [n for n in ns_now if n not in known]
         if stray:
@@ -408,7 +457,9 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--rate", default="100mbit", help="link rate, tc syntax (default 100mbit)")
     u.add_argument("--delay", default="0", help="one-way delay per hop, e.g. 1ms (default 0; needs netem)")
     u.add_argument("--shared", action="store_true", help="one shaped bottleneck for all boards (Wi-Fi)")
-    u.add_argument("--cpu", help="fraction of a core per board, e.g. 0.5,0.5,1,1 (one value: all boards)")
+    u.add_argument("--cpu", help="fraction of a core per board, e.g. 0.5,0.5,1,1 (one value: all boards); "
+                   "they may add up to the machine's cores")
+    u.add_argument("--mem", help="memory per board, e.g. 1g or 1g,2g (one value: all boards)")
     sub.add_parser("down", help="remove every board, link, qdisc and cgroup of the cluster")
     sub.add_parser("status", help="boards, addresses, shaping, cpu quotas")
     r = sub.add_parser("run", help="python -m nptp_mpi ARGS on the boards: run [-n N] -- ARGS")
@@ -440,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(lock_dir / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if a.cmd == "up":
-                state = up(a.n, a.rate, a.delay, a.shared, a.cpu)
+                state = up(a.n, a.rate, a.delay, a.shared, a.cpu, a.mem)
                 print(f"cluster: {len(state['boards'])} boards up ({state['mode']}, {a.rate}, delay {a.delay}); "
                       f"hostfile {HOSTFILE}")
             elif a.cmd == "down":
