@@ -110,6 +110,14 @@ def virtual():
             cli("down")
 
 
+def up_with_cgroups(virtual, *args: str) -> None:
+    """cluster up with --cpu/--mem, skipped (with the reason) where this machine has no such cgroup."""
+    p = virtual("up", *args)
+    if p.returncode != 0:
+        assert p.returncode == 2 and "cgroup" in p.stderr, p.stderr
+        pytest.skip(p.stderr.strip())
+
+
 def up(virtual, *args: str) -> None:
     p = virtual("up", *args)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -185,10 +193,7 @@ def test_cluster_run_places_ranks_on_boards(virtual, tmp_path):
 
 
 def test_cpu_quota(virtual, tmp_path):
-    p = virtual("up", "2", "--cpu", "0.5,1")
-    if p.returncode != 0:
-        assert p.returncode == 2 and "cgroup" in p.stderr, p.stderr
-        pytest.skip(p.stderr.strip())
+    up_with_cgroups(virtual, "2", "--cpu", "0.5,1")
     assert "0.5 core" in virtual("status").stdout
     ranks = mpi_script(tmp_path, PROBE, 2)
     for k, (host, groups) in enumerate(ranks):
@@ -229,10 +234,7 @@ def test_a_capped_board_runs_steadily_at_its_share(virtual, tmp_path):
     """A board at 0.25 core computes at a quarter of an uncapped core's FLOP rate (within 10%), in steady
     steps: a chunk of ~32 ms of work takes about as long wherever it falls (the 100 ms default period gave
     7.6 to 82 ms between the 10th and 90th percentile)."""
-    p = virtual("up", "1", "--cpu", "0.25")
-    if p.returncode != 0:
-        assert p.returncode == 2 and "cgroup" in p.stderr, p.stderr
-        pytest.skip(p.stderr.strip())
+    up_with_cgroups(virtual, "1", "--cpu", "0.25")
     script = tmp_path / "steady.py"
     script.write_text(STEADY)
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -282,20 +284,14 @@ if r == 0:
 def test_eight_quarter_core_boards_each_link_at_the_rate(virtual, tmp_path):
     """8 boards at 0.25 core (2 cores' worth), switched 100 Mbit/s: every board's link, each way, carries the
     configured rate. (All eight at once reach ~80%: this machine's 2 cores forward every frame of the bridge.)"""
-    p = virtual("up", "8", "--cpu", "0.25")
-    if p.returncode != 0:
-        assert p.returncode == 2 and "cgroup" in p.stderr, p.stderr
-        pytest.skip(p.stderr.strip())
+    up_with_cgroups(virtual, "8", "--cpu", "0.25")
     rates = mpi_script(tmp_path, RING, 8, timeout=60)
     assert len(rates) == 8 and all(0.8 * RATE <= x <= 1.05 * RATE for x in rates), rates
 
 
 def test_a_board_beyond_its_memory_is_killed(virtual, tmp_path):
     """--mem caps a board like a 1 GB or 2 GB board: within it a rank runs, beyond it the kernel kills it."""
-    p = virtual("up", "1", "--mem", "128m")
-    if p.returncode != 0:
-        assert p.returncode == 2 and "cgroup" in p.stderr, p.stderr
-        pytest.skip(p.stderr.strip())
+    up_with_cgroups(virtual, "1", "--mem", "128m")
     assert "128 MB" in virtual("status").stdout
     hog = "import sys, numpy as np; a = np.ones(int(sys.argv[1]) << 20, np.uint8); print(int(a.sum()) >> 20)"
 
