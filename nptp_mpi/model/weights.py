@@ -23,7 +23,7 @@ def save_npz(graph: Graph, path: str) -> None:
 def load_npz(graph: Graph, path: str) -> Graph:
     """A copy of graph with its parameters read from path; every key must be present with the right shape."""
     try:
-        with open_regular(path, "weights", MAX_WEIGHTS_BYTES) as f, np.load(f, allow_pickle=False) as data:
+        with open_regular(path, "weights", MAX_WEIGHTS_BYTES) as f, _archive(f, path) as data:
             expected = {f"{n.name}.{k}" for n in graph.nodes for k in n.params}
             if extra := sorted(set(data.files) - expected):
                 raise ModelError(f"{path}: weights {extra[:3]} belong to no node of {graph.name}")
@@ -38,14 +38,27 @@ def load_npz(graph: Graph, path: str) -> Graph:
     return Graph(graph.name, graph.input, graph.input_shape, graph.output, nodes)
 
 
+def _archive(f, path: str) -> np.lib.npyio.NpzFile:
+    """The .npz archive in f; ModelError for anything else (a plain .npy array, a pickle, garbage)."""
+    try:
+        data = np.load(f, allow_pickle=False)
+    except ValueError as e:
+        raise ModelError(f"{path}: not an .npz archive of weights ({e})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ModelError(f"{path}: one array (.npy), not an .npz archive of weights named <node>.<param>")
+    return data
+
+
 def _read(data: np.lib.npyio.NpzFile, key: str, shape: tuple[int, ...], path: str) -> np.ndarray:
     """One float32 parameter; ModelError naming the key when missing, pickled or misshapen."""
     if key not in data.files:
         raise ModelError(f"{path}: missing weight {key!r}")
     try:
         value = data[key]
-    except ValueError as e:  # object arrays would need unpickling
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # pickled, truncated, lying header
         raise ModelError(f"{path}: weight {key!r} cannot be loaded safely: {e}") from None
+    if not isinstance(value, np.ndarray):  # numpy hands back the raw bytes of a member that is no .npy
+        raise ModelError(f"{path}: weight {key!r} is not an array in .npy form")
     if value.shape != shape or not np.issubdtype(value.dtype, np.floating):
         raise ModelError(f"{path}: weight {key!r} is {value.dtype}{value.shape}, expected float32{shape}")
     return value.astype(np.float32)

@@ -97,3 +97,25 @@ def test_weights_pickled_object_refused(tmp_path):
     np.savez(tmp_path / "pickled.npz", **params)
     with pytest.raises(ModelError, match="'classifier.1.b'"):
         load_npz(graph, str(tmp_path / "pickled.npz"))
+
+
+def test_weights_that_are_no_npz_archive_or_hold_a_bad_member_refused(tmp_path):
+    """A plain .npy, a member that is no .npy (numpy hands back its bytes) and one cut short (its header
+    promises more): each one ModelError naming the file and the weight, never an AttributeError or EOFError."""
+    import zipfile
+
+    graph = zoo.build("resnet18", (32, 32))
+    save_npz(graph, str(tmp_path / "good.npz"))
+    with zipfile.ZipFile(tmp_path / "good.npz") as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    first = next(iter(members))
+    for name, mutate, needle in (("raw.npz", lambda b: b"not an npy", "is not an array"),
+                                 ("short.npz", lambda b: b[: len(b) // 2], "cannot be loaded")):
+        with zipfile.ZipFile(tmp_path / name, "w") as out:
+            for n, b in members.items():
+                out.writestr(n, mutate(b) if n == first else b)
+        with pytest.raises(ModelError, match=f"{name}: weight '{first[:-4]}' {needle}"):
+            load_npz(graph, str(tmp_path / name))
+    np.save(tmp_path / "one.npy", np.ones(3, np.float32))
+    with pytest.raises(ModelError, match=r"one.npy: one array \(.npy\)"):
+        load_npz(graph, str(tmp_path / "one.npy"))
