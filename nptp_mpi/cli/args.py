@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--sizes", default="224,512")
     models.add_argument("--threads", default="1", help="thread counts to compare, e.g. 1,2 (both sides get each)")
     models.add_argument("--rounds", type=_positive, default=5, help="timed inferences of each side, interleaved")
+    models.add_argument("-o", "--output", help="also write the rows as JSON to this file")
     kern = bench.add_parser("kernels", help="our conv kernel vs onnxruntime, one thread, per distinct conv layer")
     kern.add_argument("--models", default="vgg16,resnet50")
     kern.add_argument("--size", type=_size, default=(224, 224))
@@ -172,6 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     scal.add_argument("--bandwidth", help="link rate the runs plan for and the prediction uses (default: calibrated)")
     scal.add_argument("--latency", help="per-message link latency, the same way (default: calibrated)")
     scal.add_argument("--shared", action="store_true", help="plan and predict for one shared medium")
+    study = bench.add_parser("study", help="the scaling study on Pi-class boards of the virtual cluster (root): "
+                             "boards, links, schemes, against onnxruntime on one board under the same cap")
+    study.add_argument("--models", default="vgg16")
+    study.add_argument("--sizes", default="512")
+    study.add_argument("--strategies", default="coedge,grid,nptp,fused,halp,iop,auto")
+    study.add_argument("--boards", default="1,2,3,4,5,6,7,8")
+    study.add_argument("--cpu", type=float, default=0.25, help="each board's share of a core (default 0.25)")
+    study.add_argument("--links", default="switched:100mbit,shared:100mbit,shared:20mbit",
+                       help="settings, each switched:RATE or shared:RATE")
+    study.add_argument("--warmup", type=int, default=1)
+    study.add_argument("--repeat", type=_positive, default=3)
+    study.add_argument("--rounds", type=_positive, default=1)
+    study.add_argument("--timeout", type=float, default=3600, help="seconds one case may take")
+    study.add_argument("--calibrate", action="store_true", help="calibrate the boards and links of each setting "
+                       "(with the first model's layers), plan every run for it and predict every case")
+    study.add_argument("-o", "--output", default="results/study", help="folder for CSV, JSON and PNG")
     return top
 
 

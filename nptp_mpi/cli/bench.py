@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 from pathlib import Path
 
 from nptp_mpi.errors import UsageError
+from nptp_mpi.io.outputs import atomic_write_text
 from nptp_mpi.model.load import load_model, parse_size
 
 
@@ -23,13 +26,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
         sizes = [parse_size(s) for s in args.sizes.split(",") if s]
         graphs = [(m, load_model(m, size, None)) for m in args.models.split(",") if m for size in sizes]
         print(blas_info(), flush=True)
-        print(format_models(bench_models(graphs, threads, args.rounds, lambda line: print(line, flush=True))))
+        rows = bench_models(graphs, threads, args.rounds, lambda line: print(line, flush=True))
+        print(format_models(rows))
+        if args.output:
+            atomic_write_text(args.output, json.dumps(rows, indent=1) + "\n")
         return
     if args.what == "kernels":
         from nptp_mpi.tools.bench import bench_convs, conv_layers, format_table
 
         layers = [layer for m in args.models.split(",") for layer in conv_layers(load_model(m, args.size, None))]
         print(format_table(bench_convs(layers, repeat=args.repeat)))
+        return
+    if args.what == "study":
+        cmd_study(args)
         return
     from nptp_mpi.cli.plan import link_model
     from nptp_mpi.tools.scaling import auto_vs_best, bench_scaling, default_launcher, format_rows
@@ -58,3 +67,22 @@ def cmd_bench(args: argparse.Namespace) -> None:
                          Path(args.output), model, plan_args, args.rounds)
     print("\n".join([format_rows(rows), *auto_vs_best(rows)]))
     print(f"wrote {args.output}/scaling.csv, scaling.json, scaling.png")
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    from nptp_mpi.tools.study import bench_study, format_study, parse_links
+
+    items = {k: [v for v in getattr(args, k).split(",") if v] for k in ("models", "sizes", "strategies", "boards")}
+    for size in items["sizes"]:
+        parse_size(size)
+    try:
+        boards = sorted({int(n) for n in items["boards"]})
+    except ValueError:
+        raise UsageError(f"--boards {args.boards!r}: use numbers like 1,2,4,8") from None
+    if not boards or boards[0] < 1 or not 0 < args.cpu <= 64:
+        raise UsageError("--boards takes positive numbers; --cpu a share of a core > 0")
+    rows = bench_study(items["models"], items["sizes"], items["strategies"], boards, args.cpu, parse_links(args.links),
+                       args.warmup, args.repeat, args.rounds, args.timeout, Path(args.output), args.calibrate,
+                       lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_study(rows))
+    print(f"wrote {args.output}/study.csv, study.json, study.png (and per setting: scaling.*)")

@@ -191,8 +191,9 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
                     for k in KINDS:
                         parts[k].append(sum(s for name, s in spent.items() if kinds[name] == k))
             c, h, w = graph.input_shape
-            row = {"model": graph.name, "size": f"{h}x{w}", "threads": t, "ms_ours": 1e3 * statistics.median(ours),
-                   "ms_ort": 1e3 * statistics.median(theirs), "spread_ours": 1e3 * (max(ours) - min(ours)),
+            row = {"model": graph.name, "spec": spec, "size": f"{h}x{w}", "threads": t,
+                   "ms_ours": 1e3 * statistics.median(ours), "ms_ort": 1e3 * statistics.median(theirs),
+                   "spread_ours": 1e3 * (max(ours) - min(ours)),
                    "spread_ort": 1e3 * (max(theirs) - min(theirs)), "max_abs_err": err,
                    **{f"ms_{k}": 1e3 * statistics.median(v) for k, v in parts.items()}}
             row["ratio"] = row["ms_ours"] / row["ms_ort"]

@@ -151,9 +151,9 @@ def add_speedups(rows: list[dict]) -> None:
         r["speedup"] = base / r["latency_s"] if base and r.get("latency_s") else None
 
 
-def to_csv(rows: list[dict]) -> str:
+def to_csv(rows: list[dict], fields: tuple[str, ...] = FIELDS) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, FIELDS, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fields, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()

@@ -302,3 +302,27 @@ def test_a_board_beyond_its_memory_is_killed(virtual, tmp_path):
     small = use(32)
     assert small.returncode == 0 and small.stdout.strip() == "32", small.stderr
     assert use(512).returncode != 0
+
+
+def test_the_study_on_a_tiny_model_and_two_boards(virtual, tmp_path):
+    """bench study end to end: quarter-core boards, our and onnxruntime's one-board latency on board 0, a
+    calibration, every case planned for it and predicted, study.csv/json/png, and the cluster down after."""
+    out = tmp_path / "study"
+    p = subprocess.run([sys.executable, "-m", "nptp_mpi", "bench", "study", "--models", "resnet18", "--sizes", "64",
+                        "--boards", "1,2", "--strategies", "nptp", "--links", "shared:100mbit", "--cpu", "0.5",
+                        "--warmup", "0", "--repeat", "1", "--calibrate", "-o", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    if p.returncode == 2 and "cgroup" in p.stderr:
+        pytest.skip(p.stderr.strip())
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = json.loads((out / "study.json").read_text())["rows"]
+    assert [(r["ranks"], r["strategy"], r["links"]) for r in rows] == [(1, "-", "shared-100mbit"),
+                                                                       (2, "nptp", "shared-100mbit")]
+    for r in rows:
+        assert r["latency_s"] > 0 and r["ort_one_board_s"] > 0 and r["ours_one_board_s"] > 0, r
+        assert r["vs_ort"] == pytest.approx(r["ort_one_board_s"] / r["latency_s"]) and r["predicted_s"] > 0, r
+    assert rows[1]["halo_bytes"] > 0 and rows[1]["speedup"] > 0
+    assert (out / "study.png").stat().st_size > 0 and (out / "shared-100mbit" / "scaling.csv").exists()
+    assert (out / "shared-100mbit" / "calibration.json").exists()
+    assert "== shared-100mbit" in p.stderr and "one board resnet18" in p.stderr
+    assert ns_left() == []
