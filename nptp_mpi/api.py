@@ -58,6 +58,7 @@ class Job:
         self.world = World(comm, timeout)
         if self.world.size != plan.ranks:
             raise UsageError(f"the plan is for {plan.ranks} ranks, the communicator has {self.world.size}")
+        self.world.barrier()  # every rank made its Job (and rank 0 learns their hosts, for messages)
         warm_first(self.world)
         self.engine = Engine(graph, plan, self.world, overlap=overlap)
         if free_weights:

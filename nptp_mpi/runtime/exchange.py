@@ -137,9 +137,10 @@ class World:
         # of a rank that stalls before the start-up agreement.
         self._host = np.frombuffer(self.host.encode()[:255].ljust(256, b"\0"), np.uint8).copy()
         self._host_from = np.zeros((self.size, 256), np.uint8) if self.rank == 0 else None
-        self._host_reqs = [self.comm.Irecv(self._host_from[r], source=r, tag=HOST_TAG)
-                           for r in range(1, self.size)] if self.rank == 0 else \
-            [self.comm.Isend(self._host, dest=0, tag=HOST_TAG)]
+        self._host_reqs = [self.comm.Irecv(self._host_from[r], source=r, tag=HOST_TAG) for r in range(1, self.size)] \
+            if self.rank == 0 else []
+        if self.rank != 0:  # freed at once (MPI lets an active send go on): nobody waits for it
+            self.comm.Isend(self._host, dest=0, tag=HOST_TAG).Free()
 
     def wait(self, reqs: list[MPI.Request], what: str, peers: list[int | None] | None = None,
              statuses: list[MPI.Status] | None = None, at_least: float = 0.0) -> None:
@@ -212,7 +213,7 @@ class World:
         """Rank r's host from the name it sent at start (rank 0; '?' elsewhere, or if none came)."""
         if r == self.rank:
             return self.host
-        if self._host_from is None or not self._host_reqs[r - 1].Test():
+        if self._host_from is None or self._host_reqs and not self._host_reqs[r - 1].Test():
             return "?"
         return self._host_from[r].tobytes().rstrip(b"\0").decode(errors="replace")
 
@@ -305,6 +306,8 @@ class World:
             if self.rank == 0 else [self.comm.Isend(none, dest=0, tag=ARRIVE_TAG)]
         peers = list(range(1, self.size)) if self.rank == 0 else [None]
         self.wait([self.comm.Ibarrier(), *tokens], "a barrier", [None, *peers])
+        if self._host_reqs and MPI.Request.Testall(self._host_reqs):  # all in (and freed): done with them
+            self._host_reqs = []
 
     def first_on_each_host(self, fn: Callable[[], None], what: str, at_least: float = 600.0) -> None:
         """fn on the first rank of each host (ranks sharing memory) while that host's other ranks wait, at
