@@ -153,7 +153,7 @@ def plot(rows: list[dict], path: Path) -> None:
             base = next((r for r in mine if r.get("ort_one_board_s")), None)
             if base:
                 ax.axhline(base["ort_one_board_s"], color="black", ls="--", lw=1, label="onnxruntime, 1 board")
-                ax.axhline(base["ours_one_board_s"], color="grey", ls=":", lw=1, label="ours, 1 board")
+                ax.axhline(base["ours_one_board_s"], color="grey", ls=":", lw=1, label="ours, 1 board (bench models)")
             ax.set_title(f"{model} {size}, {setting}", fontsize=10)
             ax.set_xlabel("boards")
             ax.set_ylabel("latency (s)")
