@@ -12,6 +12,7 @@ from nptp_mpi.model.load import parse_size
 from nptp_mpi.strategies import STRATEGIES
 
 DESCRIPTION = "One CNN inference across several boards with MPI (run is the default command)."
+RUN_TIMEOUT = 300.0  # run's --timeout default; also bounds MPI's start-up when the arguments did not parse
 COMMANDS = ("run", "plan", "export", "sample", "warm", "bench", "hostfile", "calibrate")
 
 
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compute each tile's core while its halo travels (default on; same output bit for bit)")
     run.add_argument("--output", help="write the output tensor (.npy) here")
     run.add_argument("--report", help="write the JSON report here")
-    run.add_argument("--timeout", type=float, default=300.0,
+    run.add_argument("--timeout", type=float, default=RUN_TIMEOUT,
                      help="seconds any wait on another rank may take before the job aborts naming it (default 300)")
     run.add_argument("--debug", action="store_true", help="full tracebacks")
     _cost_args(run)

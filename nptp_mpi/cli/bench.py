@@ -43,13 +43,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from nptp_mpi.cli.plan import link_model
     from nptp_mpi.tools.scaling import auto_vs_best, bench_scaling, default_launcher, format_rows
 
-    items = {k: [v for v in getattr(args, k).split(",") if v] for k in ("models", "sizes", "strategies", "ranks")}
-    for size in items["sizes"]:
-        parse_size(size)
-    try:
-        ranks = [int(n) for n in items["ranks"]]
-    except ValueError:
-        raise UsageError(f"--ranks {args.ranks!r}: use numbers like 1,2,3,4") from None
+    items = _lists(args, ("models", "sizes", "strategies"))
+    ranks = _counts(args.ranks, "--ranks")
     overlaps = args.overlap.split(",")
     if not set(overlaps) <= {"on", "off"} or min(ranks, default=0) < 1 or args.rounds < 1:
         raise UsageError("--overlap takes on, off or on,off; --ranks and --rounds positive numbers")
@@ -72,13 +67,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_study(args: argparse.Namespace) -> None:
     from nptp_mpi.tools.study import bench_study, format_study, parse_links
 
-    items = {k: [v for v in getattr(args, k).split(",") if v] for k in ("models", "sizes", "strategies", "boards")}
-    for size in items["sizes"]:
-        parse_size(size)
-    try:
-        boards = sorted({int(n) for n in items["boards"]})
-    except ValueError:
-        raise UsageError(f"--boards {args.boards!r}: use numbers like 1,2,4,8") from None
+    items = _lists(args, ("models", "sizes", "strategies"))
+    boards = sorted(set(_counts(args.boards, "--boards")))
     if not boards or boards[0] < 1 or not 0 < args.cpu <= 64:
         raise UsageError("--boards takes positive numbers; --cpu a share of a core > 0")
     rows = bench_study(items["models"], items["sizes"], items["strategies"], boards, args.cpu, parse_links(args.links),
@@ -86,3 +76,19 @@ def cmd_study(args: argparse.Namespace) -> None:
                        lambda line: print(line, file=sys.stderr, flush=True))
     print(format_study(rows))
     print(f"wrote {args.output}/study.csv, study.json, study.png (and per setting: scaling.*)")
+
+
+def _lists(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, list[str]]:
+    """The comma-separated arguments keys as lists (sizes checked)."""
+    items = {k: [v for v in getattr(args, k).split(",") if v] for k in keys}
+    for size in items.get("sizes", ()):
+        parse_size(size)
+    return items
+
+
+def _counts(text: str, flag: str) -> list[int]:
+    """1,2,4 as numbers; UsageError otherwise."""
+    try:
+        return [int(n) for n in text.split(",") if n]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: use numbers like 1,2,3,4") from None

@@ -3,11 +3,13 @@ libraries' thread pools, and bounding MPI's start-up. Imports nothing heavy."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import select
 import signal
 import socket
+from collections.abc import Iterator
 
 POOLS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
@@ -51,30 +53,33 @@ def launcher_rank() -> int | None:
     return None
 
 
-def bound_mpi_start(timeout: float) -> int:
-    """Fork a watchdog that ends this process if MPI has not started within timeout seconds; started() stops it.
+@contextlib.contextmanager
+def bounded_mpi_start(timeout: float | None) -> Iterator[None]:
+    """Around the code that starts MPI: a forked watchdog ends this process if that has not finished within
+    timeout seconds (None: no watchdog).
 
     MPI_Init waits for every rank of the job and holds the GIL while it does, beyond the reach of any thread
     or signal handler of ours: a rank that never starts this program (an MPMD launch naming another one)
     would leave the others there for ever. The watchdog is a separate process: it prints one line and kills
-    this one, and the launcher then ends the job."""
+    this one, and the launcher then ends the job. Closing the pipe (or our exit) sends it away."""
+    if timeout is None:
+        yield
+        return
     r, w = os.pipe()
     me = os.getpid()
     if os.fork() == 0:
         os.close(w)
-        if not select.select([r], [], [], timeout)[0]:  # neither started() nor our exit (EOF) in time
+        if not select.select([r], [], [], timeout)[0]:  # neither the pipe's end nor our exit (EOF) in time
             os.write(2, (f"nptp-mpi: error on rank {launcher_rank()} (host {socket.gethostname()}): MPI did not "
                          f"start within {timeout:g} s: a rank of the job never started this program, or died "
                          "before MPI started\n").encode())
             os.kill(me, signal.SIGKILL)
         os._exit(0)
     os.close(r)
-    return w
-
-
-def started(watchdog: int) -> None:
-    """MPI is up: the watchdog reads end-of-file and leaves."""
-    os.close(watchdog)
+    try:
+        yield
+    finally:
+        os.close(w)
 
 
 def timeout_asked(argv: list[str], default: float) -> float:

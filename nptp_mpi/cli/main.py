@@ -12,11 +12,9 @@ import contextlib
 import os
 import sys
 
-from nptp_mpi.cli.args import COMMANDS, parse_args
-from nptp_mpi.cli.early import bound_mpi_start, launcher_rank, started, timeout_asked
+from nptp_mpi.cli.args import COMMANDS, RUN_TIMEOUT, parse_args
+from nptp_mpi.cli.early import bounded_mpi_start, launcher_rank, timeout_asked
 from nptp_mpi.errors import EXIT_USER, UsageError
-
-START_TIMEOUT = 300.0  # MPI start-up when --timeout says nothing (its default)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,22 +40,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nptp-mpi: error: {e}", file=sys.stderr)
             return EXIT_USER
         return 0
-    watchdog = bound_mpi_start(args.timeout) if launcher_rank() is not None else None
-    from nptp_mpi.cli.run import run_job  # starts MPI
+    with bounded_mpi_start(args.timeout if launcher_rank() is not None else None):
+        from nptp_mpi.cli.run import run_job  # starts MPI
 
-    if watchdog is not None:
-        started(watchdog)
     return run_job(args)
 
 
 def _refuse_in_agreement(message: str, argv: list[str]) -> int:
     """A `run` rank whose arguments do not parse still takes part in the start-up agreement, so that every
     rank learns why and all end alike (an MPMD launch may give one rank arguments the others lack)."""
-    timeout = timeout_asked(argv, START_TIMEOUT)
-    watchdog = bound_mpi_start(timeout)
-    from nptp_mpi.cli.run import refuse_in_agreement
+    timeout = timeout_asked(argv, RUN_TIMEOUT)
+    with bounded_mpi_start(timeout):
+        from nptp_mpi.cli.run import refuse_in_agreement  # starts MPI
 
-    started(watchdog)
     return refuse_in_agreement(message, timeout)
 
 

@@ -3,7 +3,7 @@
 A tiny graph holding every op and every conv flavour runs through the reference engine; the kernels
 take contiguous float32 arrays and scalar attributes of fixed types, so these calls cover every
 signature a real run uses. A job whose cache is cold lets one rank per host compile while the others
-wait, then they load (warm_first): four ranks compiling the same kernels at once took twice as long.
+wait, then they load (warm_first): one compiler's memory per board, and no ranks racing to write the cache.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
 import shlex
 import statistics
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nptp_mpi.io.outputs import atomic_write_text
+from nptp_mpi.io.outputs import atomic_write, atomic_write_text
 
 FIELDS = ("model", "size", "strategy", "overlap", "ranks", "plan", "fingerprint", "latency_s", "own_latency_s",
           "same_plan", "spread", "predicted_s", "speedup",
@@ -198,11 +197,16 @@ def plot(rows: list[dict], path: Path) -> None:
             a.xaxis.set_major_locator(MaxNLocator(integer=True))
             a.grid(alpha=0.3)
         ax[0].legend(fontsize=8)
+    save_plot(fig, path)
+
+
+def save_plot(fig, path: Path) -> None:
+    """A matplotlib figure as PNG, written atomically, then closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(str(path), lambda f: fig.savefig(f, format="png", dpi=90), "plot")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ranks: list[int], overlaps: list[str],

@@ -13,7 +13,6 @@ scaling.csv/json/png (speedup, halo bytes, measured against predicted) lands in 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from nptp_mpi.errors import UsageError
 from nptp_mpi.io.outputs import atomic_write_text
 from nptp_mpi.model.load import parse_size
 from nptp_mpi.tools import cluster
-from nptp_mpi.tools.scaling import FIELDS, bench_scaling, to_csv
+from nptp_mpi.tools.scaling import FIELDS, bench_scaling, save_plot, to_csv
 
 STUDY_FIELDS = ("links", "cpu", *FIELDS, "ours_one_board_s", "ort_one_board_s", "vs_ort")
 
@@ -52,12 +51,12 @@ def _cluster(*args: str) -> None:
 def _on_board0(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     """python -m nptp_mpi ARGS in board 0 alone (its cap, its namespace)."""
     return subprocess.run([str(cluster.LAUNCHER), cluster.board_ip(0), sys.executable, "-m", "nptp_mpi", *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=os.getcwd())
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def one_board(models: list[str], sizes: list[str], rounds: int, timeout: float) -> dict[tuple[str, tuple], dict]:
     """Ours and onnxruntime on board 0, one thread each, interleaved (`bench models`): per (model, (h, w))."""
-    with tempfile.TemporaryDirectory(dir=os.getcwd()) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "models.json"
         p = _on_board0(["bench", "models", "--models", ",".join(models), "--sizes", ",".join(sizes), "--threads",
                         "1", "--rounds", str(rounds), "-o", str(out)], timeout)
@@ -161,11 +160,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_plot(fig, path)
 
 
 def format_study(rows: list[dict]) -> str:
