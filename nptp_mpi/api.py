@@ -19,6 +19,7 @@ from nptp_mpi.plan.plan import Plan
 from nptp_mpi.runtime import reference as _reference
 from nptp_mpi.runtime.engine import Engine, Stats
 from nptp_mpi.runtime.exchange import World
+from nptp_mpi.runtime.memory import keep_freed_memory
 from nptp_mpi.runtime.warm import warm_first
 from nptp_mpi.strategies import build
 
@@ -51,7 +52,8 @@ class Job:
     """A plan running on a communicator (default: every rank of the job): infer() as often as you like, then
     close() (or use it as a context manager). timeout: seconds any wait for a peer may take (default: none);
     free_weights: drop from graph the weights this rank does not compute with (a board's memory; the graph
-    can then no longer run the reference on this rank)."""
+    can then no longer run the reference on this rank). It also keeps this process's freed memory for reuse
+    (runtime.memory: glibc's mallopt, process-wide)."""
 
     def __init__(self, graph: Graph, plan: Plan, comm=None, overlap: bool = True, timeout: float | None = None,
                  free_weights: bool = False) -> None:
@@ -60,6 +62,7 @@ class Job:
             raise UsageError(f"the plan is for {plan.ranks} ranks, the communicator has {self.world.size}")
         self.world.barrier()  # every rank made its Job (and rank 0 learns their hosts, for messages)
         warm_first(self.world)
+        keep_freed_memory()
         self.engine = Engine(graph, plan, self.world, overlap=overlap)
         if free_weights:
             self.engine.free_unused_weights()
