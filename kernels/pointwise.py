@@ -160,9 +160,25 @@ def _fold(op: np.ufunc, xs: tuple[np.ndarray, ...]) -> np.ndarray:
     return out
 
 
-def add(*xs: np.ndarray) -> np.ndarray:
-    """Element-wise sum of same-shaped arrays (ONNX Add / Sum)."""
-    return _fold(np.add, xs)
+@njit(cache=True)
+def _sum_act(a, b, out, code, alpha, lo, hi):
+    """out = act(a + b) over flat arrays, in one pass."""
+    for j in range(out.shape[0]):
+        out[j] = act1(a[j] + b[j], code, alpha, lo, hi)
+
+
+def add(*xs: np.ndarray, act: str = "", alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0) -> np.ndarray:
+    """act (see ACTS) of the element-wise sum of same-shaped arrays (ONNX Add / Sum, and the activation that
+    follows a residual add): the last two inputs and the activation in one pass (a tile view with a halo is
+    copied first: the kernels take contiguous arrays, see warm)."""
+    if len(xs) == 1:
+        return activation(xs[0], act, alpha, lo, hi)
+    a = np.ascontiguousarray(xs[0], np.float32) if len(xs) == 2 else _fold(np.add, xs[:-1])
+    b = np.ascontiguousarray(xs[-1], np.float32)
+    out = np.empty(a.shape, np.float32)
+    _sum_act(a.reshape(-1), b.reshape(-1), out.reshape(-1), act_code(act), np.float32(alpha), np.float32(lo),
+             np.float32(hi))
+    return out
 
 
 def mul(*xs: np.ndarray) -> np.ndarray:

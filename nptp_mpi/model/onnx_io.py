@@ -709,7 +709,7 @@ def _act(ex: _Exporter, act: str, attrs: dict, x: str, out: str, name: str) -> N
 
 
 def _with_act(ex: _Exporter, n: Node, op_type: str, ins: list[str], out: str, **attrs) -> None:
-    """A conv/gemm node followed by its fused activation, if any."""
+    """A conv/gemm/add node followed by its fused activation, if any."""
     act = n.attrs.get("act", "")
     y = ex.add(op_type, ins, f"{out}.preact" if act else out, n.name, **attrs)
     if act:
@@ -844,7 +844,7 @@ _EXPORT: dict[str, Callable] = {
     "se": _ex_se,
     "gmp": _simple("GlobalMaxPool"),
     "lrn": _simple("LRN", "size", "alpha", "beta", "bias"),
-    "add": _simple("Sum"),
+    "add": lambda ex, n, ins, out: _with_act(ex, n, "Sum", ins, out),
     "concat": _simple("Concat", axis=1),
     "gap": _simple("GlobalAveragePool"),
     "flatten": _simple("Flatten", axis=1),

@@ -118,7 +118,7 @@ def _fuse(src: Node, n: Node) -> bool:
         scale, shift = n.params["scale"], n.params["shift"]
         src.params.update(scale=src.params["scale"] * scale, shift=src.params["shift"] * scale + shift)
         return True
-    if n.op in ACTIVATIONS and src.op in ("conv", "gemm") and not src.attrs.get("act"):
+    if n.op in ACTIVATIONS and src.op in ("conv", "gemm", "add") and not src.attrs.get("act"):
         src.attrs.update(n.attrs, act=n.op)
         return True
     return False

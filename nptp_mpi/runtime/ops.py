@@ -71,7 +71,7 @@ def run_spatial(node: Node, ins: list[Tile], in_hw: tuple[int, int], region: Rec
     if op == "lrn":
         return K.lrn(xs[0], a["size"], a["alpha"], a["beta"], a["bias"])
     if op == "add":
-        return K.add(*xs)
+        return K.add(*xs, **_act(node))
     if op == "mul":
         return K.mul(*xs)
     if op == "concat":

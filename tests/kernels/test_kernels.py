@@ -209,6 +209,18 @@ def test_merge(op, ours, n):
     assert_close(ours(*xs), ort_run([x[None] for x in xs], (op, [], {}))[0])
 
 
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: a[0] or "none")
+def test_add_with_activation_on_tile_views(act):
+    """A residual add and the activation after it, in one pass, on strided views of larger buffers (the
+    distributed engine's tiles), against the two numpy steps."""
+    name, params, _ = act
+    big = [randn((5, 12, 15), seed) * 4 for seed in range(3)]
+    xs = [b[1:4, 2:9, 3:14] for b in big]
+    for n in (2, 3):
+        want = K.activation(np.sum(xs[:n], axis=0, dtype=np.float32), name, **params)
+        assert_close(K.add(*xs[:n], act=name, **params), want)
+
+
 def test_concat():
     xs = [randn((c, 9, 11), c) for c in (3, 1, 5)]
     assert_close(K.concat(xs), ort_run([x[None] for x in xs], ("Concat", [], dict(axis=1)))[0])

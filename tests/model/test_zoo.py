@@ -42,7 +42,8 @@ def test_zoo_model_matches_onnxruntime(name):
 def test_batchnorm_folded_and_names_readable():
     graph = zoo.build("resnet18", (32, 32))
     ops = [n.op for n in graph.nodes]
-    assert "affine" not in ops and "relu" in ops  # the relu after each residual add stays
+    assert "affine" not in ops and "relu" not in ops  # each residual add's relu runs in the add's one pass
+    assert {n.attrs.get("act") for n in graph.nodes if n.op == "add"} == {"relu"}
     assert graph.nodes[0].name == "conv1" and graph.nodes[0].attrs["act"] == "relu"
     assert "layer1.0.conv1" in {n.name for n in graph.nodes}
     mobilenet = zoo.build("mobilenet_v2", (32, 32))
