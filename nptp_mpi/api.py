@@ -19,7 +19,7 @@ from nptp_mpi.plan.plan import Plan
 from nptp_mpi.runtime import reference as _reference
 from nptp_mpi.runtime.engine import Engine, Stats
 from nptp_mpi.runtime.exchange import World
-from nptp_mpi.runtime.memory import keep_freed_memory
+from nptp_mpi.runtime.memory import keep_freed_memory, return_free_memory
 from nptp_mpi.runtime.warm import warm_first
 from nptp_mpi.strategies import build
 
@@ -66,6 +66,7 @@ class Job:
         self.engine = Engine(graph, plan, self.world, overlap=overlap)
         if free_weights:
             self.engine.free_unused_weights()
+            return_free_memory()
 
     def infer(self, x: np.ndarray | None) -> tuple[np.ndarray | None, Stats]:
         """One inference: x (C, H, W) float32 on rank 0 (None elsewhere); the output on rank 0 (None elsewhere)

@@ -29,6 +29,7 @@ from nptp_mpi.plan.geometry import spatial
 from nptp_mpi.plan.plan import Plan, plan_from_cells
 from nptp_mpi.runtime.engine import Engine, Stats
 from nptp_mpi.runtime.exchange import World
+from nptp_mpi.runtime.memory import return_free_memory
 from nptp_mpi.runtime.warm import warm_first
 from nptp_mpi.strategies.d3 import imbalance, predicted, rebalance, relative, speeds
 
@@ -214,6 +215,7 @@ def _run(args: argparse.Namespace, world: World) -> int:
     runner = Runner(graph, plan, world, overlap=args.overlap == "on")
     if not (args.verify and world.rank == 0):  # rank 0 verifies against the reference, on the whole graph
         runner.engine.free_unused_weights()
+    return_free_memory()
     reset_rss_peak()
     try:
         if args.images:

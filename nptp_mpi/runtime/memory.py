@@ -5,7 +5,8 @@ glibc hands every block above its mmap threshold (adaptive, at most 32 MiB) back
 and trims the heap's free top. The next map of that size then takes a page fault per page, and the kernel zeroes
 each page again. VGG-16 at 512² has 64 MiB maps: on a quarter-core board that was 0.22–0.35 s of every
 inference's 0.9 s of CPU, and the latency fell from 3.4–3.8 s to 2.3 s without it (docs/BENCHMARKS.md). The
-peak stays what it was: only what a later inference allocates again is kept.
+peak stays what it was once set-up hands back what it freed (return_free_memory: the model's full weights,
+which a rank that computes with a part of them drops).
 """
 
 from __future__ import annotations
@@ -17,14 +18,29 @@ BIG = (1 << 30, 32 << 20)  # mmap thresholds to try: glibc 2.31 refuses above 32
 NEVER = (1 << 31) - 1  # trim threshold: an int's largest value
 
 
+def _libc():
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc to serve blocks up to 1 GiB (or its limit) from the heap and never to trim it; False where the C
     library has no mallopt (musl, macOS: their own policy stands)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     if not any(mallopt(M_MMAP_THRESHOLD, size) for size in BIG):
         return False
     return bool(mallopt(M_TRIM_THRESHOLD, NEVER))
+
+
+def return_free_memory() -> None:
+    """Hand every free page of the heap back to the kernel (glibc's malloc_trim; elsewhere nothing): once set-up
+    is done, so that a board holds what inference uses, not also the weights it loaded and dropped."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
+        trim(0)

@@ -117,6 +117,18 @@ def test_memory_stays_flat_over_many_inferences(tmp_path) -> None:
         assert r["rss_mb_end"] <= 1.05 * r["rss_mb_start"], r
 
 
+def test_a_rank_holds_no_memory_of_the_weights_it_dropped(tmp_path) -> None:
+    """VGG-16's classifier (495 MB) stays on rank 0 alone; rank 1 loaded it too and dropped it at set-up, and
+    must have handed it back although freed maps are kept for reuse (runtime.memory)."""
+    rep = tmp_path / "r.json"
+    p, _ = _timed(["run", "--model", "vgg16", "--size", "224", "--strategy", "nptp", "--repeat", "1",
+                   "--report", str(rep)], ranks=2, timeout=180)
+    assert p.returncode == 0, p.stderr
+    r0, r1 = json.loads(rep.read_text())["per_rank"]
+    assert r0["weights_mb"] - r1["weights_mb"] > 400
+    assert r0["rss_mb_start"] - r1["rss_mb_start"] > 300, (r0, r1)
+
+
 def test_run_sh_refuses_bad_hostfiles(tmp_path) -> None:
     bad = tmp_path / "hosts.txt"
     bad.write_text("pi1:2\npi2 slots=two\n")

@@ -36,6 +36,31 @@ def test_a_freed_map_is_reused_without_page_faults():
     assert second_map_faults("keep") < 8
 
 
+# With freed memory kept: the resident MiB after a 256 MiB array is freed, and after return_free_memory.
+RESIDENT_AFTER_FREE = """
+import numpy as np
+from nptp_mpi.runtime.memory import keep_freed_memory, return_free_memory
+def resident_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+assert keep_freed_memory()
+a = np.ones(64 << 20, np.float32)
+del a
+kept = resident_mib()
+return_free_memory()
+print(kept, resident_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator policy, /proc")
+def test_set_up_hands_back_what_it_freed():
+    """The weights a rank drops after set-up must leave the board's memory, although freed maps are kept."""
+    p = subprocess.run([sys.executable, "-c", RESIDENT_AFTER_FREE], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    kept, returned = map(float, p.stdout.split())
+    assert kept - returned > 200
+
+
 def test_the_command_line_keeps_freed_memory(monkeypatch):
     from nptp_mpi import __main__
     from nptp_mpi.cli.early import POOLS
