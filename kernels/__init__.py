@@ -6,7 +6,7 @@ Spatial kernels compute an output region from an input tile buffer plus its orig
 """
 
 from . import cache  # noqa: F401 - first: it picks Numba's cache folder before any kernel is compiled
-from .conv import conv2d
+from .conv import conv2d, conv2d_regions
 from .pointwise import (
     activation,
     add,
@@ -30,5 +30,5 @@ from .pool import adaptive_avgpool, global_avgpool, global_maxpool, pool2d
 from .window import pad2d
 
 __all__ = ["activation", "add", "adaptive_avgpool", "affine", "channel_norm", "channels", "clip", "concat", "conv2d",
-           "gemm", "global_avgpool", "global_maxpool", "leakyrelu", "lrn", "mul", "pad2d", "pool2d", "prelu", "relu",
-           "scale_channels", "shuffle", "sigmoid", "softmax"]
+           "conv2d_regions", "gemm", "global_avgpool", "global_maxpool", "leakyrelu", "lrn", "mul", "pad2d", "pool2d",
+           "prelu", "relu", "scale_channels", "shuffle", "sigmoid", "softmax"]

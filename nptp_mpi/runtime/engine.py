@@ -16,7 +16,7 @@ from nptp_mpi.model.graph import Graph, Node
 from nptp_mpi.plan.plan import Plan, rank_params
 from nptp_mpi.plan.program import INPUT, Compute, Copy, Head, Post, Program, Reduce, Sum, Wait, lower
 from nptp_mpi.runtime.exchange import Messages, World
-from nptp_mpi.runtime.ops import Tile, bias_act, run_spatial, run_whole
+from nptp_mpi.runtime.ops import Tile, bias_act, run_pieces, run_whole
 
 Rect = tuple[int, int, int, int]
 
@@ -126,8 +126,8 @@ class Engine:
         node = self.nodes[i]
         ins = [self._tile(t) for t in step.inputs]
         mean = self.buffers[step.mean] if step.mean else None
-        for piece in step.pieces:
-            data = run_spatial(node, ins, self.in_hw[step.node], piece, mean)
+        for piece, data in zip(step.pieces, run_pieces(node, ins, self.in_hw[step.node], step.pieces, mean),
+                               strict=True):
             if step.output in self.fixed:
                 self._tile(step.output).view(piece)[...] = data
             else:

@@ -44,10 +44,7 @@ def run_spatial(node: Node, ins: list[Tile], in_hw: tuple[int, int], region: Rec
     reference's tiles are whole)."""
     op, a, p = node.op, node.attrs, node.params
     if op == "conv":
-        w = node.window
-        x = ins[0]
-        return K.conv2d(x.data, x.rect[:2], in_hw, p["w"], p.get("b"), w.stride, w.pads, w.dilation,
-                        a.get("groups", 1), region, **_act(node))
+        return run_pieces(node, ins, in_hw, [region])[0]
     if op in ("maxpool", "avgpool"):
         w = node.window
         x = ins[0]
@@ -79,6 +76,16 @@ def run_spatial(node: Node, ins: list[Tile], in_hw: tuple[int, int], region: Rec
     if op == "shuffle":
         return K.shuffle(xs[0], a["groups"])
     raise ValueError(f"node {node.name!r}: {op!r} is not a spatial op")
+
+
+def run_pieces(node: Node, ins: list[Tile], in_hw: tuple[int, int], pieces: list[Rect],
+               mean: np.ndarray | None = None) -> list[np.ndarray]:
+    """run_spatial of each piece; a conv's pieces share one GEMM where they can (kernels.conv2d_regions)."""
+    if node.op != "conv":
+        return [run_spatial(node, ins, in_hw, piece, mean) for piece in pieces]
+    w, x, p = node.window, ins[0], node.params
+    return K.conv2d_regions(x.data, x.rect[:2], in_hw, p["w"], p.get("b"), w.stride, w.pads, w.dilation,
+                            node.attrs.get("groups", 1), list(pieces), **_act(node))
 
 
 def se_gate(node: Node, mean: np.ndarray) -> np.ndarray:

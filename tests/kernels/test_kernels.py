@@ -119,6 +119,31 @@ def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():
     assert u.shape == (36, 8, 16)
 
 
+@pytest.mark.parametrize("k,stride,groups,alone", [(3, 1, 1, 2), (3, 2, 1, 1), (1, 1, 1, 6), (3, 1, 4, 6),
+                                                   (3, 1, 16, 6)])
+def test_regions_of_one_tile_share_a_gemm_and_equal_one_region_at_a_time(k, stride, groups, alone, monkeypatch):
+    """An overlap's pieces: a tile's core and the four border strips around it (one touching the image's left
+    border), from a buffer holding the tile and its halo, plus an empty piece. Those on the im2col path run
+    as one GEMM; `alone` pieces go through conv2d one at a time (the empty one; the core where Winograd pays;
+    every 1×1, grouped or depthwise piece). Each equals conv2d of that region alone."""
+    from nptp_mpi.kernels import conv
+
+    x, wt, b = randn((16, 64, 48), 1), randn((32, 16 // groups, k, k), 2), randn(32, 3)
+    origin, in_hw, pad = (2, 0), (70, 48), (k // 2,) * 4
+    o = 6 // stride  # the tile: output rows [o, o + 24), cols [0, 22)
+    pieces = [(o + 1, 1, o + 23, 21), (o, 0, o + 1, 22), (o + 23, 0, o + 24, 22), (o + 1, 0, o + 23, 1),
+              (o + 1, 21, o + 23, 22), (o, 5, o, 9)]
+    one_by_one = [K.conv2d(x, origin, in_hw, wt, b, (stride, stride), pad, (1, 1), groups, p, "relu") for p in pieces]
+    calls = []
+    monkeypatch.setattr(conv, "conv2d", lambda *a: calls.append(a) or K.conv2d(*a))
+    together = K.conv2d_regions(x, origin, in_hw, wt, b, (stride, stride), pad, (1, 1), groups, pieces, "relu")
+    for got, want in zip(together, one_by_one, strict=True):
+        assert got.shape == want.shape
+        if want.size:
+            assert_close(got, want)
+    assert len(calls) == alone
+
+
 @pytest.mark.parametrize("cin,h,w", [(16, 21, 22), (64, 37, 41), (256, 12, 30)])
 def test_winograd_error_against_a_float64_direct_conv(cin, h, w):
     """F(4×4, 3×3) in float32 stays within 2e-5 of the largest output (measured 0.5-1.1e-5; im2col: ~1e-6)
