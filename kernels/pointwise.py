@@ -24,14 +24,12 @@ def act_code(act: str) -> int:
 def act1(v, code, alpha, lo, hi):
     """Activation `code` of one float32 value (shared by every epilogue so fused and standalone ops agree).
 
-    No activation is tested first: LLVM then hoists that test out of a caller's loop and vectorises it (last,
-    it left every no-activation epilogue scalar, 3× slower: ResNet's convs before each residual add)."""
-    if code == 0:
-        return v
-    if code == 1:
-        return max(v, np.float32(0.0))
-    if code == 2:
-        return min(max(v, lo), hi)
+    None, relu and clip are one branch-free clamp behind one test, which LLVM hoists out of a caller's loop and
+    then vectorises the loop (tested one by one, some of them left a loop scalar, 2-3× slower: the epilogue of
+    every conv without an activation, the residual add's relu). NaN passes through as it is."""
+    if code <= 2:
+        a = lo if code == 2 else (np.float32(0.0) if code == 1 else np.float32(-np.inf))
+        return min(max(v, a), hi if code == 2 else np.float32(np.inf))
     if code == 3:
         return v if v >= 0 else v * alpha
     if code == 4 or code == 11:  # split by sign so exp never overflows
