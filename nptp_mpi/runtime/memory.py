@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-BIG = (1 << 30, 32 << 20)  # mmap thresholds to try: glibc 2.31 refuses above 32 MiB (HEAP_MAX_SIZE / 2)
+BIG = (1 << 30, 32 << 20)  # mmap thresholds to try: older glibc refuses above HEAP_MAX_SIZE / 2 (32 MiB)
 NEVER = (1 << 31) - 1  # trim threshold: an int's largest value
 
 
