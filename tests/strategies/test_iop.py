@@ -138,7 +138,7 @@ def test_freed_weights_are_gone_and_the_engine_still_runs() -> None:
     alive = [ref() is not None for ref in fcs]
     after, _ = engine.infer(x if world.rank == 0 else None)
     engine.close()
-    verdict = world.comm.allgather((alive, world.rank != 0 or np.array_equal(before, after)))
+    verdict = world.allgather((alive, world.rank != 0 or bool(np.array_equal(before, after))))
     assert all(same for _, same in verdict)
     assert [a for a, _ in verdict] == [[False, True, True]] + [[False, False, False]] * (world.size - 1)
 
