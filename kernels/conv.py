@@ -124,6 +124,19 @@ def winograd_pays(w_shape: tuple, stride: tuple, dilation: tuple, out_hw: tuple)
             and w_shape[1] >= 16 and min(out_hw) >= 8 and out_hw[0] * out_hw[1] >= 400)
 
 
+def _slab(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kernel: tuple[int, int],
+          stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int],
+          region: tuple[int, int, int, int]) -> np.ndarray:
+    """The contiguous zero-padded input slab that output `region` reads."""
+    return np.ascontiguousarray(window(x, origin, in_hw, kernel, stride, pads, dilation, region, 0.0))
+
+
+def _operands(w: np.ndarray, b: np.ndarray | None, act: str, alpha: float, lo: float, hi: float) -> tuple:
+    """float32 weights, the bias (zeros for none) and the epilogue's activation arguments, as the kernels take them."""
+    b = np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32)
+    return np.asarray(w, np.float32), b, (act_code(act), np.float32(alpha), np.float32(lo), np.float32(hi))
+
+
 def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
            b: np.ndarray | None, stride: tuple[int, int], pads: tuple[int, int, int, int],
            dilation: tuple[int, int], groups: int, region: tuple[int, int, int, int], act: str = "",
@@ -139,10 +152,8 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     out = np.empty((cout, max(0, y1 - y0), max(0, x1 - x0)), np.float32)
     if out.size == 0:
         return out
-    p = np.ascontiguousarray(window(x, origin, in_hw, (kh, kw), stride, pads, dilation, region, 0.0))
-    w = np.asarray(w, np.float32)
-    b = np.zeros(cout, np.float32) if b is None else np.asarray(b, np.float32)
-    epi = (act_code(act), np.float32(alpha), np.float32(lo), np.float32(hi))
+    p = _slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)
+    w, b, epi = _operands(w, b, act, alpha, lo, hi)
     if cin_g == 1 and groups > 1:
         if (kh, kw) == (3, 3) and stride[0] == stride[1] in (1, 2) and dilation == (1, 1):
             _depthwise3x3(p, w, b, stride[0], out, *epi)
@@ -188,13 +199,13 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
     offsets = np.cumsum([0] + [n[i] for i in shared])
     cols = np.empty((k, offsets[-1]), np.float32)
     for i, c0, c1 in zip(shared, offsets[:-1], offsets[1:], strict=True):
-        p = np.ascontiguousarray(window(x, origin, in_hw, (kh, kw), stride, pads, dilation, regions[i], 0.0))
         col = np.empty((k, n[i]), np.float32)
-        _im2col(p, kh, kw, *stride, *dilation, 0, hw[i][0], col)
+        _im2col(_slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, regions[i]), kh, kw, *stride, *dilation, 0,
+                hw[i][0], col)
         cols[:, c0:c1] = col
-    y = np.asarray(w, np.float32).reshape(cout, k) @ cols
-    epilogue(y, np.ones(cout, np.float32), np.zeros(cout, np.float32) if b is None else np.asarray(b, np.float32),
-             act_code(act), np.float32(alpha), np.float32(lo), np.float32(hi))
+    w, b, epi = _operands(w, b, act, alpha, lo, hi)
+    y = w.reshape(cout, k) @ cols
+    epilogue(y, np.ones(cout, np.float32), b, *epi)
     for i, c0, c1 in zip(shared, offsets[:-1], offsets[1:], strict=True):
         outs[i] = np.ascontiguousarray(y[:, c0:c1]).reshape(cout, *hw[i])
     return outs

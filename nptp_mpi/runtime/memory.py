@@ -3,8 +3,9 @@ onnxruntime keeps, at the allocator's level: every kernel's np.empty benefits, n
 
 glibc hands every block above its mmap threshold (adaptive, at most 32 MiB) back to the kernel when it is freed,
 and trims the heap's free top. The next map of that size then takes a page fault per page, and the kernel zeroes
-each page again. VGG-16 at 512² has 64 MiB maps: on a quarter-core board that was 0.22–0.35 s of every
-inference's 0.9 s of CPU, and the latency fell from 3.4–3.8 s to 2.3 s without it (docs/BENCHMARKS.md). The
+each page again. VGG-16 at 512² has 64 MiB maps: on a quarter-core board that was 0.26–0.35 s of every
+inference's 0.9–1.05 s of CPU, and the latency fell from 3.75–4.22 s to 2.24–2.34 s without it
+(docs/BENCHMARKS.md, "Freed memory kept"). The
 peak stays what it was once set-up hands back what it freed (return_free_memory: the model's full weights,
 which a rank that computes with a part of them drops).
 """
