@@ -109,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "error, exit 2)")
     run.add_argument("--threads", type=_positive, default=1, help="BLAS threads per rank (default 1: one rank per "
                      "core is faster; see README)")
-    run.add_argument("--overlap", choices=("on", "off"), default="on",
-                     help="compute each tile's core while its halo travels (default on; same output bit for bit)")
+    run.add_argument("--overlap", choices=("on", "off", "auto"), default="auto",
+                     help="on: compute each tile's core while its halo travels, then its border strips; off: each "
+                     "tile in one piece (less compute); auto (default): whichever the cost model predicts faster")
     run.add_argument("--output", help="write the output tensor (.npy) here")
     run.add_argument("--report", help="write the JSON report here")
     run.add_argument("--timeout", type=float, default=RUN_TIMEOUT,
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--ranks", type=int, required=True)
     plan.add_argument("--json", action="store_true", help="print JSON instead of the table")
     _cost_args(plan)
-    plan.add_argument("--overlap", choices=("on", "off"), default="on")
+    plan.add_argument("--overlap", choices=("on", "off", "auto"), default="auto")
 
     exp = sub.add_parser("export", help="write a model as ONNX")
     _model_args(exp)
@@ -159,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     scal.add_argument("--sizes", default="224,512")
     scal.add_argument("--strategies", default="coedge,grid,nptp")
     scal.add_argument("--ranks", default="1,2,3,4")
-    scal.add_argument("--overlap", default="on", help="on, off or on,off (both, to measure the gain)")
+    scal.add_argument("--overlap", default="auto", help="run's --overlap: on, off, auto (default) or a list of them "
+                      "(on,off: both, to measure the gain)")
     scal.add_argument("--warmup", type=int, default=1)
     scal.add_argument("--repeat", type=int, default=3)
     scal.add_argument("--rounds", type=int, default=1, help="jobs per case, all cases once per round; the latency is "
@@ -180,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--sizes", default="512")
     study.add_argument("--strategies", default="coedge,grid,nptp,fused,halp,iop,auto")
     study.add_argument("--boards", default="1,2,3,4,5,6,7,8")
+    study.add_argument("--overlap", default="auto", help="run's --overlap: on, off, auto (default) or a list of them")
     study.add_argument("--cpu", type=float, default=0.25, help="each board's share of a core (default 0.25)")
     study.add_argument("--links", default="switched:100mbit,shared:100mbit,shared:20mbit",
                        help="settings, each switched:RATE or shared:RATE")

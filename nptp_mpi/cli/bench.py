@@ -45,9 +45,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     items = _lists(args, ("models", "sizes", "strategies"))
     ranks = _counts(args.ranks, "--ranks")
-    overlaps = args.overlap.split(",")
-    if not set(overlaps) <= {"on", "off"} or min(ranks, default=0) < 1 or args.rounds < 1:
-        raise UsageError("--overlap takes on, off or on,off; --ranks and --rounds positive numbers")
+    overlaps = _overlaps(args.overlap)
+    if min(ranks, default=0) < 1 or args.rounds < 1:
+        raise UsageError("--ranks and --rounds take positive numbers")
     model, plan_args = None, []  # each run plans for the same calibration and links as the prediction
     if args.calibration:
         from nptp_mpi.plan.calibration import load_calibration
@@ -64,6 +64,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}/scaling.csv, scaling.json, scaling.png")
 
 
+def _overlaps(text: str) -> list[str]:
+    """--overlap of bench scaling and study: a comma-separated list of run's modes."""
+    overlaps = text.split(",")
+    if not overlaps or not set(overlaps) <= {"on", "off", "auto"}:
+        raise UsageError("--overlap takes on, off, auto or a list of them (on,off: both, to measure the gain)")
+    return overlaps
+
+
 def cmd_study(args: argparse.Namespace) -> None:
     from nptp_mpi.tools.study import bench_study, format_study, parse_links
 
@@ -72,8 +80,8 @@ def cmd_study(args: argparse.Namespace) -> None:
     if not boards or boards[0] < 1 or not 0 < args.cpu <= 64:
         raise UsageError("--boards takes positive numbers; --cpu a share of a core > 0")
     rows = bench_study(items["models"], items["sizes"], items["strategies"], boards, args.cpu, parse_links(args.links),
-                       args.warmup, args.repeat, args.rounds, args.timeout, Path(args.output), args.calibrate,
-                       lambda line: print(line, file=sys.stderr, flush=True))
+                       _overlaps(args.overlap), args.warmup, args.repeat, args.rounds, args.timeout, Path(args.output),
+                       args.calibrate, lambda line: print(line, file=sys.stderr, flush=True))
     print(format_study(rows))
     print(f"wrote {args.output}/study.csv, study.json, study.png (and per setting: scaling.*)")
 

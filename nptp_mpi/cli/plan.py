@@ -23,11 +23,13 @@ def cmd_plan(args: argparse.Namespace) -> None:
         plan, predictions = _predict(args, graph, speeds)
     else:
         plan, predictions = plan_for(args, graph, args.ranks, speeds), None
+    overlap = "on" if overlap_for(args, graph, plan, speeds) else "off"
     if args.json:
-        print(json.dumps({**plan.to_json(), "weight_bytes": weight_bytes(graph, plan),
+        print(json.dumps({**plan.to_json(), "weight_bytes": weight_bytes(graph, plan), "overlap": overlap,
                           **({"predicted": predictions} if predictions else {})}, indent=1))
     else:
         print(format_plan(plan, weights=weight_bytes(graph, plan)))
+        print(f"overlap: {overlap}" + (" (auto: predicted faster)" if args.overlap == "auto" else ""))
         if args.strategy == "auto":
             from nptp_mpi.strategies.auto import explain
 
@@ -63,10 +65,10 @@ def setting_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list
     from nptp_mpi.plan.cost import NOMINAL_LINKS, Setting, links_given
 
     cal = load_calibration(args.calibration) if args.calibration else None
-    nominal = Setting.nominal(speeds or [1.0] * ranks, args.overlap == "on")
+    nominal = Setting.nominal(speeds or [1.0] * ranks)
     boards = cal.to_boards(ranks, graph.name) if cal else nominal.boards
     links = links_given(args.bandwidth, args.latency, args.shared, cal.links if cal else None) or NOMINAL_LINKS
-    return Setting(boards, links, args.overlap == "on", given=bool(cal or args.bandwidth))
+    return Setting(boards, links, args.overlap != "off", given=bool(cal or args.bandwidth))
 
 
 def plan_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list[float] | None):
@@ -75,6 +77,16 @@ def plan_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list[fl
 
     return build(graph, ranks, args.strategy, speeds, args.objective, setting_for(args, graph, ranks, speeds),
                  args.fuse, args.partition)
+
+
+def overlap_for(args: argparse.Namespace, graph: Graph, plan, speeds: list[float] | None) -> bool:
+    """Whether the engine overlaps halos with compute for plan: --overlap on/off, or with auto what the cost
+    model predicts faster on the setting (deterministic, like the plan)."""
+    from nptp_mpi.plan.cost import overlap_pays
+
+    if args.overlap != "auto":
+        return args.overlap == "on"
+    return overlap_pays(graph, plan, setting_for(args, graph, plan.ranks, speeds))
 
 
 def _predict(args: argparse.Namespace, graph: Graph, speeds: list[float] | None):

@@ -130,8 +130,10 @@ def _agree(world: World, err: str | None, facts: dict | None, speed: float | Non
     return [s for _, _, s, _ in everyone]
 
 
-def _make_plan(args: argparse.Namespace, graph: Graph, world: World, measured: list[float | None]) -> Plan:
-    from nptp_mpi.cli.plan import plan_for
+def _make_plan(args: argparse.Namespace, graph: Graph, world: World,
+               measured: list[float | None]) -> tuple[Plan, bool]:
+    """The plan and whether to overlap, made on every rank and checked to agree."""
+    from nptp_mpi.cli.plan import overlap_for, plan_for
     from nptp_mpi.plan.tiling import parse_speeds
 
     if args.speeds == "auto":
@@ -140,12 +142,13 @@ def _make_plan(args: argparse.Namespace, graph: Graph, world: World, measured: l
         speeds = parse_speeds(args.speeds, world.size) if args.speeds else None
     try:
         plan = plan_for(args, graph, world.size, speeds)
+        overlap = overlap_for(args, graph, plan, speeds)
     except ValueError as e:  # deterministic: every rank has just met the same error
         raise JobError(str(e)) from None
-    prints = world.allgather(plan.fingerprint())
+    prints = world.allgather(f"{plan.fingerprint()} overlap {'on' if overlap else 'off'}")
     if len(set(prints)) != 1:
         raise JobError(f"ranks computed different plans ({', '.join(prints)}); same checkout on every board?")
-    return plan
+    return plan, overlap
 
 
 def _load_input(args: argparse.Namespace, graph: Graph, world: World) -> np.ndarray | None:
@@ -207,12 +210,12 @@ def _run(args: argparse.Namespace, world: World) -> int:
     except (ValueError, OSError, RuntimeError) as e:
         err = str(e)
     measured = _agree(world, err, facts, speed)
-    plan = _make_plan(args, graph, world, measured)
+    plan, overlap = _make_plan(args, graph, world, measured)
     x = None if args.images else _load_input(args, graph, world)
 
     np.seterr(all="ignore")  # an overflow is reported once, as a non-finite output, not warned of per kernel
     warm_first(world)
-    runner = Runner(graph, plan, world, overlap=args.overlap == "on")
+    runner = Runner(graph, plan, world, overlap=overlap)
     if not (args.verify and world.rank == 0):  # rank 0 verifies against the reference, on the whole graph
         runner.engine.free_unused_weights()
     return_free_memory()
@@ -427,7 +430,8 @@ def _finish(args, graph: Graph, runner: Runner, x: np.ndarray, out: np.ndarray, 
     report = {"model": graph.name, "model_fingerprint": graph.fingerprint(), "input_shape": list(graph.input_shape),
               "weights": "file" if (args.weights or args.model.endswith(".onnx")) else "seeded random",
               "strategy": plan.strategy, "ranks": plan.ranks, "speeds": list(plan.speeds),
-              "objective": plan.objective, "overlap": args.overlap, "latency_s": latency, "latencies_s": everyone[0][2],
+              "objective": plan.objective, "overlap": "on" if runner.overlap else "off", "latency_s": latency,
+              "latencies_s": everyone[0][2],
               "halo_bytes": measured, "plan_halo_bytes": plan.halo_bytes, "per_rank": per_rank,
               "plan_fingerprint": plan.fingerprint(), "version": __version__}
     if runner.trace:

@@ -58,12 +58,24 @@ class BoardCal:
 @dataclass(frozen=True)
 class LayerRates:
     """Rates measured with `ranks` ranks computing a `ranks`-rank plan's tiles at once: per rank, seconds per
-    output pixel of each spatial node (the per-call overhead taken out), and where the model's head splits
+    output pixel of each spatial node (the per-call overhead taken out), in one piece and (where measured) in
+    overlap's core and border strips, and where the model's head splits
     (IOP), seconds per weight of the rank's partial product of it, all ranks computing theirs at once."""
 
     ranks: int
     s_per_px: tuple[dict[str, float], ...]
     head_s_per_weight: tuple[float, ...] = ()
+    overlap_s_per_px: tuple[dict[str, float], ...] = ()  # the same, computed as overlap does (core and strips)
+
+
+def _rates(per_rank, n: int, where: str, what: str, optional: bool = False) -> tuple[dict[str, float], ...]:
+    """Per rank {node: seconds per pixel} from JSON: a list of n objects (optional: or empty, not measured)."""
+    if optional and per_rank == []:
+        return ()
+    if not isinstance(per_rank, list) or len(per_rank) != n or not all(isinstance(m, dict) for m in per_rank):
+        raise ValueError(f"{where}: {what} must be a list of {n} objects (node: seconds per pixel)")
+    return tuple({str(k): _num(v, where, f"{what}[{r}][{k!r}]", True) for k, v in m.items()}
+                 for r, m in enumerate(per_rank))
 
 
 @dataclass(frozen=True)
@@ -85,7 +97,9 @@ class ModelCal:
         return {"model": self.model, "input_shape": list(self.input_shape), "strategy": self.strategy,
                 "head_s": self.head_s, "sets": [{"ranks": s.ranks, "s_per_px": list(s.s_per_px),
                                                  **({"head_s_per_weight": list(s.head_s_per_weight)}
-                                                    if s.head_s_per_weight else {})} for s in self.sets]}
+                                                    if s.head_s_per_weight else {}),
+                                                 **({"overlap_s_per_px": list(s.overlap_s_per_px)}
+                                                    if s.overlap_s_per_px else {})} for s in self.sets]}
 
     @classmethod
     def from_json(cls, d, where: str) -> ModelCal:
@@ -104,16 +118,12 @@ class ModelCal:
             if not isinstance(s, dict):
                 raise ValueError(f"{where}: {what} is not an object")
             n = _count(s.get("ranks"), where, f"{what}.ranks")
-            per_rank = s.get("s_per_px")
-            if not isinstance(per_rank, list) or len(per_rank) != n or not all(isinstance(m, dict) for m in per_rank):
-                raise ValueError(f"{where}: {what}.s_per_px must be a list of {n} objects (node: seconds per pixel)")
             split = s.get("head_s_per_weight", [])  # absent: not measured (the head does not split, or older)
             if not isinstance(split, list) or len(split) not in (0, n):
                 raise ValueError(f"{where}: {what}.head_s_per_weight must be a list of {n} numbers")
-            rates = tuple({str(k): _num(v, where, f"{what}.s_per_px[{r}][{k!r}]", True) for k, v in m.items()}
-                          for r, m in enumerate(per_rank))
-            sets.append(LayerRates(n, rates, tuple(_num(v, where, f"{what}.head_s_per_weight[{r}]")
-                                                   for r, v in enumerate(split))))
+            sets.append(LayerRates(n, _rates(s.get("s_per_px"), n, where, f"{what}.s_per_px"),
+                                   tuple(_num(v, where, f"{what}.head_s_per_weight[{r}]") for r, v in enumerate(split)),
+                                   _rates(s.get("overlap_s_per_px", []), n, where, f"{what}.overlap_s_per_px", True)))
         if len({s.ranks for s in sets}) != len(sets):
             raise ValueError(f"{where}: layers.sets measures one rank count twice")
         return cls(str(d["model"]), shape, str(d["strategy"]), _num(d["head_s"], where, "layers.head_s", True),
@@ -141,9 +151,11 @@ class Calibration:
         if self.layers is None or model != self.layers.model:
             return Boards(flops, overhead)
         rates = self.layers.nearest(n)
-        split = tuple(rates.head_s_per_weight[r % rates.ranks] for r in range(n)) if rates.head_s_per_weight else ()
-        return Boards(flops, overhead, tuple(rates.s_per_px[r % rates.ranks] for r in range(n)), self.layers.head_s,
-                      self.layers.nearest(1).s_per_px[0], split)
+
+        def cyclic(per_rank: tuple) -> tuple:
+            return tuple(per_rank[r % rates.ranks] for r in range(n)) if per_rank else ()
+        return Boards(flops, overhead, cyclic(rates.s_per_px), self.layers.head_s, self.layers.nearest(1).s_per_px[0],
+                      cyclic(rates.head_s_per_weight), cyclic(rates.overlap_s_per_px))
 
     def to_json(self) -> dict:
         links = None if self.links is None else {**vars(self.links), "overlap": [list(p) for p in self.links.overlap]}

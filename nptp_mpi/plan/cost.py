@@ -5,12 +5,14 @@ a layer lasting as long as its slowest rank):
 
 * scatter: rank 0 sends each rank its input tile + halo: α per rank with a tile + scatter bytes / β (all
   through rank 0's link, or the shared medium — the same either way).
-* per spatial node, rank r computes its share of the output in the engine's pieces (core + border
-  strips, plan.pieces, as the engine does), each piece one kernel call costing layer_overhead_s plus its
-  work:
+* per spatial node, rank r computes its share of the output in the engine's pieces (with overlap core +
+  border strips, else one piece: plan.pieces, as the engine does), each piece one kernel call costing
+  layer_overhead_s plus its work:
   - measured per layer (`calibrate --model`): s_per_px[r][node] × area(piece), the seconds per output
-    pixel that rank r took on that layer of the real model, all ranks computing at once as in a run
+    pixel that rank r took on that layer of the real model, all ranks computing at once as in a run, in
+    one piece or (overlap_s_per_px, where measured) in overlap's core and strips
     (a node only rank 0 computes, in a tail, at the rates measured with rank 0 alone);
+  - without rates in overlap's pieces, a conv's border strip pixel costs STRIP_COST times a whole tile's;
   - otherwise FLOPs / flops_per_s[r], FLOPs: conv 2·Cout·area·(Cin/g)·kh·kw; pools C·area·kh·kw;
     pointwise ops one per element per input.
 * a halo exchange of tensor t costs rank r  α·(messages to/from r) + bytes / β, where bytes is
@@ -47,7 +49,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nptp_mpi.errors import UsageError
 from nptp_mpi.model.graph import Graph, Node
@@ -135,8 +137,8 @@ class Boards:
     """Per rank FLOP/s of our kernels, and the fixed cost of one kernel call (Python + dispatch).
 
     Where measured on the real model (`calibrate --model`): per rank, seconds per output pixel of each
-    spatial node by name (used instead of FLOPs / FLOP/s for the nodes it names), and the head's seconds
-    on rank 0 (instead of its FLOPs).
+    spatial node by name (used instead of FLOPs / FLOP/s for the nodes it names) in one piece and in
+    overlap's pieces, and the head's seconds on rank 0 (instead of its FLOPs).
     """
 
     flops_per_s: tuple[float, ...]
@@ -145,6 +147,7 @@ class Boards:
     head_s: float | None = None
     alone: Mapping[str, float] | None = None  # rank 0's rates computing with the others idle (a tail)
     split_head_s_per_weight: tuple[float, ...] = ()  # per rank: a split head's partial product (IOP), all at once
+    overlap_s_per_px: tuple[Mapping[str, float], ...] = ()  # per rank: as s_per_px, computed as core and strips
 
 
 @dataclass(frozen=True)
@@ -193,14 +196,29 @@ def node_flops(node: Node, graph: Graph, region: Rect) -> float:
     return float(c * a * max(1, len(node.inputs) if node.op != "concat" else 1))
 
 
-def compute_s(graph: Graph, node: Node, rects: Sequence[Rect], boards: Boards, r: int, alone: bool = False) -> float:
-    """Rank r's seconds for computing rects of node's output, one kernel call each; alone: no other rank
-    computes this node (ranks that share cores then run at the one-rank rates)."""
-    rates = boards.alone if alone and boards.alone is not None else (boards.s_per_px[r] if boards.s_per_px else {})
+# Without rates measured in overlap's pieces: a conv's border strip pixel (a 1-2 pixel wide strip, by im2col)
+# costs twice a whole tile's pixel. A lower bound: on quarter-core boards, VGG-16 512² in 8 tiles took 1.5×
+# the compute in overlap's pieces (docs/BENCHMARKS.md "Overlap off computes whole tiles").
+STRIP_COST = 2.0
+
+
+def compute_s(graph: Graph, node: Node, rects: Sequence[Rect], boards: Boards, r: int, alone: bool = False,
+              piece: str = "whole") -> float:
+    """Rank r's seconds for computing rects of node's output, one kernel call each; piece: whole (one piece
+    per node), or overlap's core or border strips; alone: no other rank computes this node (ranks that share
+    cores then run at the one-rank rates)."""
+    factor = 1.0
+    if alone and boards.alone is not None:
+        rates = boards.alone
+    elif piece != "whole" and boards.overlap_s_per_px:
+        rates = boards.overlap_s_per_px[r]
+    else:
+        rates = boards.s_per_px[r] if boards.s_per_px else {}
+        factor = STRIP_COST if piece == "border" and node.op == "conv" else 1.0
     rate = rates.get(node.name)
     work = (rate * sum(area(p) for p in rects) if rate is not None
             else sum(node_flops(node, graph, p) for p in rects) / boards.flops_per_s[r])
-    return work + boards.layer_overhead_s * len(rects)
+    return factor * work + boards.layer_overhead_s * len(rects)
 
 
 def head_flops(node: Node, graph: Graph) -> float:
@@ -274,8 +292,9 @@ def predict(graph: Graph, plan: Plan, boards: Boards, links: Links, overlap: boo
         comps, steps, comms = [], [], []
         alone = sum(1 for q in plan.comp[node.output] if area(q)) == 1
         for r in range(n):
-            inner, border = pieces(plan, graph, node, r)
-            c_in, c_b = (compute_s(graph, node, p, boards, r, alone) for p in (inner, border))
+            inner, border = pieces(plan, graph, node, r, overlap)
+            c_in = compute_s(graph, node, inner, boards, r, alone, "core" if border else "whole")
+            c_b = compute_s(graph, node, border, boards, r, alone, "border")
             wait = left[r].pop(node.inputs[0], None) if border else None
             comps.append(c_in + c_b)
             comms.append(sum(wait) if wait else 0.0)
@@ -427,6 +446,12 @@ def prediction(graph: Graph, plan: Plan, setting: Setting) -> Prediction:
 def latency(graph: Graph, plan: Plan, setting: Setting) -> float:
     """Predicted seconds of one inference of any plan."""
     return prediction(graph, plan, setting).latency_s
+
+
+def overlap_pays(graph: Graph, plan: Plan, setting: Setting) -> bool:
+    """Whether plan is predicted faster computing cores while halos travel than one piece per node: what
+    overlap hides against what its border strips cost (`--overlap auto`)."""
+    return latency(graph, plan, replace(setting, overlap=True)) < latency(graph, plan, replace(setting, overlap=False))
 
 
 def describe(setting: Setting) -> str:

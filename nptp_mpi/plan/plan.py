@@ -188,14 +188,14 @@ def held(plan: Plan, graph: Graph, tensor: str, r: int) -> Rect:
     return plan.halos[tensor].need[r] if tensor in plan.halos else plan.comp[tensor][r]
 
 
-def pieces(plan: Plan, graph: Graph, node: Node, r: int) -> tuple[list[Rect], list[Rect]]:
-    """(core, border) of what rank r computes of node's output: the part that reads only what the rank
-    computed itself (done while the halo travels) and the strips that need the halo; one piece when
-    there is no halo."""
+def pieces(plan: Plan, graph: Graph, node: Node, r: int, overlap: bool = True) -> tuple[list[Rect], list[Rect]]:
+    """(core, border) of what rank r computes of node's output: with overlap, the part that reads only what
+    the rank computed itself (done while the halo travels) and the strips that need the halo; one piece
+    when there is no halo or no overlap (strips cost more per pixel than one piece)."""
     out, t = plan.comp[node.output][r], node.inputs[0]
     if not area(out):  # a tail computed by rank 0 alone
         return [], []
-    if node.window is None or held(plan, graph, t, r) == plan.comp[t][r]:
+    if not overlap or node.window is None or held(plan, graph, t, r) == plan.comp[t][r]:
         return [out], []
     inner = core(node.window, out, plan.comp[t][r], graph.shapes[t][1:])
     return ([inner] if area(inner) else []), ring(out, inner)

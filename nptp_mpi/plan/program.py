@@ -153,9 +153,10 @@ class _Builder:
 
 
 def lower(graph: Graph, plan: Plan, r: int, overlap: bool = True) -> Program:
-    """Rank r's program for plan. overlap: a halo is waited for only before the first piece that reads
-    it (Intra-DP's overlap: the core of the next layer is computed while it travels); without, right
-    after its producer. Both compute the same pieces, so their outputs are identical bit for bit."""
+    """Rank r's program for plan. overlap: a node's output is computed as its core and border strips, and a
+    halo is waited for only before the first piece that reads it (Intra-DP's overlap: the core is computed
+    while the halo travels); without, the halo is waited for right after its producer and every node is one
+    piece, which costs less compute (a tile's strips run at about twice the core's cost per pixel)."""
     if plan.ranks <= r:
         raise ValueError(f"plan is for {plan.ranks} ranks, not rank {r}")
     b = _Builder(graph, plan, r)
@@ -169,7 +170,7 @@ def lower(graph: Graph, plan: Plan, r: int, overlap: bool = True) -> Program:
     seam_end, seams = _seam_transfers(graph, plan) if plan.halp else ("", [])
 
     # every tensor's buffer holds what this rank reads of it: its halo'd need, else what it computes
-    n_pieces = {n.output: sum(map(len, pieces(plan, graph, n, r))) for n in sp_nodes}
+    n_pieces = {n.output: sum(map(len, pieces(plan, graph, n, r, overlap))) for n in sp_nodes}
     for t in plan.own:
         rect = held(plan, graph, t, r)
         fixed = rect != plan.comp[t][r] or n_pieces.get(t, 0) > 1 or t in summed or t == graph.input
@@ -186,7 +187,7 @@ def lower(graph: Graph, plan: Plan, r: int, overlap: bool = True) -> Program:
         if node.name in pairs_a:
             _pair(b, pairs_a[node.name], tags, pending)
             continue
-        inner, border = pieces(plan, graph, node, r)
+        inner, border = pieces(plan, graph, node, r, overlap)
         inner = [p for p in inner if area(p)]  # (an empty piece: a HALP core that shrank away)
         mean = _channel_means(b, node) if node.op == "se" else ""
         for part in (inner, border):

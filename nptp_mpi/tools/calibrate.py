@@ -7,9 +7,10 @@ measures all at once (one rank per board: faster, and closer to a real run).
 
 Layers (--model M [--size HxW] [--strategy S] [--ranks 1,2,4]): for each rank count k (default: the
 job's size), ranks 0..k-1 at once, as a k-rank job would, compute their tiles of the k-rank plan layer by
-layer exactly as the engine does (plan.pieces, ops.run_spatial, on buffers holding what the rank holds);
-per spatial node, the median of --repeat passes after a warm-up, minus the per-call overhead, divided
-by the pixels computed → seconds per output pixel. Rank 0 alone also times the head ops; where the head
+layer as the engine does (plan.pieces, ops.run_pieces, on buffers holding what the rank holds), once in
+one piece per node and once in overlap's core and border strips; per spatial node and mode, the median
+of --repeat passes after a warm-up, minus the per-call overhead, divided by the pixels computed → seconds
+per output pixel. Rank 0 alone also times the head ops; where the head
 splits (IOP), ranks 0..k-1 at once time their partial products of it → seconds per weight. Several
 counts matter where ranks share cores (4 ranks on a 2-core machine run each layer about half as fast as
 one); on boards with a core each one count is enough. With one rank only the layers are measured.
@@ -47,7 +48,7 @@ from nptp_mpi.plan.calibration import BoardCal, Calibration, LayerRates, ModelCa
 from nptp_mpi.plan.cost import Links  # noqa: E402
 from nptp_mpi.plan.geometry import area  # noqa: E402
 from nptp_mpi.plan.plan import Plan, Transfer, held, make_plan, pieces, rank_params, split_head  # noqa: E402
-from nptp_mpi.runtime.ops import Tile, run_spatial, run_whole  # noqa: E402
+from nptp_mpi.runtime.ops import Tile, run_pieces, run_whole  # noqa: E402
 
 # (Cin, Cout, k, H=W): 3×3 convs of VGG-16 at 224² stages 2 and 3, and a ResNet-50 1×1 at 28².
 SHAPES = ((64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 1, 28))
@@ -93,22 +94,25 @@ def measure_board(repeat: int = 3) -> dict:
     return {"host": socket.gethostname(), "flops_per_s": rate, "layer_overhead_s": overhead}
 
 
-def time_layers(graph: Graph, plan: Plan, rank: int, repeat: int) -> dict[str, tuple[float, int, int]]:
-    """Rank's share of plan computed as the engine computes it, pass after pass: per spatial node the
-    median seconds over `repeat` passes after a warm-up one, its kernel calls and the pixels it computed."""
+def time_layers(graph: Graph, plan: Plan, rank: int, repeat: int,
+                overlap: bool = False) -> dict[str, tuple[float, int, int]]:
+    """Rank's share of plan computed as the engine computes it in that overlap mode (in one piece per node, or
+    in core and border strips), pass after pass: per spatial node the median seconds over `repeat` passes
+    after a warm-up one, its kernel calls and the pixels it computed."""
     rng = np.random.default_rng(rank)
     rects = {t: held(plan, graph, t, rank) for t in plan.own}
     bufs = {t: rng.standard_normal((graph.shapes[t][0], r[2] - r[0], r[3] - r[1]), dtype=np.float32)
             for t, r in rects.items()}
-    nodes = [(node, [p for part in pieces(plan, graph, node, rank) for p in part]) for node in split_head(graph)[0]]
+    nodes = [(node, [p for part in pieces(plan, graph, node, rank, overlap) for p in part])
+             for node in split_head(graph)[0]]
     times: dict[str, list[float]] = {node.name: [] for node, _ in nodes}
     for i in range(repeat + 1):
         for node, parts in nodes:
             ins = [Tile(bufs[t], rects[t]) for t in node.inputs]
             out, in_hw = Tile(bufs[node.output], rects[node.output]), graph.shapes[node.inputs[0]][1:]
             t0 = time.perf_counter()
-            for p in parts:
-                out.view(p)[...] = run_spatial(node, ins, in_hw, p)
+            for p, data in zip(parts, run_pieces(node, ins, in_hw, parts), strict=True):
+                out.view(p)[...] = data
             if i:  # the first pass is the warm-up
                 times[node.name].append(time.perf_counter() - t0)
     return {node.name: (statistics.median(times[node.name]), len(parts), int(sum(area(p) for p in parts)))
@@ -151,14 +155,20 @@ def time_split_head(graph: Graph, plan: Plan, rank: int, repeat: int) -> tuple[f
     return _median_time(lambda: part.partial(own), repeat), head_weights(graph, split)[rank]
 
 
-def layer_rates(measured: list[dict[str, tuple[float, int, int]]], overhead: float,
-                split: Sequence[tuple[float, int] | None] = ()) -> LayerRates:
+Timed = dict[str, tuple[float, int, int]]  # time_layers: per node (seconds, kernel calls, pixels)
+
+
+def layer_rates(measured: list[Timed], overhead: float, split: Sequence[tuple[float, int] | None] = (),
+                overlapped: Sequence[Timed] = ()) -> LayerRates:
     """Seconds per output pixel per rank and node, taking out `overhead` per kernel call (what predict adds),
-    and from time_split_head's (seconds, weights) per rank, where every rank has them, seconds per weight."""
+    in one piece (measured) and in overlap's pieces (overlapped), and from time_split_head's (seconds,
+    weights) per rank, where every rank has them, seconds per weight."""
     per_weight = tuple(t / w for t, w in split) if split and all(s and s[1] for s in split) else ()
-    return LayerRates(len(measured), tuple({name: max(0.0, t - overhead * calls) / pixels
-                                            for name, (t, calls, pixels) in m.items() if pixels}
-                                           for m in measured), per_weight)
+
+    def rates(timed: Sequence[Timed]) -> tuple[dict[str, float], ...]:
+        return tuple({name: max(0.0, t - overhead * calls) / pixels for name, (t, calls, pixels) in m.items()
+                      if pixels} for m in timed)
+    return LayerRates(len(measured), rates(measured), per_weight, rates(overlapped))
 
 
 def quiet_barrier(world, poll_s: float = 0.01) -> None:
@@ -349,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         graph, plans = job
         for k, plan in plans.items():
             world.barrier()  # ranks 0..k-1 start together
-            mine = time_layers(graph, plan, rank, args.repeat) if rank < k else None
+            mine = [time_layers(graph, plan, rank, args.repeat, overlap) for overlap in (False, True)] \
+                if rank < k else None
             quiet_barrier(world)
             measured.append(world.gather_values(mine))
             world.barrier()
@@ -383,10 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     if job:
         graph, plans = job
         overhead = max(b["layer_overhead_s"] for b in boards)  # what Calibration.to_boards gives predict
-        measured = [m[:k] for k, m in zip(plans, measured, strict=True)]
+        both = [m[:k] for k, m in zip(plans, measured, strict=True)]  # per rank count, per rank: (whole, overlap)
+        measured = [[w for w, _ in m] for m in both]
         split = [s[:k] for k, s in zip(plans, split, strict=True)]
         layers = ModelCal(graph.name, tuple(graph.input_shape), args.strategy or "nptp", head_s,
-                          tuple(layer_rates(m, overhead, s) for m, s in zip(measured, split, strict=True)))
+                          tuple(layer_rates(m, overhead, s, [o for _, o in b])
+                                for m, s, b in zip(measured, split, both, strict=True)))
         layer_s = [[(sum(t for t, _, _ in mine.values()), part[0] if part else None)
                     for mine, part in zip(m, s, strict=True)] for m, s in zip(measured, split, strict=True)]
     cal = Calibration(tuple(BoardCal(r, b["host"], b["flops_per_s"], b["layer_overhead_s"])

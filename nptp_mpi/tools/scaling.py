@@ -24,12 +24,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from nptp_mpi.io.outputs import atomic_write, atomic_write_text
 
-FIELDS = ("model", "size", "strategy", "overlap", "ranks", "plan", "fingerprint", "latency_s", "own_latency_s",
-          "same_plan", "spread", "predicted_s", "speedup",
+FIELDS = ("model", "size", "strategy", "overlap", "overlap_ran", "ranks", "plan", "fingerprint", "latency_s",
+          "own_latency_s", "same_plan", "spread", "predicted_s", "speedup",
           "halo_bytes", "max_rank_bytes", "compute_s", "comm_s", "max_rss_peak_mb", "max_weights_mb", "hosts", "error")
 JOB_FIELDS = ("order", "latency_s", "latencies_s")  # per job in scaling.json: its place in the run (1 = first)
 
@@ -80,7 +81,8 @@ def run_case(case: dict, launcher: str, warmup: int, repeat: int, timeout: float
             return {**case, "error": lines[0].strip()}
         rep = json.loads(report.read_text())
     ranks = rep["per_rank"]
-    return {**case, "plan": rep["strategy"], "fingerprint": rep["plan_fingerprint"], "latency_s": rep["latency_s"],
+    return {**case, "overlap_ran": rep["overlap"], "plan": rep["strategy"], "fingerprint": rep["plan_fingerprint"],
+            "latency_s": rep["latency_s"],
             "latencies_s": rep["latencies_s"],
             "halo_bytes": rep["halo_bytes"],
             "max_rank_bytes": max(r["bytes_sent"] + r["bytes_recv"] for r in ranks),
@@ -132,14 +134,14 @@ def add_predictions(rows: list[dict], calibration, links) -> None:
                 graphs[key] = load_model(r["model"], parse_size(r["size"]), None)
             graph = graphs[key]
             n = r["ranks"]
-            setting = Setting(calibration.to_boards(n, graph.name), links, r["_overlap"] == "on", given=True)
+            setting = Setting(calibration.to_boards(n, graph.name), links, r["_overlap"] != "off", given=True)
             plan = build(graph, n, r["_strategy"], setting=setting)
             predicted = plan.fingerprint()
             if r.get("fingerprint", predicted) != predicted:
                 print(f"warning: no prediction for {r['model']} {r['size']} {n} ranks {r['strategy']}: the run "
                       f"measured plan {r['fingerprint']}, the model predicts {predicted}", file=sys.stderr)
                 continue
-            r["predicted_s"] = latency(graph, plan, setting)
+            r["predicted_s"] = latency(graph, plan, replace(setting, overlap=r["overlap_ran"] == "on"))
 
 
 def add_speedups(rows: list[dict]) -> None:
@@ -243,18 +245,18 @@ def bench_scaling(models: list[str], sizes: list[str], strategies: list[str], ra
 
 def format_rows(rows: list[dict]) -> str:
     """The console table: one line per case, medians."""
-    head = (f"{'model':<10} {'size':>9} {'ranks':>5} {'strategy':<8} {'ovl':<3} {'latency':>9} {'predicted':>9} "
+    head = (f"{'model':<10} {'size':>9} {'ranks':>5} {'strategy':<8} {'overlap':<8} {'latency':>9} {'predicted':>9} "
             f"{'speedup':>7} {'halo':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
+        ovl = f"auto:{r['overlap_ran']}" if r["overlap"] == "auto" and r.get("overlap_ran") else r["overlap"]
+        case = f"{r['model']:<10} {r['size']:>9} {r['ranks']:>5} {r['strategy']:<8} {ovl:<8} "
         if r.get("latency_s"):
             pred = f"{r['predicted_s']:>8.3f}s" if r.get("predicted_s") else f"{'-':>9}"
             speedup = f"{r['speedup']:>6.2f}x" if r.get("speedup") else f"{'-':>7}"  # no one-board case to compare
-            lines.append(f"{r['model']:<10} {r['size']:>9} {r['ranks']:>5} {r['strategy']:<8} {r['overlap']:<3} "
-                         f"{r['latency_s']:>8.3f}s {pred} {speedup} {r['halo_bytes'] / 1e6:>7.2f}MB")
+            lines.append(f"{case}{r['latency_s']:>8.3f}s {pred} {speedup} {r['halo_bytes'] / 1e6:>7.2f}MB")
         else:
-            lines.append(f"{r['model']:<10} {r['size']:>9} {r['ranks']:>5} {r['strategy']:<8} {r['overlap']:<3} "
-                         f"{r['error']}")
+            lines.append(f"{case}{r['error']}")
     return "\n".join(lines)
 
 

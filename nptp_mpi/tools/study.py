@@ -77,8 +77,9 @@ def calibrate(n: int, shared: bool, model: str, size: str, path: Path, timeout: 
 
 
 def bench_study(models: list[str], sizes: list[str], strategies: list[str], boards: list[int], cpu: float,
-                links: list[tuple[str, str, bool]], warmup: int, repeat: int, rounds: int, timeout: float, out: Path,
-                with_calibration: bool, progress: Callable[[str], None] = print) -> list[dict]:
+                links: list[tuple[str, str, bool]], overlaps: list[str], warmup: int, repeat: int, rounds: int,
+                timeout: float, out: Path, with_calibration: bool,
+                progress: Callable[[str], None] = print) -> list[dict]:
     """Every setting, every case; writes study.csv, study.json, study.png (and per setting scaling.*) into out."""
     why = cluster.unsupported_reason()
     if why:
@@ -107,7 +108,7 @@ def bench_study(models: list[str], sizes: list[str], strategies: list[str], boar
                 cal = load_calibration(str(path))
                 model = (cal, links_given(rate, None, shared, cal.links))
                 plan_args += ["--calibration", str(path)]
-            got = bench_scaling(models, sizes, strategies, boards, ["on"], launcher, warmup, repeat, timeout,
+            got = bench_scaling(models, sizes, strategies, boards, overlaps, launcher, warmup, repeat, timeout,
                                 out / name, model, plan_args, rounds)
             for r in got:
                 b = base.get((r["model"], parse_size(r["size"])))

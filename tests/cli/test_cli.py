@@ -55,6 +55,20 @@ def test_plan_json_without_mpi() -> None:
     assert plan["halo_bytes"] == sum(r["bytes_recv"] for r in plan["per_rank"]) > 0
 
 
+def test_overlap_auto_follows_the_links(tmp_path) -> None:
+    """--overlap auto (the default) computes tiles in one piece where links are fast (nothing to hide, and the
+    strips cost compute) and overlaps where they are slow; plan and run agree, and the report says which."""
+    for bandwidth, mode in (("10gbit", "off"), ("1mbit", "on")):
+        args = [*SMALL, "--strategy", "nptp", "--bandwidth", bandwidth]
+        p = run_cli(["plan", *args, "--ranks", "2", "--json"])
+        assert p.returncode == 0 and json.loads(p.stdout)["overlap"] == mode, (bandwidth, p.stderr)
+        rep = tmp_path / f"{mode}.json"
+        p = run_cli(["run", *args, "--verify", "--report", str(rep)], ranks=2)
+        assert p.returncode == 0, p.stderr
+        report = json.loads(rep.read_text())
+        assert report["overlap"] == mode and report["verify_rel_error"] <= 1e-5
+
+
 def test_export_writes_onnx(tmp_path) -> None:
     p = run_cli(["export", "--model", "mobilenet_v2", "--size", "64", "-o", str(tmp_path / "m.onnx")])
     assert p.returncode == 0, p.stderr

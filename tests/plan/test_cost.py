@@ -17,7 +17,17 @@ from nptp_mpi.errors import UsageError
 from nptp_mpi.model import zoo
 from nptp_mpi.model.graph import Graph
 from nptp_mpi.plan.calibration import BoardCal, Calibration, LayerRates, ModelCal, load_calibration
-from nptp_mpi.plan.cost import Boards, Links, model_cost, parse_rate, parse_time, predict
+from nptp_mpi.plan.cost import (
+    STRIP_COST,
+    Boards,
+    Links,
+    Setting,
+    model_cost,
+    overlap_pays,
+    parse_rate,
+    parse_time,
+    predict,
+)
 from nptp_mpi.plan.geometry import area, halo_matrix, spatial
 from nptp_mpi.plan.plan import make_plan, pieces, plan_from_cells
 from nptp_mpi.plan.tiling import objective_bytes
@@ -69,10 +79,12 @@ def test_hand_computed_two_ranks(overlap):
     assert plan.cell_tiles == ((0, 0, 4, 8), (4, 0, 8, 8))
     pred = predict(g, plan, Boards((F, F), OH), Links(A, B, shared=False), overlap=overlap)
     scatter = A + 4 * 2 * 5 * 8 / B  # rank 1 gets input rows 3..8 (5 rows x 8 cols x 2 channels)
-    # Each conv runs in two pieces per rank (core 3 rows, border 1 row): 2 calls; FLOPs 2*Cout*area*Cin*9.
-    c1 = 2 * 4 * 32 * 2 * 9 / F + 2 * OH
+    # FLOPs 2*Cout*area*Cin*9. With overlap each conv runs in two pieces per rank (core 3 rows, border 1 row,
+    # whose pixels cost STRIP_COST times as much): 2 calls; without, one piece of 4 rows.
+    s = STRIP_COST if overlap else 1.0
+    c1 = 2 * 4 * (24 + s * 8) * 2 * 9 / F + (2 if overlap else 1) * OH
     halo = 2 * A + 4 * 4 * 8 / B  # c1's output: each rank sends and receives one row of 4 channels
-    c2_core, c2_border = 2 * 4 * 24 * 4 * 9 / F + OH, 2 * 4 * 8 * 4 * 9 / F + OH
+    c2_core, c2_border = 2 * 4 * 24 * 4 * 9 / F + OH, 2 * 4 * s * 8 * 4 * 9 / F + (OH if overlap else 0)
     gather = A + 4 * 4 * 32 / B  # rank 1's 4x8 tile of c2 (4 channels) to rank 0
     if overlap:
         expected = scatter + c1 + max(c2_core, halo) + c2_border + gather
@@ -94,7 +106,10 @@ def test_overlap_hides_only_the_fraction_that_moves_during_compute(fraction):
     halo = 2 * A + 4 * 4 * 8 / 1e4
     c2_core = 2 * 4 * 24 * 4 * 9 / F + OH
     assert halo > c2_core
-    assert off.latency_s - pred.latency_s == pytest.approx(min(c2_core, fraction * halo), rel=1e-9)
+    # what overlap hides, less what its border strips cost beyond one piece (both convs: STRIP_COST - 1 times
+    # their 8 border pixels, and a second kernel call)
+    strips = sum((STRIP_COST - 1) * 2 * 4 * 8 * cin * 9 / F + OH for cin in (2, 4))
+    assert off.latency_s - pred.latency_s == pytest.approx(min(c2_core, fraction * halo) - strips, rel=1e-9)
     assert pred.comm_s == off.comm_s
 
 
@@ -132,12 +147,12 @@ def test_overlap_fraction_is_measured_against_the_wire_time():
 
 def test_layer_rates_replace_flops():
     g = two_convs()
-    plan = make_plan(g, 2, "coedge")  # each rank computes 32 pixels of c1 and of c2, in two pieces each
+    plan = make_plan(g, 2, "coedge")  # each rank computes 32 pixels of c1 and of c2, one piece each
     links = Links(A, B, shared=False)
     rates = {"c1": 2e-6, "c2": 3e-6}
     base = predict(g, plan, Boards((F, F), OH, (rates, rates)), links, overlap=False)
     scatter, halo, gather = A + 4 * 2 * 5 * 8 / B, 2 * A + 4 * 4 * 8 / B, A + 4 * 4 * 32 / B
-    c1, c2 = 2e-6 * 32 + 2 * OH, 3e-6 * 32 + 2 * OH
+    c1, c2 = 2e-6 * 32 + OH, 3e-6 * 32 + OH
     assert base.latency_s == pytest.approx(scatter + c1 + halo + c2 + gather, rel=1e-12)
     # c1 ten times slower on rank 1 only: the layer waits for it, so exactly 9 x its work more
     slow = predict(g, plan, Boards((F, F), OH, (rates, {**rates, "c1": 2e-5})), links, overlap=False)
@@ -145,6 +160,24 @@ def test_layer_rates_replace_flops():
     # a node the calibration did not time falls back to FLOPs / FLOP/s
     partial = predict(g, plan, Boards((F, F), OH, ({"c2": 3e-6},) * 2), links, overlap=False)
     assert partial.latency_s - base.latency_s == pytest.approx(2 * 4 * 32 * 2 * 9 / F - 2e-6 * 32, rel=1e-9)
+
+
+def test_rates_measured_in_overlaps_pieces_price_them():
+    """Calibrated in overlap's core and strips, those rates price both pieces (no STRIP_COST guess); without
+    overlap the one-piece rates apply. overlap_pays follows: pieces that cost 1.2× a whole tile's pixels do
+    not pay for hiding a tiny halo, and do where the halo outlasts c2's core; 3× never pays here."""
+    g = two_convs()
+    plan = make_plan(g, 2, "coedge")  # per rank 32 pixels of each conv: with overlap a 24-pixel core, 8 in strips
+    whole, split = {"c1": 1e-6, "c2": 1e-6}, {"c1": 1.2e-6, "c2": 1.2e-6}
+    boards = Boards((F, F), 0.0, (whole, whole), overlap_s_per_px=(split, split))
+    links = Links(0.0, math.inf, False)
+    assert predict(g, plan, boards, links, overlap=False).compute_s == pytest.approx(2 * 32e-6)
+    assert predict(g, plan, boards, links, overlap=True).compute_s == pytest.approx(2 * 32 * 1.2e-6)
+    fast, slow = Links(0.0, 1e9, False, ((1 << 20, 1.0),)), Links(0.0, 1e3, False, ((1 << 20, 1.0),))
+    assert not overlap_pays(g, plan, Setting(boards, fast))  # 128 B halo: 0.1 µs to hide, 12.8 µs more compute
+    assert overlap_pays(g, plan, Setting(boards, slow))  # hides c2's core, 28.8 µs
+    costly = Boards((F, F), 0.0, (whole, whole), overlap_s_per_px=({"c1": 3e-6, "c2": 3e-6},) * 2)
+    assert not overlap_pays(g, plan, Setting(costly, slow))  # 128 µs more compute to hide at most 72 µs
 
 
 def test_a_rank_computing_alone_runs_at_its_one_rank_rates():
@@ -181,7 +214,7 @@ def test_layer_rates_must_match_plan():
         predict(g, plan, Boards((F, F), 0.0), Links(0.0, 1e6, False, ((4096, 1.5),)))
 
 
-def test_timed_layers_are_the_engine_pieces_and_give_back_the_times():
+def test_timed_layers_are_the_engine_pieces_without_overlap_and_give_back_the_times():
     g = small_net()
     plan = make_plan(g, 3, "nptp")
     measured = [time_layers(g, plan, r, repeat=1) for r in range(3)]
@@ -189,7 +222,7 @@ def test_timed_layers_are_the_engine_pieces_and_give_back_the_times():
     for r, m in enumerate(measured):
         assert list(m) == [n.name for n in nodes]
         for n in nodes:
-            parts = [p for part in pieces(plan, g, n, r) for p in part]
+            parts = [p for part in pieces(plan, g, n, r, overlap=False) for p in part]
             t, calls, pixels = m[n.name]
             assert t >= 0 and calls == len(parts) and pixels == sum(area(p) for p in parts)
     # on the plan they were timed on, the rates predict each layer's slowest measured time
@@ -247,8 +280,10 @@ def test_orderings(cases):
                      for shared in (False, True) for overlap in (False, True)}
                 for overlap in (False, True):
                     assert t[True, overlap] >= t[False, overlap] - 1e-15  # a shared medium is never faster
-                for shared in (False, True):
-                    assert t[shared, True] <= t[shared, False] + 1e-15  # overlap never slower
+                for shared in (False, True):  # overlap never slower by more than its border strips' extra compute
+                    strips = (predict(g, plan, b, Links(alpha, rate, shared), True).compute_s
+                              - predict(g, plan, b, Links(alpha, rate, shared), False).compute_s)
+                    assert strips >= 0 and t[shared, True] <= t[shared, False] + strips + 1e-15
         slow = predict(g, plan, b, Links(1e-4, 1e7, False)).latency_s
         for r in range(plan.ranks):  # a faster board never makes it slower
             assert predict(g, plan, boards_for(plan.ranks, fast=r), Links(1e-4, 1e7, False)).latency_s <= slow
@@ -310,7 +345,8 @@ def test_calibration_round_trip(tmp_path):
 def layered_calibration():
     """calibration() plus per-layer rates of two_convs() timed with 1 and 2 ranks at once."""
     sets = (LayerRates(1, ({"c1": 1e-6, "c2": 2e-6},)),
-            LayerRates(2, ({"c1": 3e-6, "c2": 4e-6}, {"c1": 5e-6, "c2": 6e-6}), (1e-9, 2e-9)))
+            LayerRates(2, ({"c1": 3e-6, "c2": 4e-6}, {"c1": 5e-6, "c2": 6e-6}), (1e-9, 2e-9),
+                       ({"c1": 7e-6, "c2": 8e-6}, {"c1": 9e-6, "c2": 1e-5})))
     return replace(calibration(), layers=ModelCal("tiny", (2, 8, 8), "coedge", 0.25, sets))
 
 
@@ -326,6 +362,7 @@ def test_calibration_with_layers_round_trip_and_boards(tmp_path):
     assert cal.to_boards(3, "tiny").s_per_px == (*sets[1].s_per_px, sets[1].s_per_px[0])  # nearest count, cyclic
     assert b.split_head_s_per_weight == (1e-9, 2e-9) and cal.to_boards(3, "tiny").split_head_s_per_weight[2] == 1e-9
     assert cal.to_boards(1, "tiny").split_head_s_per_weight == ()  # not measured with one rank here
+    assert b.overlap_s_per_px == sets[1].overlap_s_per_px and cal.to_boards(1, "tiny").overlap_s_per_px == ()
     assert cal.to_boards(2, "vgg16") == cal.to_boards(2) == Boards((2.5e9, 3e9), 2e-4)  # another model: FLOP/s
     assert replace(cal.layers, sets=(sets[0], replace(sets[1], ranks=3))).nearest(2).ranks == 3  # tie: the larger
 

@@ -53,12 +53,12 @@ def test_every_send_has_its_receive(make, strategy: str, ranks: int) -> None:
         assert sent == recv, (sent - recv, recv - sent)
 
 
-def halo_reads_in_flight(graph: Graph, plan) -> list[str]:
-    """Every compute, in every rank's overlap program, that reads part of a halo not yet waited for."""
+def halo_reads_in_flight(graph: Graph, plan, overlap: bool = True) -> list[str]:
+    """Every compute, in every rank's program, that reads part of a halo not yet waited for."""
     bad = []
     for r in range(plan.ranks):
         in_flight: set[str] = set()
-        for step in lower(graph, plan, r, overlap=True).steps:
+        for step in lower(graph, plan, r, overlap).steps:
             if isinstance(step, Post) and step.halo and step.key in plan.comp:
                 in_flight.add(step.key)
             elif isinstance(step, Wait):
@@ -87,7 +87,37 @@ def test_no_compute_reads_a_halo_in_flight(ranks: int, fuse) -> None:
             plan = build(graph, ranks, strategy, fuse=fuse if strategy in ("fused", "halp") else None)
         except PartitionError:
             continue
-        assert not halo_reads_in_flight(graph, plan), (strategy, halo_reads_in_flight(graph, plan)[:3])
+        for overlap in (True, False):
+            bad = halo_reads_in_flight(graph, plan, overlap)
+            assert not bad, (strategy, overlap, bad[:3])
+
+
+@pytest.mark.parametrize("strategy", ["coedge", "nptp", "fused", "halp"])
+def test_without_overlap_a_rank_computes_each_node_in_one_piece(strategy: str) -> None:
+    """Overlap splits what a rank computes of a node into core and strips (which cost more per pixel);
+    without overlap it is one piece. Both cover exactly the rank's part of the node's output."""
+    from nptp_mpi.model import zoo
+    from nptp_mpi.plan.geometry import area
+
+    graph = zoo.build("resnet18", (96, 96))
+    plan = build(graph, 4, strategy, fuse={"fused": (2, 3), "halp": (2,)}.get(strategy))
+    outputs = {n.name: n.output for n in graph.nodes}
+    split = 0
+    for overlap in (True, False):
+        for r in range(plan.ranks):
+            done: dict[str, list] = {}
+            for step in lower(graph, plan, r, overlap).steps:
+                if isinstance(step, Compute) and not step.linear and step.output in plan.comp:
+                    done.setdefault(step.node, []).extend(step.pieces)
+            for name, got in done.items():
+                mine = plan.comp[outputs[name]][r]
+                assert sum(map(area, got)) == area(mine), (name, r, got, mine)
+                assert all(p[0] >= mine[0] and p[1] >= mine[1] and p[2] <= mine[2] and p[3] <= mine[3] for p in got)
+                if overlap:
+                    split += len(got) > 1
+                else:
+                    assert got == [mine], (name, r, got)
+    assert split, "overlap split no node: the test shows nothing"
 
 
 @pytest.mark.parametrize("name", ["resnext50_32x4d.dynamo"])

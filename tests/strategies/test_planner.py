@@ -114,7 +114,7 @@ def test_fused_blocks_then_a_tail() -> None:
     """Fast boards, 20 ms per message: fused blocks save messages over VGG-11's early layers and a tail
     over its last ones; together they are predicted faster than either, and auto runs them."""
     g = zoo.build("vgg11", (224, 224))
-    setting = Setting(Boards((3e10,) * 4, 1e-4), Links(2e-2, 12.5e6, shared=True), given=True)
+    setting = Setting(Boards((2e10,) * 4, 1e-4), Links(2e-2, 12.5e6, shared=True), given=True)
     rows = {name: (plan, t) for name, plan, t in candidates(g, 4, SPEEDS, "total", setting)}
     both, t = rows["tail"]
     assert both.fuse and both.tail and t < rows["fused"][1]

@@ -133,7 +133,7 @@ def test_predictions_use_the_layer_rates_of_the_same_model() -> None:
         layers = ModelCal(model, (3, 64, 64), "nptp", 0.0, (LayerRates(1, ({n.name: rate for n in nodes},)),))
         cal = Calibration((BoardCal(0, "b", 2e10, 0.0),), None, "2026-11-23", "b", (), layers if model else None)
         rows = [{"model": "resnet18", "size": "64", "ranks": 2, "_strategy": "nptp", "_overlap": "off",
-                 "latency_s": 1.0}]
+                 "overlap_ran": "off", "latency_s": 1.0}]
         add_predictions(rows, cal, Links(0.0, 1e9, False))
         return rows[0]["predicted_s"]
 
@@ -146,7 +146,7 @@ def test_predictions_use_the_layer_rates_of_the_same_model() -> None:
 def test_no_prediction_for_a_plan_the_run_did_not_measure(capsys) -> None:
     cal = Calibration((BoardCal(0, "b", 2e10, 0.0),), None, "2026-11-23", "b", (), None)
     case = {"model": "resnet18", "size": "64", "ranks": 2, "strategy": "nptp", "_strategy": "nptp", "_overlap": "off",
-            "latency_s": 1.0}
+            "overlap_ran": "off", "latency_s": 1.0}
     ran = build(load_model("resnet18", (64, 64), None), 2, "nptp",
                 setting=Setting(cal.to_boards(2, "resnet18"), Links(0.0, 1e9, False), given=True))
     rows = [{**case, "fingerprint": ran.fingerprint()}, {**case, "fingerprint": "0" * 16}]
