@@ -143,28 +143,37 @@ def import_and_compare(tmp_path, model, size=None) -> Graph:
 # -- under MPI ----------------------------------------------------------------------------------------
 
 def check_against_reference(graph, strategy: str, speeds=None, overlap: bool = True, fuse=None,
-                            plan=None) -> np.ndarray | None:
+                            plan=None, pixels: bool = False) -> np.ndarray | None:
     """Run the strategy's plan (or the plan given) on every rank of the job; rank 0 checks output and bytes,
-    then everyone learns the verdict."""
+    then everyone learns the verdict. pixels: the input is an image's 8-bit pixels (plan.with_pixel_input),
+    and the scatter and gather must also move exactly the plan's bytes."""
     from mpi4py import MPI
 
+    from nptp_mpi.io.inputs import pixels_to_tensor
+    from nptp_mpi.plan.plan import with_pixel_input
     from nptp_mpi.runtime.engine import Engine
     from nptp_mpi.runtime.exchange import World
     from nptp_mpi.runtime.reference import run as reference
     from nptp_mpi.strategies import build
 
     world = World(MPI.COMM_WORLD)
-    x = np.random.default_rng(1).standard_normal(graph.input_shape, dtype=np.float32)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, graph.input_shape, dtype=np.uint8) if pixels else \
+        rng.standard_normal(graph.input_shape, dtype=np.float32)
     plan = plan or build(graph, world.size, strategy, speeds and speeds[: world.size], fuse=fuse)
+    plan = with_pixel_input(plan) if pixels else plan
     engine = Engine(graph, plan, world, overlap=overlap)
     out, stats = engine.infer(x if world.rank == 0 else None)
     engine.close()
-    recv, sent = world.comm.reduce(stats.halo_recv), world.comm.reduce(stats.halo_sent)
+    comm = world.comm
+    recv, sent, other = comm.reduce(stats.halo_recv), comm.reduce(stats.halo_sent), comm.reduce(stats.other_sent)
     failure = None
     if world.rank == 0:
         try:
-            assert_close(out, reference(graph, x), 1e-5)
+            assert_close(out, reference(graph, pixels_to_tensor(x) if pixels else x), 1e-5)
             assert recv == sent == plan.halo_bytes, (recv, sent, plan.halo_bytes)
+            if pixels:
+                assert other == plan.scatter_bytes + plan.gather_bytes, (other, plan.scatter_bytes, plan.gather_bytes)
         except AssertionError as e:
             failure = str(e)
     failure = world.bcast(failure)  # every rank passes or fails the same test: no rank runs ahead

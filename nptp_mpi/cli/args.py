@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--image", help="input picture (any format pillow reads)")
     src.add_argument("--input", help="input tensor .npy, (C,H,W) or (1,C,H,W) float")
     src.add_argument("--images", help="stream: one inference per picture in this folder (bad ones skipped)")
+    run.set_defaults(tensor_input=False)
     run.add_argument("--results", help="with --images: JSON lines, one per picture, flushed as each completes")
     run.add_argument("--warmup", type=int, default=1, help="untimed inferences first (default 1)")
     run.add_argument("--repeat", type=int, default=1, help="timed inferences; latency is their median")
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print JSON instead of the table")
     _cost_args(plan)
     plan.add_argument("--overlap", choices=("on", "off", "auto"), default="auto")
+    plan.add_argument("--tensor-input", action="store_true", help="plan for a float tensor input (run --input "
+                      "x.npy): the scatter moves 4 bytes per value, not an image's 8-bit pixels")
+    plan.set_defaults(input=None)
 
     exp = sub.add_parser("export", help="write a model as ONNX")
     _model_args(exp)

@@ -71,12 +71,20 @@ def setting_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list
     return Setting(boards, links, args.overlap != "off", given=bool(cal or args.bandwidth))
 
 
+def pixel_input(args: argparse.Namespace, graph: Graph) -> bool:
+    """Whether the job's input is an image (run's --image, --images or sample picture; not --input x.npy or
+    plan --tensor-input) for a 3-channel model: then its 8-bit pixels are scattered (plan.with_pixel_input)."""
+    return graph.input_shape[0] == 3 and not (args.input or args.tensor_input)
+
+
 def plan_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list[float] | None):
     """The plan `run` executes and `plan` prints for these arguments."""
+    from nptp_mpi.plan.plan import with_pixel_input
     from nptp_mpi.strategies import build
 
-    return build(graph, ranks, args.strategy, speeds, args.objective, setting_for(args, graph, ranks, speeds),
+    plan = build(graph, ranks, args.strategy, speeds, args.objective, setting_for(args, graph, ranks, speeds),
                  args.fuse, args.partition)
+    return with_pixel_input(plan) if pixel_input(args, graph) else plan
 
 
 def overlap_for(args: argparse.Namespace, graph: Graph, plan, speeds: list[float] | None) -> bool:
@@ -91,7 +99,8 @@ def overlap_for(args: argparse.Namespace, graph: Graph, plan, speeds: list[float
 
 def _predict(args: argparse.Namespace, graph: Graph, speeds: list[float] | None):
     """The plan these arguments run, and every scheme's predicted latency for the boards and links."""
-    from nptp_mpi.plan.cost import describe, prediction
+    from nptp_mpi.plan.cost import describe, latency, prediction
+    from nptp_mpi.plan.plan import with_pixel_input
     from nptp_mpi.strategies.auto import candidates
 
     setting = setting_for(args, graph, args.ranks, speeds)
@@ -100,6 +109,9 @@ def _predict(args: argparse.Namespace, graph: Graph, speeds: list[float] | None)
         if plan is None:
             rows.append({"strategy": strategy, "error": t})
             continue
+        if pixel_input(args, graph):  # as plan_for makes it
+            plan = with_pixel_input(plan)
+            t = latency(graph, plan, setting)
         pred = prediction(graph, plan, setting)
         rows.append({"strategy": strategy, "latency_s": t, "compute_s": pred.compute_s, "comm_s": t - pred.compute_s,
                      "halo_bytes": plan.halo_bytes})

@@ -26,7 +26,7 @@ from nptp_mpi.io.outputs import check_writable
 from nptp_mpi.model.graph import Graph
 from nptp_mpi.model.load import describe, load_model
 from nptp_mpi.plan.geometry import spatial
-from nptp_mpi.plan.plan import Plan, plan_from_cells
+from nptp_mpi.plan.plan import Plan, plan_from_cells, with_pixel_input
 from nptp_mpi.runtime.engine import Engine, Stats
 from nptp_mpi.runtime.exchange import World
 from nptp_mpi.runtime.memory import return_free_memory
@@ -151,9 +151,10 @@ def _make_plan(args: argparse.Namespace, graph: Graph, world: World,
     return plan, overlap
 
 
-def _load_input(args: argparse.Namespace, graph: Graph, world: World) -> np.ndarray | None:
-    """Rank 0 reads the input; every rank learns whether that worked."""
-    from nptp_mpi.io.inputs import image_to_tensor, load_image, load_tensor, sample_image
+def _load_input(args: argparse.Namespace, graph: Graph, world: World, pixels: bool) -> np.ndarray | None:
+    """Rank 0 reads the input (an image as its 8-bit pixels where the plan scatters pixels); every rank learns
+    whether that worked."""
+    from nptp_mpi.io.inputs import image_to_pixels, image_to_tensor, load_image, load_tensor, sample_image
 
     x, err = None, None
     if world.rank == 0:
@@ -162,9 +163,9 @@ def _load_input(args: argparse.Namespace, graph: Graph, world: World) -> np.ndar
             if args.input:
                 x = load_tensor(args.input, (c, h, w))
             elif args.image:
-                x = load_image(args.image, (h, w))
+                x = load_image(args.image, (h, w), pixels)
             else:
-                x = image_to_tensor(sample_image(), (h, w), "the sample picture")
+                x = (image_to_pixels if pixels else image_to_tensor)(sample_image(), (h, w), "the sample picture")
         except (ValueError, OSError) as e:
             err = str(e)
     err = world.bcast(err)
@@ -211,7 +212,7 @@ def _run(args: argparse.Namespace, world: World) -> int:
         err = str(e)
     measured = _agree(world, err, facts, speed)
     plan, overlap = _make_plan(args, graph, world, measured)
-    x = None if args.images else _load_input(args, graph, world)
+    x = None if args.images else _load_input(args, graph, world, plan.pixels)
 
     np.seterr(all="ignore")  # an overflow is reported once, as a non-finite output, not warned of per kernel
     warm_first(world)
@@ -271,6 +272,8 @@ class Runner:
             return
         speed = speeds(tiles, last["compute_s"])
         plan = plan_from_cells(self.graph, new, "d3", relative(speed), self.plan.objective, self.plan.fuse)
+        if self.plan.pixels:
+            plan = with_pixel_input(plan)
         prints = self.world.allgather(plan.fingerprint())
         if len(set(prints)) != 1:
             raise JobError(f"ranks computed different d3 plans ({', '.join(prints)}); same checkout on every board?")
@@ -365,7 +368,7 @@ def _stream(args: argparse.Namespace, graph: Graph, runner: Runner, world: World
                 else:
                     path, i = files[i], i + 1
                     try:
-                        x, msg = load_image(path, graph.input_shape[1:]), ("run", path.name)
+                        x, msg = load_image(path, graph.input_shape[1:], runner.plan.pixels), ("run", path.name)
                     except InputError as e:
                         msg = ("skip", path.name, str(e))
             msg = world.bcast(msg)
@@ -418,10 +421,11 @@ def _median_stats(stats: list[dict]) -> dict:
 
 def _finish(args, graph: Graph, runner: Runner, x: np.ndarray, out: np.ndarray, everyone: list) -> None:
     """Rank 0: verify, print the table, write output, report and picture (of the plan the last inference ran)."""
-    from nptp_mpi.io.inputs import tensor_to_image
+    from nptp_mpi.io.inputs import pixels_to_tensor, tensor_to_image
     from nptp_mpi.io.outputs import atomic_write_all, npy_writer, text_writer
 
     plan = runner.plan
+    x = pixels_to_tensor(x) if plan.pixels else x  # the model's input as values
     latency = statistics.median(everyone[0][2])
     per_rank = [{"rank": r, "host": host, "tile": list(plan.tiles[r]), **_median_stats(st),
                  "rss_mb_start": rss[0], "rss_mb_end": rss[1], "rss_peak_mb": rss[2], "weights_mb": rss[3]}
@@ -432,7 +436,8 @@ def _finish(args, graph: Graph, runner: Runner, x: np.ndarray, out: np.ndarray, 
               "strategy": plan.strategy, "ranks": plan.ranks, "speeds": list(plan.speeds),
               "objective": plan.objective, "overlap": "on" if runner.overlap else "off", "latency_s": latency,
               "latencies_s": everyone[0][2],
-              "halo_bytes": measured, "plan_halo_bytes": plan.halo_bytes, "per_rank": per_rank,
+              "halo_bytes": measured, "plan_halo_bytes": plan.halo_bytes, "scatter_bytes": plan.scatter_bytes,
+              "pixels": plan.pixels, "per_rank": per_rank,
               "plan_fingerprint": plan.fingerprint(), "version": __version__}
     if runner.trace:
         report["d3_trace"] = runner.trace

@@ -46,10 +46,12 @@ __all__ = [
     "MAX_PIXELS",
     "InputError",
     "check_finite",
+    "image_to_pixels",
     "image_to_rgb",
     "image_to_tensor",
     "load_image",
     "load_tensor",
+    "pixels_to_tensor",
     "sample_image",
     "write_sample",
 ]
@@ -159,6 +161,21 @@ def image_to_tensor(img: Image.Image, size: tuple[int, int], what: str = "image"
     RGB conversion, cover-resize (antialiased bilinear) so both sides reach the
     target, centre crop to ``(h, w)``, scale to [0, 1], ImageNet normalisation.
     """
+    out = pixels_to_tensor(image_to_pixels(img, size, what))
+    check_finite(out, what)
+    return out
+
+
+def pixels_to_tensor(pixels: np.ndarray) -> np.ndarray:
+    """8-bit ``(3, h, w)`` pixels (or any part of them) as the normalised float32 model input: the same
+    values whether a whole image or a tile of it is converted (ranks normalise their own tiles)."""
+    x = pixels.astype(np.float32) / np.float32(255.0)
+    return np.ascontiguousarray((x - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None], dtype=np.float32)
+
+
+def image_to_pixels(img: Image.Image, size: tuple[int, int], what: str = "image") -> np.ndarray:
+    """A Pillow image as the 8-bit ``(3, h, w)`` pixels image_to_tensor normalises (RGB, cover-resize,
+    centre crop)."""
     h, w = _check_size_arg(size)
     rgb = image_to_rgb(img, what)
     src_w, src_h = rgb.size
@@ -173,11 +190,7 @@ def image_to_tensor(img: Image.Image, size: tuple[int, int], what: str = "image"
     left = int(round((new_w - w) / 2.0))
     if (new_w, new_h) != (w, h):
         rgb = rgb.crop((left, top, left + w, top + h))
-    hwc = np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
-    chw = (hwc - IMAGENET_MEAN) / IMAGENET_STD
-    out = np.ascontiguousarray(chw.transpose(2, 0, 1), dtype=np.float32)
-    check_finite(out, what)
-    return out
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def tensor_to_image(x: np.ndarray) -> Image.Image | None:
@@ -204,8 +217,9 @@ def _strict_pillow() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = old_max
 
 
-def load_image(path: PathLike, size: tuple[int, int]) -> np.ndarray:
-    """Read an image file and return the normalised ``(3, h, w)`` float32 model input.
+def load_image(path: PathLike, size: tuple[int, int], pixels: bool = False) -> np.ndarray:
+    """Read an image file and return the normalised ``(3, h, w)`` float32 model input (pixels: its 8-bit
+    pixels, which pixels_to_tensor normalises).
 
     ``size`` is ``(height, width)``.  Multi-frame files use their first frame.
     Every failure (missing, empty, oversized, not an image, corrupt/truncated,
@@ -227,7 +241,7 @@ def load_image(path: PathLike, size: tuple[int, int]) -> np.ndarray:
                 img = ImageOps.exif_transpose(img)
             except Exception:  # noqa: BLE001 - broken EXIF must not reject a decodable image
                 pass
-            return image_to_tensor(img, size, name)
+            return image_to_pixels(img, size, name) if pixels else image_to_tensor(img, size, name)
         except InputError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

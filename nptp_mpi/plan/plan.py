@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -98,6 +98,7 @@ class Plan:
     tail: int | None = None  # the layer from which rank 0 computes alone (0: everything; the map gathered there)
     retile: tuple[int, tuple[Rect, ...]] | None = None  # (layer, cell tiles): from there on this tiling instead
     grid: str | None = None  # the map cells follow when not the last one (the tiled part ends there: a tail)
+    pixels: bool = False  # the input is an image: scattered as 8-bit pixels, each rank normalising its own
 
     def __hash__(self) -> int:
         return hash(self.fingerprint())
@@ -151,6 +152,7 @@ class Plan:
             "per_rank": self.per_rank,
             "layers": self.layers,
             "scatter_bytes": self.scatter_bytes,
+            "pixels": self.pixels,
             "gather": self.gather,
             "gather_bytes": self.gather_bytes,
             "head_split": None if self.head is None else asdict(self.head),
@@ -162,11 +164,18 @@ class Plan:
         """Short sha256 of the whole content: ranks compare it before they start. auto's choice hashes as the
         scheme it chose (strategy auto:tail as tail): the same work, however it was picked."""
         fields = {**asdict(self), "strategy": self.strategy.removeprefix("auto:")}
-        if self.grid is None:  # (plans tiled to the last map hash as they did before the field existed)
-            del fields["grid"]
+        for name in ("grid", "pixels"):  # (plans without them hash as they did before these fields existed)
+            if fields[name] in (None, False):
+                del fields[name]
         content = repr((sorted((k, v) for k, v in fields.items() if k not in ("own", "comp", "halos")),
                         list(self.own.items()), list(self.comp.items()), list(self.halos.items())))
         return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def with_pixel_input(plan: Plan) -> Plan:
+    """plan for an image input: the scatter moves 8-bit pixels (a quarter of the float bytes) and every rank
+    normalises its own part of them."""
+    return replace(plan, pixels=True, scatter_bytes=plan.scatter_bytes // FLOAT_BYTES)
 
 
 def split_head(graph: Graph) -> tuple[list[Node], list[Node]]:

@@ -31,6 +31,7 @@ class Buffer:
     rect: Rect
     fixed: bool = False
     alloc: bool = True  # zeros before the first inference (a scratch value made by its compute is not)
+    pixels: bool = False  # 8-bit pixels of an image input (else float32 values)
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,13 @@ class Wait:
 
 @dataclass(frozen=True)
 class Copy:
-    """rect from one buffer into another (both hold it)."""
+    """rect from one buffer into another (both hold it); pixels: the source holds an image's 8-bit pixels,
+    normalised on the way."""
 
     src: str
     dst: str
     rect: Rect
+    pixels: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,9 +142,11 @@ class _Builder:
         self.graph, self.plan, self.r = graph, plan, r
         self.buffers: dict[str, Buffer] = {}
         self.steps: list[Step] = []
+        self.whole_input = INPUT  # rank 0's whole input as float values (what a host's seams compute from)
 
-    def buffer(self, name: str, tensor: str, rect: Rect, fixed: bool = False, alloc: bool = True) -> str:
-        self.buffers[name] = Buffer(name, self.graph.shapes[tensor][0], rect, fixed, alloc)
+    def buffer(self, name: str, tensor: str, rect: Rect, fixed: bool = False, alloc: bool = True,
+               pixels: bool = False) -> str:
+        self.buffers[name] = Buffer(name, self.graph.shapes[tensor][0], rect, fixed, alloc, pixels)
         return name
 
     def exchange(self, key: str, sends, recvs, tag: int, halo: bool = True) -> bool:
@@ -238,15 +243,24 @@ def _channel_means(b: _Builder, node: Node) -> str:
 
 
 def _scatter(b: _Builder) -> None:
-    """Rank 0 keeps its part of the input and sends every other rank its tile and halo."""
+    """Rank 0 keeps its part of the input and sends every other rank its tile and halo; an image's pixels
+    travel as 8 bits and each rank normalises its own."""
     g, plan, r = b.graph, b.plan, b.r
     if r == 0:
-        b.buffer(INPUT, g.input, whole(g, g.input), alloc=False)
-        b.steps.append(Copy(INPUT, g.input, plan.scatter[0]))
+        b.buffer(INPUT, g.input, whole(g, g.input), alloc=False, pixels=plan.pixels)
+        b.steps.append(Copy(INPUT, g.input, plan.scatter[0], plan.pixels))
+        if plan.pixels and plan.halp:
+            b.whole_input = b.buffer(f"{g.input}~values", g.input, whole(g, g.input), fixed=True)
+            b.steps.append(Copy(INPUT, b.whole_input, whole(g, g.input), pixels=True))
+    into = g.input
+    if r and plan.pixels and area(plan.scatter[r]):
+        into = b.buffer(f"{g.input}~pixels", g.input, plan.scatter[r], fixed=True, pixels=True)
     sends = [(q, INPUT, plan.scatter[q]) for q in range(1, plan.ranks) if r == 0 and area(plan.scatter[q])]
-    recvs = [(0, g.input, plan.scatter[r])] if r and area(plan.scatter[r]) else []
+    recvs = [(0, into, plan.scatter[r])] if r and area(plan.scatter[r]) else []
     if b.exchange("scatter", sends, recvs, SCATTER_TAG, halo=False):
         b.steps.append(Wait("scatter", "the input scatter"))
+    if into != g.input:
+        b.steps.append(Copy(into, g.input, plan.scatter[r], pixels=True))
 
 
 def _seam_transfers(graph: Graph, plan: Plan) -> tuple[str, list]:
@@ -264,7 +278,7 @@ def _seams(b: _Builder, transfers: list, tags: dict[str, int]) -> None:
     sends = []
     for i, t in enumerate(transfers):
         chain = reach(g, nodes, end, t.rect)
-        names = {g.input: INPUT}
+        names = {g.input: b.whole_input}
         for n in nodes:
             rect = chain.get(n.output)
             if rect is None or not area(rect):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from nptp_mpi.io.inputs import pixels_to_tensor
 from nptp_mpi.model.graph import Graph, Node
 from nptp_mpi.plan.plan import Plan, rank_params
 from nptp_mpi.plan.program import INPUT, Compute, Copy, Head, Post, Program, Reduce, Sum, Wait, lower
@@ -71,6 +72,11 @@ class Contribution:
         return y
 
 
+def _elements(pixels: bool) -> type:
+    """A buffer's element type: an image's 8-bit pixels, or float32 values."""
+    return np.uint8 if pixels else np.float32
+
+
 class Engine:
     """Runs plan on world's ranks; infer() returns the output on rank 0 and None elsewhere.
 
@@ -87,7 +93,7 @@ class Engine:
         self.params = rank_params(graph, plan, world.rank, copy=True)
         nodes = self.graph_nodes = {n.name: n for n in graph.nodes}
         self.buffers: dict[str, np.ndarray | None] = {
-            b.name: np.zeros((b.channels, b.rect[2] - b.rect[0], b.rect[3] - b.rect[1]), np.float32)
+            b.name: np.zeros((b.channels, b.rect[2] - b.rect[0], b.rect[3] - b.rect[1]), _elements(b.pixels))
             if b.alloc else None for b in self.program.buffers.values()}
         self.rects = {b.name: b.rect for b in self.program.buffers.values()}
         self.fixed = {b.name for b in self.program.buffers.values() if b.fixed}
@@ -115,7 +121,8 @@ class Engine:
         names = list(dict.fromkeys(m.buffer for m in (*step.recvs, *step.sends)))
         return [(name, self.world.messages(self._shape(name), self.rects[name],
                                            [(m.peer, m.rect) for m in step.sends if m.buffer == name],
-                                           [(m.peer, m.rect) for m in step.recvs if m.buffer == name]))
+                                           [(m.peer, m.rect) for m in step.recvs if m.buffer == name],
+                                           _elements(self.program.buffers[name].pixels)))
                 for name in names]
 
     def _tile(self, name: str) -> Tile:
@@ -134,11 +141,14 @@ class Engine:
                 self.buffers[step.output] = data
 
     def infer(self, x: np.ndarray | None) -> tuple[np.ndarray | None, Stats]:
-        """One inference; x is the whole input (C, H, W) on rank 0 and ignored elsewhere."""
+        """One inference; x is the whole input (C, H, W) on rank 0 (an image's uint8 pixels where the plan
+        scatters pixels) and ignored elsewhere."""
         w = self.world
         w.traffic.reset()
         if INPUT in self.buffers:
-            self.buffers[INPUT] = np.ascontiguousarray(x, dtype=np.float32)
+            if self.plan.pixels and np.asarray(x).dtype != np.uint8:
+                raise ValueError(f"the plan scatters an image's 8-bit pixels; got {np.asarray(x).dtype} values")
+            self.buffers[INPUT] = np.ascontiguousarray(x, dtype=_elements(self.plan.pixels))
         compute, pending, out = 0.0, {}, None
         for i, step in enumerate(self.program.steps):
             t0 = time.perf_counter()
@@ -153,7 +163,8 @@ class Engine:
                     w.complete(p, step.what)
                 continue
             elif isinstance(step, Copy):
-                self._tile(step.dst).view(step.rect)[...] = self._tile(step.src).view(step.rect)
+                src = self._tile(step.src).view(step.rect)
+                self._tile(step.dst).view(step.rect)[...] = pixels_to_tensor(src) if step.pixels else src
             elif isinstance(step, Sum):
                 self._sum(step)
             elif isinstance(step, Reduce):

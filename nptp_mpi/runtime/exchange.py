@@ -28,12 +28,15 @@ from nptp_mpi.plan.program import ARRIVE_TAG, FAULT_TAG, HOST_TAG
 Rect = tuple[int, int, int, int]
 
 
-def _subarray(shape: tuple[int, ...], buf_rect: Rect, rect: Rect) -> MPI.Datatype:
-    """Datatype selecting rect (all channels) of a (C, h, w) float32 buffer that holds buf_rect."""
+MPI_TYPES = {np.dtype(np.float32): MPI.FLOAT, np.dtype(np.uint8): MPI.UNSIGNED_CHAR}  # the buffers' element types
+
+
+def _subarray(shape: tuple[int, ...], buf_rect: Rect, rect: Rect, dtype: np.dtype) -> MPI.Datatype:
+    """Datatype selecting rect (all channels) of a (C, h, w) buffer of dtype that holds buf_rect."""
     c = shape[0]
     sub = (c, rect[2] - rect[0], rect[3] - rect[1])
     start = (0, rect[0] - buf_rect[0], rect[1] - buf_rect[1])
-    return MPI.FLOAT.Create_subarray(list(shape), list(sub), list(start)).Commit()
+    return MPI_TYPES[np.dtype(dtype)].Create_subarray(list(shape), list(sub), list(start)).Commit()
 
 
 @dataclass
@@ -60,8 +63,8 @@ class Message:
     stage: np.ndarray | None = None
 
     @classmethod
-    def staged(cls, peer: int, dtype: MPI.Datatype) -> Message:
-        return cls(peer, dtype, np.empty(dtype.Get_size() // 4, np.float32))
+    def staged(cls, peer: int, dtype: MPI.Datatype, elements: np.dtype) -> Message:
+        return cls(peer, dtype, np.empty(dtype.Get_size() // np.dtype(elements).itemsize, elements))
 
     def spec(self, buf: np.ndarray) -> list | np.ndarray:
         """What MPI sends from or receives into."""
@@ -322,12 +325,13 @@ class World:
 
     # -- messages ---------------------------------------------------------------------------
     def messages(self, shape: tuple[int, ...], buf_rect: Rect, sends: list[tuple[int, Rect]],
-                 recvs: list[tuple[int, Rect]]) -> Messages:
-        """Sends and receives of (peer, rect) on a (C, h, w) float32 buffer holding buf_rect: staged through a
-        contiguous buffer, except a message that is the whole buffer (already contiguous)."""
+                 recvs: list[tuple[int, Rect]], elements: np.dtype = np.float32) -> Messages:
+        """Sends and receives of (peer, rect) on a (C, h, w) buffer of `elements` (float32, or an image's uint8
+        pixels) holding buf_rect: staged through a contiguous buffer, except a message that is the whole
+        buffer (already contiguous)."""
         def one(peer: int, rect: Rect) -> Message:
-            dtype = _subarray(shape, buf_rect, rect)
-            return Message(peer, dtype) if tuple(rect) == tuple(buf_rect) else Message.staged(peer, dtype)
+            dtype = _subarray(shape, buf_rect, rect, elements)
+            return Message(peer, dtype) if tuple(rect) == tuple(buf_rect) else Message.staged(peer, dtype, elements)
         return Messages([one(*s) for s in sends], [one(*r) for r in recvs])
 
     def halo_messages(self, shape: tuple[int, ...], buf_rect: Rect, transfers) -> Messages:

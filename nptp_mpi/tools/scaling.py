@@ -81,7 +81,8 @@ def run_case(case: dict, launcher: str, warmup: int, repeat: int, timeout: float
             return {**case, "error": lines[0].strip()}
         rep = json.loads(report.read_text())
     ranks = rep["per_rank"]
-    return {**case, "overlap_ran": rep["overlap"], "plan": rep["strategy"], "fingerprint": rep["plan_fingerprint"],
+    return {**case, "overlap_ran": rep["overlap"], "_pixels": rep["pixels"], "plan": rep["strategy"],
+            "fingerprint": rep["plan_fingerprint"],
             "latency_s": rep["latency_s"],
             "latencies_s": rep["latencies_s"],
             "halo_bytes": rep["halo_bytes"],
@@ -124,6 +125,7 @@ def add_predictions(rows: list[dict], calibration, links) -> None:
     where the plan built here is not the one the run measured (another fingerprint)."""
     from nptp_mpi.model.load import load_model, parse_size
     from nptp_mpi.plan.cost import Setting, latency
+    from nptp_mpi.plan.plan import with_pixel_input
     from nptp_mpi.strategies import build
 
     graphs = {}  # one build per model and size: VGG's seeded weights take seconds
@@ -136,6 +138,7 @@ def add_predictions(rows: list[dict], calibration, links) -> None:
             n = r["ranks"]
             setting = Setting(calibration.to_boards(n, graph.name), links, r["_overlap"] != "off", given=True)
             plan = build(graph, n, r["_strategy"], setting=setting)
+            plan = with_pixel_input(plan) if r.get("_pixels") else plan  # the sample picture's pixels, as run scatters
             predicted = plan.fingerprint()
             if r.get("fingerprint", predicted) != predicted:
                 print(f"warning: no prediction for {r['model']} {r['size']} {n} ranks {r['strategy']}: the run "

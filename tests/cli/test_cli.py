@@ -22,6 +22,7 @@ def test_run_writes_output_report_and_picture(tmp_path) -> None:
     for key in ("strategy", "ranks", "latency_s", "halo_bytes", "per_rank"):
         assert key in report
     assert report["ranks"] == 3 and report["strategy"] == "nptp"
+    assert report["pixels"] is True  # the sample picture travels as 8-bit pixels
     assert report["halo_bytes"] == report["plan_halo_bytes"] > 0
     assert report["verify_rel_error"] <= 1e-5
     assert [r["rank"] for r in report["per_rank"]] == [0, 1, 2]
@@ -53,6 +54,11 @@ def test_plan_json_without_mpi() -> None:
     plan = json.loads(p.stdout)
     assert plan["strategy"] == "nptp" and plan["ranks"] == 4 and len(plan["tiles"]) == 4
     assert plan["halo_bytes"] == sum(r["bytes_recv"] for r in plan["per_rank"]) > 0
+    assert plan["pixels"] is True  # as run plans for its default input, a picture
+    p = run_cli(["plan", "--model", "vgg16", "--size", "224", "--ranks", "4", "--strategy", "nptp", "--json",
+                 "--tensor-input"])
+    values = json.loads(p.stdout)
+    assert values["pixels"] is False and values["scatter_bytes"] == 4 * plan["scatter_bytes"] > 0
 
 
 def test_overlap_auto_follows_the_links(tmp_path) -> None:

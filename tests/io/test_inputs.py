@@ -18,10 +18,12 @@ from nptp_mpi.io.inputs import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     check_finite,
+    image_to_pixels,
     image_to_rgb,
     image_to_tensor,
     load_image,
     load_tensor,
+    pixels_to_tensor,
     sample_image,
     write_sample,
 )
@@ -200,8 +202,22 @@ def test_non_square_target(tmp_path: Path) -> None:
 def test_exact_size_is_plain_normalisation() -> None:
     img = sample_image((48, 64))
     x = image_to_tensor(img, (48, 64))
-    ref = (np.asarray(img, np.float32) / 255 - IMAGENET_MEAN) / IMAGENET_STD
-    np.testing.assert_allclose(x, ref.transpose(2, 0, 1), atol=1e-6)
+    ref = (np.asarray(img, np.float32) / np.float32(255) - IMAGENET_MEAN) / IMAGENET_STD
+    np.testing.assert_array_equal(x, ref.transpose(2, 0, 1))
+
+
+def test_pixels_normalised_by_tile_equal_the_whole_image_bit_for_bit(tmp_path: Path) -> None:
+    """What the scatter of an image relies on: its 8-bit pixels normalised tile by tile, on each rank, are
+    exactly the tensor rank 0 would have normalised whole."""
+    img = sample_image((60, 90))
+    pixels = image_to_pixels(img, SIZE)
+    assert pixels.dtype == np.uint8 and pixels.shape == (3, *SIZE) and pixels.flags.c_contiguous
+    whole = image_to_tensor(img, SIZE)
+    np.testing.assert_array_equal(pixels_to_tensor(pixels), whole)
+    for y0, x0, y1, x1 in ((0, 0, 17, 23), (17, 0, 32, 23), (5, 23, 32, 40)):
+        np.testing.assert_array_equal(pixels_to_tensor(pixels[:, y0:y1, x0:x1]), whole[:, y0:y1, x0:x1])
+    img.save(tmp_path / "p.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "p.png", SIZE, pixels=True), pixels)
 
 
 @pytest.mark.parametrize("size", [(0, 5), (5, -1), (2.5, 3), ("a", 3), (1, 2, 3)])

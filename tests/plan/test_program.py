@@ -11,7 +11,9 @@ from conftest import conv, small_net
 
 from nptp_mpi.errors import PartitionError
 from nptp_mpi.model.graph import Graph
-from nptp_mpi.plan.program import Compute, Post, Wait, lower, reads
+from nptp_mpi.plan.geometry import area
+from nptp_mpi.plan.plan import with_pixel_input
+from nptp_mpi.plan.program import INPUT, Compute, Copy, Post, Wait, lower, reads
 from nptp_mpi.strategies import STRATEGIES, build
 
 
@@ -49,8 +51,32 @@ def test_every_send_has_its_receive(make, strategy: str, ranks: int) -> None:
     except PartitionError:
         pytest.skip(f"{strategy} refuses {graph.name} on {ranks} ranks")
     for overlap in (False, True):
-        sent, recv = messages(graph, plan, overlap)
-        assert sent == recv, (sent - recv, recv - sent)
+        for p in (plan, with_pixel_input(plan)):
+            sent, recv = messages(graph, p, overlap)
+            assert sent == recv, (sent - recv, recv - sent)
+
+
+@pytest.mark.parametrize("strategy", ["nptp", "halp"])
+def test_an_image_is_scattered_as_pixels_and_normalised_by_each_rank(strategy: str) -> None:
+    """A plan for an image input: rank 0 sends 8-bit pixels, every other rank receives them into a pixel
+    buffer and normalises them into its input (a HALP host also the whole image, for its seams); the
+    scatter's bytes are a quarter of the float plan's."""
+    graph = small_net()
+    plan = build(graph, 3, strategy, fuse=(1,) if strategy == "halp" else None)
+    pix = with_pixel_input(plan)
+    assert pix.pixels and 4 * pix.scatter_bytes == plan.scatter_bytes > 0 and pix.fingerprint() != plan.fingerprint()
+    assert plan.to_json()["pixels"] is False and pix.to_json()["pixels"] is True
+    for r in range(3):
+        program = lower(graph, pix, r)
+        copies = [s for s in program.steps if isinstance(s, Copy)]
+        assert copies and all(c.pixels and program.buffers[c.src].pixels for c in copies)
+        assert all(not program.buffers[c.dst].pixels and c.dst != INPUT for c in copies)
+        sends = [(program.buffers[m.buffer], m.rect) for s in program.steps if isinstance(s, Post)
+                 and s.key == "scatter" for m in s.sends]
+        nbytes = sum((1 if buf.pixels else 4) * buf.channels * area(rect) for buf, rect in sends)
+        assert nbytes == (pix.scatter_bytes if r == 0 else 0)
+        whole = [c for c in copies if c.rect == (0, 0, *graph.input_shape[1:])]
+        assert bool(whole) == (r == 0 and strategy == "halp")  # the host's seams read the whole image
 
 
 def halo_reads_in_flight(graph: Graph, plan, overlap: bool = True) -> list[str]:

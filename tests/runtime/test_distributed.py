@@ -103,6 +103,15 @@ def test_overlap_on_and_off_both_equal_the_reference(model: str, strategy: str) 
     assert (on is None) == (off is None)
 
 
+@pytest.mark.parametrize("strategy", (*STRATEGIES, "fused", "halp", "tail"))
+def test_an_image_travels_as_8_bit_pixels(strategy: str) -> None:
+    """An image input is scattered as its 8-bit pixels (a quarter of the float bytes), each rank normalising
+    its own part (the host of a host-assisted block the whole image, for its seams): the output equals the
+    reference on the normalised image, and scatter and gather move exactly the plan's bytes."""
+    graph = zoo_graph("resnet18").with_input_hw(136, 150)
+    check_against_reference(graph, strategy, fuse={"fused": (2, 3), "halp": (2,)}.get(strategy), pixels=True)
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("model", ["resnet18", "vgg11"])
 def test_more_ranks_than_the_last_maps_cells(model: str, strategy: str) -> None:

@@ -13,8 +13,8 @@ def test_halo_is_staged_contiguously_and_lands_in_place() -> None:
     buf = np.arange(3 * 6 * 5, dtype=np.float32).reshape(3, 6, 5)
     before = buf.copy()
     held = (10, 20, 16, 25)  # the buffer holds rows 10-15, columns 20-24 of the tensor
-    msgs = Messages(sends=[Message.staged(0, _subarray(buf.shape, held, (10, 20, 12, 25)))],
-                    recvs=[Message.staged(0, _subarray(buf.shape, held, (14, 20, 16, 25)))])
+    msgs = Messages(sends=[Message.staged(0, _subarray(buf.shape, held, (10, 20, 12, 25), np.float32), np.float32)],
+                    recvs=[Message.staged(0, _subarray(buf.shape, held, (14, 20, 16, 25), np.float32), np.float32)])
     stage = msgs.sends[0].stage
     assert stage.flags.c_contiguous and stage.nbytes == 3 * 2 * 5 * 4
     world.complete(world.post(buf, msgs, tag=1), "a test")
@@ -27,6 +27,15 @@ def test_halo_is_staged_contiguously_and_lands_in_place() -> None:
     assert [m.stage is None for m in whole.sends] == [True, False]  # the whole buffer is sent from itself
     assert [m.dtype.Get_size() for m in whole.sends] == [360, 120]
     whole.free()
+
+    pixels = np.arange(3 * 6 * 5, dtype=np.uint8).reshape(3, 6, 5)  # an image's 8-bit pixels: a byte each
+    before = pixels.copy()
+    msgs = world.messages(pixels.shape, held, [(0, (10, 20, 12, 25))], [(0, (14, 20, 16, 25))], np.uint8)
+    world.traffic.reset()
+    world.complete(world.post(pixels, msgs, tag=2, halo=False), "a test")
+    np.testing.assert_array_equal(pixels[:, 4:6], before[:, 0:2])
+    assert world.traffic.other_sent == world.traffic.other_recv == 30
+    msgs.free()
 
 
 def test_a_long_wait_polls_rarely_and_ends_promptly(monkeypatch) -> None:
