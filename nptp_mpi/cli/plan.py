@@ -19,11 +19,10 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     graph = load_model(args.model, args.size, args.weights)
     speeds = parse_speeds(args.speeds, args.ranks) if args.speeds else None
-    if args.bandwidth or args.calibration:
-        plan, predictions = _predict(args, graph, speeds)
-    else:
-        plan, predictions = plan_for(args, graph, args.ranks, speeds), None
-    overlap = "on" if overlap_for(args, graph, plan, speeds) else "off"
+    setting = setting_for(args, graph, args.ranks, speeds)
+    plan = plan_for(args, graph, args.ranks, speeds, setting)
+    predictions = _predict(args, graph, speeds, setting) if args.bandwidth or args.calibration else None
+    overlap = "on" if overlap_for(args, graph, plan, setting) else "off"
     if args.json:
         print(json.dumps({**plan.to_json(), "weight_bytes": weight_bytes(graph, plan), "overlap": overlap,
                           **({"predicted": predictions} if predictions else {})}, indent=1))
@@ -34,7 +33,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
             from nptp_mpi.strategies.auto import explain
 
             print("\n" + "\n".join(explain(graph, args.ranks, speeds or [1.0] * args.ranks, args.objective,
-                                            setting_for(args, graph, args.ranks, speeds))))
+                                            setting)))
         if predictions and args.strategy != "auto":  # auto printed them already
             print("\npredicted latency (cost model: " + predictions["model"] + ")")
             for row in predictions["strategies"]:
@@ -77,42 +76,42 @@ def pixel_input(args: argparse.Namespace, graph: Graph) -> bool:
     return graph.input_shape[0] == 3 and not (args.input or args.tensor_input)
 
 
-def plan_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list[float] | None):
-    """The plan `run` executes and `plan` prints for these arguments."""
+def _as_run(args: argparse.Namespace, graph: Graph, plan):
+    """plan as the job runs it: for an image input, scattering its pixels."""
     from nptp_mpi.plan.plan import with_pixel_input
-    from nptp_mpi.strategies import build
 
-    plan = build(graph, ranks, args.strategy, speeds, args.objective, setting_for(args, graph, ranks, speeds),
-                 args.fuse, args.partition)
     return with_pixel_input(plan) if pixel_input(args, graph) else plan
 
 
-def overlap_for(args: argparse.Namespace, graph: Graph, plan, speeds: list[float] | None) -> bool:
+def plan_for(args: argparse.Namespace, graph: Graph, ranks: int, speeds: list[float] | None, setting):
+    """The plan `run` executes and `plan` prints for these arguments and their setting (setting_for)."""
+    from nptp_mpi.strategies import build
+
+    return _as_run(args, graph, build(graph, ranks, args.strategy, speeds, args.objective, setting, args.fuse,
+                                      args.partition))
+
+
+def overlap_for(args: argparse.Namespace, graph: Graph, plan, setting) -> bool:
     """Whether the engine overlaps halos with compute for plan: --overlap on/off, or with auto what the cost
     model predicts faster on the setting (deterministic, like the plan)."""
     from nptp_mpi.plan.cost import overlap_pays
 
     if args.overlap != "auto":
         return args.overlap == "on"
-    return overlap_pays(graph, plan, setting_for(args, graph, plan.ranks, speeds))
+    return overlap_pays(graph, plan, setting)
 
 
-def _predict(args: argparse.Namespace, graph: Graph, speeds: list[float] | None):
-    """The plan these arguments run, and every scheme's predicted latency for the boards and links."""
-    from nptp_mpi.plan.cost import describe, latency, prediction
-    from nptp_mpi.plan.plan import with_pixel_input
+def _predict(args: argparse.Namespace, graph: Graph, speeds: list[float] | None, setting) -> dict:
+    """Every scheme's predicted latency for the boards and links, each plan as the job would run it."""
+    from nptp_mpi.plan.cost import describe, prediction
     from nptp_mpi.strategies.auto import candidates
 
-    setting = setting_for(args, graph, args.ranks, speeds)
     rows = []
     for strategy, plan, t in candidates(graph, args.ranks, speeds or [1.0] * args.ranks, args.objective, setting):
         if plan is None:
             rows.append({"strategy": strategy, "error": t})
             continue
-        if pixel_input(args, graph):  # as plan_for makes it
-            plan = with_pixel_input(plan)
-            t = latency(graph, plan, setting)
-        pred = prediction(graph, plan, setting)
-        rows.append({"strategy": strategy, "latency_s": t, "compute_s": pred.compute_s, "comm_s": t - pred.compute_s,
-                     "halo_bytes": plan.halo_bytes})
-    return plan_for(args, graph, args.ranks, speeds), {"model": describe(setting), "strategies": rows}
+        pred = prediction(graph, _as_run(args, graph, plan), setting)
+        rows.append({"strategy": strategy, "latency_s": pred.latency_s, "compute_s": pred.compute_s,
+                     "comm_s": pred.latency_s - pred.compute_s, "halo_bytes": plan.halo_bytes})
+    return {"model": describe(setting), "strategies": rows}

@@ -133,7 +133,7 @@ def _agree(world: World, err: str | None, facts: dict | None, speed: float | Non
 def _make_plan(args: argparse.Namespace, graph: Graph, world: World,
                measured: list[float | None]) -> tuple[Plan, bool]:
     """The plan and whether to overlap, made on every rank and checked to agree."""
-    from nptp_mpi.cli.plan import overlap_for, plan_for
+    from nptp_mpi.cli.plan import overlap_for, plan_for, setting_for
     from nptp_mpi.plan.tiling import parse_speeds
 
     if args.speeds == "auto":
@@ -141,8 +141,9 @@ def _make_plan(args: argparse.Namespace, graph: Graph, world: World,
     else:
         speeds = parse_speeds(args.speeds, world.size) if args.speeds else None
     try:
-        plan = plan_for(args, graph, world.size, speeds)
-        overlap = overlap_for(args, graph, plan, speeds)
+        setting = setting_for(args, graph, world.size, speeds)
+        plan = plan_for(args, graph, world.size, speeds, setting)
+        overlap = overlap_for(args, graph, plan, setting)
     except ValueError as e:  # deterministic: every rank has just met the same error
         raise JobError(str(e)) from None
     prints = world.allgather(f"{plan.fingerprint()} overlap {'on' if overlap else 'off'}")

@@ -146,8 +146,9 @@ class Engine:
         w = self.world
         w.traffic.reset()
         if INPUT in self.buffers:
-            if self.plan.pixels and np.asarray(x).dtype != np.uint8:
-                raise ValueError(f"the plan scatters an image's 8-bit pixels; got {np.asarray(x).dtype} values")
+            x = np.asarray(x)
+            if self.plan.pixels and x.dtype != np.uint8:
+                raise ValueError(f"the plan scatters an image's 8-bit pixels; got {x.dtype} values")
             self.buffers[INPUT] = np.ascontiguousarray(x, dtype=_elements(self.plan.pixels))
         compute, pending, out = 0.0, {}, None
         for i, step in enumerate(self.program.steps):

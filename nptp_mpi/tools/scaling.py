@@ -82,9 +82,7 @@ def run_case(case: dict, launcher: str, warmup: int, repeat: int, timeout: float
         rep = json.loads(report.read_text())
     ranks = rep["per_rank"]
     return {**case, "overlap_ran": rep["overlap"], "_pixels": rep["pixels"], "plan": rep["strategy"],
-            "fingerprint": rep["plan_fingerprint"],
-            "latency_s": rep["latency_s"],
-            "latencies_s": rep["latencies_s"],
+            "fingerprint": rep["plan_fingerprint"], "latency_s": rep["latency_s"], "latencies_s": rep["latencies_s"],
             "halo_bytes": rep["halo_bytes"],
             "max_rank_bytes": max(r["bytes_sent"] + r["bytes_recv"] for r in ranks),
             "compute_s": max(r["compute_s"] for r in ranks), "comm_s": max(r["comm_s"] for r in ranks),

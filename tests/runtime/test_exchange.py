@@ -89,3 +89,26 @@ def test_a_failed_message_names_its_peer_and_host(monkeypatch) -> None:
     monkeypatch.setattr(world, "_testall", fail)
     with pytest.raises(PeerLost, match=r"message with rank 2 \(host board-c\) in the halo of x \(.*\): did that"):
         world.wait([MPI.REQUEST_NULL] * 3, "the halo of x", peers=[1, 2, 1])
+
+
+def test_a_pixel_plan_takes_8_bit_pixels_only() -> None:
+    """On one rank a plan for an image runs on its pixels and equals the reference on the normalised image;
+    float values given to it are refused (they would be cast to bytes) rather than silently truncated."""
+    import pytest
+    from conftest import assert_close, small_net
+    from mpi4py import MPI
+
+    from nptp_mpi.io.inputs import pixels_to_tensor
+    from nptp_mpi.plan.plan import make_plan, with_pixel_input
+    from nptp_mpi.runtime.engine import Engine
+    from nptp_mpi.runtime.exchange import World
+    from nptp_mpi.runtime.reference import run as reference
+
+    graph = small_net()
+    engine = Engine(graph, with_pixel_input(make_plan(graph, 1, "nptp")), World(MPI.COMM_SELF, timeout=30))
+    pixels = np.random.default_rng(0).integers(0, 256, graph.input_shape, dtype=np.uint8)
+    out, _ = engine.infer(pixels)
+    assert_close(out, reference(graph, pixels_to_tensor(pixels)), 1e-5)
+    with pytest.raises(ValueError, match="8-bit pixels"):
+        engine.infer(pixels_to_tensor(pixels))
+    engine.close()
