@@ -10,13 +10,27 @@ def taps(o0: int, o1: int, k: int, s: int, d: int, p: int) -> np.ndarray:
     return (np.arange(o0, o1) * s - p)[:, None] + np.arange(k) * d
 
 
+def _inside(o0: int, o1: int, k: int, s: int, d: int, p: int, n: int) -> tuple[int, int] | None:
+    """[lo, hi) spanned by the in-image positions [0, n) among those read by outputs [o0, o1), or None.
+
+    Integer arithmetic per tap, not taps(): this runs for every region of every conv and pool, and the numpy
+    version cost 6 µs a call (15 µs of a conv's 18 µs on MobileNetV2's small maps)."""
+    lo = hi = None
+    for t in range(k):
+        off = t * d - p
+        a, z = max(o0, -(off // s)), min(o1 - 1, (n - 1 - off) // s)  # outputs whose tap t lands inside
+        if a <= z:
+            lo = a * s + off if lo is None else min(lo, a * s + off)
+            hi = z * s + off + 1 if hi is None else max(hi, z * s + off + 1)
+    return None if lo is None else (lo, hi)
+
+
 def _span(o0: int, o1: int, k: int, s: int, d: int, p: int, n: int, origin: int, size: int,
           axis: str) -> tuple[int, int]:
     """Unclipped input span [lo, hi) read by outputs [o0, o1); raise if the buffer lacks an in-image read."""
-    pos = taps(o0, o1, k, s, d, p)
-    inside = pos[(pos >= 0) & (pos < n)]
-    if inside.size:
-        lo, hi = int(inside.min()), int(inside.max()) + 1
+    inside = _inside(o0, o1, k, s, d, p, n) if o1 > o0 else None
+    if inside is not None:
+        lo, hi = inside
         if lo < origin or hi > origin + size:
             a, b = (lo, min(hi, origin)) if lo < origin else (max(lo, origin + size), hi)
             raise ValueError(f"input {axis} [{lo}, {hi}) are read but the buffer holds {axis} "
@@ -44,10 +58,15 @@ def window(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kerne
     c0, c1 = _span(x0, x1, kernel[1], stride[1], dilation[1], pads[1], w, ox, bw, "cols")
     if max(0, oy) <= r0 and r1 <= min(h, oy + bh) and max(0, ox) <= c0 and c1 <= min(w, ox + bw):
         return x[:, r0 - oy:r1 - oy, c0 - ox:c1 - ox]
-    slab = np.full((x.shape[0], r1 - r0, c1 - c0), fill, np.float32)
+    slab = np.empty((x.shape[0], r1 - r0, c1 - c0), np.float32)
     ya, yb = max(r0, 0, oy), min(r1, h, oy + bh)
     xa, xb = max(c0, 0, ox), min(c1, w, ox + bw)
-    # Positions outside the buffer but inside the slab are never read (checked above), so fill is fine.
+    # Positions outside the buffer but inside the slab are never read (checked above), so fill is fine there.
     if ya < yb and xa < xb:
         slab[:, ya - r0:yb - r0, xa - c0:xb - c0] = x[:, ya - oy:yb - oy, xa - ox:xb - ox]
+        # Only the frame around the copy is filled: filling all of it first was a second pass over the slab.
+        slab[:, :ya - r0], slab[:, yb - r0:] = fill, fill
+        slab[:, ya - r0:yb - r0, :xa - c0], slab[:, ya - r0:yb - r0, xb - c0:] = fill, fill
+    else:
+        slab[:] = fill
     return slab

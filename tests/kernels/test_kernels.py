@@ -68,6 +68,10 @@ CONVS = [
     (16, 20, 23, 29, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
     (32, 8, 26, 21, (3, 3), (1, 1), (0, 2, 1, 0), (1, 1), 1, False),
     (16, 16, 80, 80, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
+    # 3×3 depthwise at stride 2: rows wide enough to split into even and odd columns (multiplier 2, odd
+    # width), and too narrow for it (asymmetric pads)
+    (8, 16, 23, 25, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 8, True),
+    (6, 6, 11, 12, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 6, False),
 ]
 WINOGRAD = (10, 11, 12)
 
@@ -99,6 +103,14 @@ def test_conv2d(case, act):
                    name, **kw)
     # A conv's rounding scales with its sums, not with what a squashing activation leaves of them.
     assert_close(got, want, scale=float(np.abs(ort_run([x[None]], stages[0])).max()))
+
+
+def test_depthwise_stride_2_cases_take_both_paths():
+    """CONVS 13 and 14 run the split and the direct stride-2 3×3 depthwise loops (else they test neither)."""
+    from nptp_mpi.kernels.conv import SPLIT_FROM
+
+    widths = [out_len(CONVS[n][3], 3, 2, 1, CONVS[n][6][1], CONVS[n][6][3], False) for n in (13, 14)]
+    assert widths[0] >= SPLIT_FROM > widths[1]
 
 
 def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():
@@ -330,7 +342,7 @@ def tiled(compute, x: np.ndarray, kernel, stride, pads, dilation, out_hw) -> lis
 
 def region_cases():
     """(compute(buffer, origin, region), x, window, out_hw) for conv and pool attribute combos."""
-    for n in (1, 2, 3, 6, 8, 10, 12):  # (10, 12: Winograd where a tile is big enough, im2col on the thin ones)
+    for n in (1, 2, 3, 6, 8, 10, 12, 13, 14):  # (10, 12: Winograd where a tile is big enough, im2col on thin ones)
         case = CONVS[n]
         x, wt, b, _ = conv_case(case)
         k, s, pads, d, g = case[4:9]
@@ -353,6 +365,20 @@ def region_cases():
 
 
 REGION_CASES = list(region_cases())
+
+
+def test_window_span_is_the_span_of_the_taps_inside_the_image():
+    """window's integer span of in-image reads equals the one of the full tap list, over every small case."""
+    from nptp_mpi.kernels.window import _inside, taps
+
+    for k, s, d, p, n in ((k, s, d, p, n) for k in (1, 2, 3, 5) for s in (1, 2, 3) for d in (1, 2) for p in (0, 1, 3)
+                          for n in (1, 4, 9)):
+        for o0 in range(-1, 6):
+            for o1 in range(o0 + 1, 8):
+                pos = taps(o0, o1, k, s, d, p)
+                pos = pos[(pos >= 0) & (pos < n)]
+                want = (int(pos.min()), int(pos.max()) + 1) if pos.size else None
+                assert _inside(o0, o1, k, s, d, p, n) == want, (o0, o1, k, s, d, p, n)
 
 
 def test_pad2d_is_onnx_pad():
