@@ -131,6 +131,23 @@ def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():
     assert u.shape == (36, 8, 16)
 
 
+@pytest.mark.parametrize("n", [1, 9])
+def test_im2col_in_chunks_of_rows_equals_one_chunk(n, monkeypatch):
+    """A column budget of a few output rows (a partial last chunk among them) gives the result of one chunk, up
+    to the GEMM's rounding; CONVS[1] is a 3×3 conv at stride 2, CONVS[9] the 7×7 one."""
+    from nptp_mpi.kernels import conv
+
+    x, wt, b, _ = conv_case(CONVS[n])
+    k, s, pads, d = CONVS[n][4:8]
+    out_hw = [out_len(x.shape[1 + a], k[a], s[a], d[a], pads[a], pads[a + 2], False) for a in (0, 1)]
+    args = (x, (0, 0), x.shape[1:], wt, b, s, pads, d, 1, (0, 0, *out_hw))
+    whole = K.conv2d(*args)
+    for step in (3, 4):
+        assert out_hw[0] % step  # a partial last chunk
+        monkeypatch.setattr(conv, "COL_BYTES", 4 * wt[0].size * out_hw[1] * step)
+        assert_close(K.conv2d(*args), whole)
+
+
 @pytest.mark.parametrize("k,stride,groups,alone", [(3, 1, 1, 2), (3, 2, 1, 1), (1, 1, 1, 6), (3, 1, 4, 6),
                                                    (3, 1, 16, 6)])
 def test_regions_of_one_tile_share_a_gemm_and_equal_one_region_at_a_time(k, stride, groups, alone, monkeypatch):
