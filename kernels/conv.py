@@ -126,11 +126,13 @@ def _gemm_conv(p: np.ndarray, wm: np.ndarray, out: np.ndarray, kernel: tuple[int
 
 
 def winograd_pays(w_shape: tuple, stride: tuple, dilation: tuple, out_hw: tuple) -> bool:
-    """Whether a 3×3 stride-1 conv runs faster by Winograd F(4×4, 3×3) than by im2col (`bench kernels`, one
-    thread): from 16 input channels and a 20×20 output on (below, the transforms and the GEMMs' short rows eat
-    the saving; a region under 8 rows or columns wastes most of its 4×4 tiles, as a halo strip would)."""
+    """Whether a 3×3 stride-1 conv runs faster by Winograd F(4×4, 3×3) than by im2col (measured with caches
+    cold, one thread, docs/BENCHMARKS.md): from 16 input channels, 14 output rows and columns, and an output of
+    16·28² pixel-channels (min(cin, cout) × rows × cols: 64 channels from 14², 16 from 28²). Below, the
+    transforms and the GEMMs' short rows eat the saving; a thinner region wastes most of its 4×4 tiles, as a
+    halo strip would."""
     return (tuple(w_shape[2:]) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
-            and w_shape[1] >= 16 and min(out_hw) >= 8 and out_hw[0] * out_hw[1] >= 400)
+            and w_shape[1] >= 16 and min(out_hw) >= 14 and min(w_shape[:2]) * out_hw[0] * out_hw[1] >= 16 * 28 * 28)
 
 
 def _slab(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kernel: tuple[int, int],

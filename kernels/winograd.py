@@ -17,7 +17,7 @@ from numba import njit
 
 from .pointwise import act1
 
-TILE_BYTES = 8 << 20  # transformed input of one chunk of tile rows (im2col's column budget likewise)
+TILE_BYTES = 8 << 20  # transformed input (or output) of one chunk of tile rows
 
 # G: filter transform (6×3); BT, AT (in the transforms below, written out): input (6×6) and output (4×6).
 _G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
@@ -54,79 +54,100 @@ def _at(m0, m1, m2, m3, m4, m5):
 
 
 @njit(cache=True)
-def _inputs(p, t0, t1, tw, v):
-    """v[a*6+b, c, n] = (Bᵀ·d·B)[a, b] of the 6×6 tile d of channel c at tile row t0 + n // tw, column n % tw.
+def _split(p, th, tw, q):
+    """q[c, r, k, ty*tw + u] = p[c, 4ty + r, 4u + k] for r < 4, k < 6, ty ≤ th, u < tw (zero past p's edge).
 
-    A whole tile row at a time, tiles innermost, so that writes are contiguous (36 streams of tile-by-tile
-    writes were 3× slower than the direct conv); its six input rows are first split into their four column
-    phases (x = 4u + phase), so that the transform's loads are contiguous too."""
-    t = np.empty((6, 6, tw), np.float32)
-    q = np.empty((6, 4, tw + 1), np.float32)
+    Tile (ty, u) reads its 6×6 input d[r][k] = q[c, r % 4, k, g + (r // 4)·tw] at g = ty·tw + u: every tile of a
+    chunk is then one index g, and the transforms run as long unit-stride loops over g (a loop over one tile
+    row's tiles was too short to vectorise on 7²-56² maps; the transforms took twice the GEMMs' time)."""
+    rows, cols = p.shape[1], p.shape[2]
+    full = min(tw, max(0, (cols - 2) // 4))  # u whose six columns 4u..4u+5 all lie inside p
+    u1, u2, u3, u4, u5 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4), np.uint64(5)
     for c in range(p.shape[0]):
-        for ty in range(t0, t1):
-            y, n0 = 4 * ty, (ty - t0) * tw
-            for r in range(6):
-                for u in range(tw):
-                    q[r, 0, u], q[r, 1, u] = p[c, y + r, 4 * u], p[c, y + r, 4 * u + 1]
-                    q[r, 2, u], q[r, 3, u] = p[c, y + r, 4 * u + 2], p[c, y + r, 4 * u + 3]
-                q[r, 0, tw], q[r, 1, tw] = p[c, y + r, 4 * tw], p[c, y + r, 4 * tw + 1]
-            for j in range(6):  # columns: Bᵀ·d
-                ph, o = j % 4, j // 4
-                for tx in range(tw):
-                    t[0, j, tx], t[1, j, tx], t[2, j, tx], t[3, j, tx], t[4, j, tx], t[5, j, tx] = _bt(
-                        q[0, ph, tx + o], q[1, ph, tx + o], q[2, ph, tx + o], q[3, ph, tx + o], q[4, ph, tx + o],
-                        q[5, ph, tx + o])
-            for i in range(6):  # rows: (Bᵀ·d)·B
-                for tx in range(tw):
-                    r0, r1, r2, r3, r4, r5 = _bt(t[i, 0, tx], t[i, 1, tx], t[i, 2, tx], t[i, 3, tx], t[i, 4, tx],
-                                                 t[i, 5, tx])
-                    v[6 * i, c, n0 + tx], v[6 * i + 1, c, n0 + tx], v[6 * i + 2, c, n0 + tx] = r0, r1, r2
-                    v[6 * i + 3, c, n0 + tx], v[6 * i + 4, c, n0 + tx], v[6 * i + 5, c, n0 + tx] = r3, r4, r5
+        for ty in range(th + 1):
+            g0 = np.uint64(ty * tw)
+            for r in range(4):
+                y = 4 * ty + r
+                if y >= rows:
+                    for k in range(6):
+                        for u in range(tw):
+                            q[c, r, k, g0 + np.uint64(u)] = 0.0
+                    continue
+                for u in range(full):  # (unsigned indices: no negative-index fix-up, as in conv's _im2col)
+                    x, g = u4 * np.uint64(u), g0 + np.uint64(u)
+                    q[c, r, 0, g], q[c, r, 1, g], q[c, r, 2, g] = p[c, y, x], p[c, y, x + u1], p[c, y, x + u2]
+                    q[c, r, 3, g], q[c, r, 4, g], q[c, r, 5, g] = p[c, y, x + u3], p[c, y, x + u4], p[c, y, x + u5]
+                for u in range(full, tw):
+                    for k in range(6):
+                        x = 4 * u + k
+                        q[c, r, k, g0 + np.uint64(u)] = p[c, y, x] if x < cols else np.float32(0.0)
 
 
 @njit(cache=True)
-def _outputs(m, t0, t1, tw, b, out, code, alpha, lo, hi):
-    """out[k, 4ty:4ty+4, 4tx:4tx+4] = act(Aᵀ·m·A + b[k]) for the chunk's tiles, clipped to out's extent; a
-    tile row at a time, tiles innermost, like _inputs."""
+def _inputs(q, tw, g0, g1, e, v):
+    """v[c, 6a+b, g - g0] = (Bᵀ·d·B)[a, b] for the tiles g0 ≤ g < g1 of q (see _split); e is scratch."""
+    n = g1 - g0
+    for c in range(q.shape[0]):
+        for r in range(6):  # Bᵀ along each of the tile's rows
+            rp, ro = r % 4, np.uint64((r // 4) * tw + g0)
+            for j in range(n):
+                s = ro + np.uint64(j)
+                e[r, 0, j], e[r, 1, j], e[r, 2, j], e[r, 3, j], e[r, 4, j], e[r, 5, j] = _bt(
+                    q[c, rp, 0, s], q[c, rp, 1, s], q[c, rp, 2, s], q[c, rp, 3, s], q[c, rp, 4, s], q[c, rp, 5, s])
+        for b in range(6):  # then down each column
+            for j in range(n):
+                v[c, b, j], v[c, 6 + b, j], v[c, 12 + b, j], v[c, 18 + b, j], v[c, 24 + b, j], v[c, 30 + b, j] = _bt(
+                    e[0, b, j], e[1, b, j], e[2, b, j], e[3, b, j], e[4, b, j], e[5, b, j])
+
+
+@njit(cache=True)
+def _outputs(m, t0, t1, tw, b, f, out, code, alpha, lo, hi):
+    """out[k, 4ty:4ty+4, 4u:4u+4] = act(Aᵀ·M·A + b[k]) for tile rows [t0, t1), clipped to out's extent, with
+    M[a][c] = m[k, 6a+c, (ty - t0)·tw + u]; f is scratch."""
+    n = (t1 - t0) * tw
     oh, ow = out.shape[1], out.shape[2]
-    t = np.empty((4, 6, tw), np.float32)
-    for k in range(m.shape[1]):
-        for ty in range(t0, t1):
-            n0 = (ty - t0) * tw
-            for j in range(6):  # columns: Aᵀ·m
-                for tx in range(tw):
-                    n = n0 + tx
-                    t[0, j, tx], t[1, j, tx], t[2, j, tx], t[3, j, tx] = _at(
-                        m[j, k, n], m[6 + j, k, n], m[12 + j, k, n], m[18 + j, k, n], m[24 + j, k, n], m[30 + j, k, n])
-            for i in range(min(4, oh - 4 * ty)):  # rows: (Aᵀ·m)·A
-                row = out[k, 4 * ty + i]
-                for tx in range(tw):
-                    r0, r1, r2, r3 = _at(t[i, 0, tx], t[i, 1, tx], t[i, 2, tx], t[i, 3, tx], t[i, 4, tx], t[i, 5, tx])
-                    x = 4 * tx
-                    if x + 3 < ow:
-                        row[x], row[x + 1], row[x + 2], row[x + 3] = r0 + b[k], r1 + b[k], r2 + b[k], r3 + b[k]
-                    else:  # the last, partial tile
-                        rs = (r0, r1, r2, r3)
-                        for q in range(ow - x):
-                            row[x + q] = rs[q] + b[k]
-                if code:
-                    for x in range(ow):
-                        row[x] = act1(row[x], code, alpha, lo, hi)
+    full = ow // 4  # tiles whose 4 columns all lie inside out
+    u1, u2, u3, u4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
+    for k in range(m.shape[0]):
+        bk = b[k]
+        for c in range(6):  # Aᵀ down each column, over all tiles
+            for j in range(n):
+                f[0, c, j], f[1, c, j], f[2, c, j], f[3, c, j] = _at(
+                    m[k, c, j], m[k, 6 + c, j], m[k, 12 + c, j], m[k, 18 + c, j], m[k, 24 + c, j], m[k, 30 + c, j])
+        for ty in range(t0, t1):  # then along each row, with the epilogue, into out's rows
+            j0 = np.uint64((ty - t0) * tw)
+            for i in range(min(4, oh - 4 * ty)):
+                y = np.uint64(4 * ty + i)
+                for u in range(full):
+                    x, j = u4 * np.uint64(u), j0 + np.uint64(u)
+                    r0, r1, r2, r3 = _at(f[i, 0, j], f[i, 1, j], f[i, 2, j], f[i, 3, j], f[i, 4, j], f[i, 5, j])
+                    out[k, y, x], out[k, y, x + u1] = act1(r0 + bk, code, alpha, lo, hi), act1(r1 + bk, code, alpha,
+                                                                                             lo, hi)
+                    out[k, y, x + u2], out[k, y, x + u3] = act1(r2 + bk, code, alpha, lo, hi), act1(r3 + bk, code,
+                                                                                                  alpha, lo, hi)
+                if full < tw:  # the last, partial tile
+                    j = j0 + np.uint64(full)
+                    rs = _at(f[i, 0, j], f[i, 1, j], f[i, 2, j], f[i, 3, j], f[i, 4, j], f[i, 5, j])
+                    for x in range(4 * full, ow):
+                        out[k, y, x] = act1(rs[x - 4 * full] + bk, code, alpha, lo, hi)
 
 
 def conv3x3(p: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, code: int, alpha, lo, hi) -> None:
-    """out (Cout, oh, ow) = act(valid 3×3 conv of slab p (Cin, oh + 2, ow + 2) with w + b), in chunks of tile
-    rows whose transformed input fits TILE_BYTES."""
-    cin, (oh, ow) = p.shape[0], out.shape[1:]
+    """out (Cout, oh, ow) = act(valid 3×3 conv of slab p (Cin, ≥ oh + 2, ≥ ow + 2) with w + b), in chunks of tile
+    rows whose transformed input fits TILE_BYTES. Channel-major transformed tiles (v[c, 36, n], m[k, 36, n]): each
+    transform then writes and reads 36 nearby rows, not 36 rows a whole matrix apart (twice as fast at 14²); the
+    GEMMs take them as strided views at no cost."""
+    cin, cout, (oh, ow) = p.shape[0], w.shape[0], out.shape[1:]
     th, tw = -(-oh // 4), -(-ow // 4)
-    if p.shape[1:] != (4 * th + 2, 4 * tw + 2):  # whole tiles: zeros below and right (their outputs are dropped)
-        grown = np.zeros((cin, 4 * th + 2, 4 * tw + 2), np.float32)
-        grown[:, :p.shape[1], :p.shape[2]] = p
-        p = grown
+    q = np.empty((cin, 4, 6, (th + 1) * tw), np.float32)
+    _split(p, th, tw, q)
     u = filter_transform(w)
-    step = max(1, min(th, TILE_BYTES // (36 * 4 * cin * tw)))
+    step = max(1, min(th, TILE_BYTES // (36 * 4 * max(cin, cout) * tw)))
+    e, f = np.empty((6, 6, step * tw), np.float32), np.empty((4, 6, step * tw), np.float32)
     for t0 in range(0, th, step):
         t1 = min(th, t0 + step)
-        v = np.empty((36, cin, (t1 - t0) * tw), np.float32)
-        _inputs(p, t0, t1, tw, v)
-        _outputs(np.matmul(u, v), t0, t1, tw, b, out, code, alpha, lo, hi)
+        v = np.empty((cin, 36, (t1 - t0) * tw), np.float32)
+        _inputs(q, tw, t0 * tw, t1 * tw, e, v)
+        m = np.empty((cout, 36, v.shape[2]), np.float32)
+        np.matmul(u, v.transpose(1, 0, 2), out=m.transpose(1, 0, 2))
+        _outputs(m, t0, t1, tw, b, f, out, code, alpha, lo, hi)

@@ -33,8 +33,8 @@ def every_op_graph(seed: int = 0) -> Graph:
 
     nodes = [
         conv("c0", "x", 3, 16, 3),
-        conv("c1", "c0", 16, 8, 3, act="relu"),  # 16 channels in, 20×20 out: the Winograd path
-        conv("c2", "c1", 8, 8, 3, stride=2, groups=2, act="clip", lo=0.0, hi=6.0),
+        conv("c1", "c0", 16, 16, 3, act="relu"),  # 16 channels, 28×28 out: the Winograd path
+        conv("c2", "c1", 16, 8, 3, stride=2, groups=2, act="clip", lo=0.0, hi=6.0),
         conv("c3", "c2", 8, 8, 3, groups=8, act="leakyrelu", alpha=0.1),
         Node("pad", "pad", ("c3",), "pad", {"value": 0.5}, window=Window(pads=(1, 0, 0, 1))),
         conv("c4", "pad", 8, 8, 1),
@@ -57,7 +57,7 @@ def every_op_graph(seed: int = 0) -> Graph:
         Node("gemm", "fc", ("fl",), "fc", {"act": "relu"}, {"w": w(10, 144), "b": w(10)}),
         Node("softmax", "sm", ("fc",), "sm"),
     ]
-    return Graph("every-op", "x", (3, 20, 20), "sm", nodes)
+    return Graph("every-op", "x", (3, 28, 28), "sm", nodes)
 
 
 def _cache() -> tuple[Path, str]:

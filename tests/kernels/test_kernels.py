@@ -65,8 +65,8 @@ CONVS = [
     (16, 12, 9, 10, (1, 1), (2, 2), (1, 0, 0, 1), (1, 1), 4, False),
     (3, 4, 20, 19, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1, True),
     # Winograd F(4×4, 3×3): sizes no multiple of 4, asymmetric pads, a map big enough for tiles of it
-    (16, 20, 23, 29, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
-    (32, 8, 26, 21, (3, 3), (1, 1), (0, 2, 1, 0), (1, 1), 1, False),
+    (16, 20, 31, 29, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
+    (32, 24, 30, 21, (3, 3), (1, 1), (0, 2, 1, 0), (1, 1), 1, False),
     (16, 16, 80, 80, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
     # 3×3 depthwise at stride 2: rows wide enough to split into even and odd columns (multiplier 2, odd
     # width), and too narrow for it (asymmetric pads)
@@ -125,6 +125,8 @@ def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():
     assert not winograd_pays((16, 16, 3, 3), (1, 1), (1, 1), (4, 200))  # a halo strip
     assert not winograd_pays((16, 16, 3, 3), (2, 2), (1, 1), (40, 40))
     assert not winograd_pays((16, 3, 3, 3), (1, 1), (1, 1), (40, 40))
+    assert not winograd_pays((512, 512, 3, 3), (1, 1), (1, 1), (7, 7))  # ResNet-50's last stage at 224²
+    assert not winograd_pays((64, 16, 3, 3), (1, 1), (1, 1), (20, 20))  # too few channels for the pixels
     wt = randn((8, 16, 3, 3))
     u = winograd.filter_transform(wt)
     assert winograd.filter_transform(wt) is u and winograd.filter_transform(wt.copy()) is not u
@@ -149,7 +151,7 @@ def test_im2col_in_chunks_of_rows_equals_one_chunk(n, monkeypatch):
 
 
 @pytest.mark.parametrize("k,stride,groups,alone", [(3, 1, 1, 2), (3, 2, 1, 1), (1, 1, 1, 6), (3, 1, 4, 6),
-                                                   (3, 1, 16, 6)])
+                                                   (3, 1, 32, 6)])
 def test_regions_of_one_tile_share_a_gemm_and_equal_one_region_at_a_time(k, stride, groups, alone, monkeypatch):
     """An overlap's pieces: a tile's core and the four border strips around it (one touching the image's left
     border), from a buffer holding the tile and its halo, plus an empty piece. Those on the im2col path run
@@ -157,7 +159,7 @@ def test_regions_of_one_tile_share_a_gemm_and_equal_one_region_at_a_time(k, stri
     every 1×1, grouped or depthwise piece). Each equals conv2d of that region alone."""
     from nptp_mpi.kernels import conv
 
-    x, wt, b = randn((16, 64, 48), 1), randn((32, 16 // groups, k, k), 2), randn(32, 3)
+    x, wt, b = randn((32, 64, 48), 1), randn((32, 32 // groups, k, k), 2), randn(32, 3)
     origin, in_hw, pad = (2, 0), (70, 48), (k // 2,) * 4
     o = 6 // stride  # the tile: output rows [o, o + 24), cols [0, 22)
     pieces = [(o + 1, 1, o + 23, 21), (o, 0, o + 1, 22), (o + 23, 0, o + 24, 22), (o + 1, 0, o + 23, 1),
@@ -173,11 +175,16 @@ def test_regions_of_one_tile_share_a_gemm_and_equal_one_region_at_a_time(k, stri
     assert len(calls) == alone
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 2])
 @pytest.mark.parametrize("cin,h,w", [(16, 21, 22), (64, 37, 41), (256, 12, 30)])
-def test_winograd_error_against_a_float64_direct_conv(cin, h, w):
+def test_winograd_error_against_a_float64_direct_conv(cin, h, w, chunk_rows, monkeypatch):
     """F(4×4, 3×3) in float32 stays within 2e-5 of the largest output (measured 0.5-1.1e-5; im2col: ~1e-6)
-    on He-scaled weights, against the direct sum in float64."""
+    on He-scaled weights, against the direct sum in float64; in one chunk of tile rows, and in chunks of two
+    (the last one partial for h = 12)."""
     from nptp_mpi.kernels import winograd
+
+    if chunk_rows:
+        monkeypatch.setattr(winograd, "TILE_BYTES", 36 * 4 * max(cin, 24) * -(-w // 4) * chunk_rows)
 
     x, wt = randn((cin, h + 2, w + 2), 1), randn((24, cin, 3, 3), 2) * np.float32(np.sqrt(2 / (9 * cin)))
     exact = sum(np.einsum("kc,chw->khw", wt[:, :, i, j].astype(np.float64), x[:, i:i + h, j:j + w].astype(np.float64))
