@@ -427,6 +427,17 @@ def test_tiles_match_whole(name, compute, x, win, out_hw):
 
 
 @pytest.mark.parametrize("name, compute, x, win, out_hw", REGION_CASES, ids=[c[0] for c in REGION_CASES])
+def test_an_inner_region_of_the_whole_map_is_that_part_of_it(name, compute, x, win, out_hw):
+    """A region computed from a buffer that holds the whole map (so real data lies past the slab it reads: a
+    Winograd tile must not mix it in) is the whole output's part."""
+    whole = compute(x, (0, 0), (0, 0, *out_hw))
+    y0, x0, y1, x1 = 2, 3, out_hw[0] - 1, out_hw[1] - 2
+    tol = 3e-5 if name in (f"conv{n}" for n in WINOGRAD) else 1e-6
+    np.testing.assert_allclose(compute(x, (0, 0), (y0, x0, y1, x1)), whole[:, y0:y1, x0:x1], rtol=tol,
+                               atol=tol * np.abs(whole).max())
+
+
+@pytest.mark.parametrize("name, compute, x, win, out_hw", REGION_CASES, ids=[c[0] for c in REGION_CASES])
 def test_missing_interior_row_raises(name, compute, x, win, out_hw):
     (k, s, pads, d), h = win, x.shape[1]
     region = (out_hw[0] // 2, 0, out_hw[0] // 2 + 1, out_hw[1])
