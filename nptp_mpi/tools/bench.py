@@ -77,7 +77,9 @@ def conv_layers(graph) -> list[dict]:
 def bench_convs(layers: list[dict], repeat: int = 5) -> list[dict]:
     """Time conv2d and ORT on each layer (keys name, cin, cout, h, w, k, stride, pad, groups).
 
-    Rows add ms_ours, ms_ort, gflops_ours, gflops_ort, ratio (ours / ORT speed) and max_abs_err.
+    Rows add ms_ours, ms_ort, gflops_ours, gflops_ort, ratio (ours / ORT speed), max_abs_err, and ms_gemm: the
+    BLAS GEMM alone of the layer as im2col runs it (weights × columns, already made; None for a grouped conv),
+    timed in the same rounds: the floor of our im2col path, and how much of a gap is the BLAS itself.
     """
     rng = np.random.default_rng(0)
     rows = []
@@ -92,16 +94,21 @@ def bench_convs(layers: list[dict], repeat: int = 5) -> list[dict]:
                        (0, 0, oh, ow))
         ort_run = _ort_conv(x, w, b, s, p, g)
         err = float(np.abs(ours() - ort_run()).max())
-        t_ours, t_ort = _median_s([ours, ort_run], repeat)
+        fns = [ours, ort_run]
+        if g == 1:
+            wm, cols = w.reshape(L["cout"], -1), rng.standard_normal((w[0].size, oh * ow), np.float32)
+            fns.append(partial(np.matmul, wm, cols, out=np.empty((L["cout"], oh * ow), np.float32)))
+        t_ours, t_ort, *t_gemm = _median_s(fns, repeat)
         rows.append({**L, "ms_ours": t_ours * 1e3, "ms_ort": t_ort * 1e3, "gflops_ours": flops / t_ours / 1e9,
-                     "gflops_ort": flops / t_ort / 1e9, "ratio": t_ort / t_ours, "max_abs_err": err})
+                     "gflops_ort": flops / t_ort / 1e9, "ratio": t_ort / t_ours, "max_abs_err": err,
+                     "ms_gemm": t_gemm[0] * 1e3 if t_gemm else None})
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     """Aligned text table of bench_convs rows with a median-ratio footer."""
     cols = [("name", "{}"), ("cin", "{}"), ("cout", "{}"), ("h", "{}"), ("w", "{}"), ("k", "{}"),
-            ("stride", "{}"), ("groups", "{}"), ("ms_ours", "{:.2f}"), ("ms_ort", "{:.2f}"),
+            ("stride", "{}"), ("groups", "{}"), ("ms_ours", "{:.2f}"), ("ms_ort", "{:.2f}"), ("ms_gemm", "{:.2f}"),
             ("gflops_ours", "{:.1f}"), ("gflops_ort", "{:.1f}"), ("ratio", "{:.2f}")]
     ratio = statistics.median(r["ratio"] for r in rows) if rows else float("nan")
     return "\n".join([_aligned([c for c, _ in cols], cols, rows),
@@ -110,7 +117,7 @@ def format_table(rows: list[dict]) -> str:
 
 def _aligned(head: list[str], cols: list[tuple[str, str]], rows: list[dict]) -> str:
     """Rows as a text table: a header, a rule, one line per row (first column left, the others right)."""
-    cells = [head] + [[f.format(r[c]) for c, f in cols] for r in rows]
+    cells = [head] + [["-" if r[c] is None else f.format(r[c]) for c, f in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = ["  ".join(v.rjust(wd) if i else v.ljust(wd) for i, (v, wd) in enumerate(zip(row, widths, strict=True)))
              for row in cells]

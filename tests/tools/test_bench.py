@@ -8,7 +8,7 @@ from conftest import run_cli
 
 from nptp_mpi.cli.early import threads_asked
 from nptp_mpi.model import zoo
-from nptp_mpi.tools.bench import KINDS, bench_models, format_models, kind
+from nptp_mpi.tools.bench import KINDS, bench_convs, bench_models, conv_layers, format_models, format_table, kind
 
 
 def test_models_bench_times_both_engines_and_breaks_ours_down_by_op_kind() -> None:
@@ -20,6 +20,18 @@ def test_models_bench_times_both_engines_and_breaks_ours_down_by_op_kind() -> No
     assert 0.5 * row["ms_ours"] < parts <= row["ms_ours"] * 1.01  # (the rest: Python between the nodes)
     assert row["ms_depthwise"] > 0 and row["ms_conv1x1"] > 0
     assert "depthwise" in format_models([row]).splitlines()[0]
+
+
+def test_kernels_bench_times_each_distinct_conv_with_its_blas_floor() -> None:
+    """One row per distinct conv layer; a plain conv also times its GEMM alone, a depthwise one has none."""
+    layers = conv_layers(zoo.build("mobilenet_v2", (32, 32)))
+    picked = [next(L for L in layers if L["groups"] == 1 and L["k"] == 3),
+              next(L for L in layers if L["groups"] > 1)]
+    plain, depthwise = bench_convs(picked, repeat=3)
+    assert plain["max_abs_err"] < 1e-3 and plain["ms_gemm"] > 0 and plain["ms_ort"] > 0
+    assert depthwise["ms_gemm"] is None
+    table = format_table([plain, depthwise])
+    assert "ms_gemm" in table.splitlines()[0] and " - " in table.splitlines()[3]
 
 
 def test_op_kinds() -> None:
