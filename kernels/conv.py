@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit
 
 from . import winograd
-from .pointwise import act1, act_code, epilogue
+from .pointwise import act1, act_code, epilogue, finish, inline_code
 from .window import window
 
 # im2col + GEMM run in chunks of output rows whose columns fit COL_BYTES: about the size of a core's L2, so
@@ -143,9 +143,11 @@ def _slab(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kernel
 
 
 def _operands(w: np.ndarray, b: np.ndarray | None, act: str, alpha: float, lo: float, hi: float) -> tuple:
-    """float32 weights, the bias (zeros for none) and the epilogue's activation arguments, as the kernels take them."""
+    """float32 weights, the bias (zeros for none) and the activation's arguments, as the kernels take them: those
+    with the activation the kernels' loops apply themselves (pointwise.inline_code), and the whole ones."""
     b = np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32)
-    return np.asarray(w, np.float32), b, (act_code(act), np.float32(alpha), np.float32(lo), np.float32(hi))
+    epi = (act_code(act), np.float32(alpha), np.float32(lo), np.float32(hi))
+    return np.asarray(w, np.float32), b, (inline_code(epi[0]), *epi[1:]), epi
 
 
 def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
@@ -164,15 +166,17 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     if out.size == 0:
         return out
     p = _slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)
-    w, b, epi = _operands(w, b, act, alpha, lo, hi)
+    w, b, epi, whole = _operands(w, b, act, alpha, lo, hi)
     if cin_g == 1 and groups > 1:
         if (kh, kw) == (3, 3) and stride[0] == stride[1] in (1, 2) and dilation == (1, 1):
             _depthwise3x3(p, w, b, stride[0], out, *epi)
         else:
             _depthwise(p, w, b, *stride, *dilation, out, *epi)
+        finish(out, *whole)
         return out
     if groups == 1 and winograd_pays(w.shape, stride, dilation, out.shape[1:]):
         winograd.conv3x3(p, w, b, out, *epi)
+        finish(out, *whole)
         return out
     k = cin_g * kh * kw
     cout_g, (oh, ow) = cout // groups, out.shape[1:]
@@ -183,7 +187,7 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     for g in range(groups):
         o = slice(g * cout_g, (g + 1) * cout_g)
         _gemm_conv(p[g * cin_g:(g + 1) * cin_g], wm[o], out[o], (kh, kw), stride, dilation, step, cols)
-    epilogue(out.reshape(cout, -1), np.ones(cout, np.float32), b, *epi)
+    epilogue(out.reshape(cout, -1), np.ones(cout, np.float32), b, *whole)
     return out
 
 
@@ -214,9 +218,9 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
         _im2col(_slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, regions[i]), kh, kw, *stride, *dilation, 0,
                 hw[i][0], col)
         cols[:, c0:c1] = col
-    w, b, epi = _operands(w, b, act, alpha, lo, hi)
+    w, b, _, whole = _operands(w, b, act, alpha, lo, hi)
     y = w.reshape(cout, k) @ cols
-    epilogue(y, np.ones(cout, np.float32), b, *epi)
+    epilogue(y, np.ones(cout, np.float32), b, *whole)
     for i, c0, c1 in zip(shared, offsets[:-1], offsets[1:], strict=True):
         outs[i] = np.ascontiguousarray(y[:, c0:c1]).reshape(cout, *hw[i])
     return outs

@@ -110,9 +110,14 @@ def clear_stale_cache() -> bool:
 
 def warm() -> None:
     """Run every kernel once (compiling into, or loading from, the on-disk cache; a stale cache dropped first)."""
+    from nptp_mpi import kernels
+    from nptp_mpi.kernels.pointwise import ACTS
+
     clear_stale_cache()
     g = every_op_graph()
     run(g, np.random.default_rng(1).standard_normal(g.input_shape, dtype=np.float32))
+    for act in ACTS:  # each activation's own vectorised pass (pointwise.finish)
+        kernels.activation(np.zeros(4, np.float32), act)
     cache, digest = _cache()
     try:
         (cache / WARM_STAMP).write_text(digest)

@@ -264,6 +264,43 @@ def test_unary(name, ours, stage):
     assert_close(ours(x), ort_run([x[None]], stage)[0])
 
 
+def _exact_activation(name: str, v: np.ndarray, alpha: float) -> np.ndarray:
+    """float64 references of the activations our float32 code approximates (exp, tanh, erf)."""
+    from math import erf
+
+    return {"sigmoid": lambda: 1 / (1 + np.exp(-v)), "silu": lambda: v / (1 + np.exp(-v)), "tanh": lambda: np.tanh(v),
+            "elu": lambda: np.where(v >= 0, v, alpha * np.expm1(np.minimum(v, 0))),
+            "softplus": lambda: np.logaddexp(0, v),
+            "gelu": lambda: 0.5 * v * (1 + np.vectorize(erf)(v / np.sqrt(2)))}[name]()
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "silu", "tanh", "elu", "softplus", "gelu"])
+def test_exp_based_activations_against_float64(name):
+    """Vectorised float32 exp (Cephes, 1 ulp), tanh and erf (A&S 7.1.26): within 3e-7 of the float64 value,
+    relative to max(1, |value|), from the tails (±90) through zero; NaN stays NaN."""
+    v = np.concatenate([np.linspace(-90, 90, 20001), np.geomspace(1e-8, 10, 2000), -np.geomspace(1e-8, 10, 2000),
+                        [0.0, np.nan]]).astype(np.float32)
+    got = K.activation(v, name, alpha=0.7).astype(np.float64)
+    want = _exact_activation(name, v[:-1].astype(np.float64), 0.7)
+    assert np.isnan(got[-1])
+    err = np.abs(got[:-1] - want) / np.maximum(1.0, np.abs(want))
+    assert err.max() <= 3e-7, (float(err.max()), float(v[np.argmax(err)]))
+
+
+@pytest.mark.parametrize("act", [a for a in sorted(K.pointwise.ACTS) if a])
+@pytest.mark.parametrize("n", [1, 5, 8, 12])
+def test_every_activation_on_every_conv_path_is_the_activation_of_the_plain_conv(act, n):
+    """im2col, depthwise, 1×1 and Winograd convs (CONVS 1, 5, 8, 12) apply each activation as activation()
+    does to their plain output, bit for bit: the producer's own loop (none, relu, clip) or the vectorised pass
+    after it (the others)."""
+    x, wt, b, _ = conv_case(CONVS[n])
+    k, s, pads, d, g = CONVS[n][4:9]
+    out_hw = [out_len(x.shape[1 + a], k[a], s[a], d[a], pads[a], pads[a + 2], False) for a in (0, 1)]
+    args = (x, (0, 0), x.shape[1:], wt, b, s, pads, d, g, (0, 0, *out_hw))
+    params = dict(alpha=0.3, lo=-0.5, hi=0.7)
+    np.testing.assert_array_equal(K.conv2d(*args, act, **params), K.activation(K.conv2d(*args), act, **params))
+
+
 @pytest.mark.parametrize("op, ours, n", [("Add", K.add, 2), ("Sum", K.add, 3), ("Mul", K.mul, 2)])
 def test_merge(op, ours, n):
     xs = [randn((4, 9, 11), seed) for seed in range(n)]
