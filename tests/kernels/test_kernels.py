@@ -72,6 +72,9 @@ CONVS = [
     # width), and too narrow for it (asymmetric pads)
     (8, 16, 23, 25, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 8, True),
     (6, 6, 11, 12, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 6, False),
+    # depthwise on the phase-plane path: 7×7 (ConvNeXt's), 5×5 at strides (2, 1)
+    (12, 12, 15, 14, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1), 12, True),
+    (6, 6, 17, 16, (5, 5), (2, 1), (2, 2, 1, 2), (1, 1), 6, False),
 ]
 WINOGRAD = (10, 11, 12)
 
@@ -403,7 +406,7 @@ def tiled(compute, x: np.ndarray, kernel, stride, pads, dilation, out_hw) -> lis
 
 def region_cases():
     """(compute(buffer, origin, region), x, window, out_hw) for conv and pool attribute combos."""
-    for n in (1, 2, 3, 6, 8, 10, 12, 13, 14):  # (10, 12: Winograd where a tile is big enough, im2col on thin ones)
+    for n in (1, 2, 3, 6, 8, 10, 12, 13, 14, 15, 16):  # (10, 12: Winograd where a tile is big enough)
         case = CONVS[n]
         x, wt, b, _ = conv_case(case)
         k, s, pads, d, g = case[4:9]
