@@ -184,12 +184,12 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
     """PRelu of (C, H, W) with one slope per channel: x where x >= 0, slope[c]·x elsewhere."""
     x = np.asarray(x, np.float32)
-    return np.where(x >= 0, x, x * slope.reshape(-1, 1, 1)).astype(np.float32)
+    return np.where(x >= 0, x, x * np.asarray(slope, np.float32).reshape(-1, 1, 1))
 
 
 def scale_channels(x: np.ndarray, gate: np.ndarray) -> np.ndarray:
-    """(C, H, W) times one gate value per channel (squeeze-and-excitation's last step)."""
-    return (np.asarray(x, np.float32) * gate.reshape(-1, 1, 1)).astype(np.float32)
+    """(C, H, W) times one gate value per channel (squeeze-and-excitation's last step), in one pass."""
+    return np.multiply(x, np.asarray(gate, np.float32).reshape(-1, 1, 1), dtype=np.float32)
 
 
 def channels(x: np.ndarray, c0: int, c1: int) -> np.ndarray:
@@ -245,8 +245,8 @@ def channel_norm(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, eps: float
 
 
 def _fold(op: np.ufunc, xs: tuple[np.ndarray, ...]) -> np.ndarray:
-    out = np.array(xs[0], dtype=np.float32, order="C")
-    for y in xs[1:]:
+    out = op(xs[0], xs[1], dtype=np.float32)  # (a new C-contiguous array: the first step writes it)
+    for y in xs[2:]:
         op(out, y, out=out)
     return out
 
