@@ -8,7 +8,7 @@ from numba import njit
 
 from . import winograd
 from .pointwise import act1, act_code, epilogue, finish, inline_code
-from .window import window
+from .window import phase_planes, window
 
 # im2col + GEMM run in chunks of output rows whose columns fit COL_BYTES: about the size of a core's L2, so
 # the GEMM reads what im2col just wrote from cache (ResNet-50's 7×7 stem, caches cold: 1.39 ms with 8 MiB
@@ -40,10 +40,10 @@ def _im2col(p, kh, kw, sh, sw, dh, dw, r0, r1, cols):
 
 @njit(cache=True)
 def _depthwise_planes(q, width, plane, offset, w, b, out, acc, code, alpha, lo, hi):
-    """Direct conv with one input channel per group (output o reads channel o // multiplier), over flattened
-    stride-1 planes: tap t adds w[o, 0, t] × q[c, plane[t], offset[t] + n] to every acc[n], n = i·width + j, one long
-    loop per tap (a loop per output row and tap was too short on 7²-28² maps: 5×5 taps at 7² ran 4.7× slower);
-    then the ow first values of each row of acc are the output row (the rest read past it and are dropped)."""
+    """Direct conv with one input channel per group (output o reads channel o // multiplier), over phase planes
+    (window.phase_planes): tap t adds w[o, 0, t] × q[c, plane[t], offset[t] + n] to every acc[n], n = i·width + j,
+    one long loop per tap (5×5 taps at 7²: 4.7× faster than loops per output row and tap); the ow first values of
+    each row of acc are the output row."""
     cout, oh, ow = out.shape
     mult = cout // q.shape[0]
     taps = plane.size
@@ -66,25 +66,9 @@ def _depthwise_planes(q, width, plane, offset, w, b, out, acc, code, alpha, lo, 
 
 def _depthwise(p: np.ndarray, w: np.ndarray, b: np.ndarray, stride: tuple[int, int], dilation: tuple[int, int],
                out: np.ndarray, code: int, alpha, lo, hi) -> None:
-    """Depthwise conv of any kernel, stride and dilation from slab p: a stride-s conv is a stride-1 conv over
-    the s×s phase planes of its input (tap (ky, kx) reads plane (ky·dh mod sh, kx·dw mod sw), shifted by the
-    quotients), which _depthwise_planes runs as flat loops."""
-    (sh, sw), (dh, dw), (kh, kw) = stride, dilation, w.shape[2:]
-    oh, ow = out.shape[1:]
-    rows, width = oh + (kh - 1) * dh // sh, ow + (kw - 1) * dw // sw
-    if (sh, sw) == (1, 1):
-        q = p.reshape(p.shape[0], 1, -1)
-    else:  # (past a plane's data, what is read lands only in the dropped values)
-        q = np.empty((p.shape[0], sh * sw, rows, width), np.float32)
-        for a in range(sh):
-            for c in range(sw):
-                phase = p[:, a::sh, c::sw][:, :rows, :width]
-                q[:, a * sw + c, :phase.shape[1], :phase.shape[2]] = phase
-        q = q.reshape(p.shape[0], sh * sw, -1)
-    ky, kx = np.divmod(np.arange(kh * kw), kw)
-    plane = (ky * dh % sh) * sw + kx * dw % sw
-    offset = (ky * dh // sh) * width + kx * dw // sw
-    _depthwise_planes(q, width, plane, offset, w, b, out, np.empty(rows * width, np.float32), code, alpha, lo, hi)
+    """Depthwise conv of any kernel, stride and dilation from slab p, over its phase planes (window.phase_planes)."""
+    q, width, plane, offset = phase_planes(p, w.shape[2:], stride, dilation, out.shape[1:])
+    _depthwise_planes(q, width, plane, offset, w, b, out, np.empty(q.shape[2], np.float32), code, alpha, lo, hi)
 
 
 SPLIT_FROM = 10  # output columns from which a stride-2 3×3 depthwise conv splits its rows (bench kernels)

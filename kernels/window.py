@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 
 def taps(o0: int, o1: int, k: int, s: int, d: int, p: int) -> np.ndarray:
@@ -70,3 +71,45 @@ def window(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kerne
     else:
         slab[:] = fill
     return slab
+
+
+def phase_planes(p: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+                 out_hw: tuple[int, int]) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """A valid window op of stride s over slab p as a stride-1 one over p's s×s phase planes, flattened:
+    (q (C, planes, rows·width), width, plane, offset), where tap t = ky·kw + kx of output (i, j) reads
+    q[c, plane[t], offset[t] + i·width + j]. One long loop per tap then covers every output of a channel (a loop
+    per output row and tap is too short to vectorise on 7²-28² maps); the values computed past an output row's
+    end read past the plane's data and are dropped. Stride 1 is p itself, not a copy."""
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_hw
+    rows, width = oh + (kh - 1) * dh // sh, ow + (kw - 1) * dw // sw
+    if (sh, sw) == (1, 1):
+        q = p.reshape(p.shape[0], 1, -1)
+    else:
+        q = np.empty((p.shape[0], sh * sw, rows, width), np.float32)
+        _split_phases(np.ascontiguousarray(p), sh, sw, q)
+        q = q.reshape(p.shape[0], sh * sw, -1)
+    ky, kx = np.divmod(np.arange(kh * kw), kw)
+    return q, width, (ky * dh % sh) * sw + kx * dw % sw, (ky * dh // sh) * width + kx * dw // sw
+
+
+@njit(cache=True)
+def _split_phases(p, sh, sw, q):
+    """q[c, a·sw + b, r, u] = p[c, r·sh + a, u·sw + b] where that lies inside p (the rest is left as it is).
+    Column stride 2 has its own loop, both phases at once: with the stride a constant LLVM vectorises the
+    de-interleaving (numpy's strided copies took 1.2 ms for a 64-channel 224² map, 3× the pooling after them)."""
+    rows, cols = p.shape[1], p.shape[2]
+    width = q.shape[3]
+    u1, u2, usw = np.uint64(1), np.uint64(2), np.uint64(sw)
+    for c in range(p.shape[0]):
+        for a in range(sh):
+            for r in range(min(q.shape[2], (rows - a + sh - 1) // sh)):
+                y = np.uint64(r * sh + a)
+                if sw == 2 and cols >= 2 * width:
+                    for u in range(width):
+                        x = u2 * np.uint64(u)
+                        q[c, a * 2, r, u], q[c, a * 2 + 1, r, u] = p[c, y, x], p[c, y, x + u1]
+                    continue
+                for b in range(sw):
+                    ub = np.uint64(b)
+                    for u in range(min(width, (cols - b + sw - 1) // sw)):
+                        q[c, a * sw + b, r, u] = p[c, y, usw * np.uint64(u) + ub]
