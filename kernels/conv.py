@@ -1,5 +1,6 @@
 """2-D convolution of an output region: Winograd F(4×4, 3×3) where it pays (winograd.py), else im2col into a
-bounded column buffer + float32 BLAS GEMM; depthwise convs by direct loops."""
+bounded column buffer + float32 BLAS GEMM; depthwise convs by direct loops (3×3 over rows, the others over the
+input's phase planes, window.phase_planes)."""
 
 from __future__ import annotations
 
