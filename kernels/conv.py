@@ -9,7 +9,7 @@ from numba import njit
 
 from . import winograd
 from .pointwise import act1, act_code, epilogue, finish, inline_code
-from .window import phase_planes, window
+from .window import phase_planes, split_phases, window
 
 # im2col + GEMM run in chunks of output rows whose columns fit COL_BYTES: about the size of a core's L2, so
 # the GEMM reads what im2col just wrote from cache (ResNet-50's 7×7 stem, caches cold: 1.39 ms with 8 MiB
@@ -72,31 +72,22 @@ def _depthwise(p: np.ndarray, w: np.ndarray, b: np.ndarray, stride: tuple[int, i
     _depthwise_planes(q, width, plane, offset, w, b, out, np.empty(q.shape[2], np.float32), code, alpha, lo, hi)
 
 
-SPLIT_FROM = 10  # output columns from which a stride-2 3×3 depthwise conv splits its rows (bench kernels)
+SPLIT_FROM = 10  # output columns from which a stride-2 3×3 depthwise conv reads its input split (bench kernels)
 
 
 @njit(cache=True)
-def _depthwise3x3(p, w, b, s, out, code, alpha, lo, hi):
+def _depthwise3x3(p, e, w, b, s, out, code, alpha, lo, hi):
     """_depthwise for 3×3 kernels at stride 1 or 2 (no dilation): the nine taps in one pass over each output
-    row (no accumulator traffic between taps). Stride-2 rows of SPLIT_FROM outputs or more are first split into
-    even and odd columns, so that every load is unit-stride; on shorter rows the split costs more than it
-    saves (MobileNetV2's 576 channels at 14² → 7²: 0.076 against 0.050 ms). Unsigned indices and no row views,
-    as in _im2col."""
+    row (no accumulator traffic between taps). Wide stride-2 rows read e, p's even and odd columns
+    (window.split_phases), so that every load is unit-stride; otherwise (e empty) p itself: on rows under
+    SPLIT_FROM outputs the split costs more than it saves (MobileNetV2's 576 channels at 14² → 7²: 0.076
+    against 0.050 ms). Unsigned indices and no row views, as in _im2col."""
     cout, oh, ow = out.shape
     mult = cout // p.shape[0]
-    rows, width = p.shape[1], p.shape[2]
-    split = s == 2 and ow >= SPLIT_FROM
-    e = np.empty((2, rows, (width + 1) // 2) if split else (2, 0, 0), np.float32)  # [0] even columns, [1] odd
+    split = e.shape[2] > 0
     us, u1, u2 = np.uint64(s), np.uint64(1), np.uint64(2)
     for o in range(cout):
         c = o // mult
-        if split and o % mult == 0:  # (the next multiplier's outputs read the same channel)
-            for r in range(rows):
-                for u in range(width // 2):
-                    q = u2 * np.uint64(u)
-                    e[0, r, u], e[1, r, u] = p[c, r, q], p[c, r, q + u1]
-                if width % 2:
-                    e[0, r, width // 2] = p[c, r, width - 1]
         w00, w01, w02 = w[o, 0, 0, 0], w[o, 0, 0, 1], w[o, 0, 0, 2]
         w10, w11, w12 = w[o, 0, 1, 0], w[o, 0, 1, 1], w[o, 0, 1, 2]
         w20, w21, w22 = w[o, 0, 2, 0], w[o, 0, 2, 1], w[o, 0, 2, 2]
@@ -105,10 +96,10 @@ def _depthwise3x3(p, w, b, s, out, code, alpha, lo, hi):
             r = np.uint64(s * i)
             if split:
                 for j in range(ow):
-                    out[o, i, j] = act1(bo + w00 * e[0, r, j] + w01 * e[1, r, j] + w02 * e[0, r, j + 1]
-                                        + w10 * e[0, r + u1, j] + w11 * e[1, r + u1, j] + w12 * e[0, r + u1, j + 1]
-                                        + w20 * e[0, r + u2, j] + w21 * e[1, r + u2, j] + w22 * e[0, r + u2, j + 1],
-                                        code, alpha, lo, hi)
+                    out[o, i, j] = act1(bo + w00 * e[c, 0, r, j] + w01 * e[c, 1, r, j] + w02 * e[c, 0, r, j + 1]
+                                        + w10 * e[c, 0, r + u1, j] + w11 * e[c, 1, r + u1, j]
+                                        + w12 * e[c, 0, r + u1, j + 1] + w20 * e[c, 0, r + u2, j]
+                                        + w21 * e[c, 1, r + u2, j] + w22 * e[c, 0, r + u2, j + 1], code, alpha, lo, hi)
             else:
                 for j in range(ow):
                     q = us * np.uint64(j)
@@ -182,7 +173,11 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     w, b, epi, whole = _operands(w, b, act, alpha, lo, hi)
     if cin_g == 1 and groups > 1:
         if (kh, kw) == (3, 3) and stride[0] == stride[1] in (1, 2) and dilation == (1, 1):
-            _depthwise3x3(p, w, b, stride[0], out, *epi)
+            split = stride[0] == 2 and out.shape[2] >= SPLIT_FROM
+            e = np.empty((p.shape[0], 2, p.shape[1], out.shape[2] + 1) if split else (0, 2, 0, 0), np.float32)
+            if split:
+                split_phases(p, 1, 2, e)
+            _depthwise3x3(p, e, w, b, stride[0], out, *epi)
         else:
             _depthwise(p, w, b, stride, dilation, out, *epi)
         finish(out, *whole)

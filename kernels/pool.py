@@ -65,7 +65,7 @@ def pool2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kind:
     p = window(x, origin, in_hw, kernel, stride, pads, dilation, region, -np.inf if is_max else 0.0)
     div = [_divisor(a, b, kernel[ax], stride[ax], dilation[ax], pads[ax], pads[ax + 2], in_hw[ax],
                     count_include_pad) for ax, a, b in ((0, y0, y1), (1, x0, x1))]
-    q, width, plane, offset = phase_planes(np.ascontiguousarray(p), kernel, stride, dilation, out.shape[1:])
+    q, width, plane, offset = phase_planes(p, kernel, stride, dilation, out.shape[1:])
     _POOL[kind](q, width, plane, offset, *div, out, np.empty(q.shape[2], np.float32))
     return out
 
