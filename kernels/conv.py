@@ -1,6 +1,6 @@
 """2-D convolution of an output region: Winograd F(4×4, 3×3) where it pays (winograd.py), else im2col into a
-bounded column buffer + float32 BLAS GEMM; depthwise convs by direct loops (3×3 over rows, the others over the
-input's phase planes, window.phase_planes)."""
+bounded column buffer + float32 BLAS GEMM; depthwise convs by direct loops over each channel's slab (3×3 over rows,
+the others over the slab's phase planes, window.phase_layout)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from numba import njit
 
 from . import winograd
 from .pointwise import act1, act_code, epilogue, finish, inline_code
-from .window import phase_planes, split_phases, window
+from .window import phase_layout, planes, split_phases, stage, staging, window
 
 # im2col + GEMM run in chunks of output rows whose columns fit COL_BYTES: about the size of a core's L2, so
 # the GEMM reads what im2col just wrote from cache (ResNet-50's 7×7 stem, caches cold: 1.39 ms with 8 MiB
@@ -40,73 +40,92 @@ def _im2col(p, kh, kw, sh, sw, dh, dw, r0, r1, cols):
 
 
 @njit(cache=True)
-def _depthwise_planes(q, width, plane, offset, w, b, out, acc, code, alpha, lo, hi):
-    """Direct conv with one input channel per group (output o reads channel o // multiplier), over phase planes
-    (window.phase_planes): tap t adds w[o, 0, t] × q[c, plane[t], offset[t] + n] to every acc[n], n = i·width + j,
-    one long loop per tap (5×5 taps at 7²: 4.7× faster than loops per output row and tap); the ow first values of
-    each row of acc are the output row."""
+def _depthwise_planes(x, copy, p, q4, sh, sw, width, plane, offset, w, b, out, acc, code, alpha, lo, hi):
+    """Direct conv with one input channel per group (output o reads channel o // multiplier), over the phase planes
+    of each channel's slab (window.phase_layout; staged one channel at a time, window.staging): tap t adds
+    w[o, 0, t] × q[0, plane[t], offset[t] + n] to every acc[n], n = i·width + j, one long loop per tap (5×5 taps at
+    7²: 4.7× faster than loops per output row and tap); the ow first values of each row of acc are the output row."""
     cout, oh, ow = out.shape
-    mult = cout // q.shape[0]
+    mult = cout // x.shape[0]
     taps = plane.size
     m = (oh - 1) * width + ow
-    for o in range(cout):
-        c = o // mult
-        bo = b[o]
-        for n in range(m):
-            acc[n] = bo
-        for t in range(taps):
-            wv, pl, off = w[o, 0, t // w.shape[3], t % w.shape[3]], plane[t], np.uint64(offset[t])
-            for n in range(m):  # (unsigned indices: see _im2col)
-                un = np.uint64(n)
-                acc[un] += wv * q[c, pl, off + un]
-        for i in range(oh):
-            base = np.uint64(i * width)
-            for j in range(ow):
-                out[o, i, j] = act1(acc[base + np.uint64(j)], code, alpha, lo, hi)
+    for c in range(x.shape[0]):
+        stage(x, c, copy, p)
+        q = planes(p, sh, sw, q4)
+        for o in range(c * mult, (c + 1) * mult):
+            bo = b[o]
+            for n in range(m):
+                acc[n] = bo
+            for t in range(taps):
+                wv, pl, off = w[o, 0, t // w.shape[3], t % w.shape[3]], plane[t], np.uint64(offset[t])
+                for n in range(m):  # (unsigned indices: see _im2col)
+                    un = np.uint64(n)
+                    acc[un] += wv * q[0, pl, off + un]
+            for i in range(oh):
+                base = np.uint64(i * width)
+                for j in range(ow):
+                    out[o, i, j] = act1(acc[base + np.uint64(j)], code, alpha, lo, hi)
 
 
-def _depthwise(p: np.ndarray, w: np.ndarray, b: np.ndarray, stride: tuple[int, int], dilation: tuple[int, int],
-               out: np.ndarray, code: int, alpha, lo, hi) -> None:
-    """Depthwise conv of any kernel, stride and dilation from slab p, over its phase planes (window.phase_planes)."""
-    q, width, plane, offset = phase_planes(p, w.shape[2:], stride, dilation, out.shape[1:])
-    _depthwise_planes(q, width, plane, offset, w, b, out, np.empty(q.shape[2], np.float32), code, alpha, lo, hi)
+def _depthwise(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
+               stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int],
+               region: tuple[int, int, int, int], out: np.ndarray, code: int, alpha, lo, hi) -> None:
+    """Depthwise conv of output `region` from tile x: 3×3 at stride 1 or 2 by _depthwise3x3, any other kernel,
+    stride and dilation over phase planes (_depthwise_planes)."""
+    kernel = w.shape[2:]
+    p, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region, 0.0)
+    ow = out.shape[2]
+    if kernel == (3, 3) and stride[0] == stride[1] in (1, 2) and dilation == (1, 1):
+        split = stride[0] == 2 and ow >= SPLIT_FROM
+        e = np.empty((1, 2, p.shape[1], ow + 1) if split else (1, 2, 0, 0), np.float32)
+        _depthwise3x3(x, copy, p, e, w, b, stride[0], out, code, alpha, lo, hi)
+        return
+    rows, width, plane, offset = phase_layout(kernel, stride, dilation, out.shape[1:])
+    q4 = np.empty((1, stride[0] * stride[1], rows, width), np.float32)
+    _depthwise_planes(x, copy, p, q4, *stride, width, plane, offset, w, b, out, np.empty(q4[0].size, np.float32),
+                      code, alpha, lo, hi)
 
 
 SPLIT_FROM = 10  # output columns from which a stride-2 3×3 depthwise conv reads its input split (bench kernels)
 
 
 @njit(cache=True)
-def _depthwise3x3(p, e, w, b, s, out, code, alpha, lo, hi):
-    """_depthwise for 3×3 kernels at stride 1 or 2 (no dilation): the nine taps in one pass over each output
-    row (no accumulator traffic between taps). Wide stride-2 rows read e, p's even and odd columns
-    (window.split_phases), so that every load is unit-stride; otherwise (e empty) p itself: on rows under
-    SPLIT_FROM outputs the split costs more than it saves (MobileNetV2's 576 channels at 14² → 7²: 0.076
-    against 0.050 ms). Unsigned indices and no row views, as in _im2col."""
+def _depthwise3x3(x, copy, p, e, w, b, s, out, code, alpha, lo, hi):
+    """3×3 depthwise at stride 1 or 2 (no dilation), each channel's slab staged in p (window.staging): the nine
+    taps in one pass over each output row (no accumulator traffic between taps). Wide stride-2 rows read e, p's
+    even and odd columns (window.split_phases), so that every load is unit-stride; otherwise (e empty) p itself:
+    on rows under SPLIT_FROM outputs the split costs more than it saves (MobileNetV2's 576 channels at 14² → 7²:
+    0.076 against 0.050 ms). Unsigned indices and no row views, as in _im2col."""
     cout, oh, ow = out.shape
-    mult = cout // p.shape[0]
+    mult = cout // x.shape[0]
     split = e.shape[2] > 0
-    us, u1, u2 = np.uint64(s), np.uint64(1), np.uint64(2)
-    for o in range(cout):
-        c = o // mult
-        w00, w01, w02 = w[o, 0, 0, 0], w[o, 0, 0, 1], w[o, 0, 0, 2]
-        w10, w11, w12 = w[o, 0, 1, 0], w[o, 0, 1, 1], w[o, 0, 1, 2]
-        w20, w21, w22 = w[o, 0, 2, 0], w[o, 0, 2, 1], w[o, 0, 2, 2]
-        bo = b[o]
-        for i in range(oh):
-            r = np.uint64(s * i)
-            if split:
-                for j in range(ow):
-                    out[o, i, j] = act1(bo + w00 * e[c, 0, r, j] + w01 * e[c, 1, r, j] + w02 * e[c, 0, r, j + 1]
-                                        + w10 * e[c, 0, r + u1, j] + w11 * e[c, 1, r + u1, j]
-                                        + w12 * e[c, 0, r + u1, j + 1] + w20 * e[c, 0, r + u2, j]
-                                        + w21 * e[c, 1, r + u2, j] + w22 * e[c, 0, r + u2, j + 1], code, alpha, lo, hi)
-            else:
-                for j in range(ow):
-                    q = us * np.uint64(j)
-                    out[o, i, j] = act1(bo + w00 * p[c, r, q] + w01 * p[c, r, q + u1] + w02 * p[c, r, q + u2]
-                                        + w10 * p[c, r + u1, q] + w11 * p[c, r + u1, q + u1]
-                                        + w12 * p[c, r + u1, q + u2] + w20 * p[c, r + u2, q]
-                                        + w21 * p[c, r + u2, q + u1] + w22 * p[c, r + u2, q + u2], code, alpha, lo, hi)
+    us, u0, u1, u2 = np.uint64(s), np.uint64(0), np.uint64(1), np.uint64(2)
+    for c in range(x.shape[0]):
+        stage(x, c, copy, p)
+        if split:
+            split_phases(p, 1, 2, e)
+        for o in range(c * mult, (c + 1) * mult):
+            w00, w01, w02 = w[o, 0, 0, 0], w[o, 0, 0, 1], w[o, 0, 0, 2]
+            w10, w11, w12 = w[o, 0, 1, 0], w[o, 0, 1, 1], w[o, 0, 1, 2]
+            w20, w21, w22 = w[o, 0, 2, 0], w[o, 0, 2, 1], w[o, 0, 2, 2]
+            bo = b[o]
+            for i in range(oh):
+                r = np.uint64(s * i)
+                if split:
+                    for j in range(ow):
+                        out[o, i, j] = act1(bo + w00 * e[u0, 0, r, j] + w01 * e[u0, 1, r, j]
+                                            + w02 * e[u0, 0, r, j + 1] + w10 * e[u0, 0, r + u1, j]
+                                            + w11 * e[u0, 1, r + u1, j] + w12 * e[u0, 0, r + u1, j + 1]
+                                            + w20 * e[u0, 0, r + u2, j] + w21 * e[u0, 1, r + u2, j]
+                                            + w22 * e[u0, 0, r + u2, j + 1], code, alpha, lo, hi)
+                else:
+                    for j in range(ow):
+                        q = us * np.uint64(j)
+                        out[o, i, j] = act1(bo + w00 * p[u0, r, q] + w01 * p[u0, r, q + u1] + w02 * p[u0, r, q + u2]
+                                            + w10 * p[u0, r + u1, q] + w11 * p[u0, r + u1, q + u1]
+                                            + w12 * p[u0, r + u1, q + u2] + w20 * p[u0, r + u2, q]
+                                            + w21 * p[u0, r + u2, q + u1] + w22 * p[u0, r + u2, q + u2], code, alpha,
+                                            lo, hi)
 
 
 def _gemm_conv(p: np.ndarray, wm: np.ndarray, out: np.ndarray, kernel: tuple[int, int],
@@ -169,19 +188,12 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     out = np.empty((cout, max(0, y1 - y0), max(0, x1 - x0)), np.float32)
     if out.size == 0:
         return out
-    p = _slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)
     w, b, epi, whole = _operands(w, b, act, alpha, lo, hi)
     if cin_g == 1 and groups > 1:
-        if (kh, kw) == (3, 3) and stride[0] == stride[1] in (1, 2) and dilation == (1, 1):
-            split = stride[0] == 2 and out.shape[2] >= SPLIT_FROM
-            e = np.empty((p.shape[0], 2, p.shape[1], out.shape[2] + 1) if split else (0, 2, 0, 0), np.float32)
-            if split:
-                split_phases(p, 1, 2, e)
-            _depthwise3x3(p, e, w, b, stride[0], out, *epi)
-        else:
-            _depthwise(p, w, b, stride, dilation, out, *epi)
+        _depthwise(x, origin, in_hw, w, b, stride, pads, dilation, region, out, *epi)
         finish(out, *whole)
         return out
+    p = _slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)
     if groups == 1 and winograd_pays(w.shape, stride, dilation, out.shape[1:]):
         winograd.conv3x3(p, w, b, out, *epi)
         finish(out, *whole)

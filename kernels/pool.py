@@ -7,26 +7,29 @@ import math
 import numpy as np
 from numba import njit
 
-from .window import phase_planes, taps, window
+from .window import phase_layout, planes, stage, staging, taps
 
 
 def _pool_kernel(is_max: bool):
     """Max (is_max, a compile-time constant: a run-time choice inside the loop keeps it scalar) or average
-    pooling over phase planes (window.phase_planes), as conv's _depthwise_planes: each tap folds
-    q[c, plane[t], offset[t] + n] into every acc[n], n = i·width + j, in one long loop; sums are then divided by
-    div_r[i] × div_c[j] (GoogLeNet's 3×3 stride-1 max pools at 14²-28²: loops per output row ran 3× longer)."""
+    pooling over the phase planes of each channel's slab (window.phase_layout, staged one channel at a time), as
+    conv's _depthwise_planes: each tap folds q[0, plane[t], offset[t] + n] into every acc[n], n = i·width + j, in
+    one long loop; sums are then divided by div_r[i] × div_c[j] (GoogLeNet's 3×3 stride-1 max pools at 14²-28²:
+    loops per output row ran 3× longer)."""
     @njit(cache=True, error_model="numpy")  # (no test of each division for zero)
-    def pool(q, width, plane, offset, div_r, div_c, out, acc):
+    def pool(x, copy, p, q4, sh, sw, width, plane, offset, div_r, div_c, out, acc):
         oh, ow = out.shape[1], out.shape[2]
         m = (oh - 1) * width + ow
         for c in range(out.shape[0]):
+            stage(x, c, copy, p)
+            q = planes(p, sh, sw, q4)
             for n in range(m):
                 acc[n] = -np.inf if is_max else 0.0
             for t in range(plane.size):
                 pl, off = plane[t], np.uint64(offset[t])
                 for n in range(m):  # (unsigned indices: see conv's _im2col)
                     un = np.uint64(n)
-                    v = q[c, pl, off + un]
+                    v = q[0, pl, off + un]
                     acc[un] = (v if v > acc[un] else acc[un]) if is_max else acc[un] + v  # (max: NaN as max())
             for i in range(oh):
                 base = np.uint64(i * width)
@@ -62,11 +65,12 @@ def pool2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kind:
     if out.size == 0:
         return out
     is_max = kind == "max"
-    p = window(x, origin, in_hw, kernel, stride, pads, dilation, region, -np.inf if is_max else 0.0)
+    p, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region, -np.inf if is_max else 0.0)
     div = [_divisor(a, b, kernel[ax], stride[ax], dilation[ax], pads[ax], pads[ax + 2], in_hw[ax],
                     count_include_pad) for ax, a, b in ((0, y0, y1), (1, x0, x1))]
-    q, width, plane, offset = phase_planes(p, kernel, stride, dilation, out.shape[1:])
-    _POOL[kind](q, width, plane, offset, *div, out, np.empty(q.shape[2], np.float32))
+    rows, width, plane, offset = phase_layout(kernel, stride, dilation, out.shape[1:])
+    q4 = np.empty((1, stride[0] * stride[1], rows, width), np.float32)
+    _POOL[kind](x, copy, p, q4, *stride, width, plane, offset, *div, out, np.empty(q4[0].size, np.float32))
     return out
 
 

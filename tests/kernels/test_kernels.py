@@ -445,6 +445,25 @@ def test_window_span_is_the_span_of_the_taps_inside_the_image():
                 assert _inside(o0, o1, k, s, d, p, n) == want, (o0, o1, k, s, d, p, n)
 
 
+def test_a_staged_channel_is_that_channel_of_the_window():
+    """staging + stage, one channel at a time, equals window() of the same region: inside the buffer, touching
+    the image border, and with garbage in the buffer past the image (which must not be read)."""
+    from nptp_mpi.kernels.window import stage, staging, window
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 12, 11)).astype(np.float32)
+    x[:, :2], x[:, :, -1] = 1e6, 1e6  # rows 0-1 and the last column lie outside the image below
+    origin, in_hw = (-2, 0), (10, 10)
+    for kernel, stride, pads in (((3, 3), (1, 1), (1, 1, 1, 1)), ((3, 3), (2, 2), (1, 1, 1, 1)),
+                                 ((5, 5), (2, 1), (2, 2, 2, 2)), ((1, 1), (1, 1), (0, 0, 0, 0))):
+        for region in ((0, 0, 3, 4), (1, 1, 4, 4), (2, 2, 3, 3)):
+            want = window(x, origin, in_hw, kernel, stride, pads, (1, 1), region, -7.0)
+            p, copy = staging(x, origin, in_hw, kernel, stride, pads, (1, 1), region, -7.0)
+            for c in range(x.shape[0]):
+                stage(x, c, copy, p)
+                np.testing.assert_array_equal(p[0], want[c], err_msg=f"{kernel} {stride} {region} channel {c}")
+
+
 def test_pad2d_is_onnx_pad():
     x = randn((3, 9, 10))
     want = ort_run([x[None]], ("Pad", [np.array([0, 0, 1, 2, 0, 0, 0, 3]), np.float32(0.25)], {}))[0]
