@@ -26,9 +26,9 @@ from .pointwise import (
     sigmoid,
     softmax,
 )
-from .pool import adaptive_avgpool, global_avgpool, global_maxpool, pool2d
+from .pool import adaptive_avgpool, channel_sums, global_avgpool, global_maxpool, pool2d
 from .window import pad2d
 
-__all__ = ["activation", "add", "adaptive_avgpool", "affine", "channel_norm", "channels", "clip", "concat", "conv2d",
-           "conv2d_regions", "gemm", "global_avgpool", "global_maxpool", "leakyrelu", "lrn", "mul", "pad2d", "pool2d",
-           "prelu", "relu", "scale_channels", "shuffle", "sigmoid", "softmax"]
+__all__ = ["activation", "add", "adaptive_avgpool", "affine", "channel_norm", "channel_sums", "channels", "clip",
+           "concat", "conv2d", "conv2d_regions", "gemm", "global_avgpool", "global_maxpool", "leakyrelu", "lrn", "mul",
+           "pad2d", "pool2d", "prelu", "relu", "scale_channels", "shuffle", "sigmoid", "softmax"]

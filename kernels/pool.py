@@ -74,9 +74,29 @@ def pool2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kind:
     return out
 
 
+@njit(cache=True, fastmath={"reassoc"})
+def _channel_sums(x, out):
+    for c in range(x.shape[0]):
+        s = 0.0
+        for i in range(x.shape[1]):
+            for j in range(x.shape[2]):
+                s += np.float64(x[c, i, j])
+        out[c] = s
+
+
+def channel_sums(x: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> (C,) float64 sums. Reassociation lets LLVM keep vectors of partial sums: numpy's float64
+    mean of float32 converted every value first (twice this loop's time), and float64 adds in order are one long
+    dependency chain. A C-contiguous map is one row per channel, so 7×7 maps get long loops too."""
+    x = np.asarray(x, np.float32)
+    out = np.empty(x.shape[0], np.float64)
+    _channel_sums(x.reshape(x.shape[0], 1, -1) if x.flags.c_contiguous else x, out)
+    return out
+
+
 def global_avgpool(x: np.ndarray) -> np.ndarray:
     """(C, H, W) -> (C, 1, 1) mean, accumulated in float64."""
-    return x.mean(axis=(1, 2), dtype=np.float64, keepdims=True).astype(np.float32)
+    return (channel_sums(x) / (x.shape[1] * x.shape[2])).astype(np.float32).reshape(-1, 1, 1)
 
 
 def global_maxpool(x: np.ndarray) -> np.ndarray:

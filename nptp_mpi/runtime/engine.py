@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from nptp_mpi.io.inputs import pixels_to_tensor
+from nptp_mpi.kernels import channel_sums
 from nptp_mpi.model.graph import Graph, Node
 from nptp_mpi.plan.plan import Plan, rank_params
 from nptp_mpi.plan.program import INPUT, Compute, Copy, Head, Post, Program, Reduce, Sum, Wait, lower
@@ -54,7 +55,7 @@ class Contribution:
     def partial(self, own: np.ndarray) -> np.ndarray:
         """This rank's addend from its own tile `own` of the source map."""
         if self.step.kind == "mean":
-            return own.sum(axis=(1, 2), dtype=np.float64)
+            return channel_sums(own)
         feats = own
         if self.pool is not None:
             y0, x0, y1, x1 = self.step.rect

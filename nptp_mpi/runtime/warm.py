@@ -52,7 +52,9 @@ def every_op_graph(seed: int = 0) -> Graph:
         Node("lrn", "lrn", ("ln",), "lrn", {"size": 3, "alpha": 1e-4, "beta": 0.75, "bias": 1.0}),
         Node("concat", "cat", ("lrn", "c4"), "cat"),
         Node("shuffle", "sh", ("cat",), "sh", {"groups": 2}),
-        Node("adaptive_avgpool", "aap", ("sh",), "aap", {"out": (3, 3)}),
+        Node("se", "se", ("sh",), "se", {"steps": (("relu", 0.0, 0.0, 0.0), ("sigmoid", 0.0, 0.0, 0.0))},
+             {"w0": w(4, 16), "b0": w(4), "w1": w(16, 4), "b1": w(16)}),  # (channel means: kernels.channel_sums)
+        Node("adaptive_avgpool", "aap", ("se",), "aap", {"out": (3, 3)}),
         Node("chnorm", "hn", ("aap",), "hn", {"eps": 1e-5}, {"scale": w(16), "shift": w(16)}),  # in the head
         Node("flatten", "fl", ("hn",), "fl"),
         Node("gemm", "fc", ("fl",), "fc", {"act": "relu"}, {"w": w(10, 144), "b": w(10)}),
@@ -119,6 +121,7 @@ def warm() -> None:
     run(g, np.random.default_rng(1).standard_normal(g.input_shape, dtype=np.float32))
     for act in ACTS:  # each activation's own vectorised pass (pointwise.finish)
         kernels.activation(np.zeros(4, np.float32), act)
+    kernels.channel_sums(np.zeros((2, 3, 4), np.float32)[:, 1:, 1:])  # a tile's view: its part of a mean (engine)
     cache, digest = _cache()
     try:
         (cache / WARM_STAMP).write_text(digest)

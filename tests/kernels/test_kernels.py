@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 
 import numpy as np
@@ -236,6 +237,15 @@ def test_pool2d(case):
 def test_global_avgpool():
     x = randn((5, 13, 17))
     assert_close(K.global_avgpool(x), ort_run([x[None]], ("GlobalAveragePool", [], {}))[0])
+
+
+def test_channel_sums_are_float64_sums_of_maps_and_of_tile_views():
+    """The vectorised float64 sums (global pooling, and each rank's part of a mean) equal an exact sum to float64
+    rounding, on a whole map and on a strided view of a tile buffer; a float32 sum would be off by far more."""
+    x = randn((6, 40, 33)) + np.float32(1e3)  # a large offset: float32 accumulation would lose the small parts
+    for v in (x, x[:, 3:31, 5:29]):
+        want = [math.fsum(c.ravel().astype(np.float64)) for c in v]
+        np.testing.assert_allclose(K.channel_sums(v), want, rtol=1e-14)
 
 
 @pytest.mark.parametrize("out_hw", [(1, 1), (3, 5), (7, 7), (13, 17)])
