@@ -184,8 +184,12 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
         kinds = {n.name: kind(graph, n) for n in graph.nodes}
         for t in threads:
             ort_run = ort_session(_ort_model(spec, graph), t)
-            with threadpool_limits(limits=t):
-                err = float(np.abs(reference.run(graph, x) - ort_run(x)).max())  # (also the warm-up)
+            with threadpool_limits(limits=t), np.errstate(all="ignore"):
+                y = reference.run(graph, x)  # (also the warm-up)
+                err = float(np.abs(y - ort_run(x)).max())
+                if not np.isfinite(y).all():
+                    progress(f"warning: {graph.name}'s output holds inf or NaN on a random input (its values "
+                             "overflow: weights left out of the file?); these timings are of that arithmetic")
                 ours, theirs, parts = [], [], {k: [] for k in KINDS}
                 for _ in range(rounds):
                     spent: dict[str, float] = {}
@@ -202,6 +206,7 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
                    "ms_ours": 1e3 * statistics.median(ours), "ms_ort": 1e3 * statistics.median(theirs),
                    "spread_ours": 1e3 * (max(ours) - min(ours)),
                    "spread_ort": 1e3 * (max(theirs) - min(theirs)), "max_abs_err": err,
+                   "finite": bool(np.isfinite(y).all()),
                    **{f"ms_{k}": 1e3 * statistics.median(v) for k, v in parts.items()}}
             row["ratio"] = row["ms_ours"] / row["ms_ort"]
             rows.append(row)

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import ROOT, assert_close, ort_run
+from light import main as restore_files
 from light import restore_weights
 
 from nptp_mpi.errors import ModelError
@@ -24,6 +25,17 @@ def test_the_fixtures_are_all_there() -> None:
     archs = {p.name.split(".")[0] for p in FIXTURES}
     assert len(archs) == 18 and {p.name.split(".")[1] for p in FIXTURES} == {"dynamo", "torchscript"}
     assert len(FIXTURES) == 36 and sum(p.stat().st_size for p in FIXTURES) < 4e6  # structure only
+
+
+def test_restored_copies_for_benchmarks_are_what_the_tests_run(tmp_path) -> None:
+    """`python tests/light.py OUT FILE…` (the files docs/BENCHMARKS.md times) writes the weights the tests use,
+    and the network stays finite on them (the stored 0.5 fill overflows to inf)."""
+    path = ROOT / "tests" / "data" / "onnx" / "efficientnet_b0.dynamo.onnx"
+    restore_files([str(tmp_path), str(path)])
+    full = onnx.load(tmp_path / path.name)
+    assert full.SerializeToString() == restore_weights(onnx.load(path), seed=0).SerializeToString()
+    x = np.random.default_rng(1).standard_normal((3, 224, 224), dtype=np.float32)
+    assert np.isfinite(ort_run(full, x)).all() and not np.isfinite(ort_run(onnx.load(path), x)).all()
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])

@@ -20,6 +20,19 @@ def test_models_bench_times_both_engines_and_breaks_ours_down_by_op_kind() -> No
     assert 0.5 * row["ms_ours"] < parts <= row["ms_ours"] * 1.01  # (the rest: Python between the nodes)
     assert row["ms_depthwise"] > 0 and row["ms_conv1x1"] > 0
     assert "depthwise" in format_models([row]).splitlines()[0]
+    assert row["finite"]
+
+
+def test_a_model_whose_values_overflow_is_timed_with_a_warning() -> None:
+    """A light file's 0.5-filled weights overflow to inf within a few blocks: the timings are of that arithmetic,
+    and the bench says so instead of printing numpy's overflow warnings."""
+    graph = zoo.build("resnet18", (32, 32))
+    for n in graph.nodes:
+        if n.op == "conv":
+            n.params["w"] = np.full_like(n.params["w"], 0.5)
+    said = []
+    (row,) = bench_models([("resnet18", graph)], [1], rounds=1, progress=said.append)
+    assert not row["finite"] and "inf or NaN" in said[0], said
 
 
 def test_kernels_bench_times_each_distinct_conv_with_its_blas_floor() -> None:
