@@ -176,8 +176,9 @@ def _operands(w: np.ndarray, b: np.ndarray | None, act: str, alpha: float, lo: f
 def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
            b: np.ndarray | None, stride: tuple[int, int], pads: tuple[int, int, int, int],
            dilation: tuple[int, int], groups: int, region: tuple[int, int, int, int], act: str = "",
-           alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0) -> np.ndarray:
-    """Conv (+ bias + fused activation) of output `region` from an input tile buffer x (Cin, bh, bw).
+           alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0, residual: np.ndarray | None = None) -> np.ndarray:
+    """Conv (+ bias + residual + fused activation) of output `region` from an input tile buffer x (Cin, bh, bw);
+    residual: None, or the region of a map added before the activation (a fused residual add).
 
     An empty region returns an empty (Cout, rows, cols) array without reading x.
     """
@@ -189,15 +190,15 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     if out.size == 0:
         return out
     w, b, epi, whole = _operands(w, b, act, alpha, lo, hi)
+    if residual is not None:  # the kernels' own loops then apply the bias alone; _finish does the rest
+        epi, residual = (0, *epi[1:]), np.ascontiguousarray(residual, np.float32)  # (a tile's view: copied, as add's)
     if cin_g == 1 and groups > 1:
         _depthwise(x, origin, in_hw, w, b, stride, pads, dilation, region, out, *epi)
-        finish(out, *whole)
-        return out
+        return _finish(out, whole, residual)
     p = _slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)
     if groups == 1 and winograd_pays(w.shape, stride, dilation, out.shape[1:]):
         winograd.conv3x3(p, w, b, out, *epi)
-        finish(out, *whole)
-        return out
+        return _finish(out, whole, residual)
     k = cin_g * kh * kw
     cout_g, (oh, ow) = cout // groups, out.shape[1:]
     step = min(oh, max(1, COL_BYTES // (4 * k * ow)))
@@ -207,18 +208,29 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     for g in range(groups):
         o = slice(g * cout_g, (g + 1) * cout_g)
         _gemm_conv(p[g * cin_g:(g + 1) * cin_g], wm[o], out[o], (kh, kw), stride, dilation, step, cols)
-    epilogue(out.reshape(cout, -1), np.ones(cout, np.float32), b, *whole)
+    epilogue(out, np.ones(cout, np.float32), b, *whole, residual)
+    return out
+
+
+def _finish(out: np.ndarray, whole: tuple, residual: np.ndarray | None) -> np.ndarray:
+    """After a kernel that added the bias and the activation its loop applies (inline_code): the rest of the
+    activation, or the residual and then the whole activation (one pass either way)."""
+    if residual is None:
+        finish(out, *whole)
+    else:
+        epilogue(out, np.ones(out.shape[0], np.float32), np.zeros(out.shape[0], np.float32), *whole, residual)
     return out
 
 
 def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
                    b: np.ndarray | None, stride: tuple[int, int], pads: tuple[int, int, int, int],
                    dilation: tuple[int, int], groups: int, regions: list[tuple[int, int, int, int]], act: str = "",
-                   alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0) -> list[np.ndarray]:
-    """conv2d of several output regions of one tile (an overlap's border strips around its core). The regions
-    on the im2col path share one GEMM: the weights then stream from memory once, not once per region (at 8
-    ranks, VGG-16's 512-channel layers spent more time streaming weights for four 1-pixel strips than on
-    the tile's core). Every output is C-contiguous, as conv2d's."""
+                   alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0,
+                   residuals: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """conv2d of several output regions of one tile (an overlap's border strips around its core), with each
+    region's residual if given. The regions on the im2col path share one GEMM: the weights then stream from
+    memory once, not once per region (at 8 ranks, VGG-16's 512-channel layers spent more time streaming weights
+    for four 1-pixel strips than on the tile's core). Every output is C-contiguous, as conv2d's."""
     cout, cin_g, kh, kw = w.shape
     hw = [(max(0, r[2] - r[0]), max(0, r[3] - r[1])) for r in regions]
     k, n = cin_g * kh * kw, [h * wd for h, wd in hw]
@@ -227,8 +239,9 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
               and not winograd_pays(w.shape, stride, dilation, (h, wd))]
     if len(shared) < 2 or 4 * k * sum(n[i] for i in shared) > STRIPS_BYTES:
         shared = []
+    res = residuals or [None] * len(regions)
     outs = [None if i in shared else conv2d(x, origin, in_hw, w, b, stride, pads, dilation, groups, r, act, alpha,
-                                            lo, hi) for i, r in enumerate(regions)]
+                                            lo, hi, res[i]) for i, r in enumerate(regions)]
     if not shared:
         return outs
     offsets = np.cumsum([0] + [n[i] for i in shared])
@@ -240,7 +253,7 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
         cols[:, c0:c1] = col
     w, b, _, whole = _operands(w, b, act, alpha, lo, hi)
     y = w.reshape(cout, k) @ cols
-    epilogue(y, np.ones(cout, np.float32), b, *whole)
     for i, c0, c1 in zip(shared, offsets[:-1], offsets[1:], strict=True):
         outs[i] = np.ascontiguousarray(y[:, c0:c1]).reshape(cout, *hw[i])
+        epilogue(outs[i], np.ones(cout, np.float32), b, *whole, res[i])
     return outs

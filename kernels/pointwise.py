@@ -134,17 +134,30 @@ def finish(y: np.ndarray, code: int, alpha, lo, hi) -> None:
         _PASSES[code](y.reshape(-1), np.float32(alpha), np.float32(lo), np.float32(hi))
 
 
-@njit(cache=True)
-def _epilogue(y, scale, shift, code, alpha, lo, hi):
-    for r in range(y.shape[0]):
-        s, t = scale[r], shift[r]
-        for j in range(y.shape[1]):
-            y[r, j] = act1(y[r, j] * s + t, code, alpha, lo, hi)
+def _epilogue_kernel(residual: bool):
+    """y = act(y · scale[row] + shift[row]), plus res when `residual` (a compile-time constant: a run-time test
+    in the loop would keep it scalar), in place over 2-D y (rows, n)."""
+    @njit(cache=True)
+    def run(y, scale, shift, res, code, alpha, lo, hi):
+        for r in range(y.shape[0]):
+            s, t = scale[r], shift[r]
+            for j in range(y.shape[1]):
+                v = y[r, j] * s + t
+                y[r, j] = act1(v + res[r, j] if residual else v, code, alpha, lo, hi)
+    return run
 
 
-def epilogue(y: np.ndarray, scale: np.ndarray, shift: np.ndarray, code: int, alpha, lo, hi) -> None:
-    """In place over C-contiguous 2-D y (rows, n): y = act(y * scale[row] + shift[row])."""
-    _epilogue(y, scale, shift, inline_code(code), alpha, lo, hi)
+_EPILOGUES = {residual: _epilogue_kernel(residual) for residual in (False, True)}
+_NO_RESIDUAL = np.zeros((0, 0), np.float32)
+
+
+def epilogue(y: np.ndarray, scale: np.ndarray, shift: np.ndarray, code: int, alpha, lo, hi,
+             residual: np.ndarray | None = None) -> None:
+    """In place over C-contiguous y (rows, …): y = act(y · scale[row] + shift[row] + residual), residual
+    (C-contiguous, y's size) left out when None."""
+    y2 = y.reshape(y.shape[0], -1)
+    res = _NO_RESIDUAL if residual is None else residual.reshape(y2.shape)
+    _EPILOGUES[residual is not None](y2, scale, shift, res, inline_code(code), alpha, lo, hi)
     finish(y, code, alpha, lo, hi)
 
 

@@ -65,7 +65,9 @@ HEAD_OPS = {"gap", "gmp", "adaptive_avgpool", "flatten", "gemm", "softmax"}
 
 @dataclass
 class Node:
-    """One op. attrs hold scalars (groups, act and its alpha, lo, hi; size, beta, bias; count_include_pad, out;
+    """One op; a conv may have a second input, a residual of its output's shape added before its activation
+    (passes.simplify fuses an add into the conv that produces one of its terms). attrs hold scalars (groups,
+    act and its alpha, lo, hi; size, beta, bias; count_include_pad, out;
     a channel slice's c0, c1; se's steps: (act, alpha, lo, hi) per layer of its branch; chnorm's eps; pad's
     value); params hold float32 arrays (conv/gemm: w, b; affine, chnorm: scale, shift; prelu: slope; se: w0,
     b0, w1, b1, … of its branch)."""
@@ -81,6 +83,11 @@ class Node:
     @property
     def spatial(self) -> bool:
         return self.op in WINDOW_OPS or self.op in POINTWISE_OPS
+
+    def reads_through(self, i: int) -> Window | None:
+        """The window through which this node reads its input i: a window op's first input; None (the same
+        pixels) for a pointwise op and for a conv's residual (its second input, added before the activation)."""
+        return self.window if i == 0 and self.op in WINDOW_OPS else None
 
 
 @dataclass
@@ -169,7 +176,10 @@ def _out_shape(node: Node, ins: list[Shape]) -> Shape:
             raise ModelError(f"bias {node.params['b'].shape} does not fit {w.shape[0]} output channels")
         if node.window.kernel != tuple(w.shape[2:]):
             raise ModelError(f"kernel_shape {node.window.kernel} differs from weight {w.shape}")
-        return (w.shape[0], *node.window.out_hw(x[1], x[2]))
+        out = (w.shape[0], *node.window.out_hw(x[1], x[2]))
+        if len(ins) > 2 or tuple(ins[1:]) not in ((), (out,)):
+            raise ModelError(f"a residual {ins[1:]} that is not one map of the output's shape {out}")
+        return out
     if op in ("maxpool", "avgpool", "pad"):
         return (x[0], *node.window.out_hw(x[1], x[2]))
     if op in ACTIVATIONS or op in ("sigmoid", "lrn", "softmax"):

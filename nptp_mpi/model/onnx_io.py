@@ -708,10 +708,10 @@ def _act(ex: _Exporter, act: str, attrs: dict, x: str, out: str, name: str) -> N
         raise ModelError(f"cannot export activation {act!r} of node {name!r}")
 
 
-def _with_act(ex: _Exporter, n: Node, op_type: str, ins: list[str], out: str, **attrs) -> None:
-    """A conv/gemm/add node followed by its fused activation, if any."""
+def _with_act(ex: _Exporter, n: Node, op_type: str, ins: list[str], out: str, name: str = "", **attrs) -> None:
+    """A conv/gemm/add node (named name, default n's) followed by n's fused activation, if any."""
     act = n.attrs.get("act", "")
-    y = ex.add(op_type, ins, f"{out}.preact" if act else out, n.name, **attrs)
+    y = ex.add(op_type, ins, f"{out}.preact" if act else out, name or n.name, **attrs)
     if act:
         _act(ex, act, n.attrs, y, out, f"{n.name}.{act}")
 
@@ -725,8 +725,13 @@ def _window(win: Window) -> dict:
 
 
 def _ex_conv(ex, n, ins, out):
+    """Conv, then (with a residual) Add, then the activation."""
     attrs = {**_window(n.window), "dilations": list(n.window.dilation), "group": n.attrs.get("groups", 1)}
-    _with_act(ex, n, "Conv", ins + _params(ex, n, "w", "b"), out, **attrs)
+    if len(ins) == 1:
+        _with_act(ex, n, "Conv", ins + _params(ex, n, "w", "b"), out, **attrs)
+        return
+    y = ex.add("Conv", [ins[0], *_params(ex, n, "w", "b")], f"{out}.conv", n.name, **attrs)
+    _with_act(ex, n, "Add", [y, ins[1]], out, f"{n.name}.residual")
 
 
 def _ex_gemm(ex, n, ins, out):

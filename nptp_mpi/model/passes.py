@@ -18,7 +18,8 @@ def simplify(graph: Graph) -> Graph:
     nodes, output, changed = _silu(nodes, graph.output), graph.output, True
     while changed:
         nodes, output, changed = _sweep(nodes, output, graph.shapes)
-    return Graph(graph.name, graph.input, graph.input_shape, output, _squeeze_excite(nodes, output, graph.shapes))
+    nodes = _residuals(_squeeze_excite(nodes, output, graph.shapes), output)
+    return Graph(graph.name, graph.input, graph.input_shape, output, nodes)
 
 
 def _uses(nodes: list[Node], output: str) -> Counter:
@@ -40,6 +41,27 @@ def _silu(nodes: list[Node], output: str) -> list[Node]:
                     break
         out.append(n)
     return [n for n in out if n.output not in dropped]
+
+
+def _residuals(nodes: list[Node], output: str) -> list[Node]:
+    """Each add of two maps into the conv that computes the later of its terms, when the add is that conv's only
+    reader and the conv has no activation of its own: the conv's epilogue then adds the other term (its residual)
+    and applies the add's activation, and the add's pass over memory is gone (ResNet's blocks). The conv stays
+    where it is, after the residual's producer."""
+    uses, made = _uses(nodes, output), {n.output: i for i, n in enumerate(nodes)}
+    dropped = set()
+    for n in nodes:
+        if n.op != "add" or len(n.inputs) != 2 or n.inputs[0] == n.inputs[1]:
+            continue
+        last, other = sorted(n.inputs, key=lambda t: made.get(t, -1), reverse=True)
+        conv = nodes[made[last]] if last in made else None
+        if conv is None or conv.op != "conv" or len(conv.inputs) != 1 or conv.attrs.get("act") or uses[last] != 1:
+            continue
+        conv.inputs = (conv.inputs[0], other)
+        conv.attrs.update({k: v for k, v in n.attrs.items() if k in ("act", "alpha", "lo", "hi")})
+        conv.output = n.output
+        dropped.add(id(n))
+    return [n for n in nodes if id(n) not in dropped]
 
 
 def _squeeze_excite(nodes: list[Node], output: str, shapes: dict[str, Shape]) -> list[Node]:

@@ -132,8 +132,8 @@ def spatial(graph: Graph, grid: str | None = None) -> Spatial:
             raise ModelError(f"{graph.name}: {n.op} {n.name!r} joins maps of different strides {ins}")
         else:
             strides[n.output] = ins[0]
-        for t in n.inputs:
-            readers[t].append((n.window if n.op in WINDOW_OPS else None, n.output))
+        for i, t in enumerate(n.inputs):
+            readers[t].append((n.reads_through(i), n.output))
         readers[n.output] = []
     last = graph.nodes[graph.head_start - 1].output if graph.head_start else graph.input
     for n in graph.nodes[graph.head_start:]:
@@ -226,7 +226,8 @@ def reach(graph: Graph, nodes: list[Node], tensor: str, rect: Rect) -> dict[str,
         if n.output not in region or not area(region[n.output]):
             continue
         out = region[n.output]
-        for t in n.inputs:
-            read = as_rect(out if n.window is None else need(n.window, out, shapes[t][1:]))
+        for i, t in enumerate(n.inputs):
+            window = n.reads_through(i)
+            read = as_rect(out if window is None else need(window, out, shapes[t][1:]))
             region[t] = as_rect(union(region[t], read)) if t in region else read
     return region

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nptp_mpi.model.graph import Graph, Node
-from nptp_mpi.plan.geometry import Rect, area, as_rect, layers, need, reach, spatial
+from nptp_mpi.plan.geometry import Rect, area, as_rect, layers, need, reach, spatial, union
 from nptp_mpi.plan.plan import HOST, Plan, block_nodes, held, pieces, split_head, whole
 
 INPUT = "<input>"  # rank 0's whole input, the caller's array (bound each inference, never copied)
@@ -221,10 +221,13 @@ def lower(graph: Graph, plan: Plan, r: int, overlap: bool = True) -> Program:
 
 
 def reads(graph: Graph, node: Node, t: str, rect: Rect) -> Rect:
-    """What computing rect of node's output reads of its input t (a pointwise op: the same rect)."""
-    if node.window is None:
-        return rect
-    return as_rect(need(node.window, rect, graph.shapes[t][1:]))
+    """What computing rect of node's output reads of its input t (read pointwise: the same rect)."""
+    read: Rect = (0, 0, 0, 0)
+    for i, u in enumerate(node.inputs):
+        if u == t:
+            window = node.reads_through(i)
+            read = union(read, rect if window is None else need(window, rect, graph.shapes[t][1:]))
+    return as_rect(read)
 
 
 def _within(a: Rect, b: Rect) -> bool:

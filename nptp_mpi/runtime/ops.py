@@ -84,8 +84,9 @@ def run_pieces(node: Node, ins: list[Tile], in_hw: tuple[int, int], pieces: list
     if node.op != "conv":
         return [run_spatial(node, ins, in_hw, piece, mean) for piece in pieces]
     w, x, p = node.window, ins[0], node.params
+    residuals = [ins[1].view(piece) for piece in pieces] if len(ins) > 1 else None
     return K.conv2d_regions(x.data, x.rect[:2], in_hw, p["w"], p.get("b"), w.stride, w.pads, w.dilation,
-                            node.attrs.get("groups", 1), list(pieces), **_act(node))
+                            node.attrs.get("groups", 1), list(pieces), **_act(node), residuals=residuals)
 
 
 def se_gate(node: Node, mean: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ def run(graph: Graph, x: np.ndarray, spent: dict[str, float] | None = None) -> n
     last_use = {t: i for i, n in enumerate(graph.nodes) for t in n.inputs}
     for i, node in enumerate(graph.nodes):
         ins = [values[t] for t in node.inputs]
-        for t in node.inputs:
+        for t in set(node.inputs):  # (a node may read one tensor twice: a conv with its own input as residual)
             if last_use[t] == i and t != graph.output:
                 del values[t]  # keeps peak memory near two layers' worth on large inputs
         t0 = time.perf_counter()

@@ -42,7 +42,9 @@ def every_op_graph(seed: int = 0) -> Graph:
         Node("maxpool", "mp", ("c4",), "mp", window=Window((3, 3), (1, 1), (1, 1, 1, 1))),
         Node("avgpool", "ap", ("c4",), "ap", {"count_include_pad": 1}, window=Window((3, 3), (1, 1), (1, 1, 1, 1))),
         Node("add", "sum", ("mp", "ap"), "sum"),
-        Node("mul", "prod", ("sum", "c4"), "prod"),
+        Node("conv", "c5", ("c4", "c4"), "c5", {"groups": 1, "act": "relu"}, {"w": w(8, 8, 1, 1), "b": w(8)},
+             Window()),  # a conv with a residual (here its own input): a fused residual add
+        Node("mul", "prod", ("sum", "c5"), "prod"),
         Node("relu", "r", ("prod",), "r"),
         Node("sigmoid", "s", ("r",), "s"),
         Node("clip", "cl", ("s",), "cl", {"lo": 0.1, "hi": 0.9}),

@@ -28,7 +28,10 @@ def shrink(graph: Graph, nodes: list[Node], plan: Plan, r: int) -> dict[str, Rec
     for n in nodes:
         own = plan.own[n.output][r]
         if n.window is not None:
-            region[n.output] = core(n.window, own, region[n.inputs[0]], shapes[n.inputs[0]][1:])
+            out = core(n.window, own, region[n.inputs[0]], shapes[n.inputs[0]][1:])
+            for t in n.inputs[1:]:  # a conv's residual, read pixel for pixel
+                out = as_rect(intersect(out, region[t]))
+            region[n.output] = out
         else:
             out = own
             for t in n.inputs:

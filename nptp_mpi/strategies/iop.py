@@ -86,11 +86,12 @@ def with_head_split(graph: Graph, plan: Plan) -> Plan:
 # -- conv pairs ---------------------------------------------------------------------------------------
 
 def candidates(graph: Graph, plan: Plan) -> list[Pair]:
-    """Conv pairs (a, b) IOP can split: b reads only a's output and is its only reader, neither is grouped,
-    a has an output channel per rank, and a's input is a map with a halo (not the scattered input)."""
+    """Conv pairs (a, b) IOP can split: b reads only a's output and is its only reader, neither is grouped or
+    has a residual, a has an output channel per rank, and a's input is a map with a halo (not the scattered
+    input)."""
     out = []
     for a in graph.nodes:
-        if a.op != "conv" or a.attrs.get("groups", 1) != 1 or a.inputs[0] not in plan.halos \
+        if a.op != "conv" or a.attrs.get("groups", 1) != 1 or len(a.inputs) > 1 or a.inputs[0] not in plan.halos \
                 or graph.shapes[a.output][0] < plan.ranks:
             continue
         readers = graph.consumers(a.output)

@@ -314,6 +314,26 @@ def test_every_activation_on_every_conv_path_is_the_activation_of_the_plain_conv
     np.testing.assert_array_equal(K.conv2d(*args, act, **params), K.activation(K.conv2d(*args), act, **params))
 
 
+@pytest.mark.parametrize("act", ["", "relu", "silu"])
+@pytest.mark.parametrize("n", [1, 5, 8, 12, 14])
+def test_a_residual_on_every_conv_path_is_the_add_after_the_plain_conv(act, n):
+    """conv2d with a residual (a fused residual add) equals the add with the activation after the plain conv,
+    bit for bit, on im2col, depthwise, 1×1, Winograd and phase-plane depthwise convs (CONVS 1, 5, 8, 12, 14),
+    with the residual a strided view of a larger buffer (a tile); conv2d_regions passes each region its own."""
+    x, wt, b, _ = conv_case(CONVS[n])
+    k, s, pads, d, g = CONVS[n][4:9]
+    out_hw = [out_len(x.shape[1 + a], k[a], s[a], d[a], pads[a], pads[a + 2], False) for a in (0, 1)]
+    buf = randn((wt.shape[0] + 2, out_hw[0] + 3, out_hw[1] + 4), 9)
+    res = buf[1:-1, 2:-1, 1:-3]
+    args = (x, (0, 0), x.shape[1:], wt, b, s, pads, d, g, (0, 0, *out_hw))
+    want = K.add(K.conv2d(*args), res, act=act)
+    np.testing.assert_array_equal(K.conv2d(*args, act, residual=res), want)
+    regions, parts = [(0, 0, out_hw[0], 2), (0, 2, out_hw[0], out_hw[1])], [res[:, :, :2], res[:, :, 2:]]
+    got = K.conv2d_regions(*args[:-1], regions, act, residuals=parts)
+    for g_, plain, r in zip(got, K.conv2d_regions(*args[:-1], regions), parts, strict=True):
+        np.testing.assert_array_equal(g_, K.add(plain, r, act=act))
+
+
 @pytest.mark.parametrize("op, ours, n", [("Add", K.add, 2), ("Sum", K.add, 3), ("Mul", K.mul, 2)])
 def test_merge(op, ours, n):
     xs = [randn((4, 9, 11), seed) for seed in range(n)]

@@ -126,9 +126,10 @@ def test_pad_with_a_value_and_a_zero_pad_before_a_max_pool_are_pad_nodes(tmp_pat
     inits = {**w1, "pads": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64), "val": np.array(0.75, np.float32),
              "pads0": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "w2": W(8, 8, 3, 3), "w3": W(8, 8, 3, 3)}
     graph = import_and_compare(tmp_path, make_model(nodes, inits, opset=13))
-    assert [n.op for n in graph.nodes] == ["conv", "pad", "conv", "pad", "maxpool", "conv", "add"]
+    assert [n.op for n in graph.nodes] == ["conv", "pad", "conv", "pad", "maxpool", "conv"]  # (the add: c3's residual)
     assert graph.nodes[1].attrs["value"] == 0.75 and graph.nodes[1].window.pads == (1, 2, 2, 1)
-    assert graph.nodes[5].window.pads == (1, 1, 1, 1) and graph.nodes[5].inputs == ("c2",)  # folded
+    assert graph.nodes[5].window.pads == (1, 1, 1, 1) and graph.nodes[5].inputs[0] == "c2"  # folded
+    assert graph.nodes[5].inputs[1] == graph.nodes[4].output and graph.nodes[5].output == "y"
 
 
 def test_split_and_slice_along_channels(tmp_path) -> None:
@@ -242,7 +243,8 @@ def test_a_convnext_block_runs_channels_first(tmp_path, opset: int, spelled_out:
     """LayerNorm over the channels of a channels-last map is one chnorm node; the Linears are 1×1 convs."""
     graph = import_and_compare(tmp_path, make_model(*_convnext_block(opset, spelled_out), opset=opset))
     ops = [(n.op, n.attrs.get("act")) for n in graph.nodes]
-    assert ops == [("conv", ""), ("conv", ""), ("chnorm", None), ("conv", "gelu"), ("conv", ""), ("add", None)], ops
+    assert ops == [("conv", ""), ("conv", ""), ("chnorm", None), ("conv", "gelu"), ("conv", "")], ops
+    assert len(graph.nodes[-1].inputs) == 2  # the block's residual add, in its last conv
 
 
 def test_convnext_head_pools_then_normalises_the_pooled_map(tmp_path) -> None:

@@ -350,3 +350,41 @@ def test_simplify_folds_fuses_drops_and_keeps_outputs():
     x = RNG.standard_normal(graph.input_shape, dtype=np.float32)
     assert_close(reference.run(simple, x), reference.run(graph, x))
     assert graph.nodes[0].params["w"] is nodes[0].params["w"] and "b" not in graph.nodes[0].params  # input untouched
+
+
+def test_simplify_fuses_a_residual_add_into_the_conv_computing_its_later_term():
+    """An add of two maps runs in the epilogue of the conv that computes its later term, when the add is that
+    conv's only reader and the conv has no activation; the output is bit for bit the unfused one. Not fused:
+    a later term that is no conv, a conv with an activation, a conv another node reads too."""
+    def node(op, name, inputs, attrs=None, params=None, window=None):
+        return Node(op, name, tuple(inputs), name, attrs or {}, params or {}, window)
+
+    w3 = Window((3, 3), pads=(1, 1, 1, 1))
+
+    def conv(name, src, act=""):
+        return node("conv", name, [src], {"groups": 1, "act": act}, {"w": W(6, 6, 3, 3), "b": W(6)}, w3)
+
+    nodes = [
+        conv("c0", "in", "relu"),
+        conv("c1", "c0"),
+        node("add", "a1", ["c0", "c1"], {"act": "relu"}),  # fused into c1, with the relu
+        conv("c2", "a1"),
+        node("maxpool", "mp", ["a1"], window=Window((3, 3), pads=(1, 1, 1, 1))),
+        node("add", "a2", ["c2", "mp"]),  # its later term is a pool: not fused
+        conv("c3", "a2", "relu"),
+        node("add", "a3", ["a2", "c3"]),  # c3 has an activation: not fused
+        conv("c4", "a3"),
+        node("add", "a4", ["a3", "c4"]),
+        node("add", "a5", ["a4", "c4"]),  # c4 is read twice: neither add is fused
+    ]
+    graph = Graph("r", "in", (6, 9, 9), "a5", nodes)
+    simple = simplify(graph)
+    assert [n.op for n in simple.nodes] == ["conv", "conv", "conv", "maxpool", "add", "conv", "add", "conv", "add",
+                                            "add"]
+    fused = simple.nodes[1]
+    assert fused.inputs == ("c0", "c0") and fused.output == "a1" and fused.attrs["act"] == "relu"
+    x = RNG.standard_normal(graph.input_shape, dtype=np.float32)
+    np.testing.assert_array_equal(reference.run(simple, x), reference.run(graph, x))
+    model = to_onnx(simple)  # exported as Conv, Add, Relu
+    assert [n.op_type for n in model.graph.node][:5] == ["Conv", "Relu", "Conv", "Add", "Relu"]
+    assert_close(ort_run(model, x), reference.run(graph, x))

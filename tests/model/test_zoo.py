@@ -42,12 +42,15 @@ def test_zoo_model_matches_onnxruntime(name):
 def test_batchnorm_folded_and_names_readable():
     graph = zoo.build("resnet18", (32, 32))
     ops = [n.op for n in graph.nodes]
-    assert "affine" not in ops and "relu" not in ops  # each residual add's relu runs in the add's one pass
-    assert {n.attrs.get("act") for n in graph.nodes if n.op == "add"} == {"relu"}
+    assert "affine" not in ops and "relu" not in ops and "add" not in ops
+    # each residual add and its relu run in the epilogue of the conv that ends the block's branch
+    fused = [n for n in graph.nodes if len(n.inputs) == 2]
+    assert len(fused) == 8 and {(n.op, n.attrs["act"]) for n in fused} == {("conv", "relu")}
+    assert {n.name for n in fused} >= {"layer1.0.conv2", "layer2.0.downsample.0"}  # the later-computed term
     assert graph.nodes[0].name == "conv1" and graph.nodes[0].attrs["act"] == "relu"
     assert "layer1.0.conv1" in {n.name for n in graph.nodes}
     mobilenet = zoo.build("mobilenet_v2", (32, 32))
-    assert {n.op for n in mobilenet.nodes} == {"conv", "add", "gap", "flatten", "gemm"}
+    assert {n.op for n in mobilenet.nodes} == {"conv", "gap", "flatten", "gemm"}
 
 
 def test_deterministic_and_seeded():
