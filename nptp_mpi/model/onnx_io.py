@@ -602,6 +602,8 @@ IDIOMS = (
      "AveragePool/MaxPool whose window is the whole map"),
     ("batch-norm", "folded into the conv before it, with any per-channel Mul/Add/Sub/Div"),
     ("fused activations", "an activation after a conv or gemm runs in its epilogue"),
+    ("residual adds", "an Add (or Sum) of two maps, and the activation after it, runs in the epilogue of the conv "
+     "that computes its later term, when nothing else reads that conv's output"),
     ("flatten", "Flatten (axis 1 or negative), Reshape to (1, -1), Squeeze of a (1, C, 1, 1) map"),
     ("MatMul + Add", "a gemm with bias"),
     ("zero Pad", "folds into the padding of the Conv or AveragePool that reads it (any other reader: a pad node)"),
