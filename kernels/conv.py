@@ -50,7 +50,7 @@ def _depthwise_planes(x, copy, p, q4, sh, sw, width, plane, offset, w, b, out, a
     taps = plane.size
     m = (oh - 1) * width + ow
     for c in range(x.shape[0]):
-        stage(x, c, copy, p)
+        stage(x, c, copy, p, 0)
         q = planes(p, sh, sw, q4)
         for o in range(c * mult, (c + 1) * mult):
             bo = b[o]
@@ -101,7 +101,7 @@ def _depthwise3x3(x, copy, p, e, w, b, s, out, code, alpha, lo, hi):
     split = e.shape[2] > 0
     us, u0, u1, u2 = np.uint64(s), np.uint64(0), np.uint64(1), np.uint64(2)
     for c in range(x.shape[0]):
-        stage(x, c, copy, p)
+        stage(x, c, copy, p, 0)
         if split:
             split_phases(p, 1, 2, e)
         for o in range(c * mult, (c + 1) * mult):

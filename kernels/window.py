@@ -83,26 +83,27 @@ def window(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kerne
 
 def staging(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kernel: tuple[int, int],
             stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int],
-            region: tuple[int, int, int, int], fill: float) -> tuple[np.ndarray, tuple[int, ...]]:
-    """window() one channel at a time, for the kernels that stream through channels (depthwise, pooling): a
-    one-channel slab p (1, rows, cols) filled with `fill`, and the copy (ya, yb, xa, xb, dy, dx) by which stage()
-    puts channel c of x into it (x[c, ya:yb, xa:xb] to p[0, dy:, dx:]; the frame is never overwritten). The slab
-    then stays in L1/L2 between its copy and its reads: a whole-map slab costs a pass over memory each way (96
-    channels at 112²: 0.37 ms, twice the depthwise conv that reads it)."""
+            region: tuple[int, int, int, int], fill: float, channels: int = 1) -> tuple[np.ndarray, tuple[int, ...]]:
+    """window() a few channels at a time, for the kernels that stream through channels (depthwise, pooling):
+    slabs p (channels, rows, cols) filled with `fill`, and the copy (ya, yb, xa, xb, dy, dx) by which stage() puts
+    a channel of x into one of them (x[c, ya:yb, xa:xb] to p[k, dy:, dx:]; the frame is never overwritten). The
+    slabs then stay in L1/L2 between their copy and their reads: a whole-map slab costs a pass over memory each
+    way (96 channels at 112²: 0.37 ms, twice the depthwise conv that reads it)."""
     (r0, r1, c0, c1), (ya, yb, xa, xb) = _bounds(x, origin, in_hw, kernel, stride, pads, dilation, region)
     oy, ox = origin
     yb, xb = max(ya, yb), max(xa, xb)
-    return np.full((1, r1 - r0, c1 - c0), fill, np.float32), (ya - oy, yb - oy, xa - ox, xb - ox, ya - r0, xa - c0)
+    return (np.full((channels, r1 - r0, c1 - c0), fill, np.float32),
+            (ya - oy, yb - oy, xa - ox, xb - ox, ya - r0, xa - c0))
 
 
 @njit(cache=True)
-def stage(x, c, copy, p):
-    """Channel c of x into its one-channel slab p (staging())."""
+def stage(x, c, copy, p, k):
+    """Channel c of x into slab k of p (staging())."""
     ya, yb, xa, xb, dy, dx = copy
     for i in range(yb - ya):
         s, d = np.uint64(ya + i), np.uint64(dy + i)
         for j in range(xb - xa):  # (unsigned indices: see conv's _im2col)
-            p[0, d, np.uint64(dx + j)] = x[c, s, np.uint64(xa + j)]
+            p[k, d, np.uint64(dx + j)] = x[c, s, np.uint64(xa + j)]
 
 
 def phase_layout(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
@@ -120,12 +121,12 @@ def phase_layout(kernel: tuple[int, int], stride: tuple[int, int], dilation: tup
 
 @njit(cache=True)
 def planes(p, sh, sw, q):
-    """Slab p (1, rows, cols) as its flattened phase planes (phase_layout): p itself at stride 1, else split into
-    q (1, sh·sw, rows', width)."""
+    """Slabs p (channels, rows, cols) as their flattened phase planes (phase_layout), (channels, sh·sw, rows'·width):
+    p itself at stride 1, else split into q (channels, sh·sw, rows', width)."""
     if sh == 1 and sw == 1:
-        return p.reshape((1, 1, p.shape[1] * p.shape[2]))
+        return p.reshape((p.shape[0], 1, p.shape[1] * p.shape[2]))
     split_phases(p, sh, sw, q)
-    return q.reshape((1, q.shape[1], q.shape[2] * q.shape[3]))
+    return q.reshape((q.shape[0], q.shape[1], q.shape[2] * q.shape[3]))
 
 
 @njit(cache=True)

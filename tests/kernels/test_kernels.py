@@ -234,6 +234,21 @@ def test_pool2d(case):
     assert_close(pool_call(case, x, (0, 0), (0, 0, *want.shape[1:])), want)
 
 
+@pytest.mark.parametrize("case", [POOLS[i] for i in (1, 3, 6, 9)])
+def test_pool2d_in_blocks_of_channels_equals_one_block(case, monkeypatch):
+    """Channels pooled a block at a time (kernels.pool.BLOCK_BYTES), the last block partial, at strides 1 and 2:
+    the same values as all channels in one block."""
+    from nptp_mpi.kernels import pool
+
+    x = randn((7, *case[2:4]))
+    want = pool_call(case, x, (0, 0), (0, 0, 5, 4))
+    monkeypatch.setattr(pool, "BLOCK_BYTES", 1)  # one channel a block
+    np.testing.assert_array_equal(pool_call(case, x, (0, 0), (0, 0, 5, 4)), want)
+    slab = 4 * (case[2] + 2) * (case[3] + 2) * 3  # about three channels' slabs, planes and sums
+    monkeypatch.setattr(pool, "BLOCK_BYTES", slab)
+    np.testing.assert_array_equal(pool_call(case, x, (0, 0), (0, 0, 5, 4)), want)
+
+
 def test_global_avgpool():
     x = randn((5, 13, 17))
     assert_close(K.global_avgpool(x), ort_run([x[None]], ("GlobalAveragePool", [], {}))[0])
@@ -476,8 +491,8 @@ def test_window_span_is_the_span_of_the_taps_inside_the_image():
 
 
 def test_a_staged_channel_is_that_channel_of_the_window():
-    """staging + stage, one channel at a time, equals window() of the same region: inside the buffer, touching
-    the image border, and with garbage in the buffer past the image (which must not be read)."""
+    """staging + stage, a channel at a time into a block's slabs, equals window() of the same region: inside the
+    buffer, touching the image border, and with garbage in the buffer past the image (which must not be read)."""
     from nptp_mpi.kernels.window import stage, staging, window
 
     rng = np.random.default_rng(3)
@@ -488,10 +503,10 @@ def test_a_staged_channel_is_that_channel_of_the_window():
                                  ((5, 5), (2, 1), (2, 2, 2, 2)), ((1, 1), (1, 1), (0, 0, 0, 0))):
         for region in ((0, 0, 3, 4), (1, 1, 4, 4), (2, 2, 3, 3)):
             want = window(x, origin, in_hw, kernel, stride, pads, (1, 1), region, -7.0)
-            p, copy = staging(x, origin, in_hw, kernel, stride, pads, (1, 1), region, -7.0)
+            p, copy = staging(x, origin, in_hw, kernel, stride, pads, (1, 1), region, -7.0, channels=2)
             for c in range(x.shape[0]):
-                stage(x, c, copy, p)
-                np.testing.assert_array_equal(p[0], want[c], err_msg=f"{kernel} {stride} {region} channel {c}")
+                stage(x, c, copy, p, c % 2)
+                np.testing.assert_array_equal(p[c % 2], want[c], err_msg=f"{kernel} {stride} {region} channel {c}")
 
 
 def test_pad2d_is_onnx_pad():
