@@ -329,6 +329,24 @@ def test_every_activation_on_every_conv_path_is_the_activation_of_the_plain_conv
     np.testing.assert_array_equal(K.conv2d(*args, act, **params), K.activation(K.conv2d(*args), act, **params))
 
 
+@pytest.mark.parametrize("k, stride", [(5, 1), (7, 1), (5, 2), (9, 1)])
+def test_depthwise_padding_taps_read_no_data(k, stride):
+    """The phase-plane depthwise kernel pads each kernel row to TAPS taps of weight 0 that read a zero tail, never
+    the map: an inf in the input spreads exactly as far as onnxruntime spreads it (0 × inf would be NaN)."""
+    x = randn((3, 12, 11))
+    x[1, 5, 4], x[2, 0, 10] = np.inf, -np.inf
+    w = randn((3, 1, k, k), 1)
+    p = k // 2
+    got = K.conv2d(x, (0, 0), x.shape[1:], w, None, (stride, stride), (p,) * 4, (1, 1), 3, (0, 0, *[
+        (n + 2 * p - k) // stride + 1 for n in x.shape[1:]]))
+    want = ort_run([x[None]], ("Conv", [w], dict(group=3, pads=[p] * 4, strides=[stride] * 2)))[0]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    assert (~finite).any() and finite.any()
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("act", ["", "relu", "silu"])
 @pytest.mark.parametrize("n", [1, 5, 8, 12, 14])
 def test_a_residual_on_every_conv_path_is_the_add_after_the_plain_conv(act, n):
