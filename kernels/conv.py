@@ -8,6 +8,7 @@ import numpy as np
 from numba import njit
 
 from . import winograd
+from .derived import per_weights
 from .pointwise import act1, act_code, epilogue, finish, inline_code
 from .window import phase_layout, split_phases, stage, staging, window
 
@@ -100,13 +101,21 @@ def _depthwise(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w
     q4 = qf[:size].reshape(1, stride[0] * stride[1], rows, width)
     if stride == (1, 1):
         p = qf[:size].reshape(p.shape)  # (the slab is the plane: staged straight into qf; its frame is 0 too)
-    kt = -(-kw // TAPS) * TAPS
-    flat = np.full((kh, kt), size, np.int64)
+    wt = _row_taps(w)
+    flat = np.full(wt.shape[1:], size, np.int64)
     flat[:, :kw] = (plane * (rows * width) + offset).reshape(kh, kw)
-    wt = np.zeros((w.shape[0], kh, kt), np.float32)
-    wt[:, :, :kw] = w[:, 0]
     _depthwise_planes(x, copy, p, q4, qf, *stride, width, flat, wt, b, out, np.empty(m, np.float32), code, alpha, lo,
                       hi)
+
+
+@per_weights
+def _row_taps(w: np.ndarray) -> np.ndarray:
+    """Depthwise weights (Cout, 1, kh, kw) as (Cout, kh, kt): each kernel row padded with zero weights to a
+    multiple of TAPS (_depthwise_planes)."""
+    cout, _, kh, kw = w.shape
+    wt = np.zeros((cout, kh, -(-kw // TAPS) * TAPS), np.float32)
+    wt[:, :, :kw] = w[:, 0]
+    return wt
 
 
 SPLIT_FROM = 10  # output columns from which a stride-2 3×3 depthwise conv reads its input split (bench kernels)

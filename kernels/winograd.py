@@ -10,11 +10,10 @@ coefficients; tests hold it to the suite's tolerance).
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 from numba import njit
 
+from .derived import per_weights
 from .pointwise import act1
 
 TILE_BYTES = 8 << 20  # transformed input (or output) of one chunk of tile rows
@@ -22,19 +21,13 @@ TILE_BYTES = 8 << 20  # transformed input (or output) of one chunk of tile rows
 # G: filter transform (6×3); BT, AT (in the transforms below, written out): input (6×6) and output (4×6).
 _G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
                [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
-_cache: dict[int, tuple[weakref.ref, np.ndarray]] = {}
 
 
+@per_weights
 def filter_transform(w: np.ndarray) -> np.ndarray:
     """U (36, Cout, Cin) = G·w·Gᵀ per filter, computed in float64; cached for as long as w lives."""
-    hit = _cache.get(id(w))
-    if hit is not None and hit[0]() is w:
-        return hit[1]
     u = np.einsum("ai,kcij,bj->abkc", _G, w.astype(np.float64), _G).reshape(36, *w.shape[:2])
-    u = np.ascontiguousarray(u, np.float32)
-    key = id(w)
-    _cache[key] = (weakref.ref(w, lambda _, key=key: _cache.pop(key, None)), u)
-    return u
+    return np.ascontiguousarray(u, np.float32)
 
 
 _2, _4, _5, _8 = np.float32(2), np.float32(4), np.float32(5), np.float32(8)  # (an int would promote to float64)
