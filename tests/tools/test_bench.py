@@ -23,6 +23,18 @@ def test_models_bench_times_both_engines_and_breaks_ours_down_by_op_kind() -> No
     assert row["finite"]
 
 
+def test_with_several_threads_each_timed_run_starts_once_the_other_engines_threads_are_idle(monkeypatch) -> None:
+    """Interleaved back to back, each engine ran beside the other's spinning worker threads (both twice as slow at
+    2 threads): before every timed run with threads > 1 the bench waits SPIN_S; with one thread it does not."""
+    from nptp_mpi.tools import bench
+
+    slept = []
+    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    graph = zoo.build("mobilenet_v2", (32, 32))
+    bench_models([("mobilenet_v2", graph)], [1, 2], rounds=3, progress=lambda _: None)
+    assert slept == [bench.SPIN_S] * 6  # 3 rounds × (ours, onnxruntime), at 2 threads only
+
+
 def test_a_model_whose_values_overflow_is_timed_with_a_warning() -> None:
     """A light file's 0.5-filled weights overflow to inf within a few blocks: the timings are of that arithmetic,
     and the bench says so instead of printing numpy's overflow warnings."""
