@@ -5,6 +5,10 @@ column rows and the GEMM operands contiguous, and a halo of whole rows is one co
 Spatial kernels compute an output region from an input tile buffer plus its origin in the full image.
 """
 
+if __name__ != "nptp_mpi.kernels":  # (`import kernels` from the repository's root)
+    raise ImportError("import the kernels as nptp_mpi.kernels: Numba's cache records a kernel's module name, and one "
+                      f"compiled as {__name__!r} breaks every later load of it from the cache")
+
 from . import cache  # noqa: F401 - first: it picks Numba's cache folder before any kernel is compiled
 from .conv import conv2d, conv2d_regions
 from .pointwise import (

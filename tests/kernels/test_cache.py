@@ -44,3 +44,11 @@ print(folder, sum(len(files) for _, _, files in os.walk(folder)))
     assert p.returncode == 0, p.stderr
     folder, files = p.stdout.split()
     assert folder.startswith(str(tmp_path)) and int(files) > 0
+
+
+def test_the_kernels_refuse_to_load_under_another_name() -> None:
+    """`import kernels` from the repository's root would compile kernels into the shared cache under a module name
+    that no other process can import: every later load of them failed with ModuleNotFoundError. It is refused."""
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-c", "import kernels"], capture_output=True, text=True, cwd=root, timeout=60)
+    assert p.returncode != 0 and "import the kernels as nptp_mpi.kernels" in p.stderr, p.stderr
