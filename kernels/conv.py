@@ -10,7 +10,7 @@ from numba import njit
 from . import winograd
 from .derived import per_weights
 from .pointwise import act1, act_code, epilogue, finish, inline_code
-from .window import phase_layout, split_phases, stage, staging, window
+from .window import phase_buffers, phase_layout, split_phases, stage, staging, window
 
 # im2col + GEMM run in chunks of output rows whose columns fit COL_BYTES: about the size of a core's L2, so
 # the GEMM reads what im2col just wrote from cache (ResNet-50's 7×7 stem, caches cold: 1.39 ms with 8 MiB
@@ -47,7 +47,7 @@ TAPS = 7  # taps of a kernel row that one pass over a channel adds: 7×7 rows wh
 def _depthwise_planes(x, copy, p, q4, qf, sh, sw, width, flat, wt, b, out, acc, code, alpha, lo, hi):
     """Direct conv with one input channel per group (output o reads channel o // multiplier), over the phase planes
     of each channel's slab (window.phase_layout; staged one channel at a time, window.staging; qf is the planes
-    flat, p itself at stride 1, with a zero tail). Each pass adds TAPS taps of a kernel row to every acc[n],
+    flat with a zero tail, window.phase_buffers). Each pass adds TAPS taps of a kernel row to every acc[n],
     n = i·width + j: tap t reads qf[flat[ky, t] + n] with weight wt[o, ky, t]; a row is padded to a multiple of
     TAPS with taps of weight 0 that read the zero tail (0 × 0 adds nothing, exactly). One loop per tap made
     acc's loads and stores, and each short loop's set-up, the cost: ConvNeXt's 7×7 at 14², 384 channels:
@@ -96,13 +96,10 @@ def _depthwise(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w
         return
     (kh, kw), (oh, ow) = kernel, out.shape[1:]
     rows, width, plane, offset = phase_layout(kernel, stride, dilation, (oh, ow))
-    m, size = (oh - 1) * width + ow, stride[0] * stride[1] * rows * width
-    qf = np.zeros(size + m, np.float32)  # the planes, then the zero tail the padding taps read
-    q4 = qf[:size].reshape(1, stride[0] * stride[1], rows, width)
-    if stride == (1, 1):
-        p = qf[:size].reshape(p.shape)  # (the slab is the plane: staged straight into qf; its frame is 0 too)
+    m = (oh - 1) * width + ow
+    p, q4, qf = phase_buffers(p, stride, rows, width, 1, m)  # (the zero tail: what the padding taps read)
     wt = _row_taps(w)
-    flat = np.full(wt.shape[1:], size, np.int64)
+    flat = np.full(wt.shape[1:], q4.size, np.int64)
     flat[:, :kw] = (plane * (rows * width) + offset).reshape(kh, kw)
     _depthwise_planes(x, copy, p, q4, qf, *stride, width, flat, wt, b, out, np.empty(m, np.float32), code, alpha, lo,
                       hi)

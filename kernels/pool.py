@@ -7,19 +7,19 @@ import math
 import numpy as np
 from numba import njit
 
-from .window import phase_layout, planes, stage, staging, taps
+from .window import phase_buffers, phase_layout, split_phases, stage, staging, taps
 
 
 def _pool_kernel(is_max: bool):
     """Max (is_max, a compile-time constant: a run-time choice inside the loop keeps it scalar) or average
-    pooling over the phase planes of the slabs of a block of channels (window.phase_layout, staging), as conv's
+    pooling over the phase planes of the slabs of a block of channels (window.phase_buffers, staging), as conv's
     _depthwise_planes but with no weights, so one loop per tap covers the whole block: tap t folds
     q[k, plane[t], offset[t] + n] into acc at channel k's n = i·width + j for every channel k at once (positions
     between channels are computed and dropped, as those past a row's end). Sums are then divided by
     div_r[i] × div_c[j]. (GoogLeNet's 3×3 stride-1 pools, 480-832 channels at 7²-14²: loops per channel ran
     4× slower.)"""
     @njit(cache=True, error_model="numpy")  # (no test of each division for zero)
-    def pool(x, copy, p, q4, sh, sw, width, plane, offset, div_r, div_c, out, acc):
+    def pool(x, copy, p, q4, q, sh, sw, width, plane, offset, div_r, div_c, out, acc):
         cb, oh, ow = p.shape[0], out.shape[1], out.shape[2]
         rw = q4.shape[2] * q4.shape[3]
         span = q4.shape[1] * rw  # one channel's planes in q and in acc
@@ -28,7 +28,8 @@ def _pool_kernel(is_max: bool):
             nk = min(cb, out.shape[0] - c0)
             for k in range(nk):
                 stage(x, c0 + k, copy, p, k)
-            q = planes(p, sh, sw, q4).reshape(cb * span)
+            if sh > 1 or sw > 1:
+                split_phases(p, sh, sw, q4)
             # At stride 1 one loop spans the block; a strided pool's phase planes would make it 3/4 waste: a loop
             # per channel then.
             loops, n_loop = (1, (nk - 1) * span + m) if span == rw else (nk, m)
@@ -82,11 +83,10 @@ def pool2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kind:
                     count_include_pad) for ax, a, b in ((0, y0, y1), (1, x0, x1))]
     rows, width, plane, offset = phase_layout(kernel, stride, dilation, out.shape[1:])
     span = stride[0] * stride[1] * rows * width
-    p, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region, -np.inf if is_max else 0.0, 1)
+    p, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region, -np.inf if is_max else 0.0)
     cb = min(x.shape[0], max(1, BLOCK_BYTES // (4 * (p.size + 2 * span))))  # slabs, planes and sums of a block
-    p = np.repeat(p, cb, axis=0)
-    q4 = np.empty((cb, stride[0] * stride[1], rows, width), np.float32)
-    _POOL[kind](x, copy, p, q4, *stride, width, plane, offset, *div, out, np.empty(q4.size, np.float32))
+    p, q4, q = phase_buffers(p, stride, rows, width, cb, 0)
+    _POOL[kind](x, copy, p, q4, q, *stride, width, plane, offset, *div, out, np.empty(q4.size, np.float32))
     return out
 
 

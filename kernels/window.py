@@ -83,17 +83,16 @@ def window(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kerne
 
 def staging(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kernel: tuple[int, int],
             stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int],
-            region: tuple[int, int, int, int], fill: float, channels: int = 1) -> tuple[np.ndarray, tuple[int, ...]]:
-    """window() a few channels at a time, for the kernels that stream through channels (depthwise, pooling):
-    slabs p (channels, rows, cols) filled with `fill`, and the copy (ya, yb, xa, xb, dy, dx) by which stage() puts
-    a channel of x into one of them (x[c, ya:yb, xa:xb] to p[k, dy:, dx:]; the frame is never overwritten). The
-    slabs then stay in L1/L2 between their copy and their reads: a whole-map slab costs a pass over memory each
-    way (96 channels at 112²: 0.37 ms, twice the depthwise conv that reads it)."""
+            region: tuple[int, int, int, int], fill: float) -> tuple[np.ndarray, tuple[int, ...]]:
+    """window() a channel at a time, for the kernels that stream through channels (depthwise, pooling): a slab
+    p (1, rows, cols) filled with `fill`, and the copy (ya, yb, xa, xb, dy, dx) by which stage() puts a channel of
+    x into it (x[c, ya:yb, xa:xb] to p[k, dy:, dx:]; the frame is never overwritten). The slab then stays in
+    L1/L2 between its copy and its reads: a whole-map slab costs a pass over memory each way (96 channels at
+    112²: 0.37 ms, twice the depthwise conv that reads it)."""
     (r0, r1, c0, c1), (ya, yb, xa, xb) = _bounds(x, origin, in_hw, kernel, stride, pads, dilation, region)
     oy, ox = origin
     yb, xb = max(ya, yb), max(xa, xb)
-    return (np.full((channels, r1 - r0, c1 - c0), fill, np.float32),
-            (ya - oy, yb - oy, xa - ox, xb - ox, ya - r0, xa - c0))
+    return np.full((1, r1 - r0, c1 - c0), fill, np.float32), (ya - oy, yb - oy, xa - ox, xb - ox, ya - r0, xa - c0)
 
 
 @njit(cache=True)
@@ -108,7 +107,7 @@ def stage(x, c, copy, p, k):
 
 def phase_layout(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
                  out_hw: tuple[int, int]) -> tuple[int, int, np.ndarray, np.ndarray]:
-    """A valid window op of stride s over a slab as a stride-1 one over the slab's s×s phase planes (planes()),
+    """A valid window op of stride s over a slab as a stride-1 one over the slab's s×s phase planes (phase_buffers),
     flattened: (rows, width, plane, offset), where tap t = ky·kw + kx of output (i, j) reads plane plane[t] at
     offset[t] + i·width + j. One long loop per tap then covers every output of a channel (a loop per output row
     and tap is too short to vectorise on 7²-28² maps); the values computed past an output row's end read past the
@@ -119,14 +118,20 @@ def phase_layout(kernel: tuple[int, int], stride: tuple[int, int], dilation: tup
     return rows, width, (ky * dh % sh) * sw + kx * dw % sw, (ky * dh // sh) * width + kx * dw // sw
 
 
-@njit(cache=True)
-def planes(p, sh, sw, q):
-    """Slabs p (channels, rows, cols) as their flattened phase planes (phase_layout), (channels, sh·sw, rows'·width):
-    p itself at stride 1, else split into q (channels, sh·sw, rows', width)."""
-    if sh == 1 and sw == 1:
-        return p.reshape((p.shape[0], 1, p.shape[1] * p.shape[2]))
-    split_phases(p, sh, sw, q)
-    return q.reshape((q.shape[0], q.shape[1], q.shape[2] * q.shape[3]))
+def phase_buffers(p: np.ndarray, stride: tuple[int, int], rows: int, width: int, channels: int,
+                  tail: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For `channels` slabs like p (staging()) and their phase planes (phase_layout): (slabs, q4, qf), qf the
+    planes flat with `tail` zeros after them, q4 its (channels, sh·sw, rows, width) view. At stride 1 the planes
+    are the slabs themselves (staged straight into qf, frame copied from p); else the slabs are p repeated, and
+    split_phases(slabs, sh, sw, q4) fills the planes."""
+    size = channels * stride[0] * stride[1] * rows * width
+    qf = np.zeros(size + tail, np.float32)
+    q4 = qf[:size].reshape(channels, stride[0] * stride[1], rows, width)
+    if stride != (1, 1):
+        return np.repeat(p, channels, axis=0), q4, qf
+    slabs = qf[:size].reshape(channels, *p.shape[1:])
+    slabs[:] = p
+    return slabs, q4, qf
 
 
 @njit(cache=True)

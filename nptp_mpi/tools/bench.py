@@ -198,8 +198,8 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
             ort_run = ort_session(_ort_model(spec, graph), t)
             with threadpool_limits(limits=t), np.errstate(all="ignore"):
                 y = reference.run(graph, x)  # (also the warm-up)
-                err = float(np.abs(y - ort_run(x)).max())
-                if not np.isfinite(y).all():
+                err, finite = float(np.abs(y - ort_run(x)).max()), bool(np.isfinite(y).all())
+                if not finite:
                     progress(f"warning: {graph.name}'s output holds inf or NaN on a random input (its values "
                              "overflow: weights left out of the file?); these timings are of that arithmetic")
                 ours, theirs, parts = [], [], {k: [] for k in KINDS}
@@ -220,7 +220,7 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
                    "ms_ours": 1e3 * statistics.median(ours), "ms_ort": 1e3 * statistics.median(theirs),
                    "spread_ours": 1e3 * (max(ours) - min(ours)),
                    "spread_ort": 1e3 * (max(theirs) - min(theirs)), "max_abs_err": err,
-                   "finite": bool(np.isfinite(y).all()),
+                   "finite": finite,
                    **{f"ms_{k}": 1e3 * statistics.median(v) for k, v in parts.items()}}
             row["ratio"] = row["ms_ours"] / row["ms_ort"]
             rows.append(row)
