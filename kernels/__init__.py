@@ -9,7 +9,10 @@ if __name__ != "nptp_mpi.kernels":  # (`import kernels` from the repository's ro
     raise ImportError("import the kernels as nptp_mpi.kernels: Numba's cache records a kernel's module name, and one "
                       f"compiled as {__name__!r} breaks every later load of it from the cache")
 
-from . import cache  # noqa: F401 - first: it picks Numba's cache folder before any kernel is compiled
+from . import (
+    cache,  # noqa: F401 - first: it picks Numba's cache folder before any kernel is compiled
+    threads,
+)
 from .conv import conv2d, conv2d_regions
 from .pointwise import (
     activation,
@@ -32,6 +35,8 @@ from .pointwise import (
 )
 from .pool import adaptive_avgpool, channel_sums, global_avgpool, global_maxpool, pool2d
 from .window import pad2d
+
+threads.configure()
 
 __all__ = ["activation", "add", "adaptive_avgpool", "affine", "channel_norm", "channel_sums", "channels", "clip",
            "concat", "conv2d", "conv2d_regions", "gemm", "global_avgpool", "global_maxpool", "leakyrelu", "lrn", "mul",

@@ -5,11 +5,12 @@ the others over the slab's phase planes, window.phase_layout)."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from . import winograd
+from . import blas, winograd
 from .derived import per_weights
 from .pointwise import act1, act_code, epilogue, finish, inline_code
+from .threads import block, count
 from .window import phase_buffers, phase_layout, split_phases, stage, staging, window
 
 # im2col + GEMM run in chunks of output rows whose columns fit COL_BYTES: about the size of a core's L2, so
@@ -19,11 +20,12 @@ COL_BYTES, STRIPS_BYTES = 2 << 20, 8 << 20
 
 
 @njit(cache=True)
-def _im2col(p, kh, kw, sh, sw, dh, dw, r0, r1, cols):
-    """cols[(c*kh+ky)*kw+kx, i*ow+j] = p[c, (r0+i)*sh+ky*dh, j*sw+kx*dw] for output rows [r0, r1)."""
+def _im2col_block(p, c0, c1, kh, kw, sh, sw, dh, dw, r0, r1, cols):
+    """cols[(c*kh+ky)*kw+kx, i*ow+j] = p[c, (r0+i)*sh+ky*dh, j*sw+kx*dw] for output rows [r0, r1), channels
+    [c0, c1)."""
     ow = cols.shape[1] // (r1 - r0)
     usw = np.uint64(sw)
-    for c in range(p.shape[0]):
+    for c in range(c0, c1):
         for ky in range(kh):
             for kx in range(kw):
                 k = (c * kh + ky) * kw + kx
@@ -40,23 +42,33 @@ def _im2col(p, kh, kw, sh, sw, dh, dw, r0, r1, cols):
                             cols[k, d0 + np.uint64(j)] = p[c, y, x0 + usw * np.uint64(j)]
 
 
+@njit(cache=True, parallel=True)
+def _im2col(p, kh, kw, sh, sw, dh, dw, r0, r1, cols, nt):
+    """_im2col_block on nt blocks of channels, one per thread."""
+    for t in prange(nt):
+        c0, c1 = block(p.shape[0], t, nt)
+        _im2col_block(p, c0, c1, kh, kw, sh, sw, dh, dw, r0, r1, cols)
+
+
 TAPS = 7  # taps of a kernel row that one pass over a channel adds: 7×7 rows whole, 5×5 rows padded (see below)
 
 
 @njit(cache=True, error_model="numpy")
-def _depthwise_planes(x, copy, p, q4, qf, sh, sw, width, flat, wt, b, out, acc, code, alpha, lo, hi):
+def _depthwise_planes_block(x, c0, c1, copy, p, q4, qf, sh, sw, width, flat, wt, b, out, acc, code, alpha, lo,
+                            hi):
     """Direct conv with one input channel per group (output o reads channel o // multiplier), over the phase planes
     of each channel's slab (window.phase_layout; staged one channel at a time, window.staging; qf is the planes
     flat with a zero tail, window.phase_buffers). Each pass adds TAPS taps of a kernel row to every acc[n],
     n = i·width + j: tap t reads qf[flat[ky, t] + n] with weight wt[o, ky, t]; a row is padded to a multiple of
     TAPS with taps of weight 0 that read the zero tail (0 × 0 adds nothing, exactly). One loop per tap made
     acc's loads and stores, and each short loop's set-up, the cost: ConvNeXt's 7×7 at 14², 384 channels:
-    0.53 → 0.21 ms (0.16 with _row_taps kept). The ow first values of each row of acc are the output row."""
+    0.53 → 0.21 ms (0.16 with _row_taps kept). The ow first values of each row of acc are the output row.
+    Channels [c0, c1) (_depthwise_planes splits them over the threads)."""
     cout, oh, ow = out.shape
     mult = cout // x.shape[0]
     kh, kt = flat.shape
     m = (oh - 1) * width + ow
-    for c in range(x.shape[0]):
+    for c in range(c0, c1):
         stage(x, c, copy, p, 0)
         if sh > 1 or sw > 1:
             split_phases(p, sh, sw, q4)
@@ -81,6 +93,16 @@ def _depthwise_planes(x, copy, p, q4, qf, sh, sw, width, flat, wt, b, out, acc, 
                     out[o, i, j] = act1(acc[base + np.uint64(j)], code, alpha, lo, hi)
 
 
+@njit(cache=True, parallel=True)
+def _depthwise_planes(x, copy, ps, q4s, qfs, sh, sw, width, flat, wt, b, out, accs, code, alpha, lo, hi):
+    """_depthwise_planes_block on a block of channels per thread, each with its own buffers (ps[t], …)."""
+    nt = ps.shape[0]
+    for t in prange(nt):
+        c0, c1 = block(x.shape[0], t, nt)
+        _depthwise_planes_block(x, c0, c1, copy, ps[t], q4s[t], qfs[t], sh, sw, width, flat, wt, b, out, accs[t], code,
+                                alpha, lo, hi)
+
+
 def _depthwise(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
                stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int],
                region: tuple[int, int, int, int], out: np.ndarray, code: int, alpha, lo, hi) -> None:
@@ -88,21 +110,21 @@ def _depthwise(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w
     stride and dilation over phase planes (_depthwise_planes)."""
     kernel = w.shape[2:]
     p, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region, 0.0)
-    ow = out.shape[2]
+    ow, nt = out.shape[2], min(count(), x.shape[0])
     if kernel == (3, 3) and stride[0] == stride[1] in (1, 2) and dilation == (1, 1):
         split = stride[0] == 2 and ow >= SPLIT_FROM
-        e = np.empty((1, 2, p.shape[1], ow + 1) if split else (1, 2, 0, 0), np.float32)
-        _depthwise3x3(x, copy, p, e, w, b, stride[0], out, code, alpha, lo, hi)
+        e = np.empty((nt, 1, 2, p.shape[1], ow + 1) if split else (nt, 1, 2, 0, 0), np.float32)
+        _depthwise3x3(x, copy, np.repeat(p[None], nt, axis=0), e, w, b, stride[0], out, code, alpha, lo, hi)
         return
     (kh, kw), (oh, ow) = kernel, out.shape[1:]
     rows, width, plane, offset = phase_layout(kernel, stride, dilation, (oh, ow))
     m = (oh - 1) * width + ow
-    p, q4, qf = phase_buffers(p, stride, rows, width, 1, m)  # (the zero tail: what the padding taps read)
+    p, q4, qf = phase_buffers(p, stride, rows, width, 1, m, nt)  # (the zero tail: what the padding taps read)
     wt = _row_taps(w)
-    flat = np.full(wt.shape[1:], q4.size, np.int64)
+    flat = np.full(wt.shape[1:], q4[0].size, np.int64)
     flat[:, :kw] = (plane * (rows * width) + offset).reshape(kh, kw)
-    _depthwise_planes(x, copy, p, q4, qf, *stride, width, flat, wt, b, out, np.empty(m, np.float32), code, alpha, lo,
-                      hi)
+    _depthwise_planes(x, copy, p, q4, qf, *stride, width, flat, wt, b, out, np.empty((nt, m), np.float32), code, alpha,
+                      lo, hi)
 
 
 @per_weights
@@ -119,17 +141,17 @@ SPLIT_FROM = 10  # output columns from which a stride-2 3×3 depthwise conv read
 
 
 @njit(cache=True)
-def _depthwise3x3(x, copy, p, e, w, b, s, out, code, alpha, lo, hi):
+def _depthwise3x3_block(x, c0, c1, copy, p, e, w, b, s, out, code, alpha, lo, hi):
     """3×3 depthwise at stride 1 or 2 (no dilation), each channel's slab staged in p (window.staging): the nine
     taps in one pass over each output row (no accumulator traffic between taps). Wide stride-2 rows read e, p's
     even and odd columns (window.split_phases), so that every load is unit-stride; otherwise (e empty) p itself:
     on rows under SPLIT_FROM outputs the split costs more than it saves (MobileNetV2's 576 channels at 14² → 7²:
-    0.076 against 0.050 ms). Unsigned indices and no row views, as in _im2col."""
+    0.076 against 0.050 ms). Unsigned indices and no row views, as in _im2col. Channels [c0, c1)."""
     cout, oh, ow = out.shape
     mult = cout // x.shape[0]
     split = e.shape[2] > 0
     us, u0, u1, u2 = np.uint64(s), np.uint64(0), np.uint64(1), np.uint64(2)
-    for c in range(x.shape[0]):
+    for c in range(c0, c1):
         stage(x, c, copy, p, 0)
         if split:
             split_phases(p, 1, 2, e)
@@ -157,6 +179,15 @@ def _depthwise3x3(x, copy, p, e, w, b, s, out, code, alpha, lo, hi):
                                             lo, hi)
 
 
+@njit(cache=True, parallel=True)
+def _depthwise3x3(x, copy, ps, es, w, b, s, out, code, alpha, lo, hi):
+    """_depthwise3x3_block on a block of channels per thread, each with its own p and e (ps[t], es[t])."""
+    nt = ps.shape[0]
+    for t in prange(nt):
+        c0, c1 = block(x.shape[0], t, nt)
+        _depthwise3x3_block(x, c0, c1, copy, ps[t], es[t], w, b, s, out, code, alpha, lo, hi)
+
+
 def _gemm_conv(p: np.ndarray, wm: np.ndarray, out: np.ndarray, kernel: tuple[int, int],
                stride: tuple[int, int], dilation: tuple[int, int], step: int, cols: np.ndarray | None) -> None:
     """One group: out (Cout, oh, ow) = wm @ im2col(p), `step` output rows at a time.
@@ -173,8 +204,8 @@ def _gemm_conv(p: np.ndarray, wm: np.ndarray, out: np.ndarray, kernel: tuple[int
             col = p[:, r0:r1].reshape(k, n)
         else:
             col = cols[:k * n].reshape(k, n)
-            _im2col(p, *kernel, *stride, *dilation, r0, r1, col)
-        np.matmul(wm, col, out=flat[:, r0 * ow:r1 * ow])
+            _im2col(p, *kernel, *stride, *dilation, r0, r1, col, count())
+        blas.matmul(wm, col, flat[:, r0 * ow:r1 * ow])
 
 
 def winograd_pays(w_shape: tuple, stride: tuple, dilation: tuple, out_hw: tuple) -> bool:
@@ -278,10 +309,10 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
     for i, c0, c1 in zip(shared, offsets[:-1], offsets[1:], strict=True):
         col = np.empty((k, n[i]), np.float32)
         _im2col(_slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, regions[i]), kh, kw, *stride, *dilation, 0,
-                hw[i][0], col)
+                hw[i][0], col, count())
         cols[:, c0:c1] = col
     w, b, _, whole = _operands(w, b, act, alpha, lo, hi)
-    y = w.reshape(cout, k) @ cols
+    y = blas.matmul(w.reshape(cout, k), cols, np.empty((cout, cols.shape[1]), np.float32))
     for i, c0, c1 in zip(shared, offsets[:-1], offsets[1:], strict=True):
         outs[i] = np.ascontiguousarray(y[:, c0:c1]).reshape(cout, *hw[i])
         epilogue(outs[i], np.ones(cout, np.float32), b, *whole, res[i])

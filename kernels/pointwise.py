@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic
+
+from . import blas
+from .threads import block, count
 
 # Fused and standalone activations. Parameters: leakyrelu, elu alpha; clip lo, hi; hardsigmoid alpha (slope) and
 # lo (offset, ONNX's beta); the others none.
@@ -111,10 +114,12 @@ def act1(v, code, alpha, lo, hi):
 def _activation_pass(code: int):
     """y = act(y) in place over a flat y for one activation `code`, a compile-time constant here: act1 folds to
     that activation's branch, and the loop vectorises (with the code a run-time value, it stays scalar)."""
-    @njit(cache=True, error_model="numpy")  # (Python's error model tests every division for zero: no vectors)
-    def run(y, alpha, lo, hi):
-        for j in range(y.size):
-            y[j] = act1(y[j], code, alpha, lo, hi)
+    @njit(cache=True, error_model="numpy", parallel=True)  # (Python's error model: a test per division, no vectors)
+    def run(y, alpha, lo, hi, nt):
+        for t in prange(nt):
+            j0, j1 = block(y.size, t, nt)
+            for j in range(np.uint64(j0), np.uint64(j1)):  # (see threads.py)
+                y[j] = act1(y[j], code, alpha, lo, hi)
     return run
 
 
@@ -131,15 +136,15 @@ def finish(y: np.ndarray, code: int, alpha, lo, hi) -> None:
     """Apply activation `code` in place to C-contiguous y, if it is one its producer left out (inline_code):
     one vectorised pass (EfficientNet-B0's SiLU epilogues ran at 10 ns a value inside the producers' loops)."""
     if code > 2:
-        _PASSES[code](y.reshape(-1), np.float32(alpha), np.float32(lo), np.float32(hi))
+        _PASSES[code](y.reshape(-1), np.float32(alpha), np.float32(lo), np.float32(hi), count())
 
 
 def _epilogue_kernel(residual: bool):
     """y = act(y · scale[row] + shift[row]), plus res when `residual` (a compile-time constant: a run-time test
     in the loop would keep it scalar), in place over 2-D y (rows, n)."""
-    @njit(cache=True)
+    @njit(cache=True, parallel=True)
     def run(y, scale, shift, res, code, alpha, lo, hi):
-        for r in range(y.shape[0]):
+        for r in prange(y.shape[0]):
             s, t = scale[r], shift[r]
             for j in range(y.shape[1]):
                 v = y[r, j] * s + t
@@ -170,12 +175,11 @@ def _rows(x: np.ndarray, rows: int, code: int, scale: np.ndarray, shift: np.ndar
     return out
 
 
-_ONE, _ZERO = np.ones(1, np.float32), np.zeros(1, np.float32)
-
-
 def activation(x: np.ndarray, act: str, alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0) -> np.ndarray:
-    """A new float32 array: activation `act` (see ACTS) of every element of x."""
-    return _rows(x, 1, act_code(act), _ONE, _ZERO, alpha, lo, hi)
+    """A new float32 array: activation `act` (see ACTS) of every element of x (row by row: the rows are what the
+    threads share)."""
+    rows = x.shape[0] if np.ndim(x) > 1 else 1
+    return _rows(x, rows, act_code(act), np.ones(rows, np.float32), np.zeros(rows, np.float32), alpha, lo, hi)
 
 
 def relu(x: np.ndarray) -> np.ndarray:
@@ -236,27 +240,35 @@ def lrn(x: np.ndarray, size: int, alpha: float, beta: float, bias: float) -> np.
 
 
 @njit(cache=True, error_model="numpy")
-def _channel_norm(x, scale, shift, eps, out, mean, inv):
-    """Over x (C, n): loops across the n pixels, each with its own float64 sums (thousands of channels stay
-    exact), so every loop vectorises (array expressions made a temporary per channel: 4× slower)."""
-    c_n, n = x.shape
-    for j in range(n):
+def _channel_norm_block(x, scale, shift, eps, out, mean, inv, j0, j1):
+    """Over pixels [j0, j1) of x (C, n): loops across the pixels, each with its own float64 sums (thousands of
+    channels stay exact), so every loop vectorises (array expressions made a temporary per channel: 4× slower)."""
+    c_n, u0, u1 = x.shape[0], np.uint64(j0), np.uint64(j1)  # (unsigned: see threads.py)
+    for j in range(u0, u1):
         mean[j], inv[j] = 0.0, 0.0
     for c in range(c_n):
-        for j in range(n):
+        for j in range(u0, u1):
             mean[j] += x[c, j]
-    for j in range(n):
+    for j in range(u0, u1):
         mean[j] /= c_n
     for c in range(c_n):
-        for j in range(n):
+        for j in range(u0, u1):
             d = x[c, j] - mean[j]
             inv[j] += d * d
-    for j in range(n):
+    for j in range(u0, u1):
         inv[j] = 1.0 / np.sqrt(inv[j] / c_n + eps)
     for c in range(c_n):
         s, t = np.float64(scale[c]), np.float64(shift[c])
-        for j in range(n):
+        for j in range(u0, u1):
             out[c, j] = np.float32((x[c, j] - mean[j]) * inv[j] * s + t)
+
+
+@njit(cache=True, parallel=True)
+def _channel_norm(x, scale, shift, eps, out, mean, inv, nt):
+    """_channel_norm_block on nt blocks of pixels, one per thread."""
+    for t in prange(nt):
+        j0, j1 = block(x.shape[1], t, nt)
+        _channel_norm_block(x, scale, shift, eps, out, mean, inv, j0, j1)
 
 
 def channel_norm(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, eps: float) -> np.ndarray:
@@ -265,7 +277,8 @@ def channel_norm(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, eps: float
     out = np.empty(x.shape, np.float32)
     n = x.shape[1] * x.shape[2]
     _channel_norm(np.ascontiguousarray(x, np.float32).reshape(x.shape[0], n), np.asarray(scale, np.float32),
-                  np.asarray(shift, np.float32), float(eps), out.reshape(x.shape[0], n), np.empty(n), np.empty(n))
+                  np.asarray(shift, np.float32), float(eps), out.reshape(x.shape[0], n), np.empty(n), np.empty(n),
+                  count())
     return out
 
 
@@ -276,11 +289,13 @@ def _fold(op: np.ufunc, xs: tuple[np.ndarray, ...]) -> np.ndarray:
     return out
 
 
-@njit(cache=True)
-def _sum_act(a, b, out, code, alpha, lo, hi):
+@njit(cache=True, parallel=True)
+def _sum_act(a, b, out, code, alpha, lo, hi, nt):
     """out = act(a + b) over flat arrays, in one pass."""
-    for j in range(out.shape[0]):
-        out[j] = act1(a[j] + b[j], code, alpha, lo, hi)
+    for t in prange(nt):
+        j0, j1 = block(out.shape[0], t, nt)
+        for j in range(np.uint64(j0), np.uint64(j1)):  # (see threads.py)
+            out[j] = act1(a[j] + b[j], code, alpha, lo, hi)
 
 
 def add(*xs: np.ndarray, act: str = "", alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0) -> np.ndarray:
@@ -293,7 +308,7 @@ def add(*xs: np.ndarray, act: str = "", alpha: float = 0.0, lo: float = 0.0, hi:
     b = np.ascontiguousarray(xs[-1], np.float32)
     out, code = np.empty(a.shape, np.float32), act_code(act)
     _sum_act(a.reshape(-1), b.reshape(-1), out.reshape(-1), inline_code(code), np.float32(alpha), np.float32(lo),
-             np.float32(hi))
+             np.float32(hi), count())
     finish(out, code, alpha, lo, hi)
     return out
 
@@ -318,7 +333,8 @@ def shuffle(x: np.ndarray, groups: int) -> np.ndarray:
 def gemm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, act: str = "", alpha: float = 0.0,
          lo: float = 0.0, hi: float = 0.0) -> np.ndarray:
     """Fully connected layer: act(w @ x + b) for x (K,), w (M, K), b (M,) or None."""
-    y = np.dot(np.asarray(w, np.float32), np.asarray(x, np.float32))
+    w = np.asarray(w, np.float32)
+    y = blas.matmul(w, np.asarray(x, np.float32).reshape(-1, 1), np.empty((w.shape[0], 1), np.float32)).reshape(-1)
     shift = np.zeros(w.shape[0], np.float32) if b is None else b
     return _rows(y, y.shape[0], act_code(act), np.ones(w.shape[0], np.float32), shift, alpha, lo, hi)
 

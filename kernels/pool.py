@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
+from .threads import block, count
 from .window import phase_buffers, phase_layout, split_phases, stage, staging, taps
 
 
@@ -17,38 +18,42 @@ def _pool_kernel(is_max: bool):
     q[k, plane[t], offset[t] + n] into acc at channel k's n = i·width + j for every channel k at once (positions
     between channels are computed and dropped, as those past a row's end). Sums are then divided by
     div_r[i] × div_c[j]. (GoogLeNet's 3×3 stride-1 pools, 480-832 channels at 7²-14²: loops per channel ran
-    4× slower.)"""
-    @njit(cache=True, error_model="numpy")  # (no test of each division for zero)
-    def pool(x, copy, p, q4, q, sh, sw, width, plane, offset, div_r, div_c, out, acc):
-        cb, oh, ow = p.shape[0], out.shape[1], out.shape[2]
-        rw = q4.shape[2] * q4.shape[3]
-        span = q4.shape[1] * rw  # one channel's planes in q and in acc
+    4× slower.) The blocks split into a run of blocks per thread, each with its own buffers (ps[t], …)."""
+    @njit(cache=True, error_model="numpy", parallel=True)  # (no test of each division for zero)
+    def pool(x, copy, ps, q4s, qs, sh, sw, width, plane, offset, div_r, div_c, out, accs):
+        nt, cb, oh, ow = ps.shape[0], ps.shape[1], out.shape[1], out.shape[2]
+        rw = q4s.shape[3] * q4s.shape[4]
+        span = q4s.shape[2] * rw  # one channel's planes in q and in acc
         m = (oh - 1) * width + ow
-        for c0 in range(0, out.shape[0], cb):
-            nk = min(cb, out.shape[0] - c0)
-            for k in range(nk):
-                stage(x, c0 + k, copy, p, k)
-            if sh > 1 or sw > 1:
-                split_phases(p, sh, sw, q4)
-            # At stride 1 one loop spans the block; a strided pool's phase planes would make it 3/4 waste: a loop
-            # per channel then.
-            loops, n_loop = (1, (nk - 1) * span + m) if span == rw else (nk, m)
-            for g in range(loops):
-                base = np.uint64(g * span)
-                for n in range(n_loop):
-                    acc[base + np.uint64(n)] = -np.inf if is_max else 0.0
-                for t in range(plane.size):
-                    off = base + np.uint64(plane[t] * rw + offset[t])
-                    for n in range(n_loop):  # (unsigned indices: see conv's _im2col)
-                        un = np.uint64(n)
-                        v, a = q[off + un], acc[base + un]
-                        acc[base + un] = (v if v > a else a) if is_max else a + v  # (max: NaN as max())
-            for k in range(nk):
-                for i in range(oh):
-                    base = np.uint64(k * span + i * width)
-                    for j in range(ow):
-                        v = acc[base + np.uint64(j)]
-                        out[c0 + k, i, j] = v if is_max else v / (div_r[i] * div_c[j])
+        blocks = -(-out.shape[0] // cb)
+        for t in prange(nt):
+            p, q4, q, acc = ps[t], q4s[t], qs[t], accs[t]
+            b0, b1 = block(blocks, t, nt)
+            for c0 in range(b0 * cb, min(out.shape[0], b1 * cb), cb):
+                nk = min(cb, out.shape[0] - c0)
+                for k in range(nk):
+                    stage(x, c0 + k, copy, p, k)
+                if sh > 1 or sw > 1:
+                    split_phases(p, sh, sw, q4)
+                # At stride 1 one loop spans the block; a strided pool's phase planes would make it 3/4 waste: a
+                # loop per channel then.
+                loops, n_loop = (1, (nk - 1) * span + m) if span == rw else (nk, m)
+                for g in range(loops):
+                    base = np.uint64(g * span)
+                    for n in range(n_loop):
+                        acc[base + np.uint64(n)] = -np.inf if is_max else 0.0
+                    for tap in range(plane.size):
+                        off = base + np.uint64(plane[tap] * rw + offset[tap])
+                        for n in range(n_loop):  # (unsigned indices: see conv's _im2col)
+                            un = np.uint64(n)
+                            v, a = q[off + un], acc[base + un]
+                            acc[base + un] = (v if v > a else a) if is_max else a + v  # (max: NaN as max())
+                for k in range(nk):
+                    for i in range(oh):
+                        base = np.uint64(k * span + i * width)
+                        for j in range(ow):
+                            v = acc[base + np.uint64(j)]
+                            out[c0 + k, i, j] = v if is_max else v / (div_r[i] * div_c[j])
     return pool
 
 
@@ -85,14 +90,15 @@ def pool2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kind:
     span = stride[0] * stride[1] * rows * width
     p, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region, -np.inf if is_max else 0.0)
     cb = min(x.shape[0], max(1, BLOCK_BYTES // (4 * (p.size + 2 * span))))  # slabs, planes and sums of a block
-    p, q4, q = phase_buffers(p, stride, rows, width, cb, 0)
-    _POOL[kind](x, copy, p, q4, q, *stride, width, plane, offset, *div, out, np.empty(q4.size, np.float32))
+    nt = min(count(), -(-x.shape[0] // cb))
+    p, q4, q = phase_buffers(p, stride, rows, width, cb, 0, nt)
+    _POOL[kind](x, copy, p, q4, q, *stride, width, plane, offset, *div, out, np.empty((nt, q4[0].size), np.float32))
     return out
 
 
-@njit(cache=True, fastmath={"reassoc"})
+@njit(cache=True, fastmath={"reassoc"}, parallel=True)
 def _channel_sums(x, out):
-    for c in range(x.shape[0]):
+    for c in prange(x.shape[0]):
         s = 0.0
         for i in range(x.shape[1]):
             for j in range(x.shape[2]):

@@ -118,18 +118,19 @@ def phase_layout(kernel: tuple[int, int], stride: tuple[int, int], dilation: tup
     return rows, width, (ky * dh % sh) * sw + kx * dw % sw, (ky * dh // sh) * width + kx * dw // sw
 
 
-def phase_buffers(p: np.ndarray, stride: tuple[int, int], rows: int, width: int, channels: int,
-                  tail: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For `channels` slabs like p (staging()) and their phase planes (phase_layout): (slabs, q4, qf), qf the
-    planes flat with `tail` zeros after them, q4 its (channels, sh·sw, rows, width) view. At stride 1 the planes
-    are the slabs themselves (staged straight into qf, frame copied from p); else the slabs are p repeated, and
+def phase_buffers(p: np.ndarray, stride: tuple[int, int], rows: int, width: int, channels: int, tail: int,
+                  copies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`copies` sets (one per thread, threads.py) of buffers for `channels` slabs like p (staging()) and their phase
+    planes (phase_layout): (slabs, q4, qf), qf the planes flat with `tail` zeros after them, q4 its
+    (channels, sh·sw, rows, width) view, each with a leading axis of copies. At stride 1 the planes are the slabs
+    themselves (staged straight into qf, frame copied from p); else the slabs are p repeated, and
     split_phases(slabs, sh, sw, q4) fills the planes."""
     size = channels * stride[0] * stride[1] * rows * width
-    qf = np.zeros(size + tail, np.float32)
-    q4 = qf[:size].reshape(channels, stride[0] * stride[1], rows, width)
+    qf = np.zeros((copies, size + tail), np.float32)
+    q4 = qf[:, :size].reshape(copies, channels, stride[0] * stride[1], rows, width)  # (views: the rows split)
     if stride != (1, 1):
-        return np.repeat(p, channels, axis=0), q4, qf
-    slabs = qf[:size].reshape(channels, *p.shape[1:])
+        return np.repeat(np.repeat(p, channels, axis=0)[None], copies, axis=0), q4, qf
+    slabs = qf[:, :size].reshape(copies, channels, *p.shape[1:])
     slabs[:] = p
     return slabs, q4, qf
 

@@ -11,10 +11,12 @@ coefficients; tests hold it to the suite's tolerance).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
+from . import blas
 from .derived import per_weights
 from .pointwise import act1
+from .threads import block, count
 
 TILE_BYTES = 8 << 20  # transformed input (or output) of one chunk of tile rows
 
@@ -47,7 +49,7 @@ def _at(m0, m1, m2, m3, m4, m5):
 
 
 @njit(cache=True)
-def _split(p, th, tw, q):
+def _split_block(p, c0, c1, th, tw, q):
     """q[c, r, k, ty*tw + u] = p[c, 4ty + r, 4u + k] for r < 4, k < 6, ty ≤ th, u < tw (zero past p's edge).
 
     Tile (ty, u) reads its 6×6 input d[r][k] = q[c, r % 4, k, g + (r // 4)·tw] at g = ty·tw + u: every tile of a
@@ -56,7 +58,7 @@ def _split(p, th, tw, q):
     rows, cols = p.shape[1], p.shape[2]
     full = min(tw, max(0, (cols - 2) // 4))  # u whose six columns 4u..4u+5 all lie inside p
     u1, u2, u3, u4, u5 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4), np.uint64(5)
-    for c in range(p.shape[0]):
+    for c in range(c0, c1):
         for ty in range(th + 1):
             g0 = np.uint64(ty * tw)
             for r in range(4):
@@ -76,11 +78,27 @@ def _split(p, th, tw, q):
                         q[c, r, k, g0 + np.uint64(u)] = p[c, y, x] if x < cols else np.float32(0.0)
 
 
+@njit(cache=True, parallel=True)
+def _split(p, th, tw, q, nt):
+    """_split_block on nt blocks of channels, one per thread."""
+    for t in prange(nt):
+        c0, c1 = block(p.shape[0], t, nt)
+        _split_block(p, c0, c1, th, tw, q)
+
+
+@njit(cache=True, parallel=True)
+def _inputs(q, tw, g0, g1, es, v):
+    """v[c, 6a+b, g - g0] = (Bᵀ·d·B)[a, b] for the tiles g0 ≤ g < g1 of q (see _split); es[t] is thread t's
+    scratch (threads.block)."""
+    for t in prange(es.shape[0]):
+        c0, c1 = block(q.shape[0], t, es.shape[0])
+        _inputs_block(q, c0, c1, tw, g0, g1 - g0, es[t], v)
+
+
 @njit(cache=True)
-def _inputs(q, tw, g0, g1, e, v):
-    """v[c, 6a+b, g - g0] = (Bᵀ·d·B)[a, b] for the tiles g0 ≤ g < g1 of q (see _split); e is scratch."""
-    n = g1 - g0
-    for c in range(q.shape[0]):
+def _inputs_block(q, c0, c1, tw, g0, n, e, v):
+    """_inputs for input channels [c0, c1)."""
+    for c in range(c0, c1):
         for r in range(6):  # Bᵀ along each of the tile's rows
             rp, ro = r % 4, np.uint64((r // 4) * tw + g0)
             for j in range(n):
@@ -93,15 +111,23 @@ def _inputs(q, tw, g0, g1, e, v):
                     e[0, b, j], e[1, b, j], e[2, b, j], e[3, b, j], e[4, b, j], e[5, b, j])
 
 
-@njit(cache=True)
-def _outputs(m, t0, t1, tw, b, f, out, code, alpha, lo, hi):
+@njit(cache=True, parallel=True)
+def _outputs(m, t0, t1, tw, b, fs, out, code, alpha, lo, hi):
     """out[k, 4ty:4ty+4, 4u:4u+4] = act(Aᵀ·M·A + b[k]) for tile rows [t0, t1), clipped to out's extent, with
-    M[a][c] = m[k, 6a+c, (ty - t0)·tw + u]; f is scratch."""
+    M[a][c] = m[k, 6a+c, (ty - t0)·tw + u]; fs[t] is thread t's scratch."""
     n = (t1 - t0) * tw
+    for t in prange(fs.shape[0]):
+        k0, k1 = block(m.shape[0], t, fs.shape[0])
+        _outputs_block(m, k0, k1, n, t0, t1, tw, b, fs[t], out, code, alpha, lo, hi)
+
+
+@njit(cache=True)
+def _outputs_block(m, k0, k1, n, t0, t1, tw, b, f, out, code, alpha, lo, hi):
+    """_outputs for output channels [k0, k1)."""
     oh, ow = out.shape[1], out.shape[2]
     full = ow // 4  # tiles whose 4 columns all lie inside out
     u1, u2, u3, u4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
-    for k in range(m.shape[0]):
+    for k in range(k0, k1):
         bk = b[k]
         for c in range(6):  # Aᵀ down each column, over all tiles
             for j in range(n):
@@ -132,15 +158,15 @@ def conv3x3(p: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, code: 
     GEMMs take them as strided views at no cost."""
     cin, cout, (oh, ow) = p.shape[0], w.shape[0], out.shape[1:]
     th, tw = -(-oh // 4), -(-ow // 4)
-    q = np.empty((cin, 4, 6, (th + 1) * tw), np.float32)
-    _split(p, th, tw, q)
+    q, nt = np.empty((cin, 4, 6, (th + 1) * tw), np.float32), count()
+    _split(p, th, tw, q, nt)
     u = filter_transform(w)
     step = max(1, min(th, TILE_BYTES // (36 * 4 * max(cin, cout) * tw)))
-    e, f = np.empty((6, 6, step * tw), np.float32), np.empty((4, 6, step * tw), np.float32)
+    e, f = np.empty((nt, 6, 6, step * tw), np.float32), np.empty((nt, 4, 6, step * tw), np.float32)
     for t0 in range(0, th, step):
         t1 = min(th, t0 + step)
         v = np.empty((cin, 36, (t1 - t0) * tw), np.float32)
         _inputs(q, tw, t0 * tw, t1 * tw, e, v)
         m = np.empty((cout, 36, v.shape[2]), np.float32)
-        np.matmul(u, v.transpose(1, 0, 2), out=m.transpose(1, 0, 2))
+        blas.batched(u, v, m)
         _outputs(m, t0, t1, tw, b, f, out, code, alpha, lo, hi)

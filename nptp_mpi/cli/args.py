@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verify", action="store_true", help="rank 0 also runs the single-process reference")
     run.add_argument("--allow-nonfinite", action="store_true", help="write an output holding NaN or Inf (else an "
                      "error, exit 2)")
-    run.add_argument("--threads", type=_positive, default=1, help="BLAS threads per rank (default 1: one rank per "
-                     "core is faster; see README)")
+    run.add_argument("--threads", type=_positive, default=1, help="threads per rank for the kernels and their GEMMs "
+                     "(default 1; see README: ranks or threads)")
     run.add_argument("--overlap", choices=("on", "off", "auto"), default="auto",
                      help="on: compute each tile's core while its halo travels, then its border strips; off: each "
                      "tile in one piece (less compute); auto (default): whichever the cost model predicts faster")

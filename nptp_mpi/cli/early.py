@@ -33,13 +33,12 @@ def threads_asked(argv: list[str]) -> int | None:
 
 
 def pin_threads(argv: list[str]) -> None:
-    """One thread per rank unless --threads asks BLAS for more (several ranks share a board's cores, and BLAS
-    pools would fight over them; a pool cannot grow once started). Numba stays on one thread: two pools on the
-    same cores spin against each other (VGG-16 224², 2 cores: BLAS 2 threads 105 ms, Numba 2 threads 110 ms,
-    both 227 ms, neither 121 ms)."""
+    """Size the thread pools before they start (they cannot grow later): the kernels' pool (Numba's) gets one
+    thread per rank unless --threads asks for more (several ranks share a board's cores); BLAS gets one, as it
+    runs inside the kernels' threads (kernels/blas.py). A variable the user set wins where --threads is absent."""
     n = threads_asked(argv)
     for var in POOLS:
-        if n is not None and n > 0 and var != "NUMBA_NUM_THREADS":
+        if var == "NUMBA_NUM_THREADS" and n is not None and n > 0:
             os.environ[var] = str(n)
         else:
             os.environ.setdefault(var, "1")

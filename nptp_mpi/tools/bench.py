@@ -1,16 +1,18 @@
 """Single-rank benchmarks against onnxruntime: whole models with a breakdown by op type (`bench models`), and
 our conv2d on each distinct conv layer (`bench kernels`).
 
-`python -m nptp_mpi` sizes the BLAS thread pool before numpy loads (--threads, default 1; Numba's kernels stay
-on one thread, see __main__); each measurement then limits BLAS to its thread count, and onnxruntime gets as many
-intra-op threads.
+`python -m nptp_mpi` sizes the kernels' thread pool before Numba starts (--threads, default 1, the largest of a
+list; cli.early); each measurement then runs our kernels on its thread count (limit_threads), and onnxruntime with
+as many intra-op threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from functools import partial
 
 import numpy as np
@@ -33,16 +35,28 @@ def _median_s(fns: list, repeat: int) -> list[float]:
     return [statistics.median(ts) for ts in times]
 
 
-SPIN_S = 0.2  # how long the other engine's idle worker threads may still spin after a run (see idle)
+SPIN_S = 0.2  # how long the other engine's idle worker threads may still spin after a run (see settle)
 
 
-def idle(threads: int) -> None:
-    """Before a timed run with several threads: wait until the other engine's worker threads stop spinning.
-    OpenBLAS's spin for about 2^28 cycles after a GEMM, onnxruntime's for a while after a run; interleaved
-    back to back, each engine ran beside the other's spinning threads (MobileNetV2 224², 2 threads, ours:
-    13.9 ms interleaved, 5.3 ms alone)."""
+def settle(run, threads: int) -> None:
+    """Before a timed run with several threads: wait until the other engine's worker threads stop spinning, then
+    run once untimed, so that this engine's own threads are awake. Interleaved back to back, each engine ran beside
+    the other's spinning threads (MobileNetV2 224², 2 threads, ours: 13.9 ms interleaved, 5.3 ms alone); and on
+    this VM a thread idle for 50 ms takes 6-8 ms to wake, which every run after the wait paid."""
     if threads > 1:
         time.sleep(SPIN_S)
+        run()
+
+
+@contextlib.contextmanager
+def limit_threads(n: int) -> Iterator[None]:
+    """Our kernels on n threads inside the block (their GEMMs included: kernels/threads.py)."""
+    before = kernels.threads.count()
+    kernels.threads.use(n)
+    try:
+        yield
+    finally:
+        kernels.threads.use(before)
 
 
 def ort_session(model, threads: int = 1):
@@ -186,8 +200,6 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
     """Per (model spec, graph) and thread count: median latency of ours (the reference engine: one rank) and of
     onnxruntime, interleaved round by round after a warm-up, with the spread (min to max) and our median
     seconds per op kind (KINDS)."""
-    from threadpoolctl import threadpool_limits
-
     from nptp_mpi.runtime import reference
 
     rows = []
@@ -196,7 +208,7 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
         kinds = {n.name: kind(graph, n) for n in graph.nodes}
         for t in threads:
             ort_run = ort_session(_ort_model(spec, graph), t)
-            with threadpool_limits(limits=t), np.errstate(all="ignore"):
+            with limit_threads(t), np.errstate(all="ignore"):
                 y = reference.run(graph, x)  # (also the warm-up)
                 err, finite = float(np.abs(y - ort_run(x)).max()), bool(np.isfinite(y).all())
                 if not finite:
@@ -205,11 +217,11 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
                 ours, theirs, parts = [], [], {k: [] for k in KINDS}
                 for _ in range(rounds):
                     spent: dict[str, float] = {}
-                    idle(t)
+                    settle(partial(reference.run, graph, x), t)
                     t0 = time.perf_counter()
                     reference.run(graph, x, spent)
                     ours.append(time.perf_counter() - t0)
-                    idle(t)
+                    settle(partial(ort_run, x), t)
                     t0 = time.perf_counter()
                     ort_run(x)
                     theirs.append(time.perf_counter() - t0)

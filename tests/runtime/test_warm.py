@@ -50,6 +50,8 @@ warm_first(world)
 before = misses()
 g = every_op_graph()
 run(g, np.ones(g.input_shape, np.float32))
+with kernels.threads.blocks(3):  # as a run on several threads calls them (their GEMMs, their buffers' layouts)
+    run(g, np.ones(g.input_shape, np.float32))
 for act in kernels.pointwise.ACTS:
     kernels.activation(np.ones(3, np.float32), act)
 kernels.channel_sums(np.ones((3, 4, 5), np.float32)[:, 1:, 2:])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from conftest import run_cli
@@ -23,16 +25,25 @@ def test_models_bench_times_both_engines_and_breaks_ours_down_by_op_kind() -> No
     assert row["finite"]
 
 
-def test_with_several_threads_each_timed_run_starts_once_the_other_engines_threads_are_idle(monkeypatch) -> None:
+def test_with_several_threads_each_timed_run_follows_a_pause_and_a_run_of_its_own(monkeypatch) -> None:
     """Interleaved back to back, each engine ran beside the other's spinning worker threads (both twice as slow at
-    2 threads): before every timed run with threads > 1 the bench waits SPIN_S; with one thread it does not."""
+    2 threads), and threads idle for 50 ms took 6-8 ms to wake: before every timed run with threads > 1 the bench
+    waits SPIN_S, then runs that engine once untimed; with one thread it does neither."""
     from nptp_mpi.tools import bench
 
-    slept = []
-    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    events = []
+    monkeypatch.setattr(bench, "limit_threads", lambda n: contextlib.nullcontext())  # (the suite's pool: 1 thread)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(("sleep", s)))
+    from nptp_mpi.runtime import reference
+
+    run = reference.run
+    monkeypatch.setattr(reference, "run", lambda *a: events.append(("ours", "timed" if len(a) > 2 else "untimed"))
+                        or run(*a))
     graph = zoo.build("mobilenet_v2", (32, 32))
     bench_models([("mobilenet_v2", graph)], [1, 2], rounds=3, progress=lambda _: None)
-    assert slept == [bench.SPIN_S] * 6  # 3 rounds × (ours, onnxruntime), at 2 threads only
+    one_thread = [("ours", "untimed")] + [("ours", "timed")] * 3  # a warm-up, then the rounds: no pause
+    round_ = [("sleep", bench.SPIN_S), ("ours", "untimed"), ("ours", "timed"), ("sleep", bench.SPIN_S)]  # (+ ORT's)
+    assert events == one_thread + [("ours", "untimed")] + round_ * 3
 
 
 def test_a_model_whose_values_overflow_is_timed_with_a_warning() -> None:

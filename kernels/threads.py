@@ -1,0 +1,61 @@
+"""How the kernels use several cores: each parallel kernel splits its independent outer loop (output channels,
+channel blocks, rows, GEMM blocks) over Numba's threads with prange, and a kernel with scratch buffers runs one
+contiguous block per thread, each with its own scratch (a leading axis of `count()` copies). No loop that sums
+is split, so every thread count computes the same bits.
+
+A parallel loop's body calls a serial kernel on its block (`…_block`), or indexes with unsigned integers: in
+the body itself Numba's loop index has no known sign, every index gets a negative-index fix-up, and LLVM left
+the loops scalar (3×3 depthwise 3-8× and channel norm 12× slower on one thread).
+
+The GEMMs run inside the same threads (blas.py), on one BLAS thread each: one pool serves the cores."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import numba
+from numba import njit
+
+_blocks: int | None = None  # (set by blocks(): a count of blocks whatever the pool's size)
+
+
+def count() -> int:
+    """Blocks the kernels split their work into now: one per thread they run on."""
+    return _blocks or numba.get_num_threads()
+
+
+@contextlib.contextmanager
+def blocks(n: int) -> Iterator[None]:
+    """Inside the block, the kernels split their work into n blocks whatever the pool's size (a smaller pool runs
+    them in turn). warm() compiles them so, with the buffers a run on n threads passes them, on any pool."""
+    global _blocks
+    before, _blocks = _blocks, n
+    try:
+        yield
+    finally:
+        _blocks = before
+
+
+def use(n: int) -> None:
+    """Run the kernels on n threads (at most NUMBA_NUM_THREADS, the pool's size). With more than one, BLAS is
+    limited to one thread: each of ours then runs its own share of a product (BLAS's threads inside ours would
+    oversubscribe the cores: Winograd's 36 products on 2 cores, 1.7 ms became 8.0)."""
+    numba.set_num_threads(n)
+    if n > 1:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+
+
+def configure() -> None:
+    """At import: as many threads as NUMBA_NUM_THREADS asks for, else one (a program that sized no pool gets the
+    one-thread kernels, and its BLAS as it was)."""
+    use(numba.config.NUMBA_NUM_THREADS if "NUMBA_NUM_THREADS" in os.environ else 1)
+
+
+@njit(cache=True, inline="always")
+def block(n, t, nt):
+    """[lo, hi): thread t's share of n items split into nt contiguous blocks."""
+    return t * n // nt, (t + 1) * n // nt
