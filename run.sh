@@ -23,7 +23,8 @@ STAMP=$VENV/.nptp-setup
 WARM_STAMP=$VENV/.nptp-warm
 RANKS=${NPTP_RANKS:-4}
 
-# One thread per rank: several ranks share a board's cores, and BLAS/Numba pools would fight.
+# One thread per rank (the demo runs 4 ranks on this machine's cores); `python -m nptp_mpi run --threads T`
+# runs one rank per board on T threads instead, as fast as T ranks (README: "Ranks or threads?").
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1} \
        MKL_NUM_THREADS=${MKL_NUM_THREADS:-1} NUMBA_NUM_THREADS=${NUMBA_NUM_THREADS:-1}
 
