@@ -1,7 +1,8 @@
 """How the kernels use several cores: each parallel kernel splits its independent outer loop (output channels,
 channel blocks, rows, GEMM blocks) over Numba's threads with prange, and a kernel with scratch buffers runs one
 contiguous block per thread, each with its own scratch (a leading axis of `count()` copies). No loop that sums
-is split, so every thread count computes the same bits.
+is split: every thread count computes the same bits, but for a GEMM's blocks, which OpenBLAS's edge kernels may
+round apart from the whole product.
 
 A parallel loop's body calls a serial kernel on its block (`…_block`), or indexes with unsigned integers: in
 the body itself Numba's loop index has no known sign, every index gets a negative-index fix-up, and LLVM left

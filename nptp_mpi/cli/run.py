@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import statistics
 import sys
 import time
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nptp_mpi import __version__
+from nptp_mpi import __version__, kernels
+from nptp_mpi.cli.early import cores, oversubscribed
 from nptp_mpi.cli.show import human
 from nptp_mpi.errors import EXIT_BUG, EXIT_USER, InputError, JobError, UsageError
 from nptp_mpi.io.outputs import check_writable
@@ -204,7 +206,18 @@ def refuse_in_agreement(message: str, timeout: float) -> int:
     return EXIT_USER
 
 
+def _warn_oversubscribed(world: World) -> None:
+    """One line from the first rank of a host whose ranks × threads outnumber its cores (cli.early made their
+    threads sleep between kernels; still slower than fewer ranks or threads)."""
+    ranks, place = world.host_ranks()
+    threads = kernels.threads.count()
+    if place == 0 and oversubscribed(ranks, threads):
+        print(f"nptp-mpi: warning: {socket.gethostname()} runs {ranks} ranks × {threads} threads on {cores()} cores: "
+              "use fewer ranks or fewer --threads (README: ranks or threads?)", file=sys.stderr, flush=True)
+
+
 def _run(args: argparse.Namespace, world: World) -> int:
+    _warn_oversubscribed(world)
     err, facts, speed, graph = None, None, None, None
     try:
         inject_fault(world, "setup")

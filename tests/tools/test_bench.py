@@ -90,6 +90,16 @@ def test_thread_pools_are_sized_from_the_command_line_before_numpy_loads(argv, w
     assert threads_asked(argv) == want
 
 
+def test_a_host_with_more_ranks_times_threads_than_cores_is_warned_once(tmp_path) -> None:
+    from nptp_mpi.cli.early import cores
+
+    t = str(cores())  # 2 ranks × all the cores each
+    p = run_cli(["run", "--model", "resnet18", "--size", "64", "--threads", t, "--verify"], ranks=2, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.count("warning:") == 1 and f"2 ranks × {t} threads on {t} cores" in p.stderr, p.stderr
+    assert "(ok)" in p.stdout
+
+
 def test_threads_change_no_output_beyond_the_tolerance(tmp_path) -> None:
     outs = []
     for t in ("1", "2"):
