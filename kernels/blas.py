@@ -18,6 +18,7 @@ from numba import njit, prange, types
 from .threads import block, count
 
 ALIGN = 16  # blocks of rows or columns start at multiples of this (whole vectors for BLAS's micro-kernels)
+SPLIT_FROM = 1 << 20  # multiply-adds from which a product is split: below, ~20 µs, the split's set-up costs more
 
 
 def _find(fn: str) -> int | None:
@@ -91,7 +92,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out = a @ b for float32 matrices (views of larger ones welcome), split over the kernels' threads along
     the longer side of out."""
     (m, k), n = a.shape, out.shape[1]
-    ops = [_operand(x) for x in (a, b, out)] if count() > 1 and FOUND else [None]  # (one thread: numpy's call)
+    split = count() > 1 and FOUND and m * n * k >= SPLIT_FROM  # (else numpy's own call, a few µs quicker)
+    ops = [_operand(x) for x in (a, b, out)] if split else [None]
     if None in ops or k == 0:
         return np.matmul(a, b, out=out)
     by_rows = m >= n
@@ -101,12 +103,13 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def batched(u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """w[:, i] = u[i] @ v[:, i] for u (B, M, K), v (K, B, N), w (M, B, N): Winograd's 36 products, one per thread
-    at a time (no product is split, so none packs its operands twice)."""
-    ops = [_operand(x) for x in (u[0], v[:, 0], w[:, 0])] if count() > 1 and FOUND and len(u) else [None]
-    if None in ops or u.shape[2] == 0:
-        return np.matmul(u, v.transpose(1, 0, 2), out=w.transpose(1, 0, 2))
+    """w[i] = u[i] @ v[i] for stacks of float32 matrices (views welcome): Winograd's 36 products, a grouped conv's
+    groups. The products split over the threads whole, one per thread at a time (none packs its operands twice)."""
+    (count_, m, k), n = u.shape, v.shape[2]
+    split = count() > 1 and FOUND and count_ > 1 and count_ * m * n * k >= SPLIT_FROM
+    ops = [_operand(x) for x in (u[0], v[0], w[0])] if split else [None]
+    if None in ops or k == 0:
+        return np.matmul(u, v, out=w)
     (pu, ldu), (pv, ldv), (pw, ldw) = ops
-    _batched(u.shape[0], u.shape[1], v.shape[2], u.shape[2], pu, u.strides[0], ldu, pv, v.strides[1], ldv, pw,
-             w.strides[1], ldw)
+    _batched(count_, m, n, k, pu, u.strides[0], ldu, pv, v.strides[0], ldv, pw, w.strides[0], ldw)
     return w

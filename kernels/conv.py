@@ -10,7 +10,7 @@ from numba import njit, prange
 from . import blas, winograd
 from .derived import per_weights
 from .pointwise import act1, act_code, epilogue, finish, inline_code
-from .threads import block, count
+from .threads import block, count, padded
 from .window import phase_buffers, phase_layout, split_phases, stage, staging, window
 
 # im2col + GEMM run in chunks of output rows whose columns fit COL_BYTES: about the size of a core's L2, so
@@ -123,8 +123,8 @@ def _depthwise(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w
     wt = _row_taps(w)
     flat = np.full(wt.shape[1:], q4[0].size, np.int64)
     flat[:, :kw] = (plane * (rows * width) + offset).reshape(kh, kw)
-    _depthwise_planes(x, copy, p, q4, qf, *stride, width, flat, wt, b, out, np.empty((nt, m), np.float32), code, alpha,
-                      lo, hi)
+    _depthwise_planes(x, copy, p, q4, qf, *stride, width, flat, wt, b, out, np.empty((nt, padded(m)), np.float32), code,
+                      alpha, lo, hi)
 
 
 @per_weights
@@ -190,22 +190,28 @@ def _depthwise3x3(x, copy, ps, es, w, b, s, out, code, alpha, lo, hi):
 
 def _gemm_conv(p: np.ndarray, wm: np.ndarray, out: np.ndarray, kernel: tuple[int, int],
                stride: tuple[int, int], dilation: tuple[int, int], step: int, cols: np.ndarray | None) -> None:
-    """One group: out (Cout, oh, ow) = wm @ im2col(p), `step` output rows at a time.
+    """out (Cout, oh, ow) = wm[g] @ im2col(group g of p) for each group g (wm (groups, Cout/groups, k)), `step`
+    output rows at a time: one im2col and one batch of products per step, whatever the groups (a loop over the
+    groups cost ~8 µs a group: RegNetY's 55-group 3×3 convs at 7², 0.42 ms each).
 
     cols is the flat column buffer, or None for a 1x1 stride-1 conv whose slab already is the column matrix.
     """
-    cout, oh, ow = out.shape
-    k = wm.shape[1]
-    flat = out.reshape(cout, oh * ow)
+    groups, cout_g, k = wm.shape
+    oh, ow = out.shape[1:]
+    flat = out.reshape(groups, cout_g, oh * ow)
     for r0 in range(0, oh, step):
         r1 = min(oh, r0 + step)
         n = (r1 - r0) * ow
         if cols is None:
-            col = p[:, r0:r1].reshape(k, n)
+            col = p[:, r0:r1].reshape(groups, k, n)
         else:
-            col = cols[:k * n].reshape(k, n)
-            _im2col(p, *kernel, *stride, *dilation, r0, r1, col, count())
-        blas.matmul(wm, col, flat[:, r0 * ow:r1 * ow])
+            col = cols[:groups * k * n].reshape(groups, k, n)
+            _im2col(p, *kernel, *stride, *dilation, r0, r1, col.reshape(groups * k, n), count())
+        part = flat[:, :, r0 * ow:r1 * ow]
+        if groups == 1:  # (one product: split over the threads itself)
+            blas.matmul(wm[0], col[0], part[0])
+        else:
+            blas.batched(wm, col, part)
 
 
 def winograd_pays(w_shape: tuple, stride: tuple, dilation: tuple, out_hw: tuple) -> bool:
@@ -259,15 +265,11 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     if groups == 1 and winograd_pays(w.shape, stride, dilation, out.shape[1:]):
         winograd.conv3x3(p, w, b, out, *epi)
         return _finish(out, whole, residual)
-    k = cin_g * kh * kw
-    cout_g, (oh, ow) = cout // groups, out.shape[1:]
-    step = min(oh, max(1, COL_BYTES // (4 * k * ow)))
+    k, (oh, ow) = cin_g * kh * kw, out.shape[1:]
+    step = min(oh, max(1, COL_BYTES // (4 * groups * k * ow)))
     direct = (kh, kw, *stride) == (1, 1, 1, 1)
-    cols = None if direct else np.empty(k * step * ow, np.float32)
-    wm = w.reshape(cout, k)
-    for g in range(groups):
-        o = slice(g * cout_g, (g + 1) * cout_g)
-        _gemm_conv(p[g * cin_g:(g + 1) * cin_g], wm[o], out[o], (kh, kw), stride, dilation, step, cols)
+    cols = None if direct else np.empty(groups * k * step * ow, np.float32)
+    _gemm_conv(p, w.reshape(groups, cout // groups, k), out, (kh, kw), stride, dilation, step, cols)
     epilogue(out, np.ones(cout, np.float32), b, *whole, residual)
     return out
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .threads import block, count
+from .threads import block, count, padded
 from .window import phase_buffers, phase_layout, split_phases, stage, staging, taps
 
 
@@ -92,7 +92,8 @@ def pool2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kind:
     cb = min(x.shape[0], max(1, BLOCK_BYTES // (4 * (p.size + 2 * span))))  # slabs, planes and sums of a block
     nt = min(count(), -(-x.shape[0] // cb))
     p, q4, q = phase_buffers(p, stride, rows, width, cb, 0, nt)
-    _POOL[kind](x, copy, p, q4, q, *stride, width, plane, offset, *div, out, np.empty((nt, q4[0].size), np.float32))
+    _POOL[kind](x, copy, p, q4, q, *stride, width, plane, offset, *div, out,
+                np.empty((nt, padded(q4[0].size)), np.float32))
     return out
 
 

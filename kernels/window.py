@@ -95,7 +95,7 @@ def staging(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kern
     return np.full((1, r1 - r0, c1 - c0), fill, np.float32), (ya - oy, yb - oy, xa - ox, xb - ox, ya - r0, xa - c0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def stage(x, c, copy, p, k):
     """Channel c of x into slab k of p (staging())."""
     ya, yb, xa, xb, dy, dx = copy
@@ -135,7 +135,7 @@ def phase_buffers(p: np.ndarray, stride: tuple[int, int], rows: int, width: int,
     return slabs, q4, qf
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def split_phases(p, sh, sw, q):
     """q[c, a·sw + b, r, u] = p[c, r·sh + a, u·sw + b] where that lies inside p (the rest is left as it is).
     Column stride 2 has its own loop, both phases at once: with the stride a constant LLVM vectorises the

@@ -168,5 +168,5 @@ def conv3x3(p: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, code: 
         v = np.empty((cin, 36, (t1 - t0) * tw), np.float32)
         _inputs(q, tw, t0 * tw, t1 * tw, e, v)
         m = np.empty((cout, 36, v.shape[2]), np.float32)
-        blas.batched(u, v, m)
+        blas.batched(u, v.transpose(1, 0, 2), m.transpose(1, 0, 2))
         _outputs(m, t0, t1, tw, b, f, out, code, alpha, lo, hi)

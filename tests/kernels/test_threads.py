@@ -52,7 +52,7 @@ def test_winograds_36_products_split_over_threads_equal_numpy() -> None:
     u, v = randn((36, 24, 16), 1), randn((16, 36, 50), 2)
     w = np.full((24, 36, 50), np.nan, np.float32)
     with threads.blocks(4):
-        blas.batched(u, v, w)
+        blas.batched(u, v.transpose(1, 0, 2), w.transpose(1, 0, 2))  # (Winograd's layout: the batch in the middle)
     assert np.array_equal(w, np.matmul(u, v.transpose(1, 0, 2)).transpose(1, 0, 2))
 
 
@@ -86,8 +86,9 @@ def test_any_split_into_blocks_computes_what_one_block_does(graph) -> None:
             assert close(run(graph, x), want), nt
 
 
-def no_gemm_kernels() -> list:
-    """Calls of the kernels that split no sum (each output channel or pixel computed whole by one thread)."""
+def unsplit_kernels() -> list:
+    """Calls of kernels that split no sum apart: each output channel or pixel, each product of a batch (a grouped
+    conv's groups, Winograd's 36), computed whole by one thread."""
     x, big = randn((24, 30, 30), 1), randn((70, 40, 40), 2)
     w3, w5, b = randn((24, 1, 3, 3), 3), randn((48, 1, 5, 5), 4), randn(48, 5)
     wide = randn((64, 32, 3, 3), 6) * 0.1  # 32 → 64 channels at 30²: Winograd (its 36 products split whole)
@@ -97,6 +98,8 @@ def no_gemm_kernels() -> list:
         lambda: K.conv2d(x, (0, 0), (30, 30), w5, b, (2, 2), (2,) * 4, (1, 1), 24, (0, 0, 15, 15), "silu"),
         lambda: K.conv2d(randn((32, 30, 30), 7), (0, 0), (30, 30), wide, None, (1, 1), (1,) * 4, (1, 1), 1,
                          (0, 0, 30, 30)),
+        lambda: K.conv2d(randn((32, 30, 30), 8), (0, 0), (30, 30), randn((64, 4, 3, 3), 9), randn(64, 10), (1, 1),
+                         (1,) * 4, (1, 1), 8, (0, 0, 30, 30), "relu"),  # 8 groups: a batch of 8 products
         lambda: K.pool2d(big, (0, 0), (40, 40), "max", (3, 3), (2, 2), (1,) * 4, (1, 1), (0, 0, 20, 20)),
         lambda: K.pool2d(big, (0, 0), (40, 40), "avg", (3, 3), (1, 1), (1,) * 4, (1, 1), (0, 0, 40, 40)),
         lambda: K.add(big, big, act="relu"),
@@ -107,7 +110,7 @@ def no_gemm_kernels() -> list:
     ]
 
 
-@pytest.mark.parametrize("call", no_gemm_kernels(), ids=range(len(no_gemm_kernels())))
+@pytest.mark.parametrize("call", unsplit_kernels(), ids=range(len(unsplit_kernels())))
 def test_a_split_that_sums_nothing_apart_computes_the_same_bits(call) -> None:
     with threads.blocks(1):
         want = call()
