@@ -39,12 +39,27 @@ def views(m: int, k: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np
 @pytest.mark.skipif(not blas.FOUND, reason="numpy's BLAS is not OpenBLAS with 64-bit integers")
 @pytest.mark.parametrize("m,k,n", [(64, 27, 3136), (960, 160, 49), (7, 5, 3), (40, 300, 1), (17, 1, 33), (1, 8, 50)])
 @pytest.mark.parametrize("nt", [2, 3])
-def test_gemms_split_over_threads_equal_numpy_on_views(m, k, n, nt) -> None:
+def test_gemms_split_over_threads_equal_numpy_on_views(m, k, n, nt, monkeypatch) -> None:
     """Row blocks (m ≥ n), column blocks, a matrix-vector product (n = 1), blocks shorter than ALIGN."""
+    monkeypatch.setattr(blas, "SPLIT_FROM", 0)  # (the small ones too)
     a, b, out = views(m, k, n, m + n)
     with threads.blocks(nt):
         blas.matmul(a, b, out)
     assert close(out, np.matmul(a, b))
+
+
+@pytest.mark.skipif(not blas.FOUND, reason="numpy's BLAS is not OpenBLAS with 64-bit integers")
+def test_a_small_product_is_not_split(monkeypatch) -> None:
+    """Under SPLIT_FROM multiply-adds the split's set-up costs more than it saves: numpy's own call."""
+    def split(*_):
+        raise AssertionError("split")
+    monkeypatch.setattr(blas, "_matmul", split)
+    a, b, out = views(32, 32, 32, 1)
+    with threads.blocks(2):
+        blas.matmul(a, b, out)  # 32³ = 2^15
+        assert np.array_equal(out, a @ b)
+        with pytest.raises(AssertionError, match="split"):
+            blas.matmul(*views(128, 128, 128, 2))  # 2^21
 
 
 @pytest.mark.skipif(not blas.FOUND, reason="numpy's BLAS is not OpenBLAS with 64-bit integers")
