@@ -46,7 +46,7 @@ def pin_threads(argv: list[str]) -> None:
             os.environ[var] = str(n)
         else:
             os.environ.setdefault(var, "1")
-    if oversubscribed(launcher_local_ranks() or 1, int(os.environ["NUMBA_NUM_THREADS"])):
+    if oversubscribed((launcher_local() or (1, 0))[0], int(os.environ["NUMBA_NUM_THREADS"])):
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -60,11 +60,16 @@ def oversubscribed(ranks: int, threads: int) -> bool:
     return threads > 1 and ranks * threads > cores()
 
 
-def launcher_local_ranks() -> int | None:
-    """How many ranks of this job run on this host, as the MPI launcher says (None outside mpiexec)."""
-    for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMIX_LOCAL_SIZE"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
+LOCAL = (("MPI_LOCALNRANKS", "MPI_LOCALRANKID"), ("OMPI_COMM_WORLD_LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+         ("PMIX_LOCAL_SIZE", "PMIX_LOCAL_RANK"))  # (MPICH's Hydra, Open MPI, other PMIx launchers)
+
+
+def launcher_local() -> tuple[int, int] | None:
+    """(ranks of this job on this host, this rank's place among them) as the MPI launcher says, read without MPI
+    (a collective here would wait for ever for a rank that runs another program); None outside mpiexec."""
+    for size, rank in LOCAL:
+        if os.environ.get(size, "").isdigit() and os.environ.get(rank, "").isdigit():
+            return int(os.environ[size]), int(os.environ[rank])
     return None
 
 

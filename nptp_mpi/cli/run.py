@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from nptp_mpi import __version__, kernels
-from nptp_mpi.cli.early import cores, oversubscribed
+from nptp_mpi.cli.early import cores, launcher_local, oversubscribed
 from nptp_mpi.cli.show import human
 from nptp_mpi.errors import EXIT_BUG, EXIT_USER, InputError, JobError, UsageError
 from nptp_mpi.io.outputs import check_writable
@@ -206,10 +206,10 @@ def refuse_in_agreement(message: str, timeout: float) -> int:
     return EXIT_USER
 
 
-def _warn_oversubscribed(world: World) -> None:
+def _warn_oversubscribed() -> None:
     """One line from the first rank of a host whose ranks × threads outnumber its cores (cli.early made their
     threads sleep between kernels; still slower than fewer ranks or threads)."""
-    ranks, place = world.host_ranks()
+    ranks, place = launcher_local() or (1, 0)
     threads = kernels.threads.count()
     if place == 0 and oversubscribed(ranks, threads):
         print(f"nptp-mpi: warning: {socket.gethostname()} runs {ranks} ranks × {threads} threads on {cores()} cores: "
@@ -217,7 +217,7 @@ def _warn_oversubscribed(world: World) -> None:
 
 
 def _run(args: argparse.Namespace, world: World) -> int:
-    _warn_oversubscribed(world)
+    _warn_oversubscribed()
     err, facts, speed, graph = None, None, None, None
     try:
         inject_fault(world, "setup")

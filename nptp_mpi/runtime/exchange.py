@@ -312,14 +312,6 @@ class World:
         if self._host_reqs and MPI.Request.Testall(self._host_reqs):  # all in (and freed): done with them
             self._host_reqs = []
 
-    def host_ranks(self) -> tuple[int, int]:
-        """(ranks on this host (sharing memory), this rank's place among them)."""
-        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
-        try:
-            return node.Get_size(), node.Get_rank()
-        finally:
-            node.Free()
-
     def first_on_each_host(self, fn: Callable[[], None], what: str, at_least: float = 600.0) -> None:
         """fn on the first rank of each host (ranks sharing memory) while that host's other ranks wait, at
         least at_least seconds whatever the job's timeout: what the first rank does is slow by nature."""

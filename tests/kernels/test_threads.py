@@ -184,6 +184,7 @@ def test_ranks_times_threads_beyond_the_cores_make_the_threads_sleep_between_ker
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(early, "cores", lambda: 4)
     monkeypatch.setenv("MPI_LOCALNRANKS", "2")  # (MPICH's launcher; Open MPI's is OMPI_COMM_WORLD_LOCAL_SIZE)
+    monkeypatch.setenv("MPI_LOCALRANKID", "1")
     pin_threads(["run", "--threads", "2"])  # 2 × 2 on 4 cores: the threads keep spinning
     assert "OMP_WAIT_POLICY" not in os.environ
     pin_threads(["run", "--threads", "3"])
