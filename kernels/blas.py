@@ -104,9 +104,13 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 def batched(u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
     """w[i] = u[i] @ v[i] for stacks of float32 matrices (views welcome): Winograd's 36 products, a grouped conv's
-    groups. The products split over the threads whole, one per thread at a time (none packs its operands twice)."""
+    groups. The products split over the threads whole, one per thread at a time (none packs its operands twice); a
+    stack of one product (a conv of one group) splits that product (matmul)."""
+    if len(u) == 1:
+        matmul(u[0], v[0], w[0])
+        return w
     (count_, m, k), n = u.shape, v.shape[2]
-    split = count() > 1 and FOUND and count_ > 1 and count_ * m * n * k >= SPLIT_FROM
+    split = count() > 1 and FOUND and count_ * m * n * k >= SPLIT_FROM
     ops = [_operand(x) for x in (u[0], v[0], w[0])] if split else [None]
     if None in ops or k == 0:
         return np.matmul(u, v, out=w)

@@ -207,11 +207,7 @@ def _gemm_conv(p: np.ndarray, wm: np.ndarray, out: np.ndarray, kernel: tuple[int
         else:
             col = cols[:groups * k * n].reshape(groups, k, n)
             _im2col(p, *kernel, *stride, *dilation, r0, r1, col.reshape(groups * k, n), count())
-        part = flat[:, :, r0 * ow:r1 * ow]
-        if groups == 1:  # (one product: split over the threads itself)
-            blas.matmul(wm[0], col[0], part[0])
-        else:
-            blas.batched(wm, col, part)
+        blas.batched(wm, col, flat[:, :, r0 * ow:r1 * ow])
 
 
 def winograd_pays(w_shape: tuple, stride: tuple, dilation: tuple, out_hw: tuple) -> bool:

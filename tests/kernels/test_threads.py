@@ -71,6 +71,19 @@ def test_winograds_36_products_split_over_threads_equal_numpy() -> None:
     assert np.array_equal(w, np.matmul(u, v.transpose(1, 0, 2)).transpose(1, 0, 2))
 
 
+@pytest.mark.skipif(not blas.FOUND, reason="numpy's BLAS is not OpenBLAS with 64-bit integers")
+def test_a_stack_of_one_product_splits_that_product(monkeypatch) -> None:
+    """A conv of one group is a batch of one: its product splits over the threads, as matmul's does."""
+    calls = []
+    split = blas._matmul
+    monkeypatch.setattr(blas, "_matmul", lambda *a: calls.append(a[-2:]) or split(*a))
+    u, v = randn((1, 64, 96), 11), randn((1, 96, 400), 12)
+    w = np.empty((1, 64, 400), np.float32)
+    with threads.blocks(2):
+        blas.batched(u, v, w)
+    assert calls == [(2, False)] and close(w, np.matmul(u, v))  # (2 blocks of columns: 400 > 64)
+
+
 def test_products_blas_cannot_take_as_they_lie_go_through_numpy(monkeypatch) -> None:
     a, b = randn((6, 4), 3), randn((5, 4), 4).T  # b's columns adjacent, not its rows
     out = np.empty((6, 5), np.float32)
