@@ -4,12 +4,14 @@ the others over the slab's phase planes, window.phase_layout)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
 from . import blas, winograd
 from .derived import per_weights
-from .pointwise import act1, act_code, epilogue, finish, inline_code
+from .pointwise import act1, act_code, constant, epilogue, finish, inline_code
 from .threads import block, count, padded
 from .window import phase_buffers, phase_layout, split_phases, stage, staging, window
 
@@ -109,17 +111,17 @@ def _depthwise(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w
     """Depthwise conv of output `region` from tile x: 3×3 at stride 1 or 2 by _depthwise3x3, any other kernel,
     stride and dilation over phase planes (_depthwise_planes)."""
     kernel = w.shape[2:]
-    p, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region, 0.0)
+    slab_hw, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region)
     ow, nt = out.shape[2], min(count(), x.shape[0])
     if kernel == (3, 3) and stride[0] == stride[1] in (1, 2) and dilation == (1, 1):
         split = stride[0] == 2 and ow >= SPLIT_FROM
-        e = np.empty((nt, 1, 2, p.shape[1], ow + 1) if split else (nt, 1, 2, 0, 0), np.float32)
-        _depthwise3x3(x, copy, np.repeat(p[None], nt, axis=0), e, w, b, stride[0], out, code, alpha, lo, hi)
+        e = np.empty((nt, 1, 2, slab_hw[0], ow + 1) if split else (nt, 1, 2, 0, 0), np.float32)
+        _depthwise3x3(x, copy, np.zeros((nt, 1, *slab_hw), np.float32), e, w, b, stride[0], out, code, alpha, lo, hi)
         return
     (kh, kw), (oh, ow) = kernel, out.shape[1:]
     rows, width, plane, offset = phase_layout(kernel, stride, dilation, (oh, ow))
     m = (oh - 1) * width + ow
-    p, q4, qf = phase_buffers(p, stride, rows, width, 1, m, nt)  # (the zero tail: what the padding taps read)
+    p, q4, qf = phase_buffers(slab_hw, 0.0, stride, rows, width, 1, m, nt)  # (zero tail: what padding taps read)
     wt = _row_taps(w)
     flat = np.full(wt.shape[1:], q4[0].size, np.int64)
     flat[:, :kw] = (plane * (rows * width) + offset).reshape(kh, kw)
@@ -210,6 +212,7 @@ def _gemm_conv(p: np.ndarray, wm: np.ndarray, out: np.ndarray, kernel: tuple[int
         blas.batched(wm, col, flat[:, :, r0 * ow:r1 * ow])
 
 
+@functools.lru_cache(maxsize=1 << 10)
 def winograd_pays(w_shape: tuple, stride: tuple, dilation: tuple, out_hw: tuple) -> bool:
     """Whether a 3×3 stride-1 conv runs faster by Winograd F(4×4, 3×3) than by im2col (measured with caches
     cold, one thread, docs/BENCHMARKS.md): from 16 input channels, 14 output rows and columns, and an output of
@@ -230,9 +233,15 @@ def _slab(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kernel
 def _operands(w: np.ndarray, b: np.ndarray | None, act: str, alpha: float, lo: float, hi: float) -> tuple:
     """float32 weights, the bias (zeros for none) and the activation's arguments, as the kernels take them: those
     with the activation the kernels' loops apply themselves (pointwise.inline_code), and the whole ones."""
-    b = np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32)
-    epi = (act_code(act), np.float32(alpha), np.float32(lo), np.float32(hi))
-    return np.asarray(w, np.float32), b, (inline_code(epi[0]), *epi[1:]), epi
+    b = constant(w.shape[0], 0.0) if b is None else np.asarray(b, np.float32)
+    return np.asarray(w, np.float32), b, *_activation(act, alpha, lo, hi)
+
+
+@functools.lru_cache(maxsize=1 << 8)
+def _activation(act: str, alpha: float, lo: float, hi: float) -> tuple[tuple, tuple]:
+    """(code, alpha, lo, hi) of the part of activation `act` a kernel's loop applies (inline_code), and of all of it."""
+    whole = (act_code(act), np.float32(alpha), np.float32(lo), np.float32(hi))
+    return (inline_code(whole[0]), *whole[1:]), whole
 
 
 def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
@@ -266,7 +275,7 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     direct = (kh, kw, *stride) == (1, 1, 1, 1)
     cols = None if direct else np.empty(groups * k * step * ow, np.float32)
     _gemm_conv(p, w.reshape(groups, cout // groups, k), out, (kh, kw), stride, dilation, step, cols)
-    epilogue(out, np.ones(cout, np.float32), b, *whole, residual)
+    epilogue(out, constant(cout, 1.0), b, *whole, residual)
     return out
 
 
@@ -276,7 +285,7 @@ def _finish(out: np.ndarray, whole: tuple, residual: np.ndarray | None) -> np.nd
     if residual is None:
         finish(out, *whole)
     else:
-        epilogue(out, np.ones(out.shape[0], np.float32), np.zeros(out.shape[0], np.float32), *whole, residual)
+        epilogue(out, constant(out.shape[0], 1.0), constant(out.shape[0], 0.0), *whole, residual)
     return out
 
 
@@ -289,6 +298,9 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
     region's residual if given. The regions on the im2col path share one GEMM: the weights then stream from
     memory once, not once per region (at 8 ranks, VGG-16's 512-channel layers spent more time streaming weights
     for four 1-pixel strips than on the tile's core). Every output is C-contiguous, as conv2d's."""
+    res = residuals or [None] * len(regions)
+    if len(regions) == 1:  # (nothing to share: the reference's every call, a tile's core without borders)
+        return [conv2d(x, origin, in_hw, w, b, stride, pads, dilation, groups, regions[0], act, alpha, lo, hi, res[0])]
     cout, cin_g, kh, kw = w.shape
     hw = [(max(0, r[2] - r[0]), max(0, r[3] - r[1])) for r in regions]
     k, n = cin_g * kh * kw, [h * wd for h, wd in hw]
@@ -297,7 +309,6 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
               and not winograd_pays(w.shape, stride, dilation, (h, wd))]
     if len(shared) < 2 or 4 * k * sum(n[i] for i in shared) > STRIPS_BYTES:
         shared = []
-    res = residuals or [None] * len(regions)
     outs = [None if i in shared else conv2d(x, origin, in_hw, w, b, stride, pads, dilation, groups, r, act, alpha,
                                             lo, hi, res[i]) for i, r in enumerate(regions)]
     if not shared:
@@ -313,5 +324,5 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
     y = blas.matmul(w.reshape(cout, k), cols, np.empty((cout, cols.shape[1]), np.float32))
     for i, c0, c1 in zip(shared, offsets[:-1], offsets[1:], strict=True):
         outs[i] = np.ascontiguousarray(y[:, c0:c1]).reshape(cout, *hw[i])
-        epilogue(outs[i], np.ones(cout, np.float32), b, *whole, res[i])
+        epilogue(outs[i], constant(cout, 1.0), b, *whole, res[i])
     return outs

@@ -88,10 +88,11 @@ def pool2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kind:
                     count_include_pad) for ax, a, b in ((0, y0, y1), (1, x0, x1))]
     rows, width, plane, offset = phase_layout(kernel, stride, dilation, out.shape[1:])
     span = stride[0] * stride[1] * rows * width
-    p, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region, -np.inf if is_max else 0.0)
-    cb = min(x.shape[0], max(1, BLOCK_BYTES // (4 * (p.size + 2 * span))))  # slabs, planes and sums of a block
+    slab_hw, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region)
+    slab = slab_hw[0] * slab_hw[1]
+    cb = min(x.shape[0], max(1, BLOCK_BYTES // (4 * (slab + 2 * span))))  # slabs, planes and sums of a block
     nt = min(count(), -(-x.shape[0] // cb))
-    p, q4, q = phase_buffers(p, stride, rows, width, cb, 0, nt)
+    p, q4, q = phase_buffers(slab_hw, -np.inf if is_max else 0.0, stride, rows, width, cb, 0, nt)
     _POOL[kind](x, copy, p, q4, q, *stride, width, plane, offset, *div, out,
                 np.empty((nt, padded(q4[0].size)), np.float32))
     return out

@@ -23,11 +23,12 @@ import numba
 from numba import njit
 
 _blocks: int | None = None  # (set by blocks(): a count of blocks whatever the pool's size)
+_threads = 1  # (set by use(): numba.get_num_threads() cost 0.8 µs a call, several calls a conv)
 
 
 def count() -> int:
     """Blocks the kernels split their work into now: one per thread they run on."""
-    return _blocks or numba.get_num_threads()
+    return _blocks or _threads
 
 
 @contextlib.contextmanager
@@ -46,7 +47,9 @@ def use(n: int) -> None:
     """Run the kernels on n threads (at most NUMBA_NUM_THREADS, the pool's size). With more than one, BLAS is
     limited to one thread: each of ours then runs its own share of a product (BLAS's threads inside ours would
     oversubscribe the cores: Winograd's 36 products on 2 cores, 1.7 ms became 8.0)."""
+    global _threads
     numba.set_num_threads(n)
+    _threads = n
     if n > 1:
         from threadpoolctl import threadpool_limits
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nptp_mpi import kernels as K
-from nptp_mpi.kernels.pointwise import act_code, epilogue
+from nptp_mpi.kernels.pointwise import act_code, constant, epilogue
 from nptp_mpi.model.graph import ACTIVATIONS, Node
 
 Rect = tuple[int, int, int, int]
@@ -123,5 +123,5 @@ def run_whole(node: Node, ins: list[np.ndarray]) -> np.ndarray:
 def bias_act(y: np.ndarray, b: np.ndarray | None, node: Node) -> None:
     """In place on (rows, n) y: the bias per row and node's activation, once its partial sums are added."""
     a, rows = node.attrs, y.shape[0]
-    epilogue(y, np.ones(rows, np.float32), np.zeros(rows, np.float32) if b is None else b, act_code(a.get("act", "")),
+    epilogue(y, constant(rows, 1.0), constant(rows, 0.0) if b is None else b, act_code(a.get("act", "")),
              np.float32(a.get("alpha", 0.0)), np.float32(a.get("lo", 0.0)), np.float32(a.get("hi", 0.0)))

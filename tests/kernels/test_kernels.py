@@ -521,8 +521,8 @@ def test_a_staged_channel_is_that_channel_of_the_window():
                                  ((5, 5), (2, 1), (2, 2, 2, 2)), ((1, 1), (1, 1), (0, 0, 0, 0))):
         for region in ((0, 0, 3, 4), (1, 1, 4, 4), (2, 2, 3, 3)):
             want = window(x, origin, in_hw, kernel, stride, pads, (1, 1), region, -7.0)
-            p, copy = staging(x, origin, in_hw, kernel, stride, pads, (1, 1), region, -7.0)
-            p = np.repeat(p, 2, axis=0)  # (a block's slabs, as pooling stages them)
+            slab_hw, copy = staging(x, origin, in_hw, kernel, stride, pads, (1, 1), region)
+            p = np.full((2, *slab_hw), -7.0, np.float32)  # (a block's slabs, as pooling stages them)
             for c in range(x.shape[0]):
                 stage(x, c, copy, p, c % 2)
                 np.testing.assert_array_equal(p[c % 2], want[c], err_msg=f"{kernel} {stride} {region} channel {c}")
@@ -578,3 +578,23 @@ def test_empty_region_returns_empty(name, compute, x, win, out_hw):
     """Documented choice: an empty region gives an empty (C, rows, cols) array, the buffer is not read."""
     got = compute(x[:, :0], (0, 0), (2, 1, 2, 4))
     assert got.shape[1:] == (0, 3) and got.dtype == np.float32
+
+
+def test_no_kernel_writes_the_shared_constants():
+    """Epilogues take their scale of ones, and a missing bias as zeros, from pointwise.constant: one array per
+    size, shared by every call. A run of every op, whole and split into threads' blocks, leaves them as they were."""
+    from nptp_mpi.kernels import threads
+    from nptp_mpi.kernels.pointwise import constant
+
+    from nptp_mpi.runtime.reference import run
+    from nptp_mpi.runtime.warm import every_op_graph
+
+    g = every_op_graph()
+    x = np.random.default_rng(0).standard_normal(g.input_shape).astype(np.float32)
+    run(g, x)
+    for n in g.nodes:  # (and with no biases: every conv path then adds the shared zeros)
+        n.params.pop("b", None)
+    with threads.blocks(3):
+        run(g, x)
+    sizes = {shape[0] for shape in g.shapes.values()}
+    assert all((constant(n, 1.0) == 1).all() and not constant(n, 0.0).any() for n in sizes)

@@ -212,7 +212,8 @@ def test_ranks_times_threads_beyond_the_cores_make_the_threads_sleep_between_ker
 def test_the_kernels_run_on_one_thread_unless_the_environment_asks_for_more() -> None:
     """A program that sized no pool (the Python API) gets one thread, as before threads existed; with
     NUMBA_NUM_THREADS set, that many, and BLAS on one thread (its threads inside ours would oversubscribe)."""
-    probe = ("from nptp_mpi.kernels import threads; from threadpoolctl import threadpool_info; "
+    probe = ("import numba; from nptp_mpi.kernels import threads; from threadpoolctl import threadpool_info; "
+             "assert threads.count() == numba.get_num_threads(), (threads.count(), numba.get_num_threads()); "
              "print(threads.count(), max(i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'))")
     base = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     got = []
