@@ -4,13 +4,11 @@ the others over the slab's phase planes, window.phase_layout)."""
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from numba import njit, prange
 
 from . import blas, winograd
-from .derived import per_weights
+from .derived import per_arguments, per_weights
 from .pointwise import act1, act_code, constant, epilogue, finish, inline_code
 from .threads import block, count, padded
 from .window import phase_buffers, phase_layout, split_phases, stage, staging, window
@@ -212,7 +210,7 @@ def _gemm_conv(p: np.ndarray, wm: np.ndarray, out: np.ndarray, kernel: tuple[int
         blas.batched(wm, col, flat[:, :, r0 * ow:r1 * ow])
 
 
-@functools.lru_cache(maxsize=1 << 10)
+@per_arguments
 def winograd_pays(w_shape: tuple, stride: tuple, dilation: tuple, out_hw: tuple) -> bool:
     """Whether a 3×3 stride-1 conv runs faster by Winograd F(4×4, 3×3) than by im2col (measured with caches
     cold, one thread, docs/BENCHMARKS.md): from 16 input channels, 14 output rows and columns, and an output of
@@ -237,7 +235,7 @@ def _operands(w: np.ndarray, b: np.ndarray | None, act: str, alpha: float, lo: f
     return np.asarray(w, np.float32), b, *_activation(act, alpha, lo, hi)
 
 
-@functools.lru_cache(maxsize=1 << 8)
+@per_arguments
 def _activation(act: str, alpha: float, lo: float, hi: float) -> tuple[tuple, tuple]:
     """(code, alpha, lo, hi) of the part of activation `act` a kernel's loop applies (inline_code), and of all of it."""
     whole = (act_code(act), np.float32(alpha), np.float32(lo), np.float32(hi))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -10,6 +9,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from . import blas
+from .derived import per_arguments
 from .threads import block, count
 
 # Fused and standalone activations. Parameters: leakyrelu, elu alpha; clip lo, hi; hardsigmoid alpha (slope) and
@@ -156,11 +156,13 @@ def _epilogue_kernel(residual: bool):
 _EPILOGUES = {residual: _epilogue_kernel(residual) for residual in (False, True)}
 
 
-@functools.lru_cache(maxsize=1 << 10)
+@per_arguments
 def constant(n: int, value: float) -> np.ndarray:
     """n float32 values `value`: an epilogue's scale of ones, a missing bias's zeros. Shared by every caller (read,
     never written): made once, not per call (a small conv's set-up is a few µs, each array ~0.7 of them)."""
     return np.full(n, value, np.float32)
+
+
 _NO_RESIDUAL = np.zeros((0, 0), np.float32)
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from numba import njit, prange
 
+from .derived import per_arguments
 from .threads import block, count
 
 
@@ -49,7 +48,7 @@ def pad2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], pads: 
     return np.ascontiguousarray(window(x, origin, in_hw, (1, 1), (1, 1), pads, (1, 1), region, value))
 
 
-@functools.lru_cache(maxsize=1 << 12)
+@per_arguments
 def _bounds(buffer_hw: tuple[int, int], origin: tuple[int, int], in_hw: tuple[int, int], kernel: tuple[int, int],
             stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int],
             region: tuple[int, int, int, int]) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
@@ -131,7 +130,7 @@ def stage(x, c, copy, p, k):
             p[k, d, np.uint64(dx + j)] = x[c, s, np.uint64(xa + j)]
 
 
-@functools.lru_cache(maxsize=1 << 10)  # (its arrays are shared by every caller: read, never written)
+@per_arguments  # (its arrays are shared by every caller: read, never written)
 def phase_layout(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
                  out_hw: tuple[int, int]) -> tuple[int, int, np.ndarray, np.ndarray]:
     """A valid window op of stride s over a slab as a stride-1 one over the slab's s×s phase planes (phase_buffers),

@@ -598,3 +598,23 @@ def test_no_kernel_writes_the_shared_constants():
         run(g, x)
     sizes = {shape[0] for shape in g.shapes.values()}
     assert all((constant(n, 1.0) == 1).all() and not constant(n, 0.0).any() for n in sizes)
+
+
+def test_geometry_given_as_lists_is_geometry_given_as_tuples():
+    """The kernels cache what they work out from a call's geometry (kernels/derived.py, per_arguments); a caller's
+    own lists (pads=[1, 1, 1, 1]) still work, and give what tuples give."""
+    x = randn((16, 20, 20))
+    w3, dw, b = randn((16, 16, 3, 3), 1), randn((16, 1, 5, 5), 2), randn(16, 3)
+    calls = [
+        lambda t: K.conv2d(x, t([0, 0]), t([20, 20]), w3, b, t([1, 1]), t([1, 1, 1, 1]), t([1, 1]), 1,
+                           t([0, 0, 20, 20]), "relu"),  # Winograd
+        lambda t: K.conv2d(x, t([0, 0]), t([20, 20]), w3, b, t([2, 2]), t([1, 1, 1, 1]), t([1, 1]), 1,
+                           t([0, 0, 10, 10])),  # im2col
+        lambda t: K.conv2d(x, t([0, 0]), t([20, 20]), dw, b, t([2, 2]), t([2, 2, 2, 2]), t([1, 1]), 16,
+                           t([0, 0, 10, 10])),  # depthwise over phase planes
+        lambda t: K.pool2d(x, t([0, 0]), t([20, 20]), "max", t([3, 3]), t([2, 2]), t([1, 1, 1, 1]), t([1, 1]),
+                           t([0, 0, 10, 10])),
+        lambda t: K.pad2d(x, t([0, 0]), t([20, 20]), t([1, 2, 0, 3]), 0.5, t([0, 0, 21, 25])),
+    ]
+    for call in calls:
+        np.testing.assert_array_equal(call(list), call(tuple))
