@@ -48,20 +48,6 @@ def pad2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], pads: 
     return np.ascontiguousarray(window(x, origin, in_hw, (1, 1), (1, 1), pads, (1, 1), region, value))
 
 
-@per_arguments
-def _bounds(buffer_hw: tuple[int, int], origin: tuple[int, int], in_hw: tuple[int, int], kernel: tuple[int, int],
-            stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int],
-            region: tuple[int, int, int, int]) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
-    """The slab's span (r0, r1, c0, c1) in image coordinates, and (ya, yb, xa, xb): its part that lies inside
-    both image and a buffer of buffer_hw at origin (empty when ya >= yb or xa >= xb). Cached: every inference asks
-    for the same few hundred windows, and working one out took 4 µs, a quarter of a small conv's set-up."""
-    y0, x0, y1, x1 = region
-    (oy, ox), (h, w), (bh, bw) = origin, in_hw, buffer_hw
-    r0, r1 = _span(y0, y1, kernel[0], stride[0], dilation[0], pads[0], h, oy, bh, "rows")
-    c0, c1 = _span(x0, x1, kernel[1], stride[1], dilation[1], pads[1], w, ox, bw, "cols")
-    return (r0, r1, c0, c1), (max(r0, 0, oy), min(r1, h, oy + bh), max(c0, 0, ox), min(c1, w, ox + bw))
-
-
 def window(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kernel: tuple[int, int],
            stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int],
            region: tuple[int, int, int, int], fill: float) -> np.ndarray:
@@ -70,11 +56,10 @@ def window(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kerne
     A view of `x` when the slab lies inside both image and buffer, else a filled copy; the region's output
     is then a plain unpadded ("valid") window op over the slab.
     """
-    (r0, r1, c0, c1), (ya, yb, xa, xb) = _bounds(x.shape[1:], origin, in_hw, kernel, stride, pads, dilation, region)
-    oy, ox = origin
-    if (ya, yb, xa, xb) == (r0, r1, c0, c1):
-        return x[:, r0 - oy:r1 - oy, c0 - ox:c1 - ox]
     slab_hw, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region)
+    ya, yb, xa, xb, dy, dx = copy
+    if (dy, dx, yb - ya, xb - xa) == (0, 0, *slab_hw):  # (the copy is the whole slab)
+        return x[:, ya:yb, xa:xb]
     slab = np.empty((x.shape[0], *slab_hw), np.float32)
     _fill(x, copy, slab, np.float32(fill), min(count(), x.shape[0]))
     return slab
@@ -114,9 +99,22 @@ def staging(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kern
     (ya, yb, xa, xb, dy, dx) by which stage() puts a channel of x into it (x[c, ya:yb, xa:xb] to p[k, dy:, dx:]; the
     frame is never overwritten). The slab then stays in L1/L2 between its copy and its reads: a whole-map slab
     costs a pass over memory each way (96 channels at 112²: 0.37 ms, twice the depthwise conv that reads it)."""
-    (r0, r1, c0, c1), (ya, yb, xa, xb) = _bounds(x.shape[1:], origin, in_hw, kernel, stride, pads, dilation, region)
-    oy, ox = origin
-    yb, xb = max(ya, yb), max(xa, xb)
+    return _staging(x.shape[1:], origin, in_hw, kernel, stride, pads, dilation, region)
+
+
+@per_arguments
+def _staging(buffer_hw: tuple[int, int], origin: tuple[int, int], in_hw: tuple[int, int], kernel: tuple[int, int],
+             stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int],
+             region: tuple[int, int, int, int]) -> tuple[tuple[int, int], tuple[int, ...]]:
+    """staging() for a buffer of buffer_hw: the slab spans (r0, r1, c0, c1) of the image, its part inside both
+    image and buffer is (ya, yb, xa, xb) (empty: a copy of nothing). Cached: every inference asks for the same few
+    hundred windows, and working one out took 4 µs, a quarter of a small conv's set-up."""
+    y0, x0, y1, x1 = region
+    (oy, ox), (h, w), (bh, bw) = origin, in_hw, buffer_hw
+    r0, r1 = _span(y0, y1, kernel[0], stride[0], dilation[0], pads[0], h, oy, bh, "rows")
+    c0, c1 = _span(x0, x1, kernel[1], stride[1], dilation[1], pads[1], w, ox, bw, "cols")
+    ya, xa = max(r0, 0, oy), max(c0, 0, ox)
+    yb, xb = max(ya, min(r1, h, oy + bh)), max(xa, min(c1, w, ox + bw))
     return (r1 - r0, c1 - c0), (ya - oy, yb - oy, xa - ox, xb - ox, ya - r0, xa - c0)
 
 
