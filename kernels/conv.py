@@ -1,13 +1,14 @@
 """2-D convolution of an output region: Winograd F(4×4, 3×3) where it pays (winograd.py), else im2col into a
-bounded column buffer + float32 BLAS GEMM; depthwise convs by direct loops over each channel's slab (3×3 over rows,
-the others over the slab's phase planes, window.phase_layout)."""
+bounded column buffer + float32 BLAS GEMM; depthwise convs by vector rows read straight from the tile (rows.py)
+where they fit, else by direct loops over each channel's slab (3×3 over rows, the others over the slab's phase
+planes, window.phase_layout)."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from . import blas, winograd
+from . import blas, rows, winograd
 from .derived import per_arguments, per_weights
 from .pointwise import act1, act_code, constant, epilogue, finish, inline_code
 from .threads import block, count, padded
@@ -106,25 +107,34 @@ def _depthwise_planes(x, copy, ps, q4s, qfs, sh, sw, width, flat, wt, b, out, ac
 def _depthwise(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
                stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int],
                region: tuple[int, int, int, int], out: np.ndarray, code: int, alpha, lo, hi) -> None:
-    """Depthwise conv of output `region` from tile x: 3×3 at stride 1 or 2 by _depthwise3x3, any other kernel,
-    stride and dilation over phase planes (_depthwise_planes)."""
+    """Depthwise conv of output `region` from tile x: by vector rows where they fit (rows.py), else 3×3 at stride
+    1 or 2 by _depthwise3x3, any other kernel, stride and dilation over phase planes (_depthwise_planes)."""
     kernel = w.shape[2:]
     slab_hw, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region)
     ow, nt = out.shape[2], min(count(), x.shape[0])
+    if rows.fits(kernel, stride, dilation, x, ow):
+        rows.depthwise(x, origin, in_hw, w, b, stride, pads, region, out, *_clamp(code, lo, hi), nt)
+        return
     if kernel == (3, 3) and stride[0] == stride[1] in (1, 2) and dilation == (1, 1):
         split = stride[0] == 2 and ow >= SPLIT_FROM
         e = np.empty((nt, 1, 2, slab_hw[0], ow + 1) if split else (nt, 1, 2, 0, 0), np.float32)
         _depthwise3x3(x, copy, np.zeros((nt, 1, *slab_hw), np.float32), e, w, b, stride[0], out, code, alpha, lo, hi)
         return
     (kh, kw), (oh, ow) = kernel, out.shape[1:]
-    rows, width, plane, offset = phase_layout(kernel, stride, dilation, (oh, ow))
+    height, width, plane, offset = phase_layout(kernel, stride, dilation, (oh, ow))
     m = (oh - 1) * width + ow
-    p, q4, qf = phase_buffers(slab_hw, 0.0, stride, rows, width, 1, m, nt)  # (zero tail: what padding taps read)
+    p, q4, qf = phase_buffers(slab_hw, 0.0, stride, height, width, 1, m, nt)  # (zero tail: what padding taps read)
     wt = _row_taps(w)
     flat = np.full(wt.shape[1:], q4[0].size, np.int64)
-    flat[:, :kw] = (plane * (rows * width) + offset).reshape(kh, kw)
+    flat[:, :kw] = (plane * (height * width) + offset).reshape(kh, kw)
     _depthwise_planes(x, copy, p, q4, qf, *stride, width, flat, wt, b, out, np.empty((nt, padded(m)), np.float32), code,
                       alpha, lo, hi)
+
+
+def _clamp(code: int, lo: np.float32, hi: np.float32) -> tuple[np.float32, np.float32]:
+    """The bounds by which an inline activation (none, relu, clip: pointwise.inline_code) clamps."""
+    return (np.float32(-np.inf) if code == 0 else (np.float32(0.0) if code == 1 else lo),
+            hi if code == 2 else np.float32(np.inf))
 
 
 @per_weights
