@@ -7,7 +7,7 @@ the image (or past the row) masked off and read as zero, as the padded slab's ze
 columns and keeps the even ones. MobileNetV2 at 224² on one thread: its depthwise convs 2.4 → 1.6 ms
 (docs/BENCHMARKS.md).
 
-Only where the host has AVX2 and FMA (ENABLED): without vector masks (NEON) LLVM turns each masked load into a
+Only where the host has AVX2 and FMA (ENABLED; and LLVM 17 or later): without vector masks (NEON) LLVM turns each masked load into a
 branch per lane, and conv.py's loops serve there, as they do for wide stride-1 rows everywhere (fits)"""
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from .threads import block
 
 LANES = 16
 _FEATURES = ll.get_host_cpu_features()
-ENABLED = bool(_FEATURES.get("avx2") and _FEATURES.get("fma"))
+# (LLVM 17 and later: pointers without a pointee type, as the intrinsics below declare them; numba 0.62 and later)
+ENABLED = bool(_FEATURES.get("avx2") and _FEATURES.get("fma")) and ll.llvm_version_info >= (17,)
 
 _F32, _I32, _I64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
 _VF, _VI, _VB = ir.VectorType(_F32, LANES), ir.VectorType(_I32, LANES), ir.VectorType(ir.IntType(1), LANES)
