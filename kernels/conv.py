@@ -107,14 +107,11 @@ def _depthwise_planes(x, copy, ps, q4s, qfs, sh, sw, width, flat, wt, b, out, ac
 def _depthwise(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
                stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int],
                region: tuple[int, int, int, int], out: np.ndarray, code: int, alpha, lo, hi) -> None:
-    """Depthwise conv of output `region` from tile x: by vector rows where they fit (rows.py), else 3×3 at stride
-    1 or 2 by _depthwise3x3, any other kernel, stride and dilation over phase planes (_depthwise_planes)."""
+    """Depthwise conv of output `region` from tile x: 3×3 at stride 1 or 2 by _depthwise3x3, any other kernel,
+    stride and dilation over phase planes (_depthwise_planes)."""
     kernel = w.shape[2:]
     slab_hw, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region)
     ow, nt = out.shape[2], min(count(), x.shape[0])
-    if rows.fits(kernel, stride, dilation, x, ow):
-        rows.depthwise(x, origin, in_hw, w, b, stride, pads, region, out, *_clamp(code, lo, hi), nt)
-        return
     if kernel == (3, 3) and stride[0] == stride[1] in (1, 2) and dilation == (1, 1):
         split = stride[0] == 2 and ow >= SPLIT_FROM
         e = np.empty((nt, 1, 2, slab_hw[0], ow + 1) if split else (nt, 1, 2, 0, 0), np.float32)
@@ -129,12 +126,6 @@ def _depthwise(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w
     flat[:, :kw] = (plane * (height * width) + offset).reshape(kh, kw)
     _depthwise_planes(x, copy, p, q4, qf, *stride, width, flat, wt, b, out, np.empty((nt, padded(m)), np.float32), code,
                       alpha, lo, hi)
-
-
-def _clamp(code: int, lo: np.float32, hi: np.float32) -> tuple[np.float32, np.float32]:
-    """The bounds by which an inline activation (none, relu, clip: pointwise.inline_code) clamps."""
-    return (np.float32(-np.inf) if code == 0 else (np.float32(0.0) if code == 1 else lo),
-            hi if code == 2 else np.float32(np.inf))
 
 
 @per_weights
@@ -252,6 +243,12 @@ def _activation(act: str, alpha: float, lo: float, hi: float) -> tuple[tuple, tu
     return (inline_code(whole[0]), *whole[1:]), whole
 
 
+def _clamp(code: int, alpha: np.float32, lo: np.float32, hi: np.float32) -> tuple[np.float32, np.float32]:
+    """The bounds by which an inline activation (none, relu, clip: pointwise.inline_code) clamps."""
+    return (np.float32(-np.inf) if code == 0 else (np.float32(0.0) if code == 1 else lo),
+            hi if code == 2 else np.float32(np.inf))
+
+
 def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
            b: np.ndarray | None, stride: tuple[int, int], pads: tuple[int, int, int, int],
            dilation: tuple[int, int], groups: int, region: tuple[int, int, int, int], act: str = "",
@@ -271,6 +268,11 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     w, b, epi, whole = _operands(w, b, act, alpha, lo, hi)
     if residual is not None:  # the kernels' own loops then apply the bias alone; _finish does the rest
         epi, residual = (0, *epi[1:]), np.ascontiguousarray(residual, np.float32)  # (a tile's view: copied, as add's)
+    ob = rows.kind(w.shape, groups, stride, dilation, x, out.shape[2])
+    if ob:
+        staging(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)  # (raises if x lacks an input)
+        rows.conv(x, origin, in_hw, w, b, stride, pads, region, out, *_clamp(*epi), ob, count())
+        return _finish(out, whole, residual)
     if cin_g == 1 and groups > 1:
         _depthwise(x, origin, in_hw, w, b, stride, pads, dilation, region, out, *epi)
         return _finish(out, whole, residual)

@@ -1,14 +1,17 @@
-"""Depthwise convs a row of outputs at a time as 16-lane vectors with masked loads and stores (LLVM intrinsics).
+"""Depthwise convs and RGB stems a row of outputs at a time, as 16-lane vectors with masked loads and stores (LLVM
+intrinsics).
 
 On the small maps of mobile nets a row holds 7-28 outputs: LLVM's loop vectoriser leaves loops that short scalar,
 and staging each channel into a zero-padded slab, to read it without border tests, cost as much again. Here up to
 16 outputs of a row are one vector: each tap is one masked load straight from the tile buffer, its lanes outside
 the image (or past the row) masked off and read as zero, as the padded slab's zeros were. A stride-2 tap loads 32
-columns and keeps the even ones. MobileNetV2 at 224² on one thread: its depthwise convs 2.4 → 1.6 ms
-(docs/BENCHMARKS.md).
+columns and keeps the even ones. A stem (3 input channels, 3×3, stride 2) computes 8 output channels at once from
+each tap, in place of im2col and a GEMM of 27 columns. MobileNetV2 at 224² on one thread: depthwise convs
+2.4 → 1.6 ms, the stem 0.42 → 0.29 (docs/BENCHMARKS.md).
 
-Only where the host has AVX2 and FMA (ENABLED; and LLVM 17 or later): without vector masks (NEON) LLVM turns each masked load into a
-branch per lane, and conv.py's loops serve there, as they do for wide stride-1 rows everywhere (fits)"""
+Only where the host has AVX2 and FMA (ENABLED; and LLVM 17 or later): without vector masks (NEON) LLVM turns
+each masked load into a branch per lane, and conv.py's paths serve there, as they do for wide stride-1 rows
+everywhere (kind)."""
 
 from __future__ import annotations
 
@@ -74,70 +77,82 @@ def _tap(builder: ir.IRBuilder, address: ir.Value, col: ir.Value, width: ir.Valu
 
 
 @intrinsic(prefer_literal=True)
-def _row(typingctx, k, s, edge, out, n, x, pitch, rows, col, width, w, b, lo, hi):
-    """depthwise_row for constants k, s and edge (literals: each combination its own code)."""
-    if not all(isinstance(t, (types.IntegerLiteral, types.BooleanLiteral)) for t in (k, s, edge)):
-        raise TypeError(f"rows._row: k, s and edge must be compile-time constants, not {k}, {s}, {edge}")
-    sig = types.void(k, s, edge, out, n, x, pitch, rows, col, width, w, b, lo, hi)
-    k, stride, edge = k.literal_value, s.literal_value, edge.literal_value
+def _row(typingctx, k, s, edge, ob, cin, out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b, lo, hi):
+    """row() for constants k, s, edge, ob and cin (literals: each combination its own code)."""
+    if not all(isinstance(t, (types.IntegerLiteral, types.BooleanLiteral)) for t in (k, s, edge, ob, cin)):
+        raise TypeError(f"rows._row: k, s, edge, ob and cin must be compile-time constants, not {k}, {s}, {edge}, "
+                        f"{ob}, {cin}")
+    sig = types.void(k, s, edge, ob, cin, out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b, lo, hi)
+    k, stride, edge, ob, cin = (t.literal_value for t in (k, s, edge, ob, cin))
 
     def codegen(context, builder, signature, args):
-        out, n, x, pitch, rows, col, width, w = (context.cast(builder, a, t, types.int64)
-                                                 for a, t in zip(args[3:11], signature.args[3:11], strict=True))
-        b, lo, hi = args[11:]
+        out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b = (
+            context.cast(builder, a, t, types.int64) for a, t in zip(args[5:17], signature.args[5:17], strict=True))
+        lo, hi = args[17:]
         n32, col32, width32 = (builder.trunc(v, _I32) for v in (n, col, width))
-        acc = _splat(builder, b, _VF)
+
+        def scalar(address: ir.Value, offset: int) -> ir.Value:
+            return builder.load(builder.inttoptr(builder.add(address, _I64(4 * offset)), ir.PointerType()), typ=_F32)
+
+        weights = [builder.add(w, builder.mul(wpitch, _I64(4 * q))) for q in range(ob)]
+        accs = [_splat(builder, scalar(b, q), _VF) for q in range(ob)]
         fma = _masked(builder, "llvm.fma.v16f32", _VF, [_VF, _VF, _VF])
-        for ky in range(k):
-            row_ok = builder.icmp_unsigned("!=", builder.and_(rows, _I64(1 << ky)), _I64(0)) if edge else None
-            start = builder.add(x, builder.mul(pitch, _I64(4 * ky)))
-            for kx in range(k):
-                v = _tap(builder, builder.add(start, _I64(4 * kx)), builder.add(col32, _I32(kx)), width32, n32,
-                         stride, row_ok)
-                weight = builder.load(builder.inttoptr(builder.add(w, _I64(4 * (ky * k + kx))), ir.PointerType()),
-                                      typ=_F32)
-                acc = builder.call(fma, [_splat(builder, weight, _VF), v, acc])
-        # clamp: lo, then hi, each by compare and select, so NaN passes through (as pointwise.act1)
-        for bound, op in ((lo, "<"), (hi, ">")):
-            bound = _splat(builder, bound, _VF)
-            acc = builder.select(builder.fcmp_ordered(op, acc, bound), bound, acc)
-        _store(builder, acc, out, builder.icmp_signed("<", ir.Constant(_VI, list(range(LANES))),
-                                                      _splat(builder, n32, _VI)))
+        for ci in range(cin):
+            for ky in range(k):
+                row_ok = builder.icmp_unsigned("!=", builder.and_(rows, _I64(1 << ky)), _I64(0)) if edge else None
+                start = builder.add(x, builder.add(builder.mul(cpitch, _I64(4 * ci)), builder.mul(pitch, _I64(4 * ky))))
+                for kx in range(k):
+                    v = _tap(builder, builder.add(start, _I64(4 * kx)), builder.add(col32, _I32(kx)), width32, n32,
+                             stride, row_ok)
+                    tap = (ci * k + ky) * k + kx
+                    accs = [builder.call(fma, [_splat(builder, scalar(weights[q], tap), _VF), v, accs[q]])
+                            for q in range(ob)]
+        stored = builder.icmp_signed("<", ir.Constant(_VI, list(range(LANES))), _splat(builder, n32, _VI))
+        for q, acc in enumerate(accs):
+            for bound, op in ((lo, "<"), (hi, ">")):  # (compare and select: NaN passes through, as pointwise.act1)
+                bound = _splat(builder, bound, _VF)
+                acc = builder.select(builder.fcmp_ordered(op, acc, bound), bound, acc)
+            _store(builder, acc, builder.add(out, builder.mul(opitch, _I64(4 * q))), stored)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @njit(cache=True, inline="always")
-def depthwise_row(k, s, edge, out, n, x, pitch, rows, col, width, w, b, lo, hi):
-    """out[0:n] (address) = clamp(b + Σ w[ky·k + kx] · x[ky·pitch + j·s + kx], lo, hi) for j < n ≤ 16, a k×k
-    kernel (k and s constants: 3 or 5, 1 or 2) at column stride s: x the address of the input at image column col
-    (rows ky below it, `pitch` floats apart); columns outside [0, width) read 0.0, and so do rows whose bit in
-    `rows` is clear if `edge` (else every row is inside, and a chunk's masks are the same for every row: LLVM
-    works them out once, outside the loop over rows)."""
-    if edge:
-        _row(k, s, True, out, n, x, pitch, rows, col, width, w, b, lo, hi)
+def row(k, s, ob, cin, out, opitch, n, x, cpitch, pitch, rows, full, col, width, w, wpitch, b, lo, hi):
+    """For q < ob and j < n ≤ 16: out[q·opitch + j] (addresses) = clamp(b[q] + Σ w[q·wpitch + (c·k + ky)·k + kx]
+    · x[c·cpitch + ky·pitch + j·s + kx], lo, hi), summed over c < cin, ky, kx < k: a k×k kernel at column stride s
+    (k, s, ob and cin constants), x the address of the input at image column col (channels cpitch floats apart,
+    rows pitch). Columns outside [0, width) read 0.0, and so do rows whose bit in `rows` is clear. A row with every
+    bit set (full) has code without those tests, and then a chunk's masks are the same for every row: LLVM works
+    them out once, outside the loop over rows."""
+    if rows == full:
+        _row(k, s, False, ob, cin, out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b, lo, hi)
     else:
-        _row(k, s, False, out, n, x, pitch, rows, col, width, w, b, lo, hi)
+        _row(k, s, True, ob, cin, out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b, lo, hi)
 
 
 @njit(cache=True, inline="always")
-def _rows(x, c0, c1, top, left, in_h, in_w, k, sh, sw, w, b, out, lo, hi):
-    """Depthwise conv (k×k) of channels [c0, c1) of x into out: output (o, i, j) has its taps start at row
-    top + i·sh and column left + j·sw of x (C, bh, bw; rows contiguous), whose rows and columns inside the image
-    are [in_h[0], in_h[1]) and [in_w[0], in_w[1]). Each output row in chunks of 16, rows inner (a chunk's column
-    masks are then worked out once)."""
+def _rows(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, cin, w, b, out, lo, hi):
+    """Conv (k×k, cin = w.shape[1] input channels per group) of output channels [b0·ob, b1·ob) of out, ob at a
+    time, from x: output (o, i, j) has its taps start at row top + i·sh and column left + j·sw of x (C, bh, bw;
+    rows contiguous), whose rows and columns inside the image are [in_h[0], in_h[1]) and [in_w[0], in_w[1]). Each
+    output row in chunks of 16, in bands of BAND rows, rows inner: a chunk's column masks are then worked out once
+    a band, and a band's input stays in cache from one chunk to the next (walking a 256² map a chunk at a time
+    from top to bottom was 1.9× slower)."""
     cout, oh, ow = out.shape
-    mult = cout // x.shape[0]
+    cout_g = cout // (x.shape[0] // cin)
     cs, rs = x.strides[0] // 4, x.strides[1] // 4
-    xa, oa, wa = x.ctypes.data, out.ctypes.data, w.ctypes.data
+    xa, oa, wa, ba = x.ctypes.data, out.ctypes.data, w.ctypes.data, b.ctypes.data
     (r_lo, r_hi), (c_lo, c_hi) = in_h, in_w
     full = (1 << k) - 1
-    for c in range(c0, c1):
-        for o in range(c * mult, (c + 1) * mult):
+    for blk in range(b0, b1):
+        o = blk * ob
+        c = o // cout_g * cin
+        for i0 in range(0, oh, BAND):
             for j0 in range(0, ow, LANES):
                 col, n = left + j0 * sw, min(LANES, ow - j0)
-                for i in range(oh):
+                for i in range(i0, min(oh, i0 + BAND)):
                     r = top + i * sh
                     rows = full
                     if r < r_lo or r + k > r_hi:
@@ -145,52 +160,71 @@ def _rows(x, c0, c1, top, left, in_h, in_w, k, sh, sw, w, b, out, lo, hi):
                         for ky in range(k):
                             if r_lo <= r + ky < r_hi:
                                 rows |= 1 << ky
-                    depthwise_row(k, sw, rows != full, oa + 4 * ((o * oh + i) * ow + j0), n,
-                                  xa + 4 * (c * cs + r * rs + col), rs, rows, col - c_lo, c_hi - c_lo,
-                                  wa + 4 * o * k * k, b[o], lo, hi)
+                    row(k, sw, ob, cin, oa + 4 * ((o * oh + i) * ow + j0), oh * ow, n,
+                        xa + 4 * (c * cs + r * rs + col), cs, rs, rows, full, col - c_lo, c_hi - c_lo,
+                        wa + 4 * o * cin * k * k, cin * k * k, ba + 4 * o, lo, hi)
+
+
+BAND = 16  # output rows a chunk's masks serve (_rows)
+# (k, column stride, ob, cin): depthwise 3×3 and 5×5 convs, and a network's RGB stem, 3×3 at stride 2
+KINDS = ((3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 1, 1), (5, 2, 1, 1), (3, 2, 8, 3))
 
 
 @njit(cache=True)
-def _depthwise_block(x, c0, c1, top, left, in_h, in_w, k, sh, sw, w, b, out, lo, hi):
-    """_rows with k and sw as constants, each of the four a copy of its loops (LLVM then drops the choice of row
-    intrinsic from the innermost loop: 15-30% of the time on 7²-56² maps)."""
-    if k == 3:
+def _block(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, w, b, out, lo, hi):
+    """_rows with k, sw, ob and cin as constants (KINDS), each a copy of its loops (LLVM then drops the choice of
+    row code from the innermost loop: 15-30% of the time on 7²-56² maps)."""
+    if ob == 8:
+        _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 2, 8, 3, w, b, out, lo, hi)
+    elif k == 3:
         if sw == 1:
-            _rows(x, c0, c1, top, left, in_h, in_w, 3, sh, 1, w, b, out, lo, hi)
+            _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 1, 1, 1, w, b, out, lo, hi)
         else:
-            _rows(x, c0, c1, top, left, in_h, in_w, 3, sh, 2, w, b, out, lo, hi)
+            _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 2, 1, 1, w, b, out, lo, hi)
     elif sw == 1:
-        _rows(x, c0, c1, top, left, in_h, in_w, 5, sh, 1, w, b, out, lo, hi)
+        _rows(x, b0, b1, top, left, in_h, in_w, 5, sh, 1, 1, 1, w, b, out, lo, hi)
     else:
-        _rows(x, c0, c1, top, left, in_h, in_w, 5, sh, 2, w, b, out, lo, hi)
+        _rows(x, b0, b1, top, left, in_h, in_w, 5, sh, 2, 1, 1, w, b, out, lo, hi)
 
 
 @njit(cache=True, parallel=True)
-def _depthwise(x, top, left, in_h, in_w, k, sh, sw, w, b, out, lo, hi, nt):
-    """_depthwise_block on nt blocks of channels, one per thread."""
+def _conv(x, top, left, in_h, in_w, k, sh, sw, ob, w, b, out, lo, hi, nt):
+    """_block on nt blocks of output channels (of ob each), one per thread."""
     for t in prange(nt):
-        c0, c1 = block(x.shape[0], t, nt)
-        _depthwise_block(x, c0, c1, top, left, in_h, in_w, k, sh, sw, w, b, out, lo, hi)
+        b0, b1 = block(out.shape[0] // ob, t, nt)
+        _block(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, w, b, out, lo, hi)
 
 
-WIDE = 2 * LANES  # stride-1 output rows wider than this keep conv.py's loops, which LLVM vectorises unmasked
+WIDE = 2 * LANES  # depthwise rows wider than this (times the column stride) keep conv.py's loops (kind)
 
 
-def fits(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int], x: np.ndarray,
-         out_w: int) -> bool:
-    """Whether depthwise() computes this conv: on a vector host, a 3×3 or 5×5 kernel at strides of 1 or 2, no
-    dilation, x's rows contiguous, and at stride 1 an output row of at most WIDE (3×3 on 56² maps: 0.24 ms
-    against the loops' 0.20)."""
-    return (ENABLED and kernel[0] == kernel[1] in (3, 5) and stride[0] in (1, 2) and stride[1] in (1, 2)
-            and tuple(dilation) == (1, 1) and x.strides[2] == 4 and x.strides[0] % 4 == 0 and x.strides[1] % 4 == 0
-            and (tuple(stride) != (1, 1) or out_w <= WIDE))
+def kind(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], dilation: tuple[int, int], x: np.ndarray,
+         out_w: int) -> int:
+    """ob, the output channels conv() computes at a time for this conv (a KINDS entry), or 0 where it does not:
+    on a vector host, with no dilation and x float32 with its rows contiguous, a depthwise 3×3 or 5×5 conv at
+    strides of 1 or 2, its rows at most WIDE·stride outputs (beyond, conv.py's loops over a staged slab ran as fast
+    or faster: 3×3 at stride 1 on 56² maps, 0.24 ms against 0.20; at stride 2 on 256², 3.3 against 2.5); and a
+    3×3 conv at column stride 2 of 3 input channels to a multiple of 8 outputs (a network's RGB stem: im2col's
+    GEMM of 27 columns ran at half the speed; 7×7 stems and stride 1 ran no faster here)."""
+    cout, cin_g, kh, kw = w_shape
+    if not (ENABLED and kh == kw and stride[0] in (1, 2) and tuple(dilation) == (1, 1) and x.dtype == np.float32
+            and x.strides[2] == 4 and x.strides[0] % 4 == 0 and x.strides[1] % 4 == 0):
+        return 0
+    for k, s, ob, cin in KINDS:
+        if (k, s, cin) != (kh, stride[1], cin_g):
+            continue
+        if ob == 1 and groups == x.shape[0] and out_w <= WIDE * stride[1]:
+            return 1
+        if ob > 1 and groups == 1 and cout % ob == 0:
+            return ob
+    return 0
 
 
-def depthwise(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
-              stride: tuple[int, int], pads: tuple[int, int, int, int], region: tuple[int, int, int, int],
-              out: np.ndarray, lo: np.float32, hi: np.float32, nt: int) -> None:
-    """out = clamp(depthwise conv of output `region` from tile x, lo, hi); the caller has checked that x holds
-    every in-image input the region reads (window.staging)."""
+def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
+         stride: tuple[int, int], pads: tuple[int, int, int, int], region: tuple[int, int, int, int],
+         out: np.ndarray, lo: np.float32, hi: np.float32, ob: int, nt: int) -> None:
+    """out = clamp(conv of output `region` from tile x, lo, hi), ob output channels at a time (kind()); the caller
+    has checked that x holds every in-image input the region reads (window.staging)."""
     (oy, ox), (h, wd), (y0, x0) = origin, in_hw, region[:2]
-    _depthwise(x, y0 * stride[0] - pads[0] - oy, x0 * stride[1] - pads[1] - ox, (-oy, h - oy), (-ox, wd - ox),
-               w.shape[2], *stride, w, b, out, lo, hi, nt)
+    _conv(x, y0 * stride[0] - pads[0] - oy, x0 * stride[1] - pads[1] - ox, (-oy, h - oy), (-ox, wd - ox), w.shape[2],
+          *stride, ob, np.ascontiguousarray(w), np.ascontiguousarray(b), out, lo, hi, min(nt, out.shape[0] // ob))

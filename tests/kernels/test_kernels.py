@@ -117,57 +117,62 @@ def test_depthwise_stride_2_cases_take_both_paths():
     assert widths[0] >= SPLIT_FROM > widths[1]
 
 
-# Depthwise convs by vector rows (kernels/rows.py): (channels, multiplier, h, w, k, stride, pads (t, l, b, r)).
-# Output rows in one chunk of 16 lanes and in two with a partial second (17, 31 and 32 outputs), stride 2 over 56
-# outputs (four chunks), strides (1, 2) and (2, 1), no padding, TF's asymmetric SAME padding, a multiplier of 2 and
-# a map smaller than the kernel (every row and column at an edge).
+# Convs by vector rows (kernels/rows.py): (cin, cout, groups, h, w, k, stride, pads (t, l, b, r)). Depthwise: output
+# rows in one chunk of 16 lanes and in two with a partial second (17, 31 and 32 outputs), stride 2 over 56 outputs
+# (four chunks), strides (1, 2) and (2, 1), no padding, TF's asymmetric SAME padding, a multiplier of 2 and a map
+# smaller than the kernel (every row and column at an edge). RGB stems, 3×3 at column stride 2: 8 and 24 outputs
+# (one block of 8 and three), odd sizes, asymmetric padding, row stride 1.
 ROWS = [
-    (8, 1, 7, 7, 3, (1, 1), (1, 1, 1, 1)),
-    (5, 2, 13, 17, 3, (1, 1), (1, 1, 1, 1)),
-    (4, 1, 9, 31, 3, (1, 1), (1, 1, 1, 1)),
-    (4, 1, 6, 34, 3, (1, 1), (0, 0, 0, 0)),
-    (3, 1, 15, 112, 3, (2, 2), (1, 1, 1, 1)),
-    (6, 1, 14, 14, 3, (2, 2), (0, 0, 1, 1)),
-    (6, 1, 11, 12, 5, (1, 1), (2, 2, 2, 2)),
-    (6, 2, 14, 13, 5, (2, 2), (1, 2, 2, 1)),
-    (4, 1, 12, 13, 3, (1, 2), (1, 1, 1, 1)),
-    (4, 1, 12, 13, 5, (2, 1), (2, 2, 2, 2)),
-    (3, 1, 4, 3, 5, (1, 1), (2, 2, 2, 2)),
-    (2, 1, 5, 40, 3, (1, 1), (1, 1, 1, 1)),  # a stride-1 row wider than rows.WIDE: the loops
+    (8, 8, 8, 7, 7, 3, (1, 1), (1, 1, 1, 1)),
+    (5, 10, 5, 13, 17, 3, (1, 1), (1, 1, 1, 1)),
+    (4, 4, 4, 9, 31, 3, (1, 1), (1, 1, 1, 1)),
+    (4, 4, 4, 6, 34, 3, (1, 1), (0, 0, 0, 0)),
+    (3, 3, 3, 15, 112, 3, (2, 2), (1, 1, 1, 1)),
+    (6, 6, 6, 14, 14, 3, (2, 2), (0, 0, 1, 1)),
+    (6, 6, 6, 11, 12, 5, (1, 1), (2, 2, 2, 2)),
+    (6, 12, 6, 14, 13, 5, (2, 2), (1, 2, 2, 1)),
+    (4, 4, 4, 12, 13, 3, (1, 2), (1, 1, 1, 1)),
+    (4, 4, 4, 12, 13, 5, (2, 1), (2, 2, 2, 2)),
+    (3, 3, 3, 4, 3, 5, (1, 1), (2, 2, 2, 2)),
+    (3, 8, 1, 23, 37, 3, (2, 2), (1, 1, 1, 1)),
+    (3, 24, 1, 16, 15, 3, (2, 2), (0, 0, 1, 1)),
+    (3, 16, 1, 9, 70, 3, (1, 2), (1, 0, 2, 1)),
+    (2, 2, 2, 5, 40, 3, (1, 1), (1, 1, 1, 1)),  # depthwise rows wider than rows.WIDE · stride: the loops
+    (2, 2, 2, 5, 140, 3, (2, 2), (1, 1, 1, 1)),
 ]
 
 
 def rows_case(case):
-    """(x, w, b, stride, pads, output size) of a ROWS case."""
-    c, m, h, w, k, s, pads = case
+    """(x, w, b, groups, stride, pads, output size) of a ROWS case."""
+    cin, cout, g, h, w, k, s, pads = case
     out_hw = tuple(out_len((h, w)[a], k, s[a], 1, pads[a], pads[a + 2], False) for a in (0, 1))
-    return randn((c, h, w), 3), randn((c * m, 1, k, k), 4), randn(c * m, 5), s, pads, out_hw
+    return randn((cin, h, w), 3), randn((cout, cin // g, k, k), 4), randn(cout, 5), g, s, pads, out_hw
 
 
 @pytest.mark.parametrize("vector", [True, False], ids=["rows", "loops"])
 @pytest.mark.parametrize("case", ROWS)
 @pytest.mark.parametrize("act", ACTS, ids=lambda a: a[0] or "none")
-def test_depthwise_by_rows_and_by_loops(case, vector, act, monkeypatch):
-    """Both depthwise paths against onnxruntime: the vector rows where the host has them, and conv.py's loops
-    (the only ones on hosts without vector masks); a conv takes the rows exactly where rows.fits says."""
+def test_convs_by_rows_and_otherwise(case, vector, act, monkeypatch):
+    """Both paths against onnxruntime: the vector rows where the host has them, and conv.py's loops or im2col (the
+    only ones on hosts without vector masks); a conv takes the rows exactly where rows.kind says."""
     from nptp_mpi.kernels import rows
 
     if vector and not rows.ENABLED:
         pytest.skip("this host has no AVX2 and FMA: the vector rows never run here")
     monkeypatch.setattr(rows, "ENABLED", vector)
-    original, taken = rows.depthwise, []
-    monkeypatch.setattr(rows, "depthwise", lambda *a: taken.append(1) or original(*a))
-    x, w, b, s, pads, out_hw = rows_case(case)
+    original, taken = rows.conv, []
+    monkeypatch.setattr(rows, "conv", lambda *a: taken.append(a[-2]) or original(*a))
+    x, w, b, g, s, pads, out_hw = rows_case(case)
     name, kw, post = act
-    stages = [("Conv", [w, b], dict(kernel_shape=w.shape[2:], strides=s, pads=pads, group=x.shape[0]))]
+    stages = [("Conv", [w, b], dict(kernel_shape=w.shape[2:], strides=s, pads=pads, group=g))]
     want = ort_run([x[None]], *stages, *([post] if post else []))[0]
-    got = K.conv2d(x, (0, 0), x.shape[1:], w, b, s, pads, (1, 1), x.shape[0], (0, 0, *out_hw), name, **kw)
+    got = K.conv2d(x, (0, 0), x.shape[1:], w, b, s, pads, (1, 1), g, (0, 0, *out_hw), name, **kw)
     assert_close(got, want, scale=float(np.abs(ort_run([x[None]], *stages)).max()))
-    assert bool(taken) == (vector and (s != (1, 1) or out_hw[1] <= rows.WIDE))
+    assert taken == ([] if not vector or (g > 1 and out_hw[1] > rows.WIDE * s[1]) else [1 if g > 1 else 8])
 
 
-@pytest.mark.parametrize("case", ROWS[:-1])
-def test_depthwise_rows_read_a_tile_buffer_as_the_whole_map(case):
+@pytest.mark.parametrize("case", ROWS[:-2])
+def test_rows_read_a_tile_buffer_as_the_whole_map(case):
     """Regions (corners, an interior block, 1-pixel strips) computed from a buffer that holds just the inputs they
     read (a copy, then a strided view into a larger array) equal the whole map's, bit for bit: the lanes outside
     the image are masked by image coordinates, and nothing outside the buffer is read."""
@@ -175,9 +180,9 @@ def test_depthwise_rows_read_a_tile_buffer_as_the_whole_map(case):
 
     if not rows.ENABLED:
         pytest.skip("this host has no AVX2 and FMA: the vector rows never run here")
-    x, w, b, s, pads, (oh, ow) = rows_case(case)
+    x, w, b, g, s, pads, (oh, ow) = rows_case(case)
     k = w.shape[2]
-    whole = K.conv2d(x, (0, 0), x.shape[1:], w, b, s, pads, (1, 1), x.shape[0], (0, 0, oh, ow), "relu")
+    whole = K.conv2d(x, (0, 0), x.shape[1:], w, b, s, pads, (1, 1), g, (0, 0, oh, ow), "relu")
     regions = [(0, 0, min(2, oh), min(3, ow)), (oh // 3, ow // 3, oh - oh // 3, ow - ow // 3),
                (oh - 1, 0, oh, ow), (0, ow - 1, oh, ow), (max(0, oh - 2), max(0, ow - 5), oh, ow)]
     for y0, x0, y1, x1 in regions:
@@ -186,28 +191,39 @@ def test_depthwise_rows_read_a_tile_buffer_as_the_whole_map(case):
         room = np.zeros((x.shape[0], z - a + 2, d - c + 3), np.float32)
         room[:, 1:-1, 2:-1] = x[:, a:z, c:d]
         for buffer in (np.ascontiguousarray(x[:, a:z, c:d]), room[:, 1:-1, 2:-1]):
-            got = K.conv2d(buffer, (a, c), x.shape[1:], w, b, s, pads, (1, 1), x.shape[0], (y0, x0, y1, x1), "relu")
+            got = K.conv2d(buffer, (a, c), x.shape[1:], w, b, s, pads, (1, 1), g, (y0, x0, y1, x1), "relu")
             np.testing.assert_array_equal(got, whole[:, y0:y1, x0:x1])
 
 
-def test_depthwise_rows_take_what_they_fit(monkeypatch):
-    """rows.fits: 3×3 and 5×5 at strides 1 and 2, stride-1 rows up to rows.WIDE, rows contiguous; not 7×7,
-    dilation, wider stride-1 rows, strided columns, or a host without the vectors."""
+def test_rows_take_what_they_fit(monkeypatch):
+    """rows.kind: depthwise 3×3 and 5×5 at strides 1 and 2 (rows up to rows.WIDE · stride), 3×3 RGB stems at
+    column stride 2 (outputs a multiple of 8), float32 rows contiguous; not 7×7, dilation, wider rows, other stems,
+    strided columns, float64, or a host without the vectors."""
     from nptp_mpi.kernels import rows
 
-    x = np.zeros((4, 9, 9), np.float32)
+    x, rgb = np.zeros((4, 9, 9), np.float32), np.zeros((3, 9, 9), np.float32)
     monkeypatch.setattr(rows, "ENABLED", True)
     for k, s in ((3, (1, 1)), (3, (2, 2)), (5, (1, 2)), (5, (2, 1))):
-        assert rows.fits((k, k), s, (1, 1), x, rows.WIDE)
-        assert rows.fits((k, k), list(s), [1, 1], x[1:, 2:, 1:], rows.WIDE)  # (a view, its rows contiguous)
-    assert rows.fits((3, 3), (2, 2), (1, 1), x, 3 * rows.WIDE)
-    assert not rows.fits((3, 3), (1, 1), (1, 1), x, rows.WIDE + 1)
-    assert not rows.fits((7, 7), (1, 1), (1, 1), x, 7)
-    assert not rows.fits((3, 3), (1, 1), (2, 2), x, 7)
-    assert not rows.fits((3, 3), (3, 3), (1, 1), x, 7)
-    assert not rows.fits((3, 3), (1, 1), (1, 1), x[:, :, ::2], 3)
+        assert rows.kind((4, 1, k, k), 4, s, (1, 1), x, rows.WIDE) == 1
+        assert rows.kind((4, 1, k, k), 4, list(s), [1, 1], x[:, 2:, 1:], rows.WIDE) == 1  # (a view; rows contiguous)
+    assert rows.kind((8, 1, 3, 3), 4, (2, 2), (1, 1), x, 2 * rows.WIDE) == 1  # (a multiplier of 2)
+    assert rows.kind((16, 3, 3, 3), 1, (2, 2), (1, 1), rgb, 100) == 8
+    assert rows.kind((8, 3, 3, 3), 1, (1, 2), (1, 1), rgb, 9) == 8
+    for w_shape, g, s, d, xx, ow in [((4, 1, 3, 3), 4, (1, 1), (1, 1), x, rows.WIDE + 1),
+                                     ((4, 1, 3, 3), 4, (2, 2), (1, 1), x, 2 * rows.WIDE + 1),
+                                     ((4, 1, 7, 7), 4, (1, 1), (1, 1), x, 7),
+                                     ((4, 1, 3, 3), 4, (1, 1), (2, 2), x, 7),
+                                     ((4, 1, 3, 3), 4, (3, 3), (1, 1), x, 7),
+                                     ((4, 1, 3, 3), 4, (1, 1), (1, 1), x[:, :, ::2], 3),
+                                     ((4, 1, 3, 3), 4, (1, 1), (1, 1), x.astype(np.float64), 7),
+                                     ((12, 3, 3, 3), 1, (2, 2), (1, 1), rgb, 5),
+                                     ((16, 3, 3, 3), 1, (1, 1), (1, 1), rgb, 9),
+                                     ((16, 3, 3, 3), 1, (2, 1), (1, 1), rgb, 9),
+                                     ((16, 3, 7, 7), 1, (2, 2), (1, 1), rgb, 5),
+                                     ((8, 2, 3, 3), 2, (2, 2), (1, 1), x, 5)]:
+        assert rows.kind(w_shape, g, s, d, xx, ow) == 0, (w_shape, g, s, d, ow)
     monkeypatch.setattr(rows, "ENABLED", False)
-    assert not rows.fits((3, 3), (1, 1), (1, 1), x, 7)
+    assert rows.kind((4, 1, 3, 3), 4, (1, 1), (1, 1), x, 7) == 0
 
 
 def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():
