@@ -1,4 +1,5 @@
-"""Max / average pooling of an output region (direct Numba loops); global and adaptive average pooling."""
+"""Max / average pooling of an output region (direct Numba loops; square max pools by vector rows, rows.py);
+global and adaptive average pooling."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import rows
 from .threads import block, count, padded
 from .window import phase_buffers, phase_layout, split_phases, stage, staging, taps
 
@@ -84,15 +86,19 @@ def pool2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kind:
     if out.size == 0:
         return out
     is_max = kind == "max"
+    if is_max and rows.pools(kernel, stride, dilation, x):
+        staging(x, origin, in_hw, kernel, stride, pads, dilation, region)  # (raises if x lacks an input)
+        rows.pool(x, origin, in_hw, kernel, stride, pads, region, out, count())
+        return out
     div = [_divisor(a, b, kernel[ax], stride[ax], dilation[ax], pads[ax], pads[ax + 2], in_hw[ax],
                     count_include_pad) for ax, a, b in ((0, y0, y1), (1, x0, x1))]
-    rows, width, plane, offset = phase_layout(kernel, stride, dilation, out.shape[1:])
-    span = stride[0] * stride[1] * rows * width
+    height, width, plane, offset = phase_layout(kernel, stride, dilation, out.shape[1:])
+    span = stride[0] * stride[1] * height * width
     slab_hw, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region)
     slab = slab_hw[0] * slab_hw[1]
     cb = min(x.shape[0], max(1, BLOCK_BYTES // (4 * (slab + 2 * span))))  # slabs, planes and sums of a block
     nt = min(count(), -(-x.shape[0] // cb))
-    p, q4, q = phase_buffers(slab_hw, -np.inf if is_max else 0.0, stride, rows, width, cb, 0, nt)
+    p, q4, q = phase_buffers(slab_hw, -np.inf if is_max else 0.0, stride, height, width, cb, 0, nt)
     _POOL[kind](x, copy, p, q4, q, *stride, width, plane, offset, *div, out,
                 np.empty((nt, padded(q4[0].size)), np.float32))
     return out

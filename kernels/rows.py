@@ -1,19 +1,22 @@
-"""Depthwise convs and RGB stems a row of outputs at a time, as 16-lane vectors with masked loads and stores (LLVM
-intrinsics).
+"""Depthwise convs, RGB stems and max pools a row of outputs at a time, as 16-lane vectors with masked loads and
+stores (LLVM intrinsics).
 
 On the small maps of mobile nets a row holds 7-28 outputs: LLVM's loop vectoriser leaves loops that short scalar,
 and staging each channel into a zero-padded slab, to read it without border tests, cost as much again. Here up to
 16 outputs of a row are one vector: each tap is one masked load straight from the tile buffer, its lanes outside
-the image (or past the row) masked off and read as zero, as the padded slab's zeros were. A stride-2 tap loads 32
-columns and keeps the even ones. A stem (3 input channels, 3×3, stride 2) computes 8 output channels at once from
-each tap, in place of im2col and a GEMM of 27 columns. MobileNetV2 at 224² on one thread: depthwise convs
-2.4 → 1.6 ms, the stem 0.42 → 0.29 (docs/BENCHMARKS.md).
+the image (or past the row) masked off and read as zero (-inf for a max pool), as the padded slab's fill was. A
+stride-2 tap loads 32 columns and keeps the even ones. A stem (3 input channels, 3×3, stride 2) computes 8 output
+channels at once from each tap, in place of im2col and a GEMM of 27 columns. MobileNetV2 at 224² on one thread:
+depthwise convs 2.4 → 1.6 ms, the stem 0.42 → 0.29; VGG-16's max pools 2.3 → 0.7 ms (docs/BENCHMARKS.md).
 
 Only where the host has AVX2 and FMA (ENABLED; and LLVM 17 or later): without vector masks (NEON) LLVM turns
-each masked load into a branch per lane, and conv.py's paths serve there, as they do for wide stride-1 rows
-everywhere (kind)."""
+each masked load into a branch per lane, and conv.py's and pool.py's paths serve there, as they do for wide
+depthwise rows everywhere (kind)."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import llvmlite.binding as ll
 import numpy as np
@@ -29,6 +32,20 @@ _FEATURES = ll.get_host_cpu_features()
 # (LLVM 17 and later: pointers without a pointee type, as the intrinsics below declare them; numba 0.62 and later)
 ENABLED = bool(_FEATURES.get("avx2") and _FEATURES.get("fma")) and ll.llvm_version_info >= (17,)
 
+
+
+@contextlib.contextmanager
+def enabled(on: bool) -> Iterator[None]:
+    """Inside the block the vector rows run only if `on` (and the host has them): warm() compiles conv.py's and
+    pool.py's loops too, which take the rows that are too wide here."""
+    global ENABLED
+    before, ENABLED = ENABLED, ENABLED and on
+    try:
+        yield
+    finally:
+        ENABLED = before
+
+
 _F32, _I32, _I64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
 _VF, _VI, _VB = ir.VectorType(_F32, LANES), ir.VectorType(_I32, LANES), ir.VectorType(ir.IntType(1), LANES)
 
@@ -43,10 +60,11 @@ def _masked(builder: ir.IRBuilder, name: str, vtype: ir.Type, arg_types: list[ir
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vtype, arg_types), name)
 
 
-def _load(builder: ir.IRBuilder, address: ir.Value, mask: ir.Value) -> ir.Value:
-    """16 floats from `address` where mask is set, 0.0 elsewhere (masked-off lanes touch no memory)."""
+def _load(builder: ir.IRBuilder, address: ir.Value, mask: ir.Value, fill: float) -> ir.Value:
+    """16 floats from `address` where mask is set, `fill` elsewhere (masked-off lanes touch no memory)."""
     fn = _masked(builder, "llvm.masked.load.v16f32.p0", _VF, [ir.PointerType(), _I32, _VB, _VF])
-    return builder.call(fn, [builder.inttoptr(address, ir.PointerType()), _I32(4), mask, ir.Constant(_VF, None)])
+    return builder.call(fn, [builder.inttoptr(address, ir.PointerType()), _I32(4), mask,
+                             ir.Constant(_VF, [fill] * LANES)])
 
 
 def _store(builder: ir.IRBuilder, value: ir.Value, address: ir.Value, mask: ir.Value) -> None:
@@ -55,9 +73,9 @@ def _store(builder: ir.IRBuilder, value: ir.Value, address: ir.Value, mask: ir.V
 
 
 def _tap(builder: ir.IRBuilder, address: ir.Value, col: ir.Value, width: ir.Value, n: ir.Value, stride: int,
-         row_ok: ir.Value | None) -> ir.Value:
-    """Lanes j < n: the input at column col + j·stride of the row at `address` (which holds column col), 0.0 where
-    that column is outside [0, width) or the row is outside the image (row_ok false; None: inside)."""
+         row_ok: ir.Value | None, fill: float) -> ir.Value:
+    """Lanes j < n: the input at column col + j·stride of the row at `address` (which holds column col), `fill`
+    where that column is outside [0, width) or the row is outside the image (row_ok false; None: inside)."""
     halves = []
     for half in range(stride):  # (stride 2: columns col .. col+31 in two loads, then their even lanes)
         t = ir.Constant(_VI, [half * LANES + lane for lane in range(LANES)])
@@ -70,32 +88,35 @@ def _tap(builder: ir.IRBuilder, address: ir.Value, col: ir.Value, width: ir.Valu
         mask = builder.and_(inside, wanted)
         if row_ok is not None:
             mask = builder.and_(mask, _splat(builder, row_ok, _VB))
-        halves.append(_load(builder, builder.add(address, _I64(4 * half * LANES)), mask))
+        halves.append(_load(builder, builder.add(address, _I64(4 * half * LANES)), mask, fill))
     if stride == 1:
         return halves[0]
     return builder.shuffle_vector(halves[0], halves[1], ir.Constant(_VI, list(range(0, 2 * LANES, 2))))
 
 
 @intrinsic(prefer_literal=True)
-def _row(typingctx, k, s, edge, ob, cin, out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b, lo, hi):
-    """row() for constants k, s, edge, ob and cin (literals: each combination its own code)."""
-    if not all(isinstance(t, (types.IntegerLiteral, types.BooleanLiteral)) for t in (k, s, edge, ob, cin)):
-        raise TypeError(f"rows._row: k, s, edge, ob and cin must be compile-time constants, not {k}, {s}, {edge}, "
-                        f"{ob}, {cin}")
-    sig = types.void(k, s, edge, ob, cin, out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b, lo, hi)
-    k, stride, edge, ob, cin = (t.literal_value for t in (k, s, edge, ob, cin))
+def _row(typingctx, k, s, edge, ob, cin, op, out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b, lo,
+         hi):
+    """row() for constants k, s, edge, ob, cin and op (literals: each combination its own code)."""
+    constants = (k, s, edge, ob, cin, op)
+    if not all(isinstance(t, (types.IntegerLiteral, types.BooleanLiteral)) for t in constants):
+        raise TypeError(f"rows._row: k, s, edge, ob, cin and op must be compile-time constants, not {constants}")
+    sig = types.void(*constants, out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b, lo, hi)
+    k, stride, edge, ob, cin, op = (t.literal_value for t in constants)
+    fill = -np.inf if op == MAX else 0.0
 
     def codegen(context, builder, signature, args):
         out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b = (
-            context.cast(builder, a, t, types.int64) for a, t in zip(args[5:17], signature.args[5:17], strict=True))
-        lo, hi = args[17:]
+            context.cast(builder, a, t, types.int64) for a, t in zip(args[6:18], signature.args[6:18], strict=True))
+        lo, hi = args[18:]
         n32, col32, width32 = (builder.trunc(v, _I32) for v in (n, col, width))
 
         def scalar(address: ir.Value, offset: int) -> ir.Value:
             return builder.load(builder.inttoptr(builder.add(address, _I64(4 * offset)), ir.PointerType()), typ=_F32)
 
         weights = [builder.add(w, builder.mul(wpitch, _I64(4 * q))) for q in range(ob)]
-        accs = [_splat(builder, scalar(b, q), _VF) for q in range(ob)]
+        accs = [ir.Constant(_VF, [fill] * LANES) if op == MAX else _splat(builder, scalar(b, q), _VF)
+                for q in range(ob)]
         fma = _masked(builder, "llvm.fma.v16f32", _VF, [_VF, _VF, _VF])
         for ci in range(cin):
             for ky in range(k):
@@ -103,15 +124,18 @@ def _row(typingctx, k, s, edge, ob, cin, out, opitch, n, x, cpitch, pitch, rows,
                 start = builder.add(x, builder.add(builder.mul(cpitch, _I64(4 * ci)), builder.mul(pitch, _I64(4 * ky))))
                 for kx in range(k):
                     v = _tap(builder, builder.add(start, _I64(4 * kx)), builder.add(col32, _I32(kx)), width32, n32,
-                             stride, row_ok)
+                             stride, row_ok, fill)
                     tap = (ci * k + ky) * k + kx
-                    accs = [builder.call(fma, [_splat(builder, scalar(weights[q], tap), _VF), v, accs[q]])
-                            for q in range(ob)]
+                    if op == MAX:  # (v if v > acc else acc: a NaN tap is passed over, as pool.py's loops do)
+                        accs = [builder.select(builder.fcmp_ordered(">", v, a), v, a) for a in accs]
+                    else:
+                        accs = [builder.call(fma, [_splat(builder, scalar(weights[q], tap), _VF), v, accs[q]])
+                                for q in range(ob)]
         stored = builder.icmp_signed("<", ir.Constant(_VI, list(range(LANES))), _splat(builder, n32, _VI))
         for q, acc in enumerate(accs):
-            for bound, op in ((lo, "<"), (hi, ">")):  # (compare and select: NaN passes through, as pointwise.act1)
+            for bound, cmp in ((lo, "<"), (hi, ">")):  # (compare and select: NaN passes through, as pointwise.act1)
                 bound = _splat(builder, bound, _VF)
-                acc = builder.select(builder.fcmp_ordered(op, acc, bound), bound, acc)
+                acc = builder.select(builder.fcmp_ordered(cmp, acc, bound), bound, acc)
             _store(builder, acc, builder.add(out, builder.mul(opitch, _I64(4 * q))), stored)
         return context.get_dummy_value()
 
@@ -119,21 +143,22 @@ def _row(typingctx, k, s, edge, ob, cin, out, opitch, n, x, cpitch, pitch, rows,
 
 
 @njit(cache=True, inline="always")
-def row(k, s, ob, cin, out, opitch, n, x, cpitch, pitch, rows, full, col, width, w, wpitch, b, lo, hi):
+def row(k, s, ob, cin, op, out, opitch, n, x, cpitch, pitch, rows, full, col, width, w, wpitch, b, lo, hi):
     """For q < ob and j < n ≤ 16: out[q·opitch + j] (addresses) = clamp(b[q] + Σ w[q·wpitch + (c·k + ky)·k + kx]
     · x[c·cpitch + ky·pitch + j·s + kx], lo, hi), summed over c < cin, ky, kx < k: a k×k kernel at column stride s
-    (k, s, ob and cin constants), x the address of the input at image column col (channels cpitch floats apart,
-    rows pitch). Columns outside [0, width) read 0.0, and so do rows whose bit in `rows` is clear. A row with every
-    bit set (full) has code without those tests, and then a chunk's masks are the same for every row: LLVM works
-    them out once, outside the loop over rows."""
+    (k, s, ob, cin and op constants), x the address of the input at image column col (channels cpitch floats
+    apart, rows pitch). Columns outside [0, width) read 0.0, and so do rows whose bit in `rows` is clear. With op
+    MAX: the largest of those k×k inputs instead (outside the image: -inf), no weights, bias or clamp. A row with
+    every bit set (full) has code without those tests, and then a chunk's masks are the same for every row: LLVM
+    works them out once, outside the loop over rows."""
     if rows == full:
-        _row(k, s, False, ob, cin, out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b, lo, hi)
+        _row(k, s, False, ob, cin, op, out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b, lo, hi)
     else:
-        _row(k, s, True, ob, cin, out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b, lo, hi)
+        _row(k, s, True, ob, cin, op, out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b, lo, hi)
 
 
 @njit(cache=True, inline="always")
-def _rows(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, cin, w, b, out, lo, hi):
+def _rows(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, cin, op, w, b, out, lo, hi):
     """Conv (k×k, cin = w.shape[1] input channels per group) of output channels [b0·ob, b1·ob) of out, ob at a
     time, from x: output (o, i, j) has its taps start at row top + i·sh and column left + j·sw of x (C, bh, bw;
     rows contiguous), whose rows and columns inside the image are [in_h[0], in_h[1]) and [in_w[0], in_w[1]). Each
@@ -160,39 +185,53 @@ def _rows(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, cin, w, b, out, lo, h
                         for ky in range(k):
                             if r_lo <= r + ky < r_hi:
                                 rows |= 1 << ky
-                    row(k, sw, ob, cin, oa + 4 * ((o * oh + i) * ow + j0), oh * ow, n,
+                    row(k, sw, ob, cin, op, oa + 4 * ((o * oh + i) * ow + j0), oh * ow, n,
                         xa + 4 * (c * cs + r * rs + col), cs, rs, rows, full, col - c_lo, c_hi - c_lo,
                         wa + 4 * o * cin * k * k, cin * k * k, ba + 4 * o, lo, hi)
 
 
 BAND = 16  # output rows a chunk's masks serve (_rows)
-# (k, column stride, ob, cin): depthwise 3×3 and 5×5 convs, and a network's RGB stem, 3×3 at stride 2
-KINDS = ((3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 1, 1), (5, 2, 1, 1), (3, 2, 8, 3))
+FMA, MAX = 0, 1  # what a row does with its taps: weighted sums (convs), or their largest (max pooling)
+# (k, column stride, ob, cin, op): depthwise 3×3 and 5×5 convs, a network's RGB stem (3×3 at stride 2), max pools
+KINDS = ((3, 1, 1, 1, FMA), (3, 2, 1, 1, FMA), (5, 1, 1, 1, FMA), (5, 2, 1, 1, FMA), (3, 2, 8, 3, FMA),
+         (2, 2, 1, 1, MAX), (3, 1, 1, 1, MAX), (3, 2, 1, 1, MAX))
 
 
 @njit(cache=True)
-def _block(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, w, b, out, lo, hi):
-    """_rows with k, sw, ob and cin as constants (KINDS), each a copy of its loops (LLVM then drops the choice of
-    row code from the innermost loop: 15-30% of the time on 7²-56² maps)."""
-    if ob == 8:
-        _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 2, 8, 3, w, b, out, lo, hi)
+def _block(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, op, w, b, out, lo, hi):
+    """_rows with k, sw, ob, cin and op as constants (KINDS), each a copy of its loops (LLVM then drops the choice
+    of row code from the innermost loop: 15-30% of the time on 7²-56² maps)."""
+    if op == MAX:
+        if k == 2:
+            _rows(x, b0, b1, top, left, in_h, in_w, 2, sh, 2, 1, 1, MAX, w, b, out, lo, hi)
+        elif sw == 1:
+            _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 1, 1, 1, MAX, w, b, out, lo, hi)
+        else:
+            _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 2, 1, 1, MAX, w, b, out, lo, hi)
+    elif ob == 8:
+        _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 2, 8, 3, FMA, w, b, out, lo, hi)
     elif k == 3:
         if sw == 1:
-            _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 1, 1, 1, w, b, out, lo, hi)
+            _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 1, 1, 1, FMA, w, b, out, lo, hi)
         else:
-            _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 2, 1, 1, w, b, out, lo, hi)
+            _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 2, 1, 1, FMA, w, b, out, lo, hi)
     elif sw == 1:
-        _rows(x, b0, b1, top, left, in_h, in_w, 5, sh, 1, 1, 1, w, b, out, lo, hi)
+        _rows(x, b0, b1, top, left, in_h, in_w, 5, sh, 1, 1, 1, FMA, w, b, out, lo, hi)
     else:
-        _rows(x, b0, b1, top, left, in_h, in_w, 5, sh, 2, 1, 1, w, b, out, lo, hi)
+        _rows(x, b0, b1, top, left, in_h, in_w, 5, sh, 2, 1, 1, FMA, w, b, out, lo, hi)
 
 
 @njit(cache=True, parallel=True)
-def _conv(x, top, left, in_h, in_w, k, sh, sw, ob, w, b, out, lo, hi, nt):
+def _run(x, top, left, in_h, in_w, k, sh, sw, ob, op, w, b, out, lo, hi, nt):
     """_block on nt blocks of output channels (of ob each), one per thread."""
     for t in prange(nt):
         b0, b1 = block(out.shape[0] // ob, t, nt)
-        _block(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, w, b, out, lo, hi)
+        _block(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, op, w, b, out, lo, hi)
+
+
+def _rowwise(x: np.ndarray) -> bool:
+    """Whether x is float32 with contiguous rows (the loads read a row's lanes at once)."""
+    return x.dtype == np.float32 and x.strides[2] == 4 and x.strides[0] % 4 == 0 and x.strides[1] % 4 == 0
 
 
 WIDE = 2 * LANES  # depthwise rows wider than this (times the column stride) keep conv.py's loops (kind)
@@ -207,11 +246,10 @@ def kind(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], dilatio
     3×3 conv at column stride 2 of 3 input channels to a multiple of 8 outputs (a network's RGB stem: im2col's
     GEMM of 27 columns ran at half the speed; 7×7 stems and stride 1 ran no faster here)."""
     cout, cin_g, kh, kw = w_shape
-    if not (ENABLED and kh == kw and stride[0] in (1, 2) and tuple(dilation) == (1, 1) and x.dtype == np.float32
-            and x.strides[2] == 4 and x.strides[0] % 4 == 0 and x.strides[1] % 4 == 0):
+    if not (ENABLED and kh == kw and stride[0] in (1, 2) and tuple(dilation) == (1, 1) and _rowwise(x)):
         return 0
-    for k, s, ob, cin in KINDS:
-        if (k, s, cin) != (kh, stride[1], cin_g):
+    for k, s, ob, cin, op in KINDS:
+        if op != FMA or (k, s, cin) != (kh, stride[1], cin_g):
             continue
         if ob == 1 and groups == x.shape[0] and out_w <= WIDE * stride[1]:
             return 1
@@ -220,11 +258,38 @@ def kind(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], dilatio
     return 0
 
 
+def pools(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int], x: np.ndarray) -> bool:
+    """Whether pool() computes this max pool: on a vector host, 2×2 at stride 2 or 3×3 at strides of 1 or 2, no
+    dilation, x float32 with its rows contiguous."""
+    return (ENABLED and kernel[0] == kernel[1] and stride[0] in (1, 2) and tuple(dilation) == (1, 1)
+            and _rowwise(x) and (kernel[0], stride[1], 1, 1, MAX) in KINDS)
+
+
+def _go(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], k: int, stride: tuple[int, int],
+        pads: tuple[int, int, int, int], region: tuple[int, int, int, int], ob: int, op: int, w: np.ndarray,
+        b: np.ndarray, out: np.ndarray, lo: np.float32, hi: np.float32, nt: int) -> None:
+    """Output `region` of a k×k conv or pool from tile x into out (the caller has checked that x holds every
+    in-image input the region reads: window.staging)."""
+    (oy, ox), (h, wd), (y0, x0) = origin, in_hw, region[:2]
+    _run(x, y0 * stride[0] - pads[0] - oy, x0 * stride[1] - pads[1] - ox, (-oy, h - oy), (-ox, wd - ox), k,
+         *stride, ob, op, w, b, out, lo, hi, min(nt, out.shape[0] // ob))
+
+
 def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
          stride: tuple[int, int], pads: tuple[int, int, int, int], region: tuple[int, int, int, int],
          out: np.ndarray, lo: np.float32, hi: np.float32, ob: int, nt: int) -> None:
-    """out = clamp(conv of output `region` from tile x, lo, hi), ob output channels at a time (kind()); the caller
-    has checked that x holds every in-image input the region reads (window.staging)."""
-    (oy, ox), (h, wd), (y0, x0) = origin, in_hw, region[:2]
-    _conv(x, y0 * stride[0] - pads[0] - oy, x0 * stride[1] - pads[1] - ox, (-oy, h - oy), (-ox, wd - ox), w.shape[2],
-          *stride, ob, np.ascontiguousarray(w), np.ascontiguousarray(b), out, lo, hi, min(nt, out.shape[0] // ob))
+    """out = clamp(conv of output `region` from tile x, lo, hi), ob output channels at a time (kind())."""
+    _go(x, origin, in_hw, w.shape[2], stride, pads, region, ob, FMA, np.ascontiguousarray(w),
+        np.ascontiguousarray(b), out, lo, hi, nt)
+
+
+_NONE_W, _NONE_B = np.zeros((1, 1, 1, 1), np.float32), np.zeros(1, np.float32)  # (a pool's: never read; shaped as
+# a conv's, so that pools and convs share one compiled _run)
+
+
+def pool(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kernel: tuple[int, int],
+         stride: tuple[int, int], pads: tuple[int, int, int, int], region: tuple[int, int, int, int],
+         out: np.ndarray, nt: int) -> None:
+    """out = max pool of output `region` from tile x (pools()); a window with no tap in the image gives -inf."""
+    inf = np.float32(np.inf)
+    _go(x, origin, in_hw, kernel[0], stride, pads, region, 1, MAX, _NONE_W, _NONE_B, out, -inf, inf, nt)

@@ -121,9 +121,11 @@ def warm() -> None:
     clear_stale_cache()
     g = every_op_graph()
     x = np.random.default_rng(1).standard_normal(g.input_shape, dtype=np.float32)
-    run(g, x)
-    with kernels.threads.blocks(2):  # as a run on several threads calls them (its GEMMs, its buffers' layouts)
-        run(g, x)
+    for vector in (True, False):  # the vector rows (kernels/rows.py), and the loops they leave wide rows to
+        with kernels.rows.enabled(vector):
+            run(g, x)
+            with kernels.threads.blocks(2):  # as a run on several threads calls them (its GEMMs, buffers' layouts)
+                run(g, x)
     for act in ACTS:  # each activation's own vectorised pass (pointwise.finish)
         kernels.activation(np.zeros(4, np.float32), act)
     kernels.channel_sums(np.zeros((2, 3, 4), np.float32)[:, 1:, 1:])  # a tile's view: its part of a mean (engine)

@@ -319,6 +319,11 @@ POOLS = [
     ("avg", 4, 14, 15, (3, 2), (2, 3), (1, 0, 0, 1), (1, 1), 0, 1),
     ("avg", 4, 15, 16, (5, 5), (3, 3), (2, 2, 1, 0), (1, 1), 1, 1),
     ("avg", 2, 11, 13, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 0, 0),
+    # max pools of kernels/rows.py's kinds: GoogLeNet's 3×3 at stride 1, a 2×2 in ceil mode over an odd width
+    # (its last window half outside the image), 3×3 at stride 2 over rows of 40 (three chunks of 16)
+    ("max", 5, 14, 14, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 0, 0),
+    ("max", 4, 15, 41, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 1, 0),
+    ("max", 3, 9, 80, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 0, 0),
 ]
 
 
@@ -343,11 +348,30 @@ def test_pool2d(case):
     assert_close(pool_call(case, x, (0, 0), (0, 0, *want.shape[1:])), want)
 
 
+@pytest.mark.parametrize("case", [case for case in POOLS if case[0] == "max"])
+def test_max_pools_by_rows_give_the_loops_bits(case, monkeypatch):
+    """Max pools by vector rows (kernels/rows.py, where rows.pools takes them: square 2×2 and 3×3 windows, no
+    dilation) equal pool.py's loops bit for bit (a max is exact; test_pool2d checks both against onnxruntime)."""
+    from nptp_mpi.kernels import rows
+
+    if not rows.ENABLED:
+        pytest.skip("this host has no AVX2 and FMA: the vector rows never run here")
+    x = randn(case[1:4])
+    k, s, pads, d, ceil = case[4:9]
+    region = (0, 0, *(out_len(x.shape[1 + a], k[a], s[a], d[a], pads[a], pads[a + 2], ceil) for a in (0, 1)))
+    assert rows.pools(k, s, d, x) == (k[0] == k[1] and d == (1, 1))
+    by_rows = pool_call(case, x, (0, 0), region)
+    monkeypatch.setattr(rows, "ENABLED", False)
+    np.testing.assert_array_equal(by_rows, pool_call(case, x, (0, 0), region))
+
+
 @pytest.mark.parametrize("case", [POOLS[i] for i in (1, 3, 6, 9)])
 def test_pool2d_in_blocks_of_channels_equals_one_block(case, monkeypatch):
     """Channels pooled a block at a time (kernels.pool.BLOCK_BYTES), the last block partial, at strides 1 and 2:
-    the same values as all channels in one block."""
-    from nptp_mpi.kernels import pool
+    the same values as all channels in one block (pool.py's loops: the vector rows take no blocks)."""
+    from nptp_mpi.kernels import pool, rows
+
+    monkeypatch.setattr(rows, "ENABLED", False)
 
     x = randn((7, *case[2:4]))
     want = pool_call(case, x, (0, 0), (0, 0, 5, 4))

@@ -49,9 +49,11 @@ world = World(timeout=60)
 warm_first(world)
 before = misses()
 g = every_op_graph()
-run(g, np.ones(g.input_shape, np.float32))
-with kernels.threads.blocks(3):  # as a run on several threads calls them (their GEMMs, their buffers' layouts)
-    run(g, np.ones(g.input_shape, np.float32))
+for vector in (True, False):  # the vector rows where the host has them, and the loops that wide rows take
+    with kernels.rows.enabled(vector):
+        run(g, np.ones(g.input_shape, np.float32))
+        with kernels.threads.blocks(3):  # as a run on several threads calls them (their GEMMs, buffers' layouts)
+            run(g, np.ones(g.input_shape, np.float32))
 for act in kernels.pointwise.ACTS:
     kernels.activation(np.ones(3, np.float32), act)
 kernels.channel_sums(np.ones((3, 4, 5), np.float32)[:, 1:, 2:])
