@@ -36,7 +36,7 @@ def every_op_graph(seed: int = 0) -> Graph:
         conv("c1", "c0", 16, 16, 3, act="relu"),  # 16 channels, 28×28 out: the Winograd path
         conv("c2", "c1", 16, 8, 3, stride=2, groups=2, act="clip", lo=0.0, hi=6.0),
         conv("c3", "c2", 8, 8, 3, groups=8, act="leakyrelu", alpha=0.1),
-        conv("c3b", "c3", 8, 8, 5, stride=2, groups=8, act="silu"),  # depthwise over phase planes
+        conv("c3b", "c3", 8, 8, 5, stride=2, groups=8, act="silu"),  # depthwise: vector rows, or phase planes
         Node("pad", "pad", ("c3b",), "pad", {"value": 0.5}, window=Window(pads=(1, 0, 0, 1))),
         conv("c4", "pad", 8, 8, 1),
         Node("maxpool", "mp", ("c4",), "mp", window=Window((3, 3), (1, 1), (1, 1, 1, 1))),

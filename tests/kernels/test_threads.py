@@ -128,6 +128,8 @@ def unsplit_kernels() -> list:
                          (0, 0, 30, 30)),
         lambda: K.conv2d(randn((32, 30, 30), 8), (0, 0), (30, 30), randn((64, 4, 3, 3), 9), randn(64, 10), (1, 1),
                          (1,) * 4, (1, 1), 8, (0, 0, 30, 30), "relu"),  # 8 groups: a batch of 8 products
+        lambda: K.conv2d(randn((3, 30, 30), 11), (0, 0), (30, 30), randn((24, 3, 3, 3), 12), randn(24, 13), (2, 2),
+                         (1,) * 4, (1, 1), 1, (0, 0, 15, 15), "relu"),  # an RGB stem: 3 blocks of 8 outputs
         lambda: K.pool2d(big, (0, 0), (40, 40), "max", (3, 3), (2, 2), (1,) * 4, (1, 1), (0, 0, 20, 20)),
         lambda: K.pool2d(big, (0, 0), (40, 40), "avg", (3, 3), (1, 1), (1,) * 4, (1, 1), (0, 0, 40, 40)),
         lambda: K.add(big, big, act="relu"),
