@@ -25,6 +25,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .derived import per_arguments
 from .threads import block
 
 LANES = 16
@@ -197,6 +198,9 @@ KINDS = ((3, 1, 1, 1, FMA), (3, 2, 1, 1, FMA), (5, 1, 1, 1, FMA), (5, 2, 1, 1, F
          (2, 2, 1, 1, MAX), (3, 1, 1, 1, MAX), (3, 2, 1, 1, MAX))
 
 
+_SIZES = frozenset(k for k, *_ in KINDS)
+
+
 @njit(cache=True)
 def _block(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, op, w, b, out, lo, hi):
     """_rows with k, sw, ob, cin and op as constants (KINDS), each a copy of its loops (LLVM then drops the choice
@@ -245,13 +249,22 @@ def kind(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], dilatio
     or faster: 3×3 at stride 1 on 56² maps, 0.24 ms against 0.20; at stride 2 on 256², 3.3 against 2.5); and a
     3×3 conv at column stride 2 of 3 input channels to a multiple of 8 outputs (a network's RGB stem: im2col's
     GEMM of 27 columns ran at half the speed; 7×7 stems and stride 1 ran no faster here)."""
+    if not (ENABLED and w_shape[2] in _SIZES and _rowwise(x)):  # (a 1×1 conv leaves at once)
+        return 0
+    return _kind(tuple(w_shape), groups, stride, dilation, x.shape[0], out_w)
+
+
+@per_arguments  # (asked for every conv of every inference: 1.5 µs a call worked out each time)
+def _kind(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], dilation: tuple[int, int], channels: int,
+          out_w: int) -> int:
+    """kind() for an x of `channels` channels, float32 with its rows contiguous, on a vector host."""
     cout, cin_g, kh, kw = w_shape
-    if not (ENABLED and kh == kw and stride[0] in (1, 2) and tuple(dilation) == (1, 1) and _rowwise(x)):
+    if not (kh == kw and stride[0] in (1, 2) and tuple(dilation) == (1, 1)):
         return 0
     for k, s, ob, cin, op in KINDS:
         if op != FMA or (k, s, cin) != (kh, stride[1], cin_g):
             continue
-        if ob == 1 and groups == x.shape[0] and out_w <= WIDE * stride[1]:
+        if ob == 1 and groups == channels and out_w <= WIDE * stride[1]:
             return 1
         if ob > 1 and groups == 1 and cout % ob == 0:
             return ob
