@@ -10,7 +10,7 @@ from numba import njit, prange
 
 from . import blas, rows, winograd
 from .derived import per_arguments, per_weights
-from .pointwise import act1, act_code, constant, epilogue, finish, inline_code
+from .pointwise import act1, act_code, clamp_bounds, constant, epilogue, finish, inline_code
 from .threads import block, count, padded
 from .window import phase_buffers, phase_layout, split_phases, stage, staging, window
 
@@ -243,12 +243,6 @@ def _activation(act: str, alpha: float, lo: float, hi: float) -> tuple[tuple, tu
     return (inline_code(whole[0]), *whole[1:]), whole
 
 
-def _clamp(code: int, alpha: np.float32, lo: np.float32, hi: np.float32) -> tuple[np.float32, np.float32]:
-    """The bounds by which an inline activation (none, relu, clip: pointwise.inline_code) clamps."""
-    return (np.float32(-np.inf) if code == 0 else (np.float32(0.0) if code == 1 else lo),
-            hi if code == 2 else np.float32(np.inf))
-
-
 def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
            b: np.ndarray | None, stride: tuple[int, int], pads: tuple[int, int, int, int],
            dilation: tuple[int, int], groups: int, region: tuple[int, int, int, int], act: str = "",
@@ -271,7 +265,7 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     ob = rows.kind(w.shape, groups, stride, dilation, x, out.shape[2])
     if ob:
         staging(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)  # (raises if x lacks an input)
-        rows.conv(x, origin, in_hw, w, b, stride, pads, region, out, *_clamp(*epi), ob, count())
+        rows.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), ob, count())
         return _finish(out, whole, residual)
     if cin_g == 1 and groups > 1:
         _depthwise(x, origin, in_hw, w, b, stride, pads, dilation, region, out, *epi)

@@ -34,7 +34,6 @@ _FEATURES = ll.get_host_cpu_features()
 ENABLED = bool(_FEATURES.get("avx2") and _FEATURES.get("fma")) and ll.llvm_version_info >= (17,)
 
 
-
 @contextlib.contextmanager
 def enabled(on: bool) -> Iterator[None]:
     """Inside the block the vector rows run only if `on` (and the host has them): warm() compiles conv.py's and
@@ -57,19 +56,20 @@ def _splat(builder: ir.IRBuilder, value: ir.Value, vtype: ir.VectorType) -> ir.V
     return builder.shuffle_vector(one, ir.Constant(vtype, ir.Undefined), ir.Constant(_VI, [0] * LANES))
 
 
-def _masked(builder: ir.IRBuilder, name: str, vtype: ir.Type, arg_types: list[ir.Type]) -> ir.Function:
+def _declare(builder: ir.IRBuilder, name: str, vtype: ir.Type, arg_types: list[ir.Type]) -> ir.Function:
+    """LLVM intrinsic `name` (vtype (arg_types)), declared once in the module being built."""
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vtype, arg_types), name)
 
 
 def _load(builder: ir.IRBuilder, address: ir.Value, mask: ir.Value, fill: float) -> ir.Value:
     """16 floats from `address` where mask is set, `fill` elsewhere (masked-off lanes touch no memory)."""
-    fn = _masked(builder, "llvm.masked.load.v16f32.p0", _VF, [ir.PointerType(), _I32, _VB, _VF])
+    fn = _declare(builder, "llvm.masked.load.v16f32.p0", _VF, [ir.PointerType(), _I32, _VB, _VF])
     return builder.call(fn, [builder.inttoptr(address, ir.PointerType()), _I32(4), mask,
                              ir.Constant(_VF, [fill] * LANES)])
 
 
 def _store(builder: ir.IRBuilder, value: ir.Value, address: ir.Value, mask: ir.Value) -> None:
-    fn = _masked(builder, "llvm.masked.store.v16f32.p0", ir.VoidType(), [_VF, ir.PointerType(), _I32, _VB])
+    fn = _declare(builder, "llvm.masked.store.v16f32.p0", ir.VoidType(), [_VF, ir.PointerType(), _I32, _VB])
     builder.call(fn, [value, builder.inttoptr(address, ir.PointerType()), _I32(4), mask])
 
 
@@ -118,7 +118,7 @@ def _row(typingctx, k, s, edge, ob, cin, op, out, opitch, n, x, cpitch, pitch, r
         weights = [builder.add(w, builder.mul(wpitch, _I64(4 * q))) for q in range(ob)]
         accs = [ir.Constant(_VF, [fill] * LANES) if op == MAX else _splat(builder, scalar(b, q), _VF)
                 for q in range(ob)]
-        fma = _masked(builder, "llvm.fma.v16f32", _VF, [_VF, _VF, _VF])
+        fma = _declare(builder, "llvm.fma.v16f32", _VF, [_VF, _VF, _VF])
         for ci in range(cin):
             for ky in range(k):
                 row_ok = builder.icmp_unsigned("!=", builder.and_(rows, _I64(1 << ky)), _I64(0)) if edge else None
@@ -196,33 +196,29 @@ FMA, MAX = 0, 1  # what a row does with its taps: weighted sums (convs), or thei
 # (k, column stride, ob, cin, op): depthwise 3×3 and 5×5 convs, a network's RGB stem (3×3 at stride 2), max pools
 KINDS = ((3, 1, 1, 1, FMA), (3, 2, 1, 1, FMA), (5, 1, 1, 1, FMA), (5, 2, 1, 1, FMA), (3, 2, 8, 3, FMA),
          (2, 2, 1, 1, MAX), (3, 1, 1, 1, MAX), (3, 2, 1, 1, MAX))
-
-
 _SIZES = frozenset(k for k, *_ in KINDS)
 
 
 @njit(cache=True)
 def _block(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, op, w, b, out, lo, hi):
-    """_rows with k, sw, ob, cin and op as constants (KINDS), each a copy of its loops (LLVM then drops the choice
-    of row code from the innermost loop: 15-30% of the time on 7²-56² maps)."""
-    if op == MAX:
-        if k == 2:
-            _rows(x, b0, b1, top, left, in_h, in_w, 2, sh, 2, 1, 1, MAX, w, b, out, lo, hi)
-        elif sw == 1:
-            _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 1, 1, 1, MAX, w, b, out, lo, hi)
-        else:
-            _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 2, 1, 1, MAX, w, b, out, lo, hi)
-    elif ob == 8:
-        _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 2, 8, 3, FMA, w, b, out, lo, hi)
-    elif k == 3:
-        if sw == 1:
-            _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 1, 1, 1, FMA, w, b, out, lo, hi)
-        else:
-            _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 2, 1, 1, FMA, w, b, out, lo, hi)
-    elif sw == 1:
+    """_rows with k, sw, ob, cin and op as constants, one branch per KINDS entry, each a copy of its loops (LLVM
+    then drops the choice of row code from the innermost loop: 15-30% of the time on 7²-56² maps)."""
+    if op == FMA and ob == 1 and k == 3 and sw == 1:
+        _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 1, 1, 1, FMA, w, b, out, lo, hi)
+    elif op == FMA and ob == 1 and k == 3:
+        _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 2, 1, 1, FMA, w, b, out, lo, hi)
+    elif op == FMA and ob == 1 and sw == 1:
         _rows(x, b0, b1, top, left, in_h, in_w, 5, sh, 1, 1, 1, FMA, w, b, out, lo, hi)
-    else:
+    elif op == FMA and ob == 1:
         _rows(x, b0, b1, top, left, in_h, in_w, 5, sh, 2, 1, 1, FMA, w, b, out, lo, hi)
+    elif op == FMA:
+        _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 2, 8, 3, FMA, w, b, out, lo, hi)
+    elif k == 2:
+        _rows(x, b0, b1, top, left, in_h, in_w, 2, sh, 2, 1, 1, MAX, w, b, out, lo, hi)
+    elif sw == 1:
+        _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 1, 1, 1, MAX, w, b, out, lo, hi)
+    else:
+        _rows(x, b0, b1, top, left, in_h, in_w, 3, sh, 2, 1, 1, MAX, w, b, out, lo, hi)
 
 
 @njit(cache=True, parallel=True)

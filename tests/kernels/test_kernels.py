@@ -73,7 +73,8 @@ CONVS = [
     # width), and too narrow for it (asymmetric pads)
     (8, 16, 23, 25, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 8, True),
     (6, 6, 11, 12, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 6, False),
-    # depthwise on the phase-plane path: 7×7 (ConvNeXt's), 5×5 at strides (2, 1)
+    # depthwise: 7×7 (ConvNeXt's) on the phase-plane path, 5×5 at strides (2, 1) (vector rows where the host has
+    # them, else phase planes: test_conv2d runs both)
     (12, 12, 15, 14, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1), 12, True),
     (6, 6, 17, 16, (5, 5), (2, 1), (2, 2, 1, 2), (1, 1), 6, False),
 ]
@@ -96,9 +97,15 @@ ACTS = [("", {}, None), ("relu", {}, ("Relu", [], {})),
         ("leakyrelu", dict(alpha=0.1), ("LeakyRelu", [], dict(alpha=0.1)))]
 
 
+@pytest.mark.parametrize("vector", [True, False], ids=["rows", "loops"])
 @pytest.mark.parametrize("case", CONVS)
 @pytest.mark.parametrize("act", ACTS, ids=lambda a: a[0] or "none")
-def test_conv2d(case, act):
+def test_conv2d(case, act, vector, monkeypatch):
+    """Every conv path against onnxruntime: with the vector rows (kernels/rows.py) where the host has them and
+    they fit, and with them off (conv.py's paths alone, as on a host without them)."""
+    from nptp_mpi.kernels import rows
+
+    monkeypatch.setattr(rows, "ENABLED", rows.ENABLED and vector)
     name, kw, post = act
     x, wt, b, attrs = conv_case(case)
     stages = [("Conv", [wt] if b is None else [wt, b], attrs)] + ([post] if post else [])
@@ -110,7 +117,8 @@ def test_conv2d(case, act):
 
 
 def test_depthwise_stride_2_cases_take_both_paths():
-    """CONVS 13 and 14 run the split and the direct stride-2 3×3 depthwise loops (else they test neither)."""
+    """CONVS 13 and 14 run the split and the direct stride-2 3×3 depthwise loops (else they test neither) in
+    test_conv2d's runs with the vector rows off."""
     from nptp_mpi.kernels.conv import SPLIT_FROM
 
     widths = [out_len(CONVS[n][3], 3, 2, 1, CONVS[n][6][1], CONVS[n][6][3], False) for n in (13, 14)]
@@ -462,10 +470,15 @@ def test_every_activation_on_every_conv_path_is_the_activation_of_the_plain_conv
     np.testing.assert_array_equal(K.conv2d(*args, act, **params), K.activation(K.conv2d(*args), act, **params))
 
 
+@pytest.mark.parametrize("vector", [True, False], ids=["rows", "loops"])
 @pytest.mark.parametrize("k, stride", [(5, 1), (7, 1), (5, 2), (9, 1)])
-def test_depthwise_padding_taps_read_no_data(k, stride):
+def test_depthwise_padding_taps_read_no_data(k, stride, vector, monkeypatch):
     """The phase-plane depthwise kernel pads each kernel row to TAPS taps of weight 0 that read a zero tail, never
-    the map: an inf in the input spreads exactly as far as onnxruntime spreads it (0 × inf would be NaN)."""
+    the map, and the vector rows (5×5, where the host has them) mask what lies outside: an inf in the input
+    spreads exactly as far as onnxruntime spreads it (0 × inf would be NaN)."""
+    from nptp_mpi.kernels import rows
+
+    monkeypatch.setattr(rows, "ENABLED", rows.ENABLED and vector)
     x = randn((3, 12, 11))
     x[1, 5, 4], x[2, 0, 10] = np.inf, -np.inf
     w = randn((3, 1, k, k), 1)
@@ -484,7 +497,8 @@ def test_depthwise_padding_taps_read_no_data(k, stride):
 @pytest.mark.parametrize("n", [1, 5, 8, 12, 14])
 def test_a_residual_on_every_conv_path_is_the_add_after_the_plain_conv(act, n):
     """conv2d with a residual (a fused residual add) equals the add with the activation after the plain conv,
-    bit for bit, on im2col, depthwise, 1×1, Winograd and phase-plane depthwise convs (CONVS 1, 5, 8, 12, 14),
+    bit for bit, on im2col, phase-plane depthwise, 1×1, Winograd and 3×3 stride-2 depthwise convs (CONVS 1, 5, 8,
+    12, 14; the last by vector rows where the host has them),
     with the residual a strided view of a larger buffer (a tile); conv2d_regions passes each region its own."""
     x, wt, b, _ = conv_case(CONVS[n])
     k, s, pads, d, g = CONVS[n][4:9]
@@ -744,7 +758,7 @@ def test_geometry_given_as_lists_is_geometry_given_as_tuples():
         lambda t: K.conv2d(x, t([0, 0]), t([20, 20]), w3, b, t([2, 2]), t([1, 1, 1, 1]), t([1, 1]), 1,
                            t([0, 0, 10, 10])),  # im2col
         lambda t: K.conv2d(x, t([0, 0]), t([20, 20]), dw, b, t([2, 2]), t([2, 2, 2, 2]), t([1, 1]), 16,
-                           t([0, 0, 10, 10])),  # depthwise over phase planes
+                           t([0, 0, 10, 10])),  # depthwise 5×5: vector rows, or phase planes
         lambda t: K.pool2d(x, t([0, 0]), t([20, 20]), "max", t([3, 3]), t([2, 2]), t([1, 1, 1, 1]), t([1, 1]),
                            t([0, 0, 10, 10])),
         lambda t: K.pad2d(x, t([0, 0]), t([20, 20]), t([1, 2, 0, 3]), 0.5, t([0, 0, 21, 25])),
