@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import blas, rows, winograd
+from . import blas, conv1x1, rows, winograd
 from .derived import per_arguments, per_weights
 from .pointwise import act1, act_code, clamp_bounds, constant, epilogue, finish, inline_code
 from .threads import block, count, padded
@@ -266,6 +266,10 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     if ob:
         staging(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)  # (raises if x lacks an input)
         rows.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), ob, count())
+        return _finish(out, whole, residual)
+    if conv1x1.takes(w.shape, groups, stride, pads, x, out.shape[1:]):
+        staging(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)  # (raises if x lacks an input)
+        conv1x1.conv(x, origin, w, b, stride, region, out, *clamp_bounds(*epi), count())
         return _finish(out, whole, residual)
     if cin_g == 1 and groups > 1:
         _depthwise(x, origin, in_hw, w, b, stride, pads, dilation, region, out, *epi)

@@ -9,68 +9,20 @@ stride-2 tap loads 32 columns and keeps the even ones. A stem (3 input channels,
 channels at once from each tap, in place of im2col and a GEMM of 27 columns. MobileNetV2 at 224² on one thread:
 depthwise convs 2.4 → 1.6 ms, the stem 0.42 → 0.29; VGG-16's max pools 2.3 → 0.7 ms (docs/BENCHMARKS.md).
 
-Only where the host has AVX2 and FMA (ENABLED; and LLVM 17 or later): without vector masks (NEON) LLVM turns
-each masked load into a branch per lane, and conv.py's and pool.py's paths serve there, as they do for wide
-depthwise rows everywhere (kind)."""
+Only on hosts with the vectors (vectors.ENABLED): elsewhere conv.py's and pool.py's paths serve, as they do for
+wide depthwise rows everywhere (kind)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
-import llvmlite.binding as ll
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import vectors
 from .derived import per_arguments
 from .threads import block
-
-LANES = 16
-_FEATURES = ll.get_host_cpu_features()
-# (LLVM 17 and later: pointers without a pointee type, as the intrinsics below declare them; numba 0.62 and later)
-ENABLED = bool(_FEATURES.get("avx2") and _FEATURES.get("fma")) and ll.llvm_version_info >= (17,)
-
-
-@contextlib.contextmanager
-def enabled(on: bool) -> Iterator[None]:
-    """Inside the block the vector rows run only if `on` (and the host has them): warm() compiles conv.py's and
-    pool.py's loops too, which take the rows that are too wide here."""
-    global ENABLED
-    before, ENABLED = ENABLED, ENABLED and on
-    try:
-        yield
-    finally:
-        ENABLED = before
-
-
-_F32, _I32, _I64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
-_VF, _VI, _VB = ir.VectorType(_F32, LANES), ir.VectorType(_I32, LANES), ir.VectorType(ir.IntType(1), LANES)
-
-
-def _splat(builder: ir.IRBuilder, value: ir.Value, vtype: ir.VectorType) -> ir.Value:
-    """A vector of `value` in every lane."""
-    one = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, _I32(0))
-    return builder.shuffle_vector(one, ir.Constant(vtype, ir.Undefined), ir.Constant(_VI, [0] * LANES))
-
-
-def _declare(builder: ir.IRBuilder, name: str, vtype: ir.Type, arg_types: list[ir.Type]) -> ir.Function:
-    """LLVM intrinsic `name` (vtype (arg_types)), declared once in the module being built."""
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vtype, arg_types), name)
-
-
-def _load(builder: ir.IRBuilder, address: ir.Value, mask: ir.Value, fill: float) -> ir.Value:
-    """16 floats from `address` where mask is set, `fill` elsewhere (masked-off lanes touch no memory)."""
-    fn = _declare(builder, "llvm.masked.load.v16f32.p0", _VF, [ir.PointerType(), _I32, _VB, _VF])
-    return builder.call(fn, [builder.inttoptr(address, ir.PointerType()), _I32(4), mask,
-                             ir.Constant(_VF, [fill] * LANES)])
-
-
-def _store(builder: ir.IRBuilder, value: ir.Value, address: ir.Value, mask: ir.Value) -> None:
-    fn = _declare(builder, "llvm.masked.store.v16f32.p0", ir.VoidType(), [_VF, ir.PointerType(), _I32, _VB])
-    builder.call(fn, [value, builder.inttoptr(address, ir.PointerType()), _I32(4), mask])
+from .vectors import I32, I64, LANES, VB, VF, VI, clamp, fma, load, rowwise, scalar, splat, store
 
 
 def _tap(builder: ir.IRBuilder, address: ir.Value, col: ir.Value, width: ir.Value, n: ir.Value, stride: int,
@@ -79,20 +31,20 @@ def _tap(builder: ir.IRBuilder, address: ir.Value, col: ir.Value, width: ir.Valu
     where that column is outside [0, width) or the row is outside the image (row_ok false; None: inside)."""
     halves = []
     for half in range(stride):  # (stride 2: columns col .. col+31 in two loads, then their even lanes)
-        t = ir.Constant(_VI, [half * LANES + lane for lane in range(LANES)])
-        pos = builder.add(_splat(builder, col, _VI), t)
-        inside = builder.and_(builder.icmp_signed(">=", pos, ir.Constant(_VI, [0] * LANES)),
-                              builder.icmp_signed("<", pos, _splat(builder, width, _VI)))
-        wanted = builder.icmp_signed("<", t, _splat(builder, builder.mul(n, _I32(stride)), _VI))
+        t = ir.Constant(VI, [half * LANES + lane for lane in range(LANES)])
+        pos = builder.add(splat(builder, col, VI), t)
+        inside = builder.and_(builder.icmp_signed(">=", pos, ir.Constant(VI, [0] * LANES)),
+                              builder.icmp_signed("<", pos, splat(builder, width, VI)))
+        wanted = builder.icmp_signed("<", t, splat(builder, builder.mul(n, I32(stride)), VI))
         if stride == 2:
-            wanted = builder.and_(wanted, ir.Constant(_VB, [lane % 2 == 0 for lane in range(LANES)]))
+            wanted = builder.and_(wanted, ir.Constant(VB, [lane % 2 == 0 for lane in range(LANES)]))
         mask = builder.and_(inside, wanted)
         if row_ok is not None:
-            mask = builder.and_(mask, _splat(builder, row_ok, _VB))
-        halves.append(_load(builder, builder.add(address, _I64(4 * half * LANES)), mask, fill))
+            mask = builder.and_(mask, splat(builder, row_ok, VB))
+        halves.append(load(builder, builder.add(address, I64(4 * half * LANES)), mask, fill))
     if stride == 1:
         return halves[0]
-    return builder.shuffle_vector(halves[0], halves[1], ir.Constant(_VI, list(range(0, 2 * LANES, 2))))
+    return builder.shuffle_vector(halves[0], halves[1], ir.Constant(VI, list(range(0, 2 * LANES, 2))))
 
 
 @intrinsic(prefer_literal=True)
@@ -110,34 +62,27 @@ def _row(typingctx, k, s, edge, ob, cin, op, out, opitch, n, x, cpitch, pitch, r
         out, opitch, n, x, cpitch, pitch, rows, col, width, w, wpitch, b = (
             context.cast(builder, a, t, types.int64) for a, t in zip(args[6:18], signature.args[6:18], strict=True))
         lo, hi = args[18:]
-        n32, col32, width32 = (builder.trunc(v, _I32) for v in (n, col, width))
+        n32, col32, width32 = (builder.trunc(v, I32) for v in (n, col, width))
 
-        def scalar(address: ir.Value, offset: int) -> ir.Value:
-            return builder.load(builder.inttoptr(builder.add(address, _I64(4 * offset)), ir.PointerType()), typ=_F32)
-
-        weights = [builder.add(w, builder.mul(wpitch, _I64(4 * q))) for q in range(ob)]
-        accs = [ir.Constant(_VF, [fill] * LANES) if op == MAX else _splat(builder, scalar(b, q), _VF)
+        weights = [builder.add(w, builder.mul(wpitch, I64(4 * q))) for q in range(ob)]
+        accs = [ir.Constant(VF, [fill] * LANES) if op == MAX else splat(builder, scalar(builder, b, q), VF)
                 for q in range(ob)]
-        fma = _declare(builder, "llvm.fma.v16f32", _VF, [_VF, _VF, _VF])
         for ci in range(cin):
             for ky in range(k):
-                row_ok = builder.icmp_unsigned("!=", builder.and_(rows, _I64(1 << ky)), _I64(0)) if edge else None
-                start = builder.add(x, builder.add(builder.mul(cpitch, _I64(4 * ci)), builder.mul(pitch, _I64(4 * ky))))
+                row_ok = builder.icmp_unsigned("!=", builder.and_(rows, I64(1 << ky)), I64(0)) if edge else None
+                start = builder.add(x, builder.add(builder.mul(cpitch, I64(4 * ci)), builder.mul(pitch, I64(4 * ky))))
                 for kx in range(k):
-                    v = _tap(builder, builder.add(start, _I64(4 * kx)), builder.add(col32, _I32(kx)), width32, n32,
+                    v = _tap(builder, builder.add(start, I64(4 * kx)), builder.add(col32, I32(kx)), width32, n32,
                              stride, row_ok, fill)
                     tap = (ci * k + ky) * k + kx
                     if op == MAX:  # (v if v > acc else acc: a NaN tap is passed over, as pool.py's loops do)
                         accs = [builder.select(builder.fcmp_ordered(">", v, a), v, a) for a in accs]
                     else:
-                        accs = [builder.call(fma, [_splat(builder, scalar(weights[q], tap), _VF), v, accs[q]])
+                        accs = [fma(builder, splat(builder, scalar(builder, weights[q], tap), VF), v, accs[q])
                                 for q in range(ob)]
-        stored = builder.icmp_signed("<", ir.Constant(_VI, list(range(LANES))), _splat(builder, n32, _VI))
+        stored = builder.icmp_signed("<", ir.Constant(VI, list(range(LANES))), splat(builder, n32, VI))
         for q, acc in enumerate(accs):
-            for bound, cmp in ((lo, "<"), (hi, ">")):  # (compare and select: NaN passes through, as pointwise.act1)
-                bound = _splat(builder, bound, _VF)
-                acc = builder.select(builder.fcmp_ordered(cmp, acc, bound), bound, acc)
-            _store(builder, acc, builder.add(out, builder.mul(opitch, _I64(4 * q))), stored)
+            store(builder, clamp(builder, acc, lo, hi), builder.add(out, builder.mul(opitch, I64(4 * q))), stored)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -229,11 +174,6 @@ def _run(x, top, left, in_h, in_w, k, sh, sw, ob, op, w, b, out, lo, hi, nt):
         _block(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, op, w, b, out, lo, hi)
 
 
-def _rowwise(x: np.ndarray) -> bool:
-    """Whether x is float32 with contiguous rows (the loads read a row's lanes at once)."""
-    return x.dtype == np.float32 and x.strides[2] == 4 and x.strides[0] % 4 == 0 and x.strides[1] % 4 == 0
-
-
 WIDE = 2 * LANES  # depthwise rows wider than this (times the column stride) keep conv.py's loops (kind)
 
 
@@ -245,7 +185,7 @@ def kind(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], dilatio
     or faster: 3×3 at stride 1 on 56² maps, 0.24 ms against 0.20; at stride 2 on 256², 3.3 against 2.5); and a
     3×3 conv at column stride 2 of 3 input channels to a multiple of 8 outputs (a network's RGB stem: im2col's
     GEMM of 27 columns ran at half the speed; 7×7 stems and stride 1 ran no faster here)."""
-    if not (ENABLED and w_shape[2] in _SIZES and _rowwise(x)):  # (a 1×1 conv leaves at once)
+    if not (vectors.ENABLED and w_shape[2] in _SIZES and rowwise(x)):  # (a 1×1 conv leaves at once)
         return 0
     return _kind(tuple(w_shape), groups, stride, dilation, x.shape[0], out_w)
 
@@ -270,8 +210,8 @@ def _kind(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], dilati
 def pools(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int], x: np.ndarray) -> bool:
     """Whether pool() computes this max pool: on a vector host, 2×2 at stride 2 or 3×3 at strides of 1 or 2, no
     dilation, x float32 with its rows contiguous."""
-    return (ENABLED and kernel[0] == kernel[1] and stride[0] in (1, 2) and tuple(dilation) == (1, 1)
-            and _rowwise(x) and (kernel[0], stride[1], 1, 1, MAX) in KINDS)
+    return (vectors.ENABLED and kernel[0] == kernel[1] and stride[0] in (1, 2) and tuple(dilation) == (1, 1)
+            and rowwise(x) and (kernel[0], stride[1], 1, 1, MAX) in KINDS)
 
 
 def _go(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], k: int, stride: tuple[int, int],

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from nptp_mpi import kernels as K
+from nptp_mpi.kernels import rows, vectors
 
 
 def randn(shape, seed: int = 0) -> np.ndarray:
@@ -77,6 +78,10 @@ CONVS = [
     # them, else phase planes: test_conv2d runs both)
     (12, 12, 15, 14, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1), 12, True),
     (6, 6, 17, 16, (5, 5), (2, 1), (2, 2, 1, 2), (1, 1), 6, False),
+    # 1×1 by the vector GEMM where the host has it (kernels/conv1x1.py), else BLAS: the map's rows as one run of
+    # pixels, then at stride 2 a run per row
+    (32, 32, 9, 10, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
+    (40, 48, 9, 11, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, False),
 ]
 WINOGRAD = (10, 11, 12)
 
@@ -103,9 +108,7 @@ ACTS = [("", {}, None), ("relu", {}, ("Relu", [], {})),
 def test_conv2d(case, act, vector, monkeypatch):
     """Every conv path against onnxruntime: with the vector rows (kernels/rows.py) where the host has them and
     they fit, and with them off (conv.py's paths alone, as on a host without them)."""
-    from nptp_mpi.kernels import rows
-
-    monkeypatch.setattr(rows, "ENABLED", rows.ENABLED and vector)
+    monkeypatch.setattr(vectors, "ENABLED", vectors.ENABLED and vector)
     name, kw, post = act
     x, wt, b, attrs = conv_case(case)
     stages = [("Conv", [wt] if b is None else [wt, b], attrs)] + ([post] if post else [])
@@ -163,11 +166,9 @@ def rows_case(case):
 def test_convs_by_rows_and_otherwise(case, vector, act, monkeypatch):
     """Both paths against onnxruntime: the vector rows where the host has them, and conv.py's loops or im2col (the
     only ones on hosts without vector masks); a conv takes the rows exactly where rows.kind says."""
-    from nptp_mpi.kernels import rows
-
-    if vector and not rows.ENABLED:
+    if vector and not vectors.ENABLED:
         pytest.skip("this host has no AVX2 and FMA: the vector rows never run here")
-    monkeypatch.setattr(rows, "ENABLED", vector)
+    monkeypatch.setattr(vectors, "ENABLED", vector)
     original, taken = rows.conv, []
     monkeypatch.setattr(rows, "conv", lambda *a: taken.append(a[-2]) or original(*a))
     x, w, b, g, s, pads, out_hw = rows_case(case)
@@ -184,9 +185,7 @@ def test_rows_read_a_tile_buffer_as_the_whole_map(case):
     """Regions (corners, an interior block, 1-pixel strips) computed from a buffer that holds just the inputs they
     read (a copy, then a strided view into a larger array) equal the whole map's, bit for bit: the lanes outside
     the image are masked by image coordinates, and nothing outside the buffer is read."""
-    from nptp_mpi.kernels import rows
-
-    if not rows.ENABLED:
+    if not vectors.ENABLED:
         pytest.skip("this host has no AVX2 and FMA: the vector rows never run here")
     x, w, b, g, s, pads, (oh, ow) = rows_case(case)
     k = w.shape[2]
@@ -207,10 +206,8 @@ def test_rows_take_what_they_fit(monkeypatch):
     """rows.kind: depthwise 3×3 and 5×5 at strides 1 and 2 (rows up to rows.WIDE · stride), 3×3 RGB stems at
     column stride 2 (outputs a multiple of 8), float32 rows contiguous; not 7×7, dilation, wider rows, other stems,
     strided columns, float64, or a host without the vectors."""
-    from nptp_mpi.kernels import rows
-
     x, rgb = np.zeros((4, 9, 9), np.float32), np.zeros((3, 9, 9), np.float32)
-    monkeypatch.setattr(rows, "ENABLED", True)
+    monkeypatch.setattr(vectors, "ENABLED", True)
     for k, s in ((3, (1, 1)), (3, (2, 2)), (5, (1, 2)), (5, (2, 1))):
         assert rows.kind((4, 1, k, k), 4, s, (1, 1), x, rows.WIDE) == 1
         assert rows.kind((4, 1, k, k), 4, list(s), [1, 1], x[:, 2:, 1:], rows.WIDE) == 1  # (a view; rows contiguous)
@@ -230,8 +227,107 @@ def test_rows_take_what_they_fit(monkeypatch):
                                      ((16, 3, 7, 7), 1, (2, 2), (1, 1), rgb, 5),
                                      ((8, 2, 3, 3), 2, (2, 2), (1, 1), x, 5)]:
         assert rows.kind(w_shape, g, s, d, xx, ow) == 0, (w_shape, g, s, d, ow)
-    monkeypatch.setattr(rows, "ENABLED", False)
+    monkeypatch.setattr(vectors, "ENABLED", False)
     assert rows.kind((4, 1, 3, 3), 4, (1, 1), (1, 1), x, 7) == 0
+
+
+# 1×1 convs by the vector GEMM (kernels/conv1x1.py): (cin, cout, h, w, stride). Output channels 1, 2 and 3 vectors
+# a tile (16, 32, 48) and two blocks of 3 (96); runs of whole tiles of 7 pixels, runs whose last tile shifts back
+# (55 pixels), a run shorter than a tile (6 pixels), rows shorter than a tile at stride (2, 1); strides (2, 2) and
+# (1, 2); few input channels on a map big enough. BLAS keeps 24 outputs (vectors a quarter empty) and 16 inputs on
+# a small map.
+CONV1X1 = [
+    (32, 16, 7, 7, (1, 1)),
+    (40, 32, 5, 11, (1, 1)),
+    (33, 48, 3, 2, (1, 1)),
+    (64, 96, 14, 13, (2, 2)),
+    (32, 64, 9, 20, (1, 2)),
+    (48, 32, 10, 3, (2, 1)),
+    (16, 96, 28, 28, (1, 1)),
+    (32, 24, 7, 7, (1, 1)),
+    (16, 32, 7, 7, (1, 1)),
+]
+
+
+def conv1x1_case(case):
+    """(x, w, b, stride, output size) of a CONV1X1 case."""
+    cin, cout, h, w, s = case
+    return randn((cin, h, w), 3), randn((cout, cin, 1, 1), 4), randn(cout, 5), s, ((h - 1) // s[0] + 1,
+                                                                                 (w - 1) // s[1] + 1)
+
+
+@pytest.mark.parametrize("vector", [True, False], ids=["gemm", "blas"])
+@pytest.mark.parametrize("case", CONV1X1)
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: a[0] or "none")
+def test_1x1_convs_by_the_vector_gemm_and_by_blas(case, vector, act, monkeypatch):
+    """Both paths against onnxruntime: the vector GEMM where the host has it, BLAS elsewhere; a conv takes the
+    vector GEMM exactly where conv1x1.takes says."""
+    from nptp_mpi.kernels import conv1x1
+
+    if vector and not vectors.ENABLED:
+        pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
+    monkeypatch.setattr(vectors, "ENABLED", vector)
+    original, taken = conv1x1.conv, []
+    monkeypatch.setattr(conv1x1, "conv", lambda *a: taken.append(1) or original(*a))
+    x, w, b, s, out_hw = conv1x1_case(case)
+    name, kw, post = act
+    stages = [("Conv", [w, b], dict(kernel_shape=(1, 1), strides=s))]
+    want = ort_run([x[None]], *stages, *([post] if post else []))[0]
+    got = K.conv2d(x, (0, 0), x.shape[1:], w, b, s, (0,) * 4, (1, 1), 1, (0, 0, *out_hw), name, **kw)
+    assert_close(got, want, scale=float(np.abs(ort_run([x[None]], *stages)).max()))
+    assert taken == ([1] if vector and case[1] % 16 == 0 and (case[0] >= 32 or out_hw[0] * out_hw[1] >= 784) else [])
+
+
+@pytest.mark.parametrize("case", CONV1X1[:6])  # (32 inputs or more: every region takes it)
+def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
+    """Regions computed from a buffer that holds just the inputs they read (a copy, then a strided view into a
+    larger array: runs per row) equal the whole map's, bit for bit."""
+    if not vectors.ENABLED:
+        pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
+    x, w, b, s, (oh, ow) = conv1x1_case(case)
+    whole = K.conv2d(x, (0, 0), x.shape[1:], w, b, s, (0,) * 4, (1, 1), 1, (0, 0, oh, ow), "relu")
+    for y0, x0, y1, x1 in [(0, 0, min(2, oh), min(3, ow)), (oh // 3, ow // 3, oh - oh // 3, ow - ow // 3),
+                           (oh - 1, 0, oh, ow), (0, ow - 1, oh, ow), (0, 0, oh, ow)]:
+        a, z, c, d = y0 * s[0], (y1 - 1) * s[0] + 1, x0 * s[1], (x1 - 1) * s[1] + 1
+        room = np.zeros((x.shape[0], z - a + 2, d - c + 3), np.float32)
+        room[:, 1:-1, 2:-1] = x[:, a:z, c:d]
+        for buffer in (np.ascontiguousarray(x[:, a:z, c:d]), room[:, 1:-1, 2:-1]):
+            got = K.conv2d(buffer, (a, c), x.shape[1:], w, b, s, (0,) * 4, (1, 1), 1, (y0, x0, y1, x1), "relu")
+            np.testing.assert_array_equal(got, whole[:, y0:y1, x0:x1])
+
+
+def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatch):
+    """conv1x1.takes: 1×1 of one group, no padding, column stride 1 or 2, outputs a multiple of 16, 32 inputs or
+    an output of 28²; not padding, groups, column stride 3, float64, strided columns, or a host without the
+    vectors. Called directly, a last block of 40 channels in 48 lanes stores only its 40."""
+    from nptp_mpi.kernels import conv1x1
+
+    x = np.zeros((32, 9, 9), np.float32)
+    monkeypatch.setattr(vectors, "ENABLED", True)
+    assert conv1x1.takes((16, 32, 1, 1), 1, (1, 1), (0,) * 4, x, (9, 9))
+    assert conv1x1.takes([48, 32, 1, 1], 1, [2, 2], [0, 0, 0, 0], x[:, 1:, 2:], (4, 4))
+    assert conv1x1.takes((32, 16, 1, 1), 1, (1, 1), (0,) * 4, x[:16], (28, 28))
+    for w_shape, g, s, pads, xx, out_hw in [((16, 32, 1, 1), 1, (1, 1), (1, 0, 0, 0), x, (9, 9)),
+                                            ((16, 16, 1, 1), 2, (1, 1), (0,) * 4, x, (9, 9)),
+                                            ((16, 32, 1, 1), 1, (1, 3), (0,) * 4, x, (9, 3)),
+                                            ((16, 32, 3, 3), 1, (1, 1), (0,) * 4, x, (7, 7)),
+                                            ((24, 32, 1, 1), 1, (1, 1), (0,) * 4, x, (9, 9)),
+                                            ((16, 16, 1, 1), 1, (1, 1), (0,) * 4, x[:16], (9, 9)),
+                                            ((16, 32, 1, 1), 1, (1, 1), (0,) * 4, x.astype(np.float64), (9, 9)),
+                                            ((16, 32, 1, 1), 1, (1, 1), (0,) * 4, x[:, :, ::2], (9, 5))]:
+        assert not conv1x1.takes(w_shape, g, s, pads, xx, out_hw), (w_shape, g, s, pads, out_hw)
+    monkeypatch.setattr(vectors, "ENABLED", False)
+    assert not conv1x1.takes((16, 32, 1, 1), 1, (1, 1), (0,) * 4, x, (9, 9))
+    monkeypatch.undo()
+    if not vectors.ENABLED:
+        pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
+    x, w, b = randn((20, 5, 9), 1), randn((40, 20, 1, 1), 2), randn(40, 3)
+    out = np.full((41, 5, 9), 7.0, np.float32)
+    conv1x1.conv(x, (0, 0), w, b, (1, 1), (0, 0, 5, 9), out[:40], np.float32(-np.inf), np.float32(np.inf), 1)
+    assert conv1x1._cb(40) == 3
+    np.testing.assert_allclose(out[:40], np.einsum("oc,chw->ohw", w[:, :, 0, 0], x) + b[:, None, None], rtol=1e-5,
+                               atol=1e-5)
+    assert (out[40] == 7.0).all()
 
 
 def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():
@@ -360,16 +456,14 @@ def test_pool2d(case):
 def test_max_pools_by_rows_give_the_loops_bits(case, monkeypatch):
     """Max pools by vector rows (kernels/rows.py, where rows.pools takes them: square 2×2 and 3×3 windows, no
     dilation) equal pool.py's loops bit for bit (a max is exact; test_pool2d checks both against onnxruntime)."""
-    from nptp_mpi.kernels import rows
-
-    if not rows.ENABLED:
+    if not vectors.ENABLED:
         pytest.skip("this host has no AVX2 and FMA: the vector rows never run here")
     x = randn(case[1:4])
     k, s, pads, d, ceil = case[4:9]
     region = (0, 0, *(out_len(x.shape[1 + a], k[a], s[a], d[a], pads[a], pads[a + 2], ceil) for a in (0, 1)))
     assert rows.pools(k, s, d, x) == (k[0] == k[1] and d == (1, 1))
     by_rows = pool_call(case, x, (0, 0), region)
-    monkeypatch.setattr(rows, "ENABLED", False)
+    monkeypatch.setattr(vectors, "ENABLED", False)
     np.testing.assert_array_equal(by_rows, pool_call(case, x, (0, 0), region))
 
 
@@ -377,9 +471,9 @@ def test_max_pools_by_rows_give_the_loops_bits(case, monkeypatch):
 def test_pool2d_in_blocks_of_channels_equals_one_block(case, monkeypatch):
     """Channels pooled a block at a time (kernels.pool.BLOCK_BYTES), the last block partial, at strides 1 and 2:
     the same values as all channels in one block (pool.py's loops: the vector rows take no blocks)."""
-    from nptp_mpi.kernels import pool, rows
+    from nptp_mpi.kernels import pool
 
-    monkeypatch.setattr(rows, "ENABLED", False)
+    monkeypatch.setattr(vectors, "ENABLED", False)
 
     x = randn((7, *case[2:4]))
     want = pool_call(case, x, (0, 0), (0, 0, 5, 4))
@@ -457,11 +551,11 @@ def test_exp_based_activations_against_float64(name):
 
 
 @pytest.mark.parametrize("act", [a for a in sorted(K.pointwise.ACTS) if a])
-@pytest.mark.parametrize("n", [1, 5, 8, 12])
+@pytest.mark.parametrize("n", [1, 5, 8, 12, 17, 18])
 def test_every_activation_on_every_conv_path_is_the_activation_of_the_plain_conv(act, n):
-    """im2col, depthwise, 1×1 and Winograd convs (CONVS 1, 5, 8, 12) apply each activation as activation()
-    does to their plain output, bit for bit: the producer's own loop (none, relu, clip) or the vectorised pass
-    after it (the others)."""
+    """im2col, depthwise, 1×1 (by BLAS and by the vector GEMM) and Winograd convs (CONVS 1, 5, 8, 12, 17, 18)
+    apply each activation as activation() does to their plain output, bit for bit: the producer's own loop (none,
+    relu, clip) or the vectorised pass after it (the others)."""
     x, wt, b, _ = conv_case(CONVS[n])
     k, s, pads, d, g = CONVS[n][4:9]
     out_hw = [out_len(x.shape[1 + a], k[a], s[a], d[a], pads[a], pads[a + 2], False) for a in (0, 1)]
@@ -476,9 +570,7 @@ def test_depthwise_padding_taps_read_no_data(k, stride, vector, monkeypatch):
     """The phase-plane depthwise kernel pads each kernel row to TAPS taps of weight 0 that read a zero tail, never
     the map, and the vector rows (5×5, where the host has them) mask what lies outside: an inf in the input
     spreads exactly as far as onnxruntime spreads it (0 × inf would be NaN)."""
-    from nptp_mpi.kernels import rows
-
-    monkeypatch.setattr(rows, "ENABLED", rows.ENABLED and vector)
+    monkeypatch.setattr(vectors, "ENABLED", vectors.ENABLED and vector)
     x = randn((3, 12, 11))
     x[1, 5, 4], x[2, 0, 10] = np.inf, -np.inf
     w = randn((3, 1, k, k), 1)
@@ -494,11 +586,11 @@ def test_depthwise_padding_taps_read_no_data(k, stride, vector, monkeypatch):
 
 
 @pytest.mark.parametrize("act", ["", "relu", "silu"])
-@pytest.mark.parametrize("n", [1, 5, 8, 12, 14])
+@pytest.mark.parametrize("n", [1, 5, 8, 12, 14, 17, 18])
 def test_a_residual_on_every_conv_path_is_the_add_after_the_plain_conv(act, n):
     """conv2d with a residual (a fused residual add) equals the add with the activation after the plain conv,
-    bit for bit, on im2col, phase-plane depthwise, 1×1, Winograd and 3×3 stride-2 depthwise convs (CONVS 1, 5, 8,
-    12, 14; the last by vector rows where the host has them),
+    bit for bit, on im2col, phase-plane depthwise, 1×1, Winograd, 3×3 stride-2 depthwise convs and 1×1 by the
+    vector GEMM (CONVS 1, 5, 8, 12, 14, 17, 18; by vector rows and the vector GEMM where the host has them),
     with the residual a strided view of a larger buffer (a tile); conv2d_regions passes each region its own."""
     x, wt, b, _ = conv_case(CONVS[n])
     k, s, pads, d, g = CONVS[n][4:9]
@@ -600,13 +692,13 @@ def tiled(compute, x: np.ndarray, kernel, stride, pads, dilation, out_hw) -> lis
     """
     (h, w), (oh, ow) = x.shape[1:], out_hw
     results = []
-    for rows, cols in (([0, oh // 3, oh], [0, ow // 4, ow // 2 + 1, ow]),
+    for row_cuts, col_cuts in (([0, oh // 3, oh], [0, ow // 4, ow // 2 + 1, ow]),
                        ([0, 1, oh - 1, oh], [0, 1, 2, ow - 1, ow])):
         bands = []
-        for y0, y1 in pairwise(rows):
+        for y0, y1 in pairwise(row_cuts):
             r0, r1 = need(y0, y1, kernel[0], stride[0], dilation[0], pads[0], h)
             band = []
-            for x0, x1 in pairwise(cols):
+            for x0, x1 in pairwise(col_cuts):
                 c0, c1 = need(x0, x1, kernel[1], stride[1], dilation[1], pads[1], w)
                 band.append(compute(np.ascontiguousarray(x[:, r0:r1, c0:c1]), (r0, c0), (y0, x0, y1, x1)))
             bands.append(np.concatenate(band, axis=2))
@@ -732,7 +824,6 @@ def test_no_kernel_writes_the_shared_constants():
     size, shared by every call. A run of every op, whole and split into threads' blocks, leaves them as they were."""
     from nptp_mpi.kernels import threads
     from nptp_mpi.kernels.pointwise import constant
-
     from nptp_mpi.runtime.reference import run
     from nptp_mpi.runtime.warm import every_op_graph
 

@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 from conftest import ROOT
-from nptp_mpi.kernels import blas, threads
 
 from nptp_mpi import kernels as K
 from nptp_mpi.cli.early import pin_threads
+from nptp_mpi.kernels import blas, threads
 from nptp_mpi.model import zoo
 from nptp_mpi.runtime.reference import run
 from nptp_mpi.runtime.warm import every_op_graph
@@ -130,6 +130,14 @@ def unsplit_kernels() -> list:
                          (1,) * 4, (1, 1), 8, (0, 0, 30, 30), "relu"),  # 8 groups: a batch of 8 products
         lambda: K.conv2d(randn((3, 30, 30), 11), (0, 0), (30, 30), randn((24, 3, 3, 3), 12), randn(24, 13), (2, 2),
                          (1,) * 4, (1, 1), 1, (0, 0, 15, 15), "relu"),  # an RGB stem: 3 blocks of 8 outputs
+        # 1×1 by the vector GEMM where the host has it: two blocks of 48 outputs (split by blocks, then blocks ×
+        # pixels), one block of 32 (split by pixels), at stride 2 (by rows)
+        lambda: K.conv2d(big[:64], (0, 0), (40, 40), randn((96, 64, 1, 1), 14), randn(96, 15), (1, 1), (0,) * 4,
+                         (1, 1), 1, (0, 0, 40, 40), "relu"),
+        lambda: K.conv2d(big[:64], (0, 0), (40, 40), randn((32, 64, 1, 1), 16), None, (1, 1), (0,) * 4, (1, 1), 1,
+                         (0, 0, 40, 40)),
+        lambda: K.conv2d(big[:64], (0, 0), (40, 40), randn((48, 64, 1, 1), 17), None, (2, 2), (0,) * 4, (1, 1), 1,
+                         (0, 0, 20, 20), "relu"),
         lambda: K.pool2d(big, (0, 0), (40, 40), "max", (3, 3), (2, 2), (1,) * 4, (1, 1), (0, 0, 20, 20)),
         lambda: K.pool2d(big, (0, 0), (40, 40), "avg", (3, 3), (1, 1), (1,) * 4, (1, 1), (0, 0, 40, 40)),
         lambda: K.add(big, big, act="relu"),

@@ -1,0 +1,91 @@
+"""16-lane float32 vectors in LLVM IR, for kernels that LLVM's loop vectoriser leaves scalar (rows.py, conv1x1.py):
+helpers that build masked loads and stores, splats and FMAs inside Numba intrinsics.
+
+Only where the host has AVX2 and FMA (ENABLED; and LLVM 17 or later): without vector masks (NEON) LLVM turns each
+masked load into a branch per lane, and the kernels' plain loops and BLAS serve there."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import llvmlite.binding as ll
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils
+
+LANES = 16
+_FEATURES = ll.get_host_cpu_features()
+# (LLVM 17 and later: pointers without a pointee type, as the intrinsics below declare them; numba 0.62 and later)
+ENABLED = bool(_FEATURES.get("avx2") and _FEATURES.get("fma")) and ll.llvm_version_info >= (17,)
+
+
+@contextlib.contextmanager
+def enabled(on: bool) -> Iterator[None]:
+    """Inside the block the vector kernels run only if `on` (and the host has them): warm() compiles the plain
+    loops and GEMMs too, which take what the vector kernels leave."""
+    global ENABLED
+    before, ENABLED = ENABLED, ENABLED and on
+    try:
+        yield
+    finally:
+        ENABLED = before
+
+
+def rowwise(x: np.ndarray) -> bool:
+    """Whether x (C, H, W) is float32 with contiguous rows (a vector load reads a row's lanes at once)."""
+    return x.dtype == np.float32 and x.strides[2] == 4 and x.strides[0] % 4 == 0 and x.strides[1] % 4 == 0
+
+
+F32, I32, I64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+VF, VI, VB = ir.VectorType(F32, LANES), ir.VectorType(I32, LANES), ir.VectorType(ir.IntType(1), LANES)
+PTR = ir.PointerType()
+
+
+def splat(builder: ir.IRBuilder, value: ir.Value, vtype: ir.VectorType) -> ir.Value:
+    """A vector of `value` in every lane."""
+    one = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, I32(0))
+    return builder.shuffle_vector(one, ir.Constant(vtype, ir.Undefined),
+                                  ir.Constant(ir.VectorType(I32, vtype.count), [0] * vtype.count))
+
+
+def declare(builder: ir.IRBuilder, name: str, vtype: ir.Type, arg_types: list[ir.Type]) -> ir.Function:
+    """LLVM intrinsic `name` (vtype (arg_types)), declared once in the module being built."""
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vtype, arg_types), name)
+
+
+def scalar(builder: ir.IRBuilder, address: ir.Value, offset: int = 0) -> ir.Value:
+    """The float at `address` (an integer) + offset floats."""
+    return builder.load(builder.inttoptr(builder.add(address, I64(4 * offset)), PTR), typ=F32)
+
+
+def vector(builder: ir.IRBuilder, address: ir.Value) -> ir.Value:
+    """16 floats from `address` (any alignment)."""
+    return builder.load(builder.inttoptr(address, PTR), typ=VF, align=4)
+
+
+def load(builder: ir.IRBuilder, address: ir.Value, mask: ir.Value, fill: float) -> ir.Value:
+    """16 floats from `address` where mask is set, `fill` elsewhere (masked-off lanes touch no memory)."""
+    fn = declare(builder, "llvm.masked.load.v16f32.p0", VF, [PTR, I32, VB, VF])
+    return builder.call(fn, [builder.inttoptr(address, PTR), I32(4), mask, ir.Constant(VF, [fill] * LANES)])
+
+
+def store(builder: ir.IRBuilder, value: ir.Value, address: ir.Value, mask: ir.Value) -> None:
+    """value's lanes where mask is set to `address` onwards (lanes of any count: 16, or 8 for half rows)."""
+    n = value.type.count
+    fn = declare(builder, f"llvm.masked.store.v{n}f32.p0", ir.VoidType(),
+                 [value.type, PTR, I32, ir.VectorType(ir.IntType(1), n)])
+    builder.call(fn, [value, builder.inttoptr(address, PTR), I32(4), mask])
+
+
+def fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
+    """a·b + c, lane by lane, rounded once."""
+    return builder.call(declare(builder, "llvm.fma.v16f32", VF, [VF, VF, VF]), [a, b, c])
+
+
+def clamp(builder: ir.IRBuilder, v: ir.Value, lo: ir.Value, hi: ir.Value) -> ir.Value:
+    """v clamped to [lo, hi] (scalars) by compare and select: NaN passes through, as pointwise.act1."""
+    for bound, cmp in ((lo, "<"), (hi, ">")):
+        bound = splat(builder, bound, VF)
+        v = builder.select(builder.fcmp_ordered(cmp, v, bound), bound, v)
+    return v
