@@ -23,7 +23,7 @@ from .vectors import I32, I64, LANES, VB, VF, VI, clamp, fma, rowwise, scalar, s
 
 PIX = 7  # pixels a tile computes: rows of 7²-112² maps are whole tiles; a longer run's last tile shifts back
 CBS = (3, 2, 1)  # channel vectors a tile may compute (cb): the one that pads the output channels least
-_HALF = ir.VectorType(I32, 8)
+_HALF, _HALF_MASK = ir.VectorType(I32, 8), ir.VectorType(VB.element, 8)  # (a row of 8 pixels: its lanes, its mask)
 
 
 def _transpose(builder: ir.IRBuilder, columns: list[ir.Value]) -> list[ir.Value]:
@@ -97,7 +97,7 @@ def _tile(typingctx, cb, s, edge, w, x, cpitch, k, b, out, opitch, n, cn, lo, hi
             for c, row in enumerate(rows):
                 channel = LANES * v + c
                 inside = builder.icmp_signed("<", I64(channel), cn)
-                mask = builder.and_(pixels, splat(builder, inside, ir.VectorType(VB.element, 8)))
+                mask = builder.and_(pixels, splat(builder, inside, _HALF_MASK))
                 store(builder, row, builder.add(out, builder.mul(opitch, I64(4 * channel))), mask)
         return context.get_dummy_value()
 
@@ -213,7 +213,8 @@ def conv(x: np.ndarray, origin: tuple[int, int], w: np.ndarray, b: np.ndarray, s
         runs, run, rstep = 1, oh * ow, 0
     else:
         runs, run, rstep = oh, ow, stride[0] * rs
-    cb, wp, bp = _cb(cout), _packed(w), _padded(b)
+    wp, bp = _packed(w), _padded(b)
+    cb = wp.shape[2] // LANES  # (_cb(cout), as packed)
     ntb = max(1, min(nt, len(wp)))
     ntp = max(1, min(nt // ntb, runs if runs > 1 else -(-run // PIX)))
     args = (cb, stride[1], wp.ctypes.data, bp.ctypes.data, x.ctypes.data, cs, cin, out.ctypes.data, oh * ow, cout)

@@ -122,7 +122,7 @@ def warm() -> None:
     clear_stale_cache()
     g = every_op_graph()
     x = np.random.default_rng(1).standard_normal(g.input_shape, dtype=np.float32)
-    for vector in (True, False):  # the vector rows (kernels/rows.py), and the loops they leave wide rows to
+    for vector in (True, False):  # the vector kernels (rows.py, conv1x1.py), and the loops and GEMMs they leave
         with kernels.vectors.enabled(vector):
             run(g, x)
             with kernels.threads.blocks(2):  # as a run on several threads calls them (its GEMMs, buffers' layouts)

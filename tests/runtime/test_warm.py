@@ -49,7 +49,7 @@ world = World(timeout=60)
 warm_first(world)
 before = misses()
 g = every_op_graph()
-for vector in (True, False):  # the vector rows where the host has them, and the loops that wide rows take
+for vector in (True, False):  # the vector kernels where the host has them, and the loops and GEMMs they leave
     with kernels.vectors.enabled(vector):
         run(g, np.ones(g.input_shape, np.float32))
         with kernels.threads.blocks(3):  # as a run on several threads calls them (their GEMMs, buffers' layouts)
