@@ -1,14 +1,15 @@
-"""2-D convolution of an output region: Winograd F(4×4, 3×3) where it pays (winograd.py), else im2col into a
-bounded column buffer + float32 BLAS GEMM; depthwise convs by vector rows read straight from the tile (rows.py)
-where they fit, else by direct loops over each channel's slab (3×3 over rows, the others over the slab's phase
-planes, window.phase_layout)."""
+"""2-D convolution of an output region: Winograd F(4×4, 3×3) where it pays (winograd.py), else on a vector host
+a GEMM micro-kernel over weights packed once (blocked.py: 1×1, 3×3 and 7×7 convs of one group), else im2col into
+a bounded column buffer + float32 BLAS GEMM; depthwise convs and RGB stems by vector rows read straight from the
+tile (rows.py) where they fit, else depthwise by direct loops over each channel's slab (3×3 over rows, the others
+over the slab's phase planes, window.phase_layout)."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
-from . import blas, conv1x1, rows, winograd
+from . import blas, blocked, rows, winograd
 from .derived import per_arguments, per_weights
 from .pointwise import act1, act_code, clamp_bounds, constant, epilogue, finish, inline_code
 from .threads import block, count, padded
@@ -263,19 +264,19 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     if residual is not None:  # the kernels' own loops then apply the bias alone; _finish does the rest
         epi, residual = (0, *epi[1:]), np.ascontiguousarray(residual, np.float32)  # (a tile's view: copied, as add's)
     ob = rows.kind(w.shape, groups, stride, dilation, x, out.shape[2])
+    wino = groups == 1 and winograd_pays(w.shape, stride, dilation, out.shape[1:])
+    if not (ob or wino) and blocked.takes(w.shape, groups, stride, pads, dilation, x, in_hw, out.shape[1:]):
+        blocked.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), count())
+        return _finish(out, whole, residual)
     if ob:
         staging(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)  # (raises if x lacks an input)
         rows.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), ob, count())
-        return _finish(out, whole, residual)
-    if conv1x1.takes(w.shape, groups, stride, pads, x, out.shape[1:]):
-        staging(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)  # (raises if x lacks an input)
-        conv1x1.conv(x, origin, w, b, stride, region, out, *clamp_bounds(*epi), count())
         return _finish(out, whole, residual)
     if cin_g == 1 and groups > 1:
         _depthwise(x, origin, in_hw, w, b, stride, pads, dilation, region, out, *epi)
         return _finish(out, whole, residual)
     p = _slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)
-    if groups == 1 and winograd_pays(w.shape, stride, dilation, out.shape[1:]):
+    if wino:
         winograd.conv3x3(p, w, b, out, *epi)
         return _finish(out, whole, residual)
     k, (oh, ow) = cin_g * kh * kw, out.shape[1:]
@@ -314,7 +315,8 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
     k, n = cin_g * kh * kw, [h * wd for h, wd in hw]
     im2col = groups == 1 and cin_g == x.shape[0] and (kh, kw, *stride) != (1, 1, 1, 1)  # (1×1: no columns to copy)
     shared = [i for i, (h, wd) in enumerate(hw) if im2col and h * wd
-              and not winograd_pays(w.shape, stride, dilation, (h, wd))]
+              and not winograd_pays(w.shape, stride, dilation, (h, wd))
+              and not blocked.takes(w.shape, groups, stride, pads, dilation, x, in_hw, (h, wd))]
     if len(shared) < 2 or 4 * k * sum(n[i] for i in shared) > STRIPS_BYTES:
         shared = []
     outs = [None if i in shared else conv2d(x, origin, in_hw, w, b, stride, pads, dilation, groups, r, act, alpha,

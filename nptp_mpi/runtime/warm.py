@@ -34,7 +34,7 @@ def every_op_graph(seed: int = 0) -> Graph:
     nodes = [
         conv("c0", "x", 3, 16, 3),
         conv("c1", "c0", 16, 16, 3, act="relu"),  # 16 channels, 28×28 out: the Winograd path
-        conv("c1x", "c1", 16, 32, 1, act="relu"),  # 32 outputs at 28²: the vector GEMM (kernels/conv1x1.py)
+        conv("c1x", "c1", 16, 32, 1, act="relu"),  # 32 outputs at 28²: the vector GEMM (kernels/blocked.py)
         conv("c2", "c1x", 32, 8, 3, stride=2, groups=2, act="clip", lo=0.0, hi=6.0),
         conv("c3", "c2", 8, 8, 3, groups=8, act="leakyrelu", alpha=0.1),
         conv("c3b", "c3", 8, 8, 5, stride=2, groups=8, act="silu"),  # depthwise: vector rows, or phase planes
@@ -122,7 +122,7 @@ def warm() -> None:
     clear_stale_cache()
     g = every_op_graph()
     x = np.random.default_rng(1).standard_normal(g.input_shape, dtype=np.float32)
-    for vector in (True, False):  # the vector kernels (rows.py, conv1x1.py), and the loops and GEMMs they leave
+    for vector in (True, False):  # the vector kernels (rows.py, blocked.py), and the loops and GEMMs they leave
         with kernels.vectors.enabled(vector):
             run(g, x)
             with kernels.threads.blocks(2):  # as a run on several threads calls them (its GEMMs, buffers' layouts)

@@ -78,10 +78,15 @@ CONVS = [
     # them, else phase planes: test_conv2d runs both)
     (12, 12, 15, 14, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1), 12, True),
     (6, 6, 17, 16, (5, 5), (2, 1), (2, 2, 1, 2), (1, 1), 6, False),
-    # 1×1 by the vector GEMM where the host has it (kernels/conv1x1.py), else BLAS: the map's rows as one run of
+    # 1×1 by the vector GEMM where the host has it (kernels/blocked.py), else BLAS: the map's rows as one run of
     # pixels, then at stride 2 a run per row
     (32, 32, 9, 10, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
     (40, 48, 9, 11, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, False),
+    # 3×3 at strides 1 and 2 (a map too small for Winograd) and a 7×7 RGB stem: the vector GEMM where the host has
+    # it, else im2col
+    (24, 32, 9, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
+    (16, 48, 13, 11, (3, 3), (2, 2), (1, 0, 0, 1), (1, 1), 1, False),
+    (3, 16, 19, 23, (7, 7), (2, 2), (3, 2, 3, 1), (1, 1), 1, True),
 ]
 WINOGRAD = (10, 11, 12)
 
@@ -231,100 +236,126 @@ def test_rows_take_what_they_fit(monkeypatch):
     assert rows.kind((4, 1, 3, 3), 4, (1, 1), (1, 1), x, 7) == 0
 
 
-# 1×1 convs by the vector GEMM (kernels/conv1x1.py): (cin, cout, h, w, stride). Output channels 1, 2 and 3 vectors
-# a tile (16, 32, 48) and two blocks of 3 (96); runs of whole tiles of 7 pixels, runs whose last tile shifts back
-# (55 pixels), a run shorter than a tile (6 pixels), rows shorter than a tile at stride (2, 1); strides (2, 2) and
-# (1, 2); few input channels on a map big enough. BLAS keeps 24 outputs (vectors a quarter empty) and 16 inputs on
-# a small map.
-CONV1X1 = [
-    (32, 16, 7, 7, (1, 1)),
-    (40, 32, 5, 11, (1, 1)),
-    (33, 48, 3, 2, (1, 1)),
-    (64, 96, 14, 13, (2, 2)),
-    (32, 64, 9, 20, (1, 2)),
-    (48, 32, 10, 3, (2, 1)),
-    (16, 96, 28, 28, (1, 1)),
-    (32, 24, 7, 7, (1, 1)),
-    (16, 32, 7, 7, (1, 1)),
+# Dense convs by the vector GEMM (kernels/blocked.py): (cin, cout, h, w, kernel, stride, pads, whether it takes
+# them). Output channels 1, 2 and 3 vectors a tile (16, 32, 48) and two blocks of 3 (96); runs of whole tiles of 7
+# pixels, runs whose last tile shifts back (55 pixels), a run shorter than a tile (6 pixels), rows shorter than a
+# tile at stride (2, 1) (the whole map's width); strides (2, 2), (1, 2) and (1, 3); few input channels on a map big
+# enough; 3×3 convs with and without padding at strides 1 and 2, a 7×7 RGB stem. BLAS keeps 24 outputs (vectors a
+# quarter empty), 16 inputs on a small map, a padded 1×1 and 5×5 kernels.
+BLOCKED = [
+    (32, 16, 7, 7, 1, (1, 1), (0, 0, 0, 0), True),
+    (40, 32, 5, 11, 1, (1, 1), (0, 0, 0, 0), True),
+    (33, 48, 3, 2, 1, (1, 1), (0, 0, 0, 0), True),
+    (64, 96, 14, 13, 1, (2, 2), (0, 0, 0, 0), True),
+    (32, 64, 9, 20, 1, (1, 2), (0, 0, 0, 0), True),
+    (48, 32, 10, 3, 1, (2, 1), (0, 0, 0, 0), True),
+    (32, 16, 5, 23, 1, (1, 3), (0, 0, 0, 0), True),
+    (24, 32, 9, 12, 3, (1, 1), (1, 1, 1, 1), True),
+    (16, 48, 13, 11, 3, (2, 2), (1, 0, 0, 1), True),
+    (20, 16, 9, 9, 3, (1, 1), (0, 0, 0, 0), True),
+    (3, 32, 19, 23, 7, (2, 2), (3, 2, 3, 1), True),
+    (16, 96, 28, 28, 1, (1, 1), (0, 0, 0, 0), True),
+    (32, 24, 7, 7, 1, (1, 1), (0, 0, 0, 0), False),
+    (16, 32, 7, 7, 1, (1, 1), (0, 0, 0, 0), False),
+    (32, 32, 7, 7, 1, (1, 1), (1, 0, 0, 0), False),
+    (16, 32, 9, 9, 5, (1, 1), (2, 2, 2, 2), False),
 ]
 
 
-def conv1x1_case(case):
-    """(x, w, b, stride, output size) of a CONV1X1 case."""
-    cin, cout, h, w, s = case
-    return randn((cin, h, w), 3), randn((cout, cin, 1, 1), 4), randn(cout, 5), s, ((h - 1) // s[0] + 1,
-                                                                                 (w - 1) // s[1] + 1)
+def blocked_case(case):
+    """(x, w, b, stride, pads, output size) of a BLOCKED case."""
+    cin, cout, h, w, k, s, pads = case[:7]
+    out_hw = ((h + pads[0] + pads[2] - k) // s[0] + 1, (w + pads[1] + pads[3] - k) // s[1] + 1)
+    return randn((cin, h, w), 3), randn((cout, cin, k, k), 4), randn(cout, 5), s, pads, out_hw
 
 
 @pytest.mark.parametrize("vector", [True, False], ids=["gemm", "blas"])
-@pytest.mark.parametrize("case", CONV1X1)
+@pytest.mark.parametrize("case", BLOCKED)
 @pytest.mark.parametrize("act", ACTS, ids=lambda a: a[0] or "none")
-def test_1x1_convs_by_the_vector_gemm_and_by_blas(case, vector, act, monkeypatch):
+def test_dense_convs_by_the_vector_gemm_and_by_blas(case, vector, act, monkeypatch):
     """Both paths against onnxruntime: the vector GEMM where the host has it, BLAS elsewhere; a conv takes the
-    vector GEMM exactly where conv1x1.takes says."""
-    from nptp_mpi.kernels import conv1x1
+    vector GEMM exactly where the case says."""
+    from nptp_mpi.kernels import blocked
 
     if vector and not vectors.ENABLED:
         pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
     monkeypatch.setattr(vectors, "ENABLED", vector)
-    original, taken = conv1x1.conv, []
-    monkeypatch.setattr(conv1x1, "conv", lambda *a: taken.append(1) or original(*a))
-    x, w, b, s, out_hw = conv1x1_case(case)
+    original, taken = blocked.conv, []
+    monkeypatch.setattr(blocked, "conv", lambda *a: taken.append(1) or original(*a))
+    x, w, b, s, pads, out_hw = blocked_case(case)
     name, kw, post = act
-    stages = [("Conv", [w, b], dict(kernel_shape=(1, 1), strides=s))]
+    stages = [("Conv", [w, b], dict(kernel_shape=w.shape[2:], strides=s, pads=pads))]
     want = ort_run([x[None]], *stages, *([post] if post else []))[0]
-    got = K.conv2d(x, (0, 0), x.shape[1:], w, b, s, (0,) * 4, (1, 1), 1, (0, 0, *out_hw), name, **kw)
+    got = K.conv2d(x, (0, 0), x.shape[1:], w, b, s, pads, (1, 1), 1, (0, 0, *out_hw), name, **kw)
     assert_close(got, want, scale=float(np.abs(ort_run([x[None]], *stages)).max()))
-    assert taken == ([1] if vector and case[1] % 16 == 0 and (case[0] >= 32 or out_hw[0] * out_hw[1] >= 784) else [])
+    assert taken == ([1] if vector and case[7] else [])
 
 
-@pytest.mark.parametrize("case", CONV1X1[:6])  # (32 inputs or more: every region takes it)
+@pytest.mark.parametrize("case", [c for c in BLOCKED if c[7]])
 def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
     """Regions computed from a buffer that holds just the inputs they read (a copy, then a strided view into a
     larger array: runs per row) equal the whole map's, bit for bit."""
+    from nptp_mpi.kernels import blocked
+
     if not vectors.ENABLED:
         pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
-    x, w, b, s, (oh, ow) = conv1x1_case(case)
-    whole = K.conv2d(x, (0, 0), x.shape[1:], w, b, s, (0,) * 4, (1, 1), 1, (0, 0, oh, ow), "relu")
+    x, w, b, s, pads, (oh, ow) = blocked_case(case)
+    k = w.shape[2]
+
+    def conv(buffer, origin, region):
+        out = np.empty((w.shape[0], region[2] - region[0], region[3] - region[1]), np.float32)
+        blocked.conv(buffer, origin, x.shape[1:], w, b, s, pads, region, out, np.float32(0.0), np.float32(np.inf), 1)
+        return out
+
+    whole = conv(x, (0, 0), (0, 0, oh, ow))
     for y0, x0, y1, x1 in [(0, 0, min(2, oh), min(3, ow)), (oh // 3, ow // 3, oh - oh // 3, ow - ow // 3),
                            (oh - 1, 0, oh, ow), (0, ow - 1, oh, ow), (0, 0, oh, ow)]:
-        a, z, c, d = y0 * s[0], (y1 - 1) * s[0] + 1, x0 * s[1], (x1 - 1) * s[1] + 1
+        (a, z), (c, d) = need(y0, y1, k, s[0], 1, pads[0], x.shape[1]), need(x0, x1, k, s[1], 1, pads[1], x.shape[2])
         room = np.zeros((x.shape[0], z - a + 2, d - c + 3), np.float32)
         room[:, 1:-1, 2:-1] = x[:, a:z, c:d]
         for buffer in (np.ascontiguousarray(x[:, a:z, c:d]), room[:, 1:-1, 2:-1]):
-            got = K.conv2d(buffer, (a, c), x.shape[1:], w, b, s, (0,) * 4, (1, 1), 1, (y0, x0, y1, x1), "relu")
+            got = conv(buffer, (a, c), (y0, x0, y1, x1))
             np.testing.assert_array_equal(got, whole[:, y0:y1, x0:x1])
 
 
 def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatch):
-    """conv1x1.takes: 1×1 of one group, no padding, column stride 1 or 2, outputs a multiple of 16, 32 inputs or
-    an output of 28²; not padding, groups, column stride 3, float64, strided columns, or a host without the
-    vectors. Called directly, a last block of 40 channels in 48 lanes stores only its 40."""
-    from nptp_mpi.kernels import conv1x1
+    """blocked.takes: 1×1, 3×3 and 7×7 convs of one group without dilation, outputs a multiple of 16, rows of 7
+    outputs or the map's width; a 1×1 unpadded with 32 inputs or an output of 28². Not groups, dilation, 5×5, 24
+    outputs, a 1-column strip of a wide map, a padded 1×1, 16 inputs to a 1×1 on a small map, float64, strided
+    columns, or a host without the vectors. Called directly, a last block of 40 channels in 48 lanes stores only
+    its 40."""
+    from nptp_mpi.kernels import blocked
 
-    x = np.zeros((32, 9, 9), np.float32)
+    x, no = np.zeros((32, 9, 9), np.float32), (0,) * 4
     monkeypatch.setattr(vectors, "ENABLED", True)
-    assert conv1x1.takes((16, 32, 1, 1), 1, (1, 1), (0,) * 4, x, (9, 9))
-    assert conv1x1.takes([48, 32, 1, 1], 1, [2, 2], [0, 0, 0, 0], x[:, 1:, 2:], (4, 4))
-    assert conv1x1.takes((32, 16, 1, 1), 1, (1, 1), (0,) * 4, x[:16], (28, 28))
-    for w_shape, g, s, pads, xx, out_hw in [((16, 32, 1, 1), 1, (1, 1), (1, 0, 0, 0), x, (9, 9)),
-                                            ((16, 16, 1, 1), 2, (1, 1), (0,) * 4, x, (9, 9)),
-                                            ((16, 32, 1, 1), 1, (1, 3), (0,) * 4, x, (9, 3)),
-                                            ((16, 32, 3, 3), 1, (1, 1), (0,) * 4, x, (7, 7)),
-                                            ((24, 32, 1, 1), 1, (1, 1), (0,) * 4, x, (9, 9)),
-                                            ((16, 16, 1, 1), 1, (1, 1), (0,) * 4, x[:16], (9, 9)),
-                                            ((16, 32, 1, 1), 1, (1, 1), (0,) * 4, x.astype(np.float64), (9, 9)),
-                                            ((16, 32, 1, 1), 1, (1, 1), (0,) * 4, x[:, :, ::2], (9, 5))]:
-        assert not conv1x1.takes(w_shape, g, s, pads, xx, out_hw), (w_shape, g, s, pads, out_hw)
+    for w_shape, s, pads, xx, out_hw in [((16, 32, 1, 1), (1, 1), no, x, (9, 9)),
+                                         ([48, 32, 1, 1], [2, 2], [0, 0, 0, 0], x[:, 1:, 2:], (4, 5)),
+                                         ((32, 16, 1, 1), (1, 1), no, x[:16], (28, 28)),
+                                         ((16, 32, 1, 1), (1, 3), no, x, (9, 3)),
+                                         ((64, 32, 3, 3), (1, 1), (1,) * 4, x, (9, 9)),
+                                         ((64, 3, 7, 7), (2, 2), (3,) * 4, x[:3], (5, 5)),
+                                         ((16, 32, 3, 3), (1, 1), no, x, (7, 7))]:
+        assert blocked.takes(w_shape, 1, s, pads, (1, 1), xx, (9, 9), out_hw), (w_shape, s, pads, out_hw)
+    for w_shape, g, s, pads, d, out_hw in [((16, 16, 1, 1), 2, (1, 1), no, (1, 1), (9, 9)),
+                                           ((16, 32, 3, 3), 1, (1, 1), (2,) * 4, (2, 2), (9, 9)),
+                                           ((16, 32, 5, 5), 1, (1, 1), (2,) * 4, (1, 1), (9, 9)),
+                                           ((24, 32, 1, 1), 1, (1, 1), no, (1, 1), (9, 9)),
+                                           ((16, 32, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), (9, 1)),
+                                           ((16, 32, 1, 1), 1, (1, 1), (1, 0, 0, 0), (1, 1), (10, 9)),
+                                           ((16, 16, 1, 1), 1, (1, 1), no, (1, 1), (9, 9))]:
+        assert not blocked.takes(w_shape, g, s, pads, d, x[:w_shape[1] * g], (9, 9), out_hw), (w_shape, g, s, pads)
+    for xx in (x.astype(np.float64), x[:, :, ::2]):
+        assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), xx, xx.shape[1:], xx.shape[1:])
     monkeypatch.setattr(vectors, "ENABLED", False)
-    assert not conv1x1.takes((16, 32, 1, 1), 1, (1, 1), (0,) * 4, x, (9, 9))
+    assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), (9, 9))
     monkeypatch.undo()
     if not vectors.ENABLED:
         pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
     x, w, b = randn((20, 5, 9), 1), randn((40, 20, 1, 1), 2), randn(40, 3)
     out = np.full((41, 5, 9), 7.0, np.float32)
-    conv1x1.conv(x, (0, 0), w, b, (1, 1), (0, 0, 5, 9), out[:40], np.float32(-np.inf), np.float32(np.inf), 1)
-    assert conv1x1._cb(40) == 3
+    blocked.conv(x, (0, 0), (5, 9), w, b, (1, 1), no, (0, 0, 5, 9), out[:40], np.float32(-np.inf),
+                 np.float32(np.inf), 1)
+    assert blocked._cb(40) == 3
     np.testing.assert_allclose(out[:40], np.einsum("oc,chw->ohw", w[:, :, 0, 0], x) + b[:, None, None], rtol=1e-5,
                                atol=1e-5)
     assert (out[40] == 7.0).all()
@@ -367,14 +398,22 @@ def test_im2col_in_chunks_of_rows_equals_one_chunk(n, monkeypatch):
         assert_close(K.conv2d(*args), whole)
 
 
-@pytest.mark.parametrize("k,stride,groups,alone", [(3, 1, 1, 2), (3, 2, 1, 1), (1, 1, 1, 6), (3, 1, 4, 6),
-                                                   (3, 1, 32, 6)])
-def test_regions_of_one_tile_share_a_gemm_and_equal_one_region_at_a_time(k, stride, groups, alone, monkeypatch):
+@pytest.mark.parametrize("vector", [True, False], ids=["gemm", "blas"])
+@pytest.mark.parametrize("k,stride,groups,alone", [(3, 1, 1, (4, 2)), (3, 2, 1, (4, 1)), (1, 1, 1, (6, 6)),
+                                                   (3, 1, 4, (6, 6)), (3, 1, 32, (6, 6))])
+def test_regions_of_one_tile_share_a_gemm_and_equal_one_region_at_a_time(k, stride, groups, alone, vector,
+                                                                         monkeypatch):
     """An overlap's pieces: a tile's core and the four border strips around it (one touching the image's left
     border), from a buffer holding the tile and its halo, plus an empty piece. Those on the im2col path run
-    as one GEMM; `alone` pieces go through conv2d one at a time (the empty one; the core where Winograd pays;
-    every 1×1, grouped or depthwise piece). Each equals conv2d of that region alone."""
+    as one GEMM; `alone` pieces (with the vector GEMM, without) go through conv2d one at a time: the empty one;
+    the core where Winograd pays; every 1×1, grouped or depthwise piece; with the vector GEMM, the pieces it
+    takes (the core at stride 2, the top and bottom rows; not the 1-column sides). Each equals conv2d of that
+    region alone."""
     from nptp_mpi.kernels import conv
+
+    if vector and not vectors.ENABLED:
+        pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
+    monkeypatch.setattr(vectors, "ENABLED", vector)
 
     x, wt, b = randn((32, 64, 48), 1), randn((32, 32 // groups, k, k), 2), randn(32, 3)
     origin, in_hw, pad = (2, 0), (70, 48), (k // 2,) * 4
@@ -389,7 +428,7 @@ def test_regions_of_one_tile_share_a_gemm_and_equal_one_region_at_a_time(k, stri
         assert got.shape == want.shape
         if want.size:
             assert_close(got, want)
-    assert len(calls) == alone
+    assert len(calls) == alone[0 if vector else 1]
 
 
 @pytest.mark.parametrize("chunk_rows", [None, 2])
@@ -551,9 +590,10 @@ def test_exp_based_activations_against_float64(name):
 
 
 @pytest.mark.parametrize("act", [a for a in sorted(K.pointwise.ACTS) if a])
-@pytest.mark.parametrize("n", [1, 5, 8, 12, 17, 18])
+@pytest.mark.parametrize("n", [1, 5, 8, 12, 17, 18, 19, 21])
 def test_every_activation_on_every_conv_path_is_the_activation_of_the_plain_conv(act, n):
-    """im2col, depthwise, 1×1 (by BLAS and by the vector GEMM) and Winograd convs (CONVS 1, 5, 8, 12, 17, 18)
+    """im2col, depthwise, 1×1 (by BLAS and by the vector GEMM), Winograd convs and 3×3 and 7×7 by the vector GEMM
+    (CONVS 1, 5, 8, 12, 17, 18, 19, 21)
     apply each activation as activation() does to their plain output, bit for bit: the producer's own loop (none,
     relu, clip) or the vectorised pass after it (the others)."""
     x, wt, b, _ = conv_case(CONVS[n])
@@ -586,11 +626,11 @@ def test_depthwise_padding_taps_read_no_data(k, stride, vector, monkeypatch):
 
 
 @pytest.mark.parametrize("act", ["", "relu", "silu"])
-@pytest.mark.parametrize("n", [1, 5, 8, 12, 14, 17, 18])
+@pytest.mark.parametrize("n", [1, 5, 8, 12, 14, 17, 18, 19, 20, 21])
 def test_a_residual_on_every_conv_path_is_the_add_after_the_plain_conv(act, n):
     """conv2d with a residual (a fused residual add) equals the add with the activation after the plain conv,
-    bit for bit, on im2col, phase-plane depthwise, 1×1, Winograd, 3×3 stride-2 depthwise convs and 1×1 by the
-    vector GEMM (CONVS 1, 5, 8, 12, 14, 17, 18; by vector rows and the vector GEMM where the host has them),
+    bit for bit, on im2col, phase-plane depthwise, 1×1, Winograd, 3×3 stride-2 depthwise convs and the vector GEMM
+    (CONVS 1, 5, 8, 12, 14, 17-21; by vector rows and the vector GEMM where the host has them),
     with the residual a strided view of a larger buffer (a tile); conv2d_regions passes each region its own."""
     x, wt, b, _ = conv_case(CONVS[n])
     k, s, pads, d, g = CONVS[n][4:9]
@@ -708,7 +748,7 @@ def tiled(compute, x: np.ndarray, kernel, stride, pads, dilation, out_hw) -> lis
 
 def region_cases():
     """(compute(buffer, origin, region), x, window, out_hw) for conv and pool attribute combos."""
-    for n in (1, 2, 3, 6, 8, 10, 12, 13, 14, 15, 16):  # (10, 12: Winograd where a tile is big enough)
+    for n in (1, 2, 3, 6, 8, 10, 12, 13, 14, 15, 16, 19, 20, 21):  # (10, 12: Winograd where a tile is big enough)
         case = CONVS[n]
         x, wt, b, _ = conv_case(case)
         k, s, pads, d, g = case[4:9]

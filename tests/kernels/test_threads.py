@@ -130,14 +130,22 @@ def unsplit_kernels() -> list:
                          (1,) * 4, (1, 1), 8, (0, 0, 30, 30), "relu"),  # 8 groups: a batch of 8 products
         lambda: K.conv2d(randn((3, 30, 30), 11), (0, 0), (30, 30), randn((24, 3, 3, 3), 12), randn(24, 13), (2, 2),
                          (1,) * 4, (1, 1), 1, (0, 0, 15, 15), "relu"),  # an RGB stem: 3 blocks of 8 outputs
-        # 1×1 by the vector GEMM where the host has it: two blocks of 48 outputs (split by blocks, then blocks ×
-        # pixels), one block of 32 (split by pixels), at stride 2 (by rows)
+        # 1×1 by the vector GEMM where the host has it (kernels/blocked.py): two blocks of 48 outputs (split by
+        # blocks, then blocks × pixels), one block of 32 (split by pixels), at stride 2 (by rows)
         lambda: K.conv2d(big[:64], (0, 0), (40, 40), randn((96, 64, 1, 1), 14), randn(96, 15), (1, 1), (0,) * 4,
                          (1, 1), 1, (0, 0, 40, 40), "relu"),
         lambda: K.conv2d(big[:64], (0, 0), (40, 40), randn((32, 64, 1, 1), 16), None, (1, 1), (0,) * 4, (1, 1), 1,
                          (0, 0, 40, 40)),
         lambda: K.conv2d(big[:64], (0, 0), (40, 40), randn((48, 64, 1, 1), 17), None, (2, 2), (0,) * 4, (1, 1), 1,
                          (0, 0, 20, 20), "relu"),
+        # 3×3 and 7×7 by the vector GEMM where the host has it: one block of 48 outputs at 7² (split by rows), four
+        # blocks of 32 at stride 2 (by blocks, then blocks × rows), a 7×7 RGB stem
+        lambda: K.conv2d(big[:32, :7, :7], (0, 0), (7, 7), randn((48, 32, 3, 3), 18), randn(48, 19), (1, 1), (1,) * 4,
+                         (1, 1), 1, (0, 0, 7, 7), "relu"),
+        lambda: K.conv2d(big[:16], (0, 0), (40, 40), randn((128, 16, 3, 3), 20), None, (2, 2), (1,) * 4, (1, 1), 1,
+                         (0, 0, 20, 20)),
+        lambda: K.conv2d(big[:3], (0, 0), (40, 40), randn((64, 3, 7, 7), 21), randn(64, 22), (2, 2), (3,) * 4,
+                         (1, 1), 1, (0, 0, 20, 20), "relu"),
         lambda: K.pool2d(big, (0, 0), (40, 40), "max", (3, 3), (2, 2), (1,) * 4, (1, 1), (0, 0, 20, 20)),
         lambda: K.pool2d(big, (0, 0), (40, 40), "avg", (3, 3), (1, 1), (1,) * 4, (1, 1), (0, 0, 40, 40)),
         lambda: K.add(big, big, act="relu"),

@@ -1,0 +1,238 @@
+"""Dense convs (one group) by a 16-lane GEMM micro-kernel over weights packed once (LLVM intrinsics, vectors.py).
+
+BLAS vectorises a conv's product along the pixels and packs the weights on every call: on the 7²-14² maps of
+MobileNets and of ResNet's last stages, the weights read cold, that ran 1.2-1.5× onnxruntime's conv, and a k×k conv
+first copies its input k² times into columns (im2col). Here the lanes run along output channels, as onnxruntime's
+channel-blocked (NCHWc) convs do, over weights packed once per weight array as [block][cin][ky][kx][16·cb]: a tile
+is PIX pixels × 16·cb channels in PIX·cb registers, each input one broadcast, each weight row cb loads, the taps
+read straight from the (padded) input slab. The bias starts the sums, the clamp is applied in registers, and the tile
+is transposed in registers (8 pixels × 16 channels into 16 rows of 8) and stored into the NCHW output with masks. A
+1×1 conv reads its input where it lies, at any row pitch and column stride: it copies nothing. (Adding a residual
+in the registers ran slower than conv.py's pass after the conv: 16·cb rows of a few pixels each stalled the tile's
+stores; ResNet-50's 64→256 at 56², 1.35 against 1.18 ms.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from . import vectors
+from .derived import per_weights
+from .threads import block
+from .vectors import I32, I64, LANES, VB, VF, VI, clamp, fma, rowwise, scalar, splat, store, vector
+from .window import window
+
+PIX = 7  # pixels a tile computes: rows of 7²-112² maps are whole tiles; a longer run's last tile shifts back
+CBS = (3, 2, 1)  # channel vectors a tile may compute (cb): the one that pads the output channels least
+KERNELS = ((1, 1), (3, 3), (7, 7))  # kernel sizes compiled (each its own unrolled taps)
+_HALF, _HALF_MASK = ir.VectorType(I32, 8), ir.VectorType(VB.element, 8)  # (a row of 8 pixels: its lanes, its mask)
+
+
+def _transpose(builder: ir.IRBuilder, columns: list[ir.Value]) -> list[ir.Value]:
+    """16 rows of 8 floats (channel c's 8 pixels) from 8 vectors of 16 (pixel q's 16 channels): three rounds of
+    two-vector shuffles, each doubling the pixels a vector holds of each of its channels."""
+    vals = [(v, [(q, c) for c in range(LANES)]) for q, v in enumerate(columns)]  # (vector, (pixel, channel) by lane)
+    while len({c for _, c in vals[0][1]}) > 2:
+        by_channels: dict[tuple, list] = {}
+        for v, held in vals:
+            by_channels.setdefault(tuple(sorted({c for _, c in held})), []).append((v, held))
+        vals = []
+        for chans, members in by_channels.items():
+            members.sort(key=lambda m: min(q for q, _ in m[1]))
+            for (a, ha), (b, hb) in zip(members[::2], members[1::2], strict=True):
+                pixels = sorted({q for q, _ in ha + hb})
+                for half in (chans[:len(chans) // 2], chans[len(chans) // 2:]):
+                    want = [(q, c) for c in half for q in pixels]
+                    lanes = [ha.index(x) if x in ha else LANES + hb.index(x) for x in want]
+                    vals.append((builder.shuffle_vector(a, b, ir.Constant(VI, lanes)), want))
+    rows = {}
+    for v, held in vals:  # (each: two channels' 8 pixels)
+        for h in (0, 1):
+            rows[held[8 * h][1]] = builder.shuffle_vector(v, v, ir.Constant(_HALF, list(range(8 * h, 8 * h + 8))))
+    return [rows[c] for c in range(LANES)]
+
+
+@intrinsic(prefer_literal=True)
+def _tile(typingctx, cb, kh, kw, w, x, cpitch, rpitch, cin, s, b, out, opitch, n, cn, lo, hi):
+    """tile() for constants cb, kh and kw (literals: each combination its own code)."""
+    constants = (cb, kh, kw)
+    if not all(isinstance(t, types.IntegerLiteral) for t in constants):
+        raise TypeError(f"blocked._tile: cb, kh and kw must be compile-time constants, not {constants}")
+    sig = types.void(*constants, w, x, cpitch, rpitch, cin, s, b, out, opitch, n, cn, lo, hi)
+    cb, kh, kw = (t.literal_value for t in constants)
+
+    def codegen(context, builder, signature, args):
+        w, x, cpitch, rpitch, cin, s, b, out, opitch, n, cn = (
+            context.cast(builder, a, t, types.int64) for a, t in zip(args[3:14], signature.args[3:14], strict=True))
+        lo, hi = args[14:]
+        # Pixel q reads column q·s of its run; past n (a run shorter than a tile) it reads pixel n-1 again (nothing
+        # past the run is read) and is not stored.
+        last = builder.sub(n, I64(1))
+        s4 = builder.mul(s, I64(4))
+        offsets = [builder.mul(builder.select(builder.icmp_signed("<", I64(q), n), I64(q), last), s4)
+                   for q in range(PIX)]
+        rows_at = [builder.mul(rpitch, I64(4 * ky)) for ky in range(kh)]
+        start = [vector(builder, builder.add(b, I64(4 * LANES * v))) for v in range(cb)]
+        entry, loop, done = builder.block, builder.append_basic_block("k"), builder.append_basic_block("done")
+        builder.branch(loop)
+        builder.position_at_end(loop)  # for i < cin, each tap t: acc[q][v] += w[i, t, 16v:16v+16] · x[i, t + q·s]
+        i = builder.phi(I64)
+        accs = [[builder.phi(VF) for _ in range(cb)] for _ in range(PIX)]
+        row_w = builder.add(w, builder.mul(i, I64(4 * LANES * cb * kh * kw)))
+        row_x = builder.add(x, builder.mul(i, builder.mul(cpitch, I64(4))))
+        sums = [list(a) for a in accs]
+        for ky in range(kh):
+            at = builder.add(row_x, rows_at[ky])
+            for kx in range(kw):
+                tap = LANES * cb * (ky * kw + kx)
+                weights = [vector(builder, builder.add(row_w, I64(4 * (tap + LANES * v)))) for v in range(cb)]
+                for q in range(PIX):
+                    pixel = splat(builder, scalar(builder, builder.add(at, offsets[q]), kx), VF)
+                    sums[q] = [fma(builder, pixel, weights[v], sums[q][v]) for v in range(cb)]
+        following = builder.add(i, I64(1))
+        i.add_incoming(I64(0), entry)
+        i.add_incoming(following, builder.block)
+        for q in range(PIX):
+            for v in range(cb):
+                accs[q][v].add_incoming(start[v], entry)
+                accs[q][v].add_incoming(sums[q][v], builder.block)
+        builder.cbranch(builder.icmp_signed("<", following, cin), loop, done)
+        builder.position_at_end(done)
+        pixels = builder.icmp_signed("<", ir.Constant(_HALF, list(range(8))), splat(builder, builder.trunc(n, I32),
+                                                                                     _HALF))
+        for v in range(cb):
+            rows = _transpose(builder, [clamp(builder, sums[min(q, PIX - 1)][v], lo, hi) for q in range(8)])
+            for c, row in enumerate(rows):
+                channel = LANES * v + c
+                inside = builder.icmp_signed("<", I64(channel), cn)
+                mask = builder.and_(pixels, splat(builder, inside, _HALF_MASK))
+                store(builder, row, builder.add(out, builder.mul(opitch, I64(4 * channel))), mask)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _tiles(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi):
+    """Output channel blocks [b0, b1) (16·cb channels each), pixels [q0, q1) of runs [r0, r1): pixel q of run r
+    reads x from r·rstep + q·s floats on (channels cs apart, rows rs apart) and writes out at r·run + q (channels
+    ohw apart). The last tile of a run of PIX or more starts PIX before its end (its pixels computed twice, to the
+    same bits)."""
+    lanes = LANES * cb
+    for blk in range(b0, b1):
+        c0 = blk * lanes
+        cn, wb, bb = min(lanes, cout - c0), w + 4 * blk * cin * kh * kw * lanes, b + 4 * c0
+        for r in range(r0, r1):
+            xr, orow = x + 4 * r * rstep, out + 4 * (c0 * ohw + r * run)
+            if q1 - q0 < PIX:
+                _tile(cb, kh, kw, wb, xr + 4 * q0 * s, cs, rs, cin, s, bb, orow + 4 * q0, ohw, q1 - q0, cn, lo, hi)
+                continue
+            for p in range(q0, q1, PIX):
+                q = min(p, q1 - PIX)
+                _tile(cb, kh, kw, wb, xr + 4 * q * s, cs, rs, cin, s, bb, orow + 4 * q, ohw, PIX, cn, lo, hi)
+
+
+@njit(cache=True, inline="always")
+def _blocks(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi):
+    """_tiles with cb as a constant too (kh and kw are already), one branch (a copy of the loops) per value."""
+    if cb == 3:
+        _tiles(3, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+    elif cb == 2:
+        _tiles(2, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+    else:
+        _tiles(1, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+
+
+@njit(cache=True)
+def _work(cb, k, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi):
+    """_tiles with cb and the (square) kernel size k as constants: a copy of the loops per pair (KERNELS)."""
+    if k == 1:
+        _blocks(cb, 1, 1, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+    elif k == 3:
+        _blocks(cb, 3, 3, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+    else:
+        _blocks(cb, 7, 7, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+
+
+@njit(cache=True, parallel=True)
+def _run(cb, k, w, b, x, cs, rs, cin, s, out, ohw, cout, rstep, runs, run, ntb, ntp, lo, hi):
+    """_work on ntb blocks of output channel blocks × ntp blocks of the runs (or of the one run's pixels), one per
+    thread."""
+    nb = -(-cout // (LANES * cb))
+    for t in prange(ntb * ntp):
+        b0, b1 = block(nb, t % ntb, ntb)
+        r0, r1, q0, q1 = 0, runs, 0, run
+        if runs > 1:
+            r0, r1 = block(runs, t // ntb, ntp)
+        else:
+            q0, q1 = block(run, t // ntb, ntp)
+        _work(cb, k, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+
+
+def _cb(cout: int) -> int:
+    """The channel vectors a tile computes for cout output channels: the fewest padded channels, then the most
+    vectors (64 → 2, 960 → 3, 24 → 2)."""
+    return min(CBS, key=lambda cb: (-(-cout // (LANES * cb)) * cb, -cb))
+
+
+@per_weights
+def _packed(w: np.ndarray) -> np.ndarray:
+    """Weights (cout, cin, kh, kw) as (blocks, cin·kh·kw, 16·cb): a block's weight rows contiguous, zero past
+    cout."""
+    cout, k = w.shape[0], w[0].size
+    lanes = LANES * _cb(cout)
+    blocks = -(-cout // lanes)
+    padded = np.zeros((blocks * lanes, k), np.float32)
+    padded[:cout] = w.reshape(cout, k)
+    return np.ascontiguousarray(padded.reshape(blocks, lanes, k).transpose(0, 2, 1))
+
+
+@per_weights
+def _padded(b: np.ndarray) -> np.ndarray:
+    """Bias b with zeros past its end for a last, partial block (reads never pass 16·max(CBS) floats beyond)."""
+    return np.concatenate([np.asarray(b, np.float32), np.zeros(LANES * max(CBS), np.float32)])
+
+
+def takes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
+          dilation: tuple[int, int], x: np.ndarray, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool:
+    """Whether conv() computes this conv: on a vector host, a conv of one group and no dilation whose kernel is
+    compiled (KERNELS), x float32 with its rows contiguous, output channels a multiple of 16, and rows of a tile's
+    pixels or more (or of the whole map's width: a 5² map's; a tile's 1-column border strip would waste 6/7 of
+    each tile); a 1×1 conv with no padding and 32 input channels or more or an output of 28² or more. Elsewhere
+    BLAS ran faster (bench in docs/BENCHMARKS.md): 24 output channels, their vectors a quarter empty, 1.1-1.4× its
+    time; 16 input channels at 14², the transposed stores outweighing the sums, 1.15×. (The caller keeps the
+    convs Winograd takes, and RGB stems, rows.py.)"""
+    cout, cin, kh, kw = w_shape
+    width = (in_hw[1] + pads[1] + pads[3] - kw) // stride[1] + 1  # (the whole map's output width)
+    if not (vectors.ENABLED and (kh, kw) in KERNELS and groups == 1 and tuple(dilation) == (1, 1)
+            and cout % LANES == 0 and out_hw[1] >= min(PIX, width) and x.shape[0] > 0 and rowwise(x)):
+        return False
+    return kh > 1 or (not any(pads) and (cin >= 32 or out_hw[0] * out_hw[1] >= 28 * 28))
+
+
+def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
+         stride: tuple[int, int], pads: tuple[int, int, int, int], region: tuple[int, int, int, int],
+         out: np.ndarray, lo: np.float32, hi: np.float32, nt: int) -> None:
+    """out (C-contiguous) = clamp(conv of output `region` from tile x + b, lo, hi) (takes())."""
+    cout, cin, kh, kw = w.shape
+    p = window(x, origin, in_hw, (kh, kw), stride, pads, (1, 1), region, 0.0)  # (a view of x where no pad is read)
+    if not rowwise(p):
+        p = np.ascontiguousarray(p)
+    (oh, ow), cs, rs = out.shape[1:], p.strides[0] // 4, p.strides[1] // 4
+    if kh == 1 and tuple(stride) == (1, 1) and ow == p.shape[2] == rs:  # (rows back to back: one run)
+        runs, run, rstep = 1, oh * ow, 0
+    else:
+        runs, run, rstep = oh, ow, stride[0] * rs
+    wp, bp = _packed(w), _padded(b)
+    cb = wp.shape[2] // LANES  # (_cb(cout), as packed)
+    ntb = max(1, min(nt, len(wp)))
+    ntp = max(1, min(nt // ntb, runs if runs > 1 else -(-run // PIX)))
+    args = (cb, kh, wp.ctypes.data, bp.ctypes.data, p.ctypes.data, cs, rs, cin, stride[1], out.ctypes.data, oh * ow,
+            cout)
+    if ntb * ntp == 1:  # (a parallel loop's launch costs ~8 µs even on one thread: 8% of a 7² conv)
+        _work(*args, 0, len(wp), rstep, run, 0, runs, 0, run, lo, hi)
+    else:
+        _run(*args, rstep, runs, run, ntb, ntp, lo, hi)
