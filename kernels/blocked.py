@@ -4,12 +4,13 @@ BLAS vectorises a conv's product along the pixels and packs the weights on every
 MobileNets and of ResNet's last stages, the weights read cold, that ran 1.2-1.5× onnxruntime's conv, and a k×k conv
 first copies its input k² times into columns (im2col). Here the lanes run along output channels, as onnxruntime's
 channel-blocked (NCHWc) convs do, over weights packed once per weight array as [block][cin][ky][kx][16·cb]: a tile
-is PIX pixels × 16·cb channels in PIX·cb registers, each input one broadcast, each weight row cb loads, the taps
-read straight from the (padded) input slab. The bias starts the sums, the clamp is applied in registers, and the tile
-is transposed in registers (8 pixels × 16 channels into 16 rows of 8) and stored into the NCHW output with masks. A
-1×1 conv reads its input where it lies, at any row pitch and column stride: it copies nothing. (Adding a residual
-in the registers ran slower than conv.py's pass after the conv: 16·cb rows of a few pixels each stalled the tile's
-stores; ResNet-50's 64→256 at 56², 1.35 against 1.18 ms.)
+is PIX pixels × 16·cb channels in PIX·cb registers, each input one broadcast, each weight row cb loads. The loop
+runs over the input rows the taps read (cin·kh), a kernel row's kw taps unrolled, read straight from the (padded)
+input slab: no im2col. The bias starts the sums, the clamp is applied in registers, and the tile is transposed in
+registers (8 pixels × 16 channels into 16 rows of 8) and stored into the NCHW output with masks. A 1×1 conv reads
+its input where it lies, at any row pitch and column stride: it copies nothing. (A residual added in the kernel,
+in registers or in a pass over each block's rows while in cache, ran no faster than conv.py's pass after the conv:
+ResNet-50's 64→256 at 56², 1.35 and 1.23 against 1.18 ms.)
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def _transpose(builder: ir.IRBuilder, columns: list[ir.Value]) -> list[ir.Value]
 
 @intrinsic(prefer_literal=True)
 def _tile(typingctx, cb, kh, kw, w, x, cpitch, rpitch, cin, s, b, out, opitch, n, cn, lo, hi):
-    """tile() for constants cb, kh and kw (literals: each combination its own code)."""
+    """For c < cn ≤ 16·cb and q < n ≤ PIX: out[c·opitch + q] = clamp(b[c] + Σ w[((i·kh + ky)·kw + kx)·16·cb + c] ·
+    x[i·cpitch + ky·rpitch + kx + q·s], lo, hi) over i < cin, ky < kh, kx < kw (addresses; cb, kh and kw constants,
+    literals: each combination its own code): output channels c of one block, pixels q of one run."""
     constants = (cb, kh, kw)
     if not all(isinstance(t, types.IntegerLiteral) for t in constants):
         raise TypeError(f"blocked._tile: cb, kh and kw must be compile-time constants, not {constants}")
@@ -74,32 +77,34 @@ def _tile(typingctx, cb, kh, kw, w, x, cpitch, rpitch, cin, s, b, out, opitch, n
         s4 = builder.mul(s, I64(4))
         offsets = [builder.mul(builder.select(builder.icmp_signed("<", I64(q), n), I64(q), last), s4)
                    for q in range(PIX)]
-        rows_at = [builder.mul(rpitch, I64(4 * ky)) for ky in range(kh)]
+        # The loop runs over the input rows the taps read, i < cin·kh (channel i // kh, kernel row ky = i % kh): `at`
+        # steps a row down, or at the last kernel row on to the next channel's first.
+        down, on = builder.mul(rpitch, I64(4)), builder.mul(builder.sub(cpitch, builder.mul(rpitch, I64(kh - 1))),
+                                                            I64(4))
         start = [vector(builder, builder.add(b, I64(4 * LANES * v))) for v in range(cb)]
         entry, loop, done = builder.block, builder.append_basic_block("k"), builder.append_basic_block("done")
         builder.branch(loop)
-        builder.position_at_end(loop)  # for i < cin, each tap t: acc[q][v] += w[i, t, 16v:16v+16] · x[i, t + q·s]
-        i = builder.phi(I64)
+        builder.position_at_end(loop)  # acc[q][v] += w[i, kx, 16v:16v+16] · x[at + kx + q·s], each kx < kw
+        i, at, ky = builder.phi(I64), builder.phi(I64), builder.phi(I64)
         accs = [[builder.phi(VF) for _ in range(cb)] for _ in range(PIX)]
-        row_w = builder.add(w, builder.mul(i, I64(4 * LANES * cb * kh * kw)))
-        row_x = builder.add(x, builder.mul(i, builder.mul(cpitch, I64(4))))
+        row_w = builder.add(w, builder.mul(i, I64(4 * LANES * cb * kw)))
         sums = [list(a) for a in accs]
-        for ky in range(kh):
-            at = builder.add(row_x, rows_at[ky])
-            for kx in range(kw):
-                tap = LANES * cb * (ky * kw + kx)
-                weights = [vector(builder, builder.add(row_w, I64(4 * (tap + LANES * v)))) for v in range(cb)]
-                for q in range(PIX):
-                    pixel = splat(builder, scalar(builder, builder.add(at, offsets[q]), kx), VF)
-                    sums[q] = [fma(builder, pixel, weights[v], sums[q][v]) for v in range(cb)]
-        following = builder.add(i, I64(1))
-        i.add_incoming(I64(0), entry)
-        i.add_incoming(following, builder.block)
+        for kx in range(kw):
+            weights = [vector(builder, builder.add(row_w, I64(4 * LANES * (cb * kx + v)))) for v in range(cb)]
+            for q in range(PIX):
+                pixel = splat(builder, scalar(builder, builder.add(at, offsets[q]), kx), VF)
+                sums[q] = [fma(builder, pixel, weights[v], sums[q][v]) for v in range(cb)]
+        following, below = builder.add(i, I64(1)), builder.add(ky, I64(1))
+        wrap = builder.icmp_signed("==", below, I64(kh))
+        for phi, first, then in ((i, I64(0), following), (at, x, builder.add(at, builder.select(wrap, on, down))),
+                                 (ky, I64(0), builder.select(wrap, I64(0), below))):
+            phi.add_incoming(first, entry)
+            phi.add_incoming(then, builder.block)
         for q in range(PIX):
             for v in range(cb):
                 accs[q][v].add_incoming(start[v], entry)
                 accs[q][v].add_incoming(sums[q][v], builder.block)
-        builder.cbranch(builder.icmp_signed("<", following, cin), loop, done)
+        builder.cbranch(builder.icmp_signed("<", following, builder.mul(cin, I64(kh))), loop, done)
         builder.position_at_end(done)
         pixels = builder.icmp_signed("<", ir.Constant(_HALF, list(range(8))), splat(builder, builder.trunc(n, I32),
                                                                                      _HALF))
