@@ -28,7 +28,7 @@ from .window import window
 
 PIX = 7  # pixels a tile computes: rows of 7²-112² maps are whole tiles; a longer run's last tile shifts back
 CBS = (3, 2, 1)  # channel vectors a tile may compute (cb): the one that pads the output channels least
-KERNELS = ((1, 1), (3, 3), (7, 7))  # kernel sizes compiled (each its own unrolled taps)
+WIDTHS = (1, 3, 7)  # kernel widths compiled (each its own unrolled taps; any height)
 _HALF, _HALF_MASK = ir.VectorType(I32, 8), ir.VectorType(VB.element, 8)  # (a row of 8 pixels: its lanes, its mask)
 
 
@@ -57,19 +57,19 @@ def _transpose(builder: ir.IRBuilder, columns: list[ir.Value]) -> list[ir.Value]
 
 
 @intrinsic(prefer_literal=True)
-def _tile(typingctx, cb, kh, kw, w, x, cpitch, rpitch, cin, s, b, out, opitch, n, cn, lo, hi):
+def _tile(typingctx, cb, kw, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n, cn, lo, hi):
     """For c < cn ≤ 16·cb and q < n ≤ PIX: out[c·opitch + q] = clamp(b[c] + Σ w[((i·kh + ky)·kw + kx)·16·cb + c] ·
-    x[i·cpitch + ky·rpitch + kx + q·s], lo, hi) over i < cin, ky < kh, kx < kw (addresses; cb, kh and kw constants,
-    literals: each combination its own code): output channels c of one block, pixels q of one run."""
-    constants = (cb, kh, kw)
+    x[i·cpitch + ky·rpitch + kx + q·s], lo, hi) over i < cin, ky < kh, kx < kw (addresses; cb and kw constants,
+    literals: each pair its own code): output channels c of one block, pixels q of one run."""
+    constants = (cb, kw)
     if not all(isinstance(t, types.IntegerLiteral) for t in constants):
-        raise TypeError(f"blocked._tile: cb, kh and kw must be compile-time constants, not {constants}")
-    sig = types.void(*constants, w, x, cpitch, rpitch, cin, s, b, out, opitch, n, cn, lo, hi)
-    cb, kh, kw = (t.literal_value for t in constants)
+        raise TypeError(f"blocked._tile: cb and kw must be compile-time constants, not {constants}")
+    sig = types.void(*constants, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n, cn, lo, hi)
+    cb, kw = (t.literal_value for t in constants)
 
     def codegen(context, builder, signature, args):
-        w, x, cpitch, rpitch, cin, s, b, out, opitch, n, cn = (
-            context.cast(builder, a, t, types.int64) for a, t in zip(args[3:14], signature.args[3:14], strict=True))
+        w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n, cn = (
+            context.cast(builder, a, t, types.int64) for a, t in zip(args[2:14], signature.args[2:14], strict=True))
         lo, hi = args[14:]
         # Pixel q reads column q·s of its run; past n (a run shorter than a tile) it reads pixel n-1 again (nothing
         # past the run is read) and is not stored.
@@ -79,8 +79,8 @@ def _tile(typingctx, cb, kh, kw, w, x, cpitch, rpitch, cin, s, b, out, opitch, n
                    for q in range(PIX)]
         # The loop runs over the input rows the taps read, i < cin·kh (channel i // kh, kernel row ky = i % kh): `at`
         # steps a row down, or at the last kernel row on to the next channel's first.
-        down, on = builder.mul(rpitch, I64(4)), builder.mul(builder.sub(cpitch, builder.mul(rpitch, I64(kh - 1))),
-                                                            I64(4))
+        back = builder.mul(rpitch, builder.sub(kh, I64(1)))
+        down, on = builder.mul(rpitch, I64(4)), builder.mul(builder.sub(cpitch, back), I64(4))
         start = [vector(builder, builder.add(b, I64(4 * LANES * v))) for v in range(cb)]
         entry, loop, done = builder.block, builder.append_basic_block("k"), builder.append_basic_block("done")
         builder.branch(loop)
@@ -95,7 +95,7 @@ def _tile(typingctx, cb, kh, kw, w, x, cpitch, rpitch, cin, s, b, out, opitch, n
                 pixel = splat(builder, scalar(builder, builder.add(at, offsets[q]), kx), VF)
                 sums[q] = [fma(builder, pixel, weights[v], sums[q][v]) for v in range(cb)]
         following, below = builder.add(i, I64(1)), builder.add(ky, I64(1))
-        wrap = builder.icmp_signed("==", below, I64(kh))
+        wrap = builder.icmp_signed("==", below, kh)
         for phi, first, then in ((i, I64(0), following), (at, x, builder.add(at, builder.select(wrap, on, down))),
                                  (ky, I64(0), builder.select(wrap, I64(0), below))):
             phi.add_incoming(first, entry)
@@ -104,7 +104,7 @@ def _tile(typingctx, cb, kh, kw, w, x, cpitch, rpitch, cin, s, b, out, opitch, n
             for v in range(cb):
                 accs[q][v].add_incoming(start[v], entry)
                 accs[q][v].add_incoming(sums[q][v], builder.block)
-        builder.cbranch(builder.icmp_signed("<", following, builder.mul(cin, I64(kh))), loop, done)
+        builder.cbranch(builder.icmp_signed("<", following, builder.mul(cin, kh)), loop, done)
         builder.position_at_end(done)
         pixels = builder.icmp_signed("<", ir.Constant(_HALF, list(range(8))), splat(builder, builder.trunc(n, I32),
                                                                                      _HALF))
@@ -133,16 +133,16 @@ def _tiles(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, r
         for r in range(r0, r1):
             xr, orow = x + 4 * r * rstep, out + 4 * (c0 * ohw + r * run)
             if q1 - q0 < PIX:
-                _tile(cb, kh, kw, wb, xr + 4 * q0 * s, cs, rs, cin, s, bb, orow + 4 * q0, ohw, q1 - q0, cn, lo, hi)
+                _tile(cb, kw, wb, xr + 4 * q0 * s, cs, rs, kh, cin, s, bb, orow + 4 * q0, ohw, q1 - q0, cn, lo, hi)
                 continue
             for p in range(q0, q1, PIX):
                 q = min(p, q1 - PIX)
-                _tile(cb, kh, kw, wb, xr + 4 * q * s, cs, rs, cin, s, bb, orow + 4 * q, ohw, PIX, cn, lo, hi)
+                _tile(cb, kw, wb, xr + 4 * q * s, cs, rs, kh, cin, s, bb, orow + 4 * q, ohw, PIX, cn, lo, hi)
 
 
 @njit(cache=True, inline="always")
 def _blocks(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi):
-    """_tiles with cb as a constant too (kh and kw are already), one branch (a copy of the loops) per value."""
+    """_tiles with cb as a constant too (kw is already), one branch (a copy of the loops) per value."""
     if cb == 3:
         _tiles(3, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
     elif cb == 2:
@@ -152,18 +152,18 @@ def _blocks(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, 
 
 
 @njit(cache=True)
-def _work(cb, k, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi):
-    """_tiles with cb and the (square) kernel size k as constants: a copy of the loops per pair (KERNELS)."""
-    if k == 1:
-        _blocks(cb, 1, 1, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
-    elif k == 3:
-        _blocks(cb, 3, 3, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+def _work(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi):
+    """_tiles with cb and the kernel width kw as constants: a copy of the loops per pair (WIDTHS)."""
+    if kw == 1:
+        _blocks(cb, kh, 1, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+    elif kw == 3:
+        _blocks(cb, kh, 3, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
     else:
-        _blocks(cb, 7, 7, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+        _blocks(cb, kh, 7, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
 
 
 @njit(cache=True, parallel=True)
-def _run(cb, k, w, b, x, cs, rs, cin, s, out, ohw, cout, rstep, runs, run, ntb, ntp, lo, hi):
+def _run(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, rstep, runs, run, ntb, ntp, lo, hi):
     """_work on ntb blocks of output channel blocks × ntp blocks of the runs (or of the one run's pixels), one per
     thread."""
     nb = -(-cout // (LANES * cb))
@@ -174,7 +174,7 @@ def _run(cb, k, w, b, x, cs, rs, cin, s, out, ohw, cout, rstep, runs, run, ntb, 
             r0, r1 = block(runs, t // ntb, ntp)
         else:
             q0, q1 = block(run, t // ntb, ntp)
-        _work(cb, k, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+        _work(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
 
 
 def _cb(cout: int) -> int:
@@ -202,20 +202,26 @@ def _padded(b: np.ndarray) -> np.ndarray:
 
 
 def takes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
-          dilation: tuple[int, int], x: np.ndarray, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool:
-    """Whether conv() computes this conv: on a vector host, a conv of one group and no dilation whose kernel is
-    compiled (KERNELS), x float32 with its rows contiguous, output channels a multiple of 16, and rows of a tile's
-    pixels or more (or of the whole map's width: a 5² map's; a tile's 1-column border strip would waste 6/7 of
-    each tile); a 1×1 conv with no padding and 32 input channels or more or an output of 28² or more. Elsewhere
-    BLAS ran faster (bench in docs/BENCHMARKS.md): 24 output channels, their vectors a quarter empty, 1.1-1.4× its
-    time; 16 input channels at 14², the transposed stores outweighing the sums, 1.15×. (The caller keeps the
-    convs Winograd takes, and RGB stems, rows.py.)"""
+          dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int]) -> bool:
+    """Whether conv() computes this conv: on a vector host, a conv of one group and no dilation whose kernel width is
+    compiled (WIDTHS), x float32 with its rows contiguous, output channels a multiple of 16, and runs whose tiles
+    waste at most a quarter of their pixels (rows of 8 outputs take 14, 57%; a tile's 1-column border strip 1 of
+    7; 7, 14, 28 and 56 none; a 1×1 over whole rows is one run); a 1×1 conv with no padding and 32 input channels
+    or more or an output of 28² or more. Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): rows
+    of 8, 1.34× their time; 24 output channels, their vectors a quarter empty, 1.1-1.4×; 16 input channels at 14²,
+    the transposed stores outweighing the sums, 1.15×. (The caller keeps the convs Winograd takes, and RGB stems,
+    rows.py.)"""
     cout, cin, kh, kw = w_shape
-    width = (in_hw[1] + pads[1] + pads[3] - kw) // stride[1] + 1  # (the whole map's output width)
-    if not (vectors.ENABLED and (kh, kw) in KERNELS and groups == 1 and tuple(dilation) == (1, 1)
-            and cout % LANES == 0 and out_hw[1] >= min(PIX, width) and x.shape[0] > 0 and rowwise(x)):
+    run = out_hw[0] * out_hw[1] if _flat(w_shape, stride, x, out_hw[1]) else out_hw[1]
+    if not (vectors.ENABLED and kw in WIDTHS and groups == 1 and tuple(dilation) == (1, 1) and cout % LANES == 0
+            and 0 < run and 3 * -(-run // PIX) * PIX <= 4 * run and x.shape[0] > 0 and rowwise(x)):
         return False
-    return kh > 1 or (not any(pads) and (cin >= 32 or out_hw[0] * out_hw[1] >= 28 * 28))
+    return (kh, kw) != (1, 1) or (not any(pads) and (cin >= 32 or out_hw[0] * out_hw[1] >= 28 * 28))
+
+
+def _flat(w_shape: tuple[int, ...], stride: tuple[int, int], x: np.ndarray, ow: int) -> bool:
+    """Whether a 1×1 conv at stride 1 of output rows ow wide reads them from x back to back: as one run."""
+    return tuple(w_shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and ow == x.shape[2] == x.strides[1] // 4
 
 
 def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
@@ -227,7 +233,7 @@ def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.n
     if not rowwise(p):
         p = np.ascontiguousarray(p)
     (oh, ow), cs, rs = out.shape[1:], p.strides[0] // 4, p.strides[1] // 4
-    if kh == 1 and tuple(stride) == (1, 1) and ow == p.shape[2] == rs:  # (rows back to back: one run)
+    if _flat(w.shape, stride, p, ow):
         runs, run, rstep = 1, oh * ow, 0
     else:
         runs, run, rstep = oh, ow, stride[0] * rs
@@ -235,8 +241,8 @@ def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.n
     cb = wp.shape[2] // LANES  # (_cb(cout), as packed)
     ntb = max(1, min(nt, len(wp)))
     ntp = max(1, min(nt // ntb, runs if runs > 1 else -(-run // PIX)))
-    args = (cb, kh, wp.ctypes.data, bp.ctypes.data, p.ctypes.data, cs, rs, cin, stride[1], out.ctypes.data, oh * ow,
-            cout)
+    args = (cb, kh, kw, wp.ctypes.data, bp.ctypes.data, p.ctypes.data, cs, rs, cin, stride[1], out.ctypes.data,
+            oh * ow, cout)
     if ntb * ntp == 1:  # (a parallel loop's launch costs ~8 µs even on one thread: 8% of a 7² conv)
         _work(*args, 0, len(wp), rstep, run, 0, runs, 0, run, lo, hi)
     else:

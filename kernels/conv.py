@@ -265,7 +265,7 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
         epi, residual = (0, *epi[1:]), np.ascontiguousarray(residual, np.float32)  # (a tile's view: copied, as add's)
     ob = rows.kind(w.shape, groups, stride, dilation, x, out.shape[2])
     wino = groups == 1 and winograd_pays(w.shape, stride, dilation, out.shape[1:])
-    if not (ob or wino) and blocked.takes(w.shape, groups, stride, pads, dilation, x, in_hw, out.shape[1:]):
+    if not (ob or wino) and blocked.takes(w.shape, groups, stride, pads, dilation, x, out.shape[1:]):
         blocked.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), count())
         return _finish(out, whole, residual)
     if ob:
@@ -316,7 +316,7 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
     im2col = groups == 1 and cin_g == x.shape[0] and (kh, kw, *stride) != (1, 1, 1, 1)  # (1×1: no columns to copy)
     shared = [i for i, (h, wd) in enumerate(hw) if im2col and h * wd
               and not winograd_pays(w.shape, stride, dilation, (h, wd))
-              and not blocked.takes(w.shape, groups, stride, pads, dilation, x, in_hw, (h, wd))]
+              and not blocked.takes(w.shape, groups, stride, pads, dilation, x, (h, wd))]
     if len(shared) < 2 or 4 * k * sum(n[i] for i in shared) > STRIPS_BYTES:
         shared = []
     outs = [None if i in shared else conv2d(x, origin, in_hw, w, b, stride, pads, dilation, groups, r, act, alpha,

@@ -85,8 +85,8 @@ CONVS = [
     # 3×3 at strides 1 and 2 (a map too small for Winograd) and a 7×7 RGB stem: the vector GEMM where the host has
     # it, else im2col
     (24, 32, 9, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
-    (16, 48, 13, 11, (3, 3), (2, 2), (1, 0, 0, 1), (1, 1), 1, False),
-    (3, 16, 19, 23, (7, 7), (2, 2), (3, 2, 3, 1), (1, 1), 1, True),
+    (16, 48, 13, 15, (3, 3), (2, 2), (1, 0, 0, 1), (1, 1), 1, False),
+    (3, 16, 19, 29, (7, 7), (2, 2), (3, 2, 3, 1), (1, 1), 1, True),
 ]
 WINOGRAD = (10, 11, 12)
 
@@ -238,27 +238,29 @@ def test_rows_take_what_they_fit(monkeypatch):
 
 # Dense convs by the vector GEMM (kernels/blocked.py): (cin, cout, h, w, kernel, stride, pads, whether it takes
 # them). Output channels 1, 2 and 3 vectors a tile (16, 32, 48) and two blocks of 3 (96); runs of whole tiles of 7
-# pixels, runs whose last tile shifts back (55 pixels), a run shorter than a tile (6 pixels), rows shorter than a
-# tile at stride (2, 1) (the whole map's width); strides (2, 2), (1, 2) and (1, 3); few input channels on a map big
-# enough; 3×3 convs with and without padding at strides 1 and 2, a 7×7 RGB stem. BLAS keeps 24 outputs (vectors a
-# quarter empty), 16 inputs on a small map, a padded 1×1 and 5×5 kernels.
+# pixels, runs whose last tile shifts back (55 pixels), a run shorter than a tile (6 pixels, flat and at stride
+# (2, 1)); strides (2, 2), (1, 2) and (1, 3); few input channels on a map big enough; 3×3 convs with and without
+# padding at strides 1 and 2, a 7×7 RGB stem. BLAS keeps 24 outputs (vectors a quarter empty), 16 inputs on a
+# small map, a padded 1×1, 5×5 kernels and rows whose tiles waste more than a quarter (8 and 3 outputs).
 BLOCKED = [
     (32, 16, 7, 7, 1, (1, 1), (0, 0, 0, 0), True),
     (40, 32, 5, 11, 1, (1, 1), (0, 0, 0, 0), True),
     (33, 48, 3, 2, 1, (1, 1), (0, 0, 0, 0), True),
     (64, 96, 14, 13, 1, (2, 2), (0, 0, 0, 0), True),
-    (32, 64, 9, 20, 1, (1, 2), (0, 0, 0, 0), True),
-    (48, 32, 10, 3, 1, (2, 1), (0, 0, 0, 0), True),
-    (32, 16, 5, 23, 1, (1, 3), (0, 0, 0, 0), True),
+    (32, 64, 9, 28, 1, (1, 2), (0, 0, 0, 0), True),
+    (48, 32, 10, 6, 1, (2, 1), (0, 0, 0, 0), True),
+    (32, 16, 5, 20, 1, (1, 3), (0, 0, 0, 0), True),
     (24, 32, 9, 12, 3, (1, 1), (1, 1, 1, 1), True),
-    (16, 48, 13, 11, 3, (2, 2), (1, 0, 0, 1), True),
+    (16, 48, 13, 15, 3, (2, 2), (1, 0, 0, 1), True),
     (20, 16, 9, 9, 3, (1, 1), (0, 0, 0, 0), True),
-    (3, 32, 19, 23, 7, (2, 2), (3, 2, 3, 1), True),
+    (3, 32, 19, 29, 7, (2, 2), (3, 2, 3, 1), True),
     (16, 96, 28, 28, 1, (1, 1), (0, 0, 0, 0), True),
     (32, 24, 7, 7, 1, (1, 1), (0, 0, 0, 0), False),
     (16, 32, 7, 7, 1, (1, 1), (0, 0, 0, 0), False),
     (32, 32, 7, 7, 1, (1, 1), (1, 0, 0, 0), False),
     (16, 32, 9, 9, 5, (1, 1), (2, 2, 2, 2), False),
+    (32, 32, 8, 8, 3, (1, 1), (1, 1, 1, 1), False),
+    (32, 48, 10, 3, 1, (2, 1), (0, 0, 0, 0), False),
 ]
 
 
@@ -319,35 +321,38 @@ def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
 
 
 def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatch):
-    """blocked.takes: 1×1, 3×3 and 7×7 convs of one group without dilation, outputs a multiple of 16, rows of 7
-    outputs or the map's width; a 1×1 unpadded with 32 inputs or an output of 28². Not groups, dilation, 5×5, 24
-    outputs, a 1-column strip of a wide map, a padded 1×1, 16 inputs to a 1×1 on a small map, float64, strided
-    columns, or a host without the vectors. Called directly, a last block of 40 channels in 48 lanes stores only
+    """blocked.takes: convs 1, 3 or 7 wide of one group without dilation, outputs a multiple of 16, runs whose
+    tiles waste at most a quarter; a 1×1 unpadded with 32 inputs or an output of 28². Not groups, dilation, 5×5,
+    24 outputs, a 1-column strip, rows of 8 or of 5, a padded 1×1, 16 inputs to a 1×1 on a small map, float64,
+    strided columns, or a host without the vectors. Called directly, a last block of 40 channels in 48 lanes stores only
     its 40."""
     from nptp_mpi.kernels import blocked
 
     x, no = np.zeros((32, 9, 9), np.float32), (0,) * 4
     monkeypatch.setattr(vectors, "ENABLED", True)
     for w_shape, s, pads, xx, out_hw in [((16, 32, 1, 1), (1, 1), no, x, (9, 9)),
-                                         ([48, 32, 1, 1], [2, 2], [0, 0, 0, 0], x[:, 1:, 2:], (4, 5)),
+                                         ([48, 32, 1, 1], [2, 2], [0, 0, 0, 0], x[:, 1:, 2:], (4, 6)),
                                          ((32, 16, 1, 1), (1, 1), no, x[:16], (28, 28)),
-                                         ((16, 32, 1, 1), (1, 3), no, x, (9, 3)),
-                                         ((64, 32, 3, 3), (1, 1), (1,) * 4, x, (9, 9)),
-                                         ((64, 3, 7, 7), (2, 2), (3,) * 4, x[:3], (5, 5)),
+                                         ((16, 32, 1, 1), (1, 3), no, x, (9, 7)),
+                                         ((64, 32, 3, 3), (1, 1), (1,) * 4, x, (9, 7)),
+                                         ((64, 3, 7, 7), (2, 2), (3,) * 4, x[:3], (7, 7)),
+                                         ((64, 32, 7, 1), (1, 1), (3, 0, 3, 0), x, (9, 14)),
                                          ((16, 32, 3, 3), (1, 1), no, x, (7, 7))]:
-        assert blocked.takes(w_shape, 1, s, pads, (1, 1), xx, (9, 9), out_hw), (w_shape, s, pads, out_hw)
+        assert blocked.takes(w_shape, 1, s, pads, (1, 1), xx, out_hw), (w_shape, s, pads, out_hw)
     for w_shape, g, s, pads, d, out_hw in [((16, 16, 1, 1), 2, (1, 1), no, (1, 1), (9, 9)),
                                            ((16, 32, 3, 3), 1, (1, 1), (2,) * 4, (2, 2), (9, 9)),
                                            ((16, 32, 5, 5), 1, (1, 1), (2,) * 4, (1, 1), (9, 9)),
                                            ((24, 32, 1, 1), 1, (1, 1), no, (1, 1), (9, 9)),
                                            ((16, 32, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), (9, 1)),
+                                           ((16, 32, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), (8, 8)),
+                                           ((16, 32, 3, 3), 1, (2, 2), (1,) * 4, (1, 1), (5, 5)),
                                            ((16, 32, 1, 1), 1, (1, 1), (1, 0, 0, 0), (1, 1), (10, 9)),
                                            ((16, 16, 1, 1), 1, (1, 1), no, (1, 1), (9, 9))]:
-        assert not blocked.takes(w_shape, g, s, pads, d, x[:w_shape[1] * g], (9, 9), out_hw), (w_shape, g, s, pads)
+        assert not blocked.takes(w_shape, g, s, pads, d, x[:w_shape[1] * g], out_hw), (w_shape, g, s, pads, out_hw)
     for xx in (x.astype(np.float64), x[:, :, ::2]):
-        assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), xx, xx.shape[1:], xx.shape[1:])
+        assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), xx, xx.shape[1:])
     monkeypatch.setattr(vectors, "ENABLED", False)
-    assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), (9, 9))
+    assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9))
     monkeypatch.undo()
     if not vectors.ENABLED:
         pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
