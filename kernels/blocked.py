@@ -28,7 +28,7 @@ from .window import window
 
 PIX = 7  # pixels a tile computes: rows of 7²-112² maps are whole tiles; a longer run's last tile shifts back
 CBS = (3, 2, 1)  # channel vectors a tile may compute (cb): the one that pads the output channels least
-WIDTHS = (1, 3, 7)  # kernel widths compiled (each its own unrolled taps; any height)
+WIDTHS = (1, 3, 7)  # kernel widths compiled (each its own unrolled taps; any height, but 1×1 alone 1 wide)
 _HALF, _HALF_MASK = ir.VectorType(I32, 8), ir.VectorType(VB.element, 8)  # (a row of 8 pixels: its lanes, its mask)
 
 
@@ -78,14 +78,17 @@ def _tile(typingctx, cb, kw, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n
         offsets = [builder.mul(builder.select(builder.icmp_signed("<", I64(q), n), I64(q), last), s4)
                    for q in range(PIX)]
         # The loop runs over the input rows the taps read, i < cin·kh (channel i // kh, kernel row ky = i % kh): `at`
-        # steps a row down, or at the last kernel row on to the next channel's first.
+        # steps a row down, or at the last kernel row on to the next channel's first. (kw = 1: a 1×1 conv, kh = 1,
+        # takes(); there every step is on to the next channel, with no kernel row to count: two threads on one
+        # core's two hyperthreads ran MobileNetV2's 16→96 at 112² 20-30% slower with the count.)
         back = builder.mul(rpitch, builder.sub(kh, I64(1)))
         down, on = builder.mul(rpitch, I64(4)), builder.mul(builder.sub(cpitch, back), I64(4))
         start = [vector(builder, builder.add(b, I64(4 * LANES * v))) for v in range(cb)]
         entry, loop, done = builder.block, builder.append_basic_block("k"), builder.append_basic_block("done")
         builder.branch(loop)
         builder.position_at_end(loop)  # acc[q][v] += w[i, kx, 16v:16v+16] · x[at + kx + q·s], each kx < kw
-        i, at, ky = builder.phi(I64), builder.phi(I64), builder.phi(I64)
+        i, at = builder.phi(I64), builder.phi(I64)
+        ky = builder.phi(I64) if kw > 1 else None
         accs = [[builder.phi(VF) for _ in range(cb)] for _ in range(PIX)]
         row_w = builder.add(w, builder.mul(i, I64(4 * LANES * cb * kw)))
         sums = [list(a) for a in accs]
@@ -94,10 +97,14 @@ def _tile(typingctx, cb, kw, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n
             for q in range(PIX):
                 pixel = splat(builder, scalar(builder, builder.add(at, offsets[q]), kx), VF)
                 sums[q] = [fma(builder, pixel, weights[v], sums[q][v]) for v in range(cb)]
-        following, below = builder.add(i, I64(1)), builder.add(ky, I64(1))
-        wrap = builder.icmp_signed("==", below, kh)
-        for phi, first, then in ((i, I64(0), following), (at, x, builder.add(at, builder.select(wrap, on, down))),
-                                 (ky, I64(0), builder.select(wrap, I64(0), below))):
+        following = builder.add(i, I64(1))
+        steps = [(i, I64(0), following), (at, x, builder.add(at, on))]
+        if ky is not None:
+            below = builder.add(ky, I64(1))
+            wrap = builder.icmp_signed("==", below, kh)
+            steps[1:] = [(at, x, builder.add(at, builder.select(wrap, on, down))),
+                         (ky, I64(0), builder.select(wrap, I64(0), below))]
+        for phi, first, then in steps:
             phi.add_incoming(first, entry)
             phi.add_incoming(then, builder.block)
         for q in range(PIX):
@@ -204,17 +211,18 @@ def _padded(b: np.ndarray) -> np.ndarray:
 def takes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
           dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int]) -> bool:
     """Whether conv() computes this conv: on a vector host, a conv of one group and no dilation whose kernel width is
-    compiled (WIDTHS), x float32 with its rows contiguous, output channels a multiple of 16, and runs whose tiles
-    waste at most a quarter of their pixels (rows of 8 outputs take 14, 57%; a tile's 1-column border strip 1 of
-    7; 7, 14, 28 and 56 none; a 1×1 over whole rows is one run); a 1×1 conv with no padding and 32 input channels
-    or more or an output of 28² or more. Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): rows
-    of 8, 1.34× their time; 24 output channels, their vectors a quarter empty, 1.1-1.4×; 16 input channels at 14²,
-    the transposed stores outweighing the sums, 1.15×. (The caller keeps the convs Winograd takes, and RGB stems,
-    rows.py.)"""
+    compiled (WIDTHS; of those 1 wide, 1×1 alone), x float32 with its rows contiguous, output channels a multiple
+    of 16, and runs whose tiles waste at most a quarter of their pixels (rows of 8 outputs take 14, 57%; a tile's
+    1-column border strip 1 of 7; 7, 14, 28 and 56 none; a 1×1 over whole rows is one run); a 1×1 conv with no
+    padding and 32 input channels or more or an output of 28² or more. Elsewhere im2col and BLAS ran faster (bench
+    in docs/BENCHMARKS.md): rows of 8, 1.33× their time; 24 output channels, their vectors a quarter empty,
+    1.1-1.4×; 16 input channels at 14², the transposed stores outweighing the sums, 1.15×; a 7×1 conv, 1.03×. (The
+    caller keeps the convs Winograd takes, and RGB stems, rows.py.)"""
     cout, cin, kh, kw = w_shape
     run = out_hw[0] * out_hw[1] if _flat(w_shape, stride, x, out_hw[1]) else out_hw[1]
-    if not (vectors.ENABLED and kw in WIDTHS and groups == 1 and tuple(dilation) == (1, 1) and cout % LANES == 0
-            and 0 < run and 3 * -(-run // PIX) * PIX <= 4 * run and x.shape[0] > 0 and rowwise(x)):
+    if not (vectors.ENABLED and kw in WIDTHS and (kw > 1 or kh == 1) and groups == 1 and tuple(dilation) == (1, 1)
+            and cout % LANES == 0 and 0 < run and 3 * -(-run // PIX) * PIX <= 4 * run and x.shape[0] > 0
+            and rowwise(x)):
         return False
     return (kh, kw) != (1, 1) or (not any(pads) and (cin >= 32 or out_hw[0] * out_hw[1] >= 28 * 28))
 

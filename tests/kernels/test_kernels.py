@@ -240,8 +240,9 @@ def test_rows_take_what_they_fit(monkeypatch):
 # them). Output channels 1, 2 and 3 vectors a tile (16, 32, 48) and two blocks of 3 (96); runs of whole tiles of 7
 # pixels, runs whose last tile shifts back (55 pixels), a run shorter than a tile (6 pixels, flat and at stride
 # (2, 1)); strides (2, 2), (1, 2) and (1, 3); few input channels on a map big enough; 3×3 convs with and without
-# padding at strides 1 and 2, a 7×7 RGB stem. BLAS keeps 24 outputs (vectors a quarter empty), 16 inputs on a
-# small map, a padded 1×1, 5×5 kernels and rows whose tiles waste more than a quarter (8 and 3 outputs).
+# padding at strides 1 and 2, a 7×7 RGB stem, a 1×7 conv. BLAS keeps 24 outputs (vectors a quarter empty), 16
+# inputs on a small map, a padded 1×1, 5×5 and 3×1 kernels and rows whose tiles waste more than a quarter (8 and 3
+# outputs).
 BLOCKED = [
     (32, 16, 7, 7, 1, (1, 1), (0, 0, 0, 0), True),
     (40, 32, 5, 11, 1, (1, 1), (0, 0, 0, 0), True),
@@ -254,6 +255,7 @@ BLOCKED = [
     (16, 48, 13, 15, 3, (2, 2), (1, 0, 0, 1), True),
     (20, 16, 9, 9, 3, (1, 1), (0, 0, 0, 0), True),
     (3, 32, 19, 29, 7, (2, 2), (3, 2, 3, 1), True),
+    (24, 32, 9, 17, (1, 7), (1, 1), (0, 3, 0, 3), True),
     (16, 96, 28, 28, 1, (1, 1), (0, 0, 0, 0), True),
     (32, 24, 7, 7, 1, (1, 1), (0, 0, 0, 0), False),
     (16, 32, 7, 7, 1, (1, 1), (0, 0, 0, 0), False),
@@ -261,14 +263,16 @@ BLOCKED = [
     (16, 32, 9, 9, 5, (1, 1), (2, 2, 2, 2), False),
     (32, 32, 8, 8, 3, (1, 1), (1, 1, 1, 1), False),
     (32, 48, 10, 3, 1, (2, 1), (0, 0, 0, 0), False),
+    (32, 32, 9, 9, (3, 1), (1, 1), (1, 0, 1, 0), False),
 ]
 
 
 def blocked_case(case):
-    """(x, w, b, stride, pads, output size) of a BLOCKED case."""
+    """(x, w, b, stride, pads, output size) of a BLOCKED case (its kernel k×k, or (kh, kw))."""
     cin, cout, h, w, k, s, pads = case[:7]
-    out_hw = ((h + pads[0] + pads[2] - k) // s[0] + 1, (w + pads[1] + pads[3] - k) // s[1] + 1)
-    return randn((cin, h, w), 3), randn((cout, cin, k, k), 4), randn(cout, 5), s, pads, out_hw
+    kh, kw = (k, k) if isinstance(k, int) else k
+    out_hw = ((h + pads[0] + pads[2] - kh) // s[0] + 1, (w + pads[1] + pads[3] - kw) // s[1] + 1)
+    return randn((cin, h, w), 3), randn((cout, cin, kh, kw), 4), randn(cout, 5), s, pads, out_hw
 
 
 @pytest.mark.parametrize("vector", [True, False], ids=["gemm", "blas"])
@@ -302,7 +306,7 @@ def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
     if not vectors.ENABLED:
         pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
     x, w, b, s, pads, (oh, ow) = blocked_case(case)
-    k = w.shape[2]
+    kh, kw = w.shape[2:]
 
     def conv(buffer, origin, region):
         out = np.empty((w.shape[0], region[2] - region[0], region[3] - region[1]), np.float32)
@@ -312,7 +316,7 @@ def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
     whole = conv(x, (0, 0), (0, 0, oh, ow))
     for y0, x0, y1, x1 in [(0, 0, min(2, oh), min(3, ow)), (oh // 3, ow // 3, oh - oh // 3, ow - ow // 3),
                            (oh - 1, 0, oh, ow), (0, ow - 1, oh, ow), (0, 0, oh, ow)]:
-        (a, z), (c, d) = need(y0, y1, k, s[0], 1, pads[0], x.shape[1]), need(x0, x1, k, s[1], 1, pads[1], x.shape[2])
+        (a, z), (c, d) = need(y0, y1, kh, s[0], 1, pads[0], x.shape[1]), need(x0, x1, kw, s[1], 1, pads[1], x.shape[2])
         room = np.zeros((x.shape[0], z - a + 2, d - c + 3), np.float32)
         room[:, 1:-1, 2:-1] = x[:, a:z, c:d]
         for buffer in (np.ascontiguousarray(x[:, a:z, c:d]), room[:, 1:-1, 2:-1]):
@@ -321,11 +325,11 @@ def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
 
 
 def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatch):
-    """blocked.takes: convs 1, 3 or 7 wide of one group without dilation, outputs a multiple of 16, runs whose
-    tiles waste at most a quarter; a 1×1 unpadded with 32 inputs or an output of 28². Not groups, dilation, 5×5,
-    24 outputs, a 1-column strip, rows of 8 or of 5, a padded 1×1, 16 inputs to a 1×1 on a small map, float64,
-    strided columns, or a host without the vectors. Called directly, a last block of 40 channels in 48 lanes stores only
-    its 40."""
+    """blocked.takes: convs 3 or 7 wide, or 1×1, of one group without dilation, outputs a multiple of 16, runs
+    whose tiles waste at most a quarter; a 1×1 unpadded with 32 inputs or an output of 28². Not groups, dilation,
+    5×5, 7×1, 24 outputs, a 1-column strip, rows of 8 or of 5, a padded 1×1, 16 inputs to a 1×1 on a small map,
+    float64, strided columns, or a host without the vectors. Called directly, a last block of 40 channels in 48
+    lanes stores only its 40."""
     from nptp_mpi.kernels import blocked
 
     x, no = np.zeros((32, 9, 9), np.float32), (0,) * 4
@@ -336,12 +340,13 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
                                          ((16, 32, 1, 1), (1, 3), no, x, (9, 7)),
                                          ((64, 32, 3, 3), (1, 1), (1,) * 4, x, (9, 7)),
                                          ((64, 3, 7, 7), (2, 2), (3,) * 4, x[:3], (7, 7)),
-                                         ((64, 32, 7, 1), (1, 1), (3, 0, 3, 0), x, (9, 14)),
+                                         ((64, 32, 1, 7), (1, 1), (0, 3, 0, 3), x, (9, 14)),
                                          ((16, 32, 3, 3), (1, 1), no, x, (7, 7))]:
         assert blocked.takes(w_shape, 1, s, pads, (1, 1), xx, out_hw), (w_shape, s, pads, out_hw)
     for w_shape, g, s, pads, d, out_hw in [((16, 16, 1, 1), 2, (1, 1), no, (1, 1), (9, 9)),
                                            ((16, 32, 3, 3), 1, (1, 1), (2,) * 4, (2, 2), (9, 9)),
                                            ((16, 32, 5, 5), 1, (1, 1), (2,) * 4, (1, 1), (9, 9)),
+                                           ((16, 32, 7, 1), 1, (1, 1), (3, 0, 3, 0), (1, 1), (9, 14)),
                                            ((24, 32, 1, 1), 1, (1, 1), no, (1, 1), (9, 9)),
                                            ((16, 32, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), (9, 1)),
                                            ((16, 32, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), (8, 8)),
