@@ -79,8 +79,8 @@ def _tile(typingctx, cb, kw, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n
                    for q in range(PIX)]
         # The loop runs over the input rows the taps read, i < cin·kh (channel i // kh, kernel row ky = i % kh): `at`
         # steps a row down, or at the last kernel row on to the next channel's first. (kw = 1: a 1×1 conv, kh = 1,
-        # takes(); there every step is on to the next channel, with no kernel row to count: two threads on one
-        # core's two hyperthreads ran MobileNetV2's 16→96 at 112² 20-30% slower with the count.)
+        # takes(); there every step is on to the next channel, with no kernel row to count: on two threads
+        # MobileNetV2's 16→96 at 112² ran 20-30% slower with the count.)
         back = builder.mul(rpitch, builder.sub(kh, I64(1)))
         down, on = builder.mul(rpitch, I64(4)), builder.mul(builder.sub(cpitch, back), I64(4))
         start = [vector(builder, builder.add(b, I64(4 * LANES * v))) for v in range(cb)]
