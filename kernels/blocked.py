@@ -238,8 +238,6 @@ def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.n
     """out (C-contiguous) = clamp(conv of output `region` from tile x + b, lo, hi) (takes())."""
     cout, cin, kh, kw = w.shape
     p = window(x, origin, in_hw, (kh, kw), stride, pads, (1, 1), region, 0.0)  # (a view of x where no pad is read)
-    if not rowwise(p):
-        p = np.ascontiguousarray(p)
     (oh, ow), cs, rs = out.shape[1:], p.strides[0] // 4, p.strides[1] // 4
     if _flat(w.shape, stride, p, ow):
         runs, run, rstep = 1, oh * ow, 0
