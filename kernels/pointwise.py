@@ -129,7 +129,7 @@ _PASSES = {code: _activation_pass(code) for code in ACTS.values() if code > 2}
 
 def clamp_bounds(code: int, alpha: np.float32, lo: np.float32, hi: np.float32) -> tuple[np.float32, np.float32]:
     """The bounds act1 clamps to for an inline activation `code` (none, relu, clip; alpha unused): for kernels that
-    clamp whole vectors themselves (rows.py)."""
+    clamp whole vectors themselves (rows.py, blocked.py)."""
     return (np.float32(-np.inf) if code == 0 else (np.float32(0.0) if code == 1 else lo),
             hi if code == 2 else np.float32(np.inf))
 

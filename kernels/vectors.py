@@ -65,12 +65,9 @@ def vector(builder: ir.IRBuilder, address: ir.Value) -> ir.Value:
 
 
 def load(builder: ir.IRBuilder, address: ir.Value, mask: ir.Value, fill: float) -> ir.Value:
-    """Floats from `address` where mask is set, `fill` elsewhere (masked-off lanes touch no memory); as many as
-    the mask has lanes (16, or 8 for half rows)."""
-    n = mask.type.count
-    vtype = ir.VectorType(F32, n)
-    fn = declare(builder, f"llvm.masked.load.v{n}f32.p0", vtype, [PTR, I32, mask.type, vtype])
-    return builder.call(fn, [builder.inttoptr(address, PTR), I32(4), mask, ir.Constant(vtype, [fill] * n)])
+    """16 floats from `address` where mask is set, `fill` elsewhere (masked-off lanes touch no memory)."""
+    fn = declare(builder, "llvm.masked.load.v16f32.p0", VF, [PTR, I32, VB, VF])
+    return builder.call(fn, [builder.inttoptr(address, PTR), I32(4), mask, ir.Constant(VF, [fill] * LANES)])
 
 
 def store(builder: ir.IRBuilder, value: ir.Value, address: ir.Value, mask: ir.Value) -> None:
@@ -87,8 +84,8 @@ def fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Valu
 
 
 def clamp(builder: ir.IRBuilder, v: ir.Value, lo: ir.Value, hi: ir.Value) -> ir.Value:
-    """v (any lanes) clamped to [lo, hi] (scalars) by compare and select: NaN passes through, as pointwise.act1."""
+    """v clamped to [lo, hi] (scalars) by compare and select: NaN passes through, as pointwise.act1."""
     for bound, cmp in ((lo, "<"), (hi, ">")):
-        bound = splat(builder, bound, v.type)
+        bound = splat(builder, bound, VF)
         v = builder.select(builder.fcmp_ordered(cmp, v, bound), bound, v)
     return v
