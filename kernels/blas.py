@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange, types
 
 from .threads import block, count
+from .vectors import address
 
 ALIGN = 16  # blocks of rows or columns start at multiples of this (whole vectors for BLAS's micro-kernels)
 SPLIT_FROM = 1 << 20  # multiply-adds from which a product is split: below, ~20 µs, the split's set-up costs more
@@ -35,8 +36,8 @@ def _find(fn: str) -> int | None:
 _ADDRESSES = {fn: _find(fn) for fn in ("sgemm", "sgemv")}
 FOUND = None not in _ADDRESSES.values()
 if FOUND:
-    for fn, address in _ADDRESSES.items():  # (the kernels compiled against these names are cached: keep them)
-        ll.add_symbol(f"nptp_cblas_{fn}64", address)
+    for fn, found in _ADDRESSES.items():  # (the kernels compiled against these names are cached: keep them)
+        ll.add_symbol(f"nptp_cblas_{fn}64", found)
 
 _I, _P, _F, _E = types.int64, types.intp, types.float32, types.int32  # (pointers as integers: the same registers)
 _sgemm = types.ExternalFunction("nptp_cblas_sgemm64", types.void(_E, _E, _E, _I, _I, _I, _F, _P, _I, _P, _I, _F, _P,
@@ -85,7 +86,7 @@ def _operand(x: np.ndarray) -> tuple[int, int] | None:
     if x.dtype != np.float32 or x.ndim != 2 or (x.strides[1] != 4 and x.shape[1] > 1) or x.strides[0] % 4:
         return None
     ld = x.strides[0] // 4
-    return (x.ctypes.data, ld) if ld >= max(1, x.shape[1]) else None
+    return (address(x), ld) if ld >= max(1, x.shape[1]) else None
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from numba.extending import intrinsic
 from . import vectors
 from .derived import per_weights
 from .threads import block
-from .vectors import I32, I64, LANES, VB, VF, VI, clamp, fma, rowwise, scalar, splat, store, vector
+from .vectors import I32, I64, LANES, VB, VF, VI, address, clamp, fma, rowwise, scalar, splat, store, vector
 from .window import window
 
 PIX = 7  # pixels a tile computes: rows of 7²-112² maps are whole tiles; a longer run's last tile shifts back
@@ -247,8 +247,7 @@ def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.n
     cb = wp.shape[2] // LANES  # (_cb(cout), as packed)
     ntb = max(1, min(nt, len(wp)))
     ntp = max(1, min(nt // ntb, runs if runs > 1 else -(-run // PIX)))
-    args = (cb, kh, kw, wp.ctypes.data, bp.ctypes.data, p.ctypes.data, cs, rs, cin, stride[1], out.ctypes.data,
-            oh * ow, cout)
+    args = (cb, kh, kw, address(wp), address(bp), address(p), cs, rs, cin, stride[1], address(out), oh * ow, cout)
     if ntb * ntp == 1:  # (a parallel loop's launch costs ~8 µs even on one thread: 8% of a 7² conv)
         _work(*args, 0, len(wp), rstep, run, 0, runs, 0, run, lo, hi)
     else:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import llvmlite.binding as ll
 import numpy as np
 from llvmlite import ir
+from numba import njit
 from numba.core import cgutils
 
 LANES = 16
@@ -35,6 +36,13 @@ def enabled(on: bool) -> Iterator[None]:
 def rowwise(x: np.ndarray) -> bool:
     """Whether x (C, H, W) is float32 with contiguous rows (a vector load reads a row's lanes at once)."""
     return x.dtype == np.float32 and x.strides[2] == 4 and x.strides[0] % 4 == 0 and x.strides[1] % 4 == 0
+
+
+@njit(cache=True)
+def address(a: np.ndarray) -> int:
+    """The address of a's first element, for kernels that take addresses (one compiled signature for every layout
+    of view): a Numba call takes 0.15 µs, where ndarray.ctypes.data took 0.95 (four a conv: 4% of a 7² conv)."""
+    return a.ctypes.data
 
 
 F32, I32, I64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
