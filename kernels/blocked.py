@@ -23,7 +23,7 @@ from numba.extending import intrinsic
 from . import vectors
 from .derived import per_weights
 from .threads import block
-from .vectors import I32, I64, LANES, VB, VF, VI, address, clamp, fma, rowwise, scalar, splat, store, vector
+from .vectors import I32, I64, LANES, VB, VF, VI, address, clamp, dest, fma, rowwise, scalar, splat, store, vector
 from .window import window
 
 PIX = 7  # pixels a tile computes: rows of 7²-112² maps are whole tiles; a longer run's last tile shifts back
@@ -128,49 +128,49 @@ def _tile(typingctx, cb, kw, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n
 
 
 @njit(cache=True, inline="always")
-def _tiles(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi):
+def _tiles(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi):
     """Output channel blocks [b0, b1) (16·cb channels each), pixels [q0, q1) of runs [r0, r1): pixel q of run r
-    reads x from r·rstep + q·s floats on (channels cs apart, rows rs apart) and writes out at r·run + q (channels
-    ohw apart). The last tile of a run of PIX or more starts PIX before its end (its pixels computed twice, to the
+    reads x from r·rstep + q·s floats on (channels cs apart, rows rs apart) and writes out at r·ors + q (channels
+    ocs apart). The last tile of a run of PIX or more starts PIX before its end (its pixels computed twice, to the
     same bits)."""
     lanes = LANES * cb
     for blk in range(b0, b1):
         c0 = blk * lanes
         cn, wb, bb = min(lanes, cout - c0), w + 4 * blk * cin * kh * kw * lanes, b + 4 * c0
         for r in range(r0, r1):
-            xr, orow = x + 4 * r * rstep, out + 4 * (c0 * ohw + r * run)
+            xr, orow = x + 4 * r * rstep, out + 4 * (c0 * ocs + r * ors)
             if q1 - q0 < PIX:
-                _tile(cb, kw, wb, xr + 4 * q0 * s, cs, rs, kh, cin, s, bb, orow + 4 * q0, ohw, q1 - q0, cn, lo, hi)
+                _tile(cb, kw, wb, xr + 4 * q0 * s, cs, rs, kh, cin, s, bb, orow + 4 * q0, ocs, q1 - q0, cn, lo, hi)
                 continue
             for p in range(q0, q1, PIX):
                 q = min(p, q1 - PIX)
-                _tile(cb, kw, wb, xr + 4 * q * s, cs, rs, kh, cin, s, bb, orow + 4 * q, ohw, PIX, cn, lo, hi)
+                _tile(cb, kw, wb, xr + 4 * q * s, cs, rs, kh, cin, s, bb, orow + 4 * q, ocs, PIX, cn, lo, hi)
 
 
 @njit(cache=True, inline="always")
-def _blocks(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi):
+def _blocks(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi):
     """_tiles with cb as a constant too (kw is already), one branch (a copy of the loops) per value."""
     if cb == 3:
-        _tiles(3, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+        _tiles(3, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
     elif cb == 2:
-        _tiles(2, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+        _tiles(2, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
     else:
-        _tiles(1, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+        _tiles(1, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
 
 
 @njit(cache=True)
-def _work(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi):
+def _work(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi):
     """_tiles with cb and the kernel width kw as constants: a copy of the loops per pair (WIDTHS)."""
     if kw == 1:
-        _blocks(cb, kh, 1, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+        _blocks(cb, kh, 1, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
     elif kw == 3:
-        _blocks(cb, kh, 3, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+        _blocks(cb, kh, 3, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
     else:
-        _blocks(cb, kh, 7, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+        _blocks(cb, kh, 7, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
 
 
 @njit(cache=True, parallel=True)
-def _run(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, rstep, runs, run, ntb, ntp, lo, hi):
+def _run(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, rstep, runs, run, ntb, ntp, lo, hi):
     """_work on ntb blocks of output channel blocks × ntp blocks of the runs (or of the one run's pixels), one per
     thread."""
     nb = -(-cout // (LANES * cb))
@@ -181,7 +181,7 @@ def _run(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, rstep, runs, run, 
             r0, r1 = block(runs, t // ntb, ntp)
         else:
             q0, q1 = block(run, t // ntb, ntp)
-        _work(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ohw, cout, b0, b1, rstep, run, r0, r1, q0, q1, lo, hi)
+        _work(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
 
 
 def _cb(cout: int) -> int:
@@ -209,17 +209,18 @@ def _padded(b: np.ndarray) -> np.ndarray:
 
 
 def takes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
-          dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int]) -> bool:
-    """Whether conv() computes this conv: on a vector host, a conv of one group and no dilation whose kernel width is
-    compiled (WIDTHS; of those 1 wide, 1×1 alone), x float32 with its rows contiguous, output channels a multiple
-    of 16, and runs whose tiles waste at most a quarter of their pixels (rows of 8 outputs take 14, 57%; a tile's
-    1-column border strip 1 of 7; 7, 14, 28 and 56 none; a 1×1 over whole rows is one run); a 1×1 conv with no
-    padding and 32 input channels or more or an output of 28² or more. Elsewhere im2col and BLAS ran faster (bench
+          dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int], pitch: int | None = None) -> bool:
+    """Whether conv() computes this conv into an output whose rows lie `pitch` floats apart (None: back to back):
+    on a vector host, a conv of one group and no dilation whose kernel width is compiled (WIDTHS; of those 1 wide,
+    1×1 alone), x float32 with its rows contiguous, output channels a multiple of 16, and runs whose tiles waste at
+    most a quarter of their pixels (rows of 8 outputs take 14, 57%; a tile's 1-column border strip 1 of 7; 7, 14, 28
+    and 56 none; a 1×1 reading and writing whole rows back to back is one run); a 1×1 conv with no padding and 32
+    input channels or more or an output of 28² or more. Elsewhere im2col and BLAS ran faster (bench
     in docs/BENCHMARKS.md): rows of 8, 1.33× their time; 24 output channels, their vectors a quarter empty,
     1.1-1.4×; 16 input channels at 14², the transposed stores outweighing the sums, 1.15×; a 7×1 conv, 1.03×. (The
     caller keeps the convs Winograd takes, and RGB stems, rows.py.)"""
     cout, cin, kh, kw = w_shape
-    run = out_hw[0] * out_hw[1] if _flat(w_shape, stride, x, out_hw[1]) else out_hw[1]
+    run = out_hw[0] * out_hw[1] if _flat(w_shape, stride, x, out_hw[1], pitch or out_hw[1]) else out_hw[1]
     if not (vectors.ENABLED and kw in WIDTHS and (kw > 1 or kh == 1) and groups == 1 and tuple(dilation) == (1, 1)
             and cout % LANES == 0 and 0 < run and 3 * -(-run // PIX) * PIX <= 4 * run and x.shape[0] > 0
             and rowwise(x)):
@@ -227,19 +228,20 @@ def takes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
     return (kh, kw) != (1, 1) or (not any(pads) and (cin >= 32 or out_hw[0] * out_hw[1] >= 28 * 28))
 
 
-def _flat(w_shape: tuple[int, ...], stride: tuple[int, int], x: np.ndarray, ow: int) -> bool:
-    """Whether a 1×1 conv at stride 1 of output rows ow wide reads them from x back to back: as one run."""
-    return tuple(w_shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and ow == x.shape[2] == x.strides[1] // 4
+def _flat(w_shape: tuple[int, ...], stride: tuple[int, int], x: np.ndarray, ow: int, pitch: int) -> bool:
+    """Whether a 1×1 conv at stride 1 of output rows ow wide reads them from x and writes them (rows pitch floats
+    apart) back to back: as one run."""
+    return tuple(w_shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and ow == x.shape[2] == x.strides[1] // 4 == pitch
 
 
 def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
          stride: tuple[int, int], pads: tuple[int, int, int, int], region: tuple[int, int, int, int],
          out: np.ndarray, lo: np.float32, hi: np.float32, nt: int) -> None:
-    """out (C-contiguous) = clamp(conv of output `region` from tile x + b, lo, hi) (takes())."""
+    """out = clamp(conv of output `region` from tile x + b, lo, hi) (takes()); out's rows contiguous (dest())."""
     cout, cin, kh, kw = w.shape
     p = window(x, origin, in_hw, (kh, kw), stride, pads, (1, 1), region, 0.0)  # (a view of x where no pad is read)
-    (oh, ow), cs, rs = out.shape[1:], p.strides[0] // 4, p.strides[1] // 4
-    if _flat(w.shape, stride, p, ow):
+    (oa, _, oh, ow, ocs, ors), cs, rs = dest(out), p.strides[0] // 4, p.strides[1] // 4
+    if _flat(w.shape, stride, p, ow, ors):
         runs, run, rstep = 1, oh * ow, 0
     else:
         runs, run, rstep = oh, ow, stride[0] * rs
@@ -247,8 +249,8 @@ def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.n
     cb = wp.shape[2] // LANES  # (_cb(cout), as packed)
     ntb = max(1, min(nt, len(wp)))
     ntp = max(1, min(nt // ntb, runs if runs > 1 else -(-run // PIX)))
-    args = (cb, kh, kw, address(wp), address(bp), address(p), cs, rs, cin, stride[1], address(out), oh * ow, cout)
+    args = (cb, kh, kw, address(wp), address(bp), address(p), cs, rs, cin, stride[1], oa, ocs, ors, cout)
     if ntb * ntp == 1:  # (a parallel loop's launch costs ~8 µs even on one thread: 8% of a 7² conv)
-        _work(*args, 0, len(wp), rstep, run, 0, runs, 0, run, lo, hi)
+        _work(*args, 0, len(wp), rstep, 0, runs, 0, run, lo, hi)
     else:
         _run(*args, rstep, runs, run, ntb, ntp, lo, hi)

@@ -13,6 +13,7 @@ from . import blas, blocked, rows, winograd
 from .derived import per_arguments, per_weights
 from .pointwise import act1, act_code, clamp_bounds, constant, epilogue, finish, inline_code
 from .threads import block, count, padded
+from .vectors import rowwise
 from .window import phase_buffers, phase_layout, split_phases, stage, staging, window
 
 # im2col + GEMM run in chunks of output rows whose columns fit COL_BYTES: about the size of a core's L2, so
@@ -247,45 +248,66 @@ def _activation(act: str, alpha: float, lo: float, hi: float) -> tuple[tuple, tu
 def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
            b: np.ndarray | None, stride: tuple[int, int], pads: tuple[int, int, int, int],
            dilation: tuple[int, int], groups: int, region: tuple[int, int, int, int], act: str = "",
-           alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0, residual: np.ndarray | None = None) -> np.ndarray:
+           alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0, residual: np.ndarray | None = None,
+           into: np.ndarray | None = None) -> np.ndarray:
     """Conv (+ bias + residual + fused activation) of output `region` from an input tile buffer x (Cin, bh, bw);
     residual: None, or the region of a map added before the activation (a fused residual add).
 
+    into: None (a new C-contiguous array is returned), or the float32 array the output goes to and is returned, its
+    rows contiguous (a view of a tile buffer with room for a halo): the vector kernels write it where nothing is
+    left to add after them, the others' result is copied in (a rank's layer otherwise copied each output whole).
     An empty region returns an empty (Cout, rows, cols) array without reading x.
     """
     cout, cin_g, kh, kw = w.shape
     if x.shape[0] != cin_g * groups or cout % groups:
         raise ValueError(f"conv: input has {x.shape[0]} channels, weights {w.shape} with {groups} groups")
     y0, x0, y1, x1 = region
-    out = np.empty((cout, max(0, y1 - y0), max(0, x1 - x0)), np.float32)
-    if out.size == 0:
-        return out
+    shape = (cout, max(0, y1 - y0), max(0, x1 - x0))
+    if 0 in shape:
+        return np.empty(shape, np.float32) if into is None else into
     w, b, epi, whole = _operands(w, b, act, alpha, lo, hi)
     if residual is not None:  # the kernels' own loops then apply the bias alone; _finish does the rest
         epi, residual = (0, *epi[1:]), np.ascontiguousarray(residual, np.float32)  # (a tile's view: copied, as add's)
-    ob = rows.kind(w.shape, groups, stride, dilation, x, out.shape[2])
-    wino = groups == 1 and winograd_pays(w.shape, stride, dilation, out.shape[1:])
-    if not (ob or wino) and blocked.takes(w.shape, groups, stride, pads, dilation, x, out.shape[1:]):
-        blocked.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), count())
-        return _finish(out, whole, residual)
-    if ob:
-        staging(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)  # (raises if x lacks an input)
-        rows.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), ob, count())
-        return _finish(out, whole, residual)
+    if into is not None and (into.shape != shape or not rowwise(into)):
+        raise ValueError(f"conv: output {shape} cannot go to a {into.dtype} array {into.shape}, strides {into.strides}")
+    ob = rows.kind(w.shape, groups, stride, dilation, x, shape[2])
+    wino = groups == 1 and winograd_pays(w.shape, stride, dilation, shape[1:])
+    vec = not (ob or wino) and blocked.takes(w.shape, groups, stride, pads, dilation, x, shape[1:])
+    # Straight into `into` where nothing is left for _finish to do (no residual, an activation the kernel's loop
+    # applies), and a 1×1 the vector GEMM runs over the map's rows as one run still suits it with into's rows apart
+    # (rows of 10: not; of 14 or more: yes).
+    direct = into is not None and residual is None and epi == whole and (
+        not vec or blocked.takes(w.shape, groups, stride, pads, dilation, x, shape[1:], into.strides[1] // 4))
+    if vec or ob:
+        out = into if direct else np.empty(shape, np.float32)
+        if vec:
+            blocked.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), count())
+        else:
+            staging(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)  # (raises if x lacks an input)
+            rows.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), ob, count())
+        return out if direct else _placed(_finish(out, whole, residual), into)
+    out = np.empty(shape, np.float32)
     if cin_g == 1 and groups > 1:
         _depthwise(x, origin, in_hw, w, b, stride, pads, dilation, region, out, *epi)
-        return _finish(out, whole, residual)
+        return _placed(_finish(out, whole, residual), into)
     p = _slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)
     if wino:
         winograd.conv3x3(p, w, b, out, *epi)
-        return _finish(out, whole, residual)
+        return _placed(_finish(out, whole, residual), into)
     k, (oh, ow) = cin_g * kh * kw, out.shape[1:]
     step = min(oh, max(1, COL_BYTES // (4 * groups * k * ow)))
-    direct = (kh, kw, *stride) == (1, 1, 1, 1)
-    cols = None if direct else np.empty(groups * k * step * ow, np.float32)
+    cols = None if (kh, kw, *stride) == (1, 1, 1, 1) else np.empty(groups * k * step * ow, np.float32)
     _gemm_conv(p, w.reshape(groups, cout // groups, k), out, (kh, kw), stride, dilation, step, cols)
     epilogue(out, constant(cout, 1.0), b, *whole, residual)
-    return out
+    return _placed(out, into)
+
+
+def _placed(out: np.ndarray, into: np.ndarray | None) -> np.ndarray:
+    """out, or into with out copied in."""
+    if into is None:
+        return out
+    into[...] = out
+    return into
 
 
 def _finish(out: np.ndarray, whole: tuple, residual: np.ndarray | None) -> np.ndarray:
@@ -302,14 +324,17 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
                    b: np.ndarray | None, stride: tuple[int, int], pads: tuple[int, int, int, int],
                    dilation: tuple[int, int], groups: int, regions: list[tuple[int, int, int, int]], act: str = "",
                    alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0,
-                   residuals: list[np.ndarray] | None = None) -> list[np.ndarray]:
+                   residuals: list[np.ndarray] | None = None, into: list[np.ndarray] | None = None
+                   ) -> list[np.ndarray]:
     """conv2d of several output regions of one tile (an overlap's border strips around its core), with each
-    region's residual if given. The regions on the im2col path share one GEMM: the weights then stream from
-    memory once, not once per region (at 8 ranks, VGG-16's 512-channel layers spent more time streaming weights
-    for four 1-pixel strips than on the tile's core). Every output is C-contiguous, as conv2d's."""
-    res = residuals or [None] * len(regions)
+    region's residual and destination (conv2d's into) if given. The regions on the im2col path share one GEMM: the
+    weights then stream from memory once, not once per region (at 8 ranks, VGG-16's 512-channel layers spent more
+    time streaming weights for four 1-pixel strips than on the tile's core). Every output is C-contiguous or its
+    destination, as conv2d's."""
+    res, dst = residuals or [None] * len(regions), into or [None] * len(regions)
     if len(regions) == 1:  # (nothing to share: the reference's every call, a tile's core without borders)
-        return [conv2d(x, origin, in_hw, w, b, stride, pads, dilation, groups, regions[0], act, alpha, lo, hi, res[0])]
+        return [conv2d(x, origin, in_hw, w, b, stride, pads, dilation, groups, regions[0], act, alpha, lo, hi, res[0],
+                       dst[0])]
     cout, cin_g, kh, kw = w.shape
     hw = [(max(0, r[2] - r[0]), max(0, r[3] - r[1])) for r in regions]
     k, n = cin_g * kh * kw, [h * wd for h, wd in hw]
@@ -320,7 +345,7 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
     if len(shared) < 2 or 4 * k * sum(n[i] for i in shared) > STRIPS_BYTES:
         shared = []
     outs = [None if i in shared else conv2d(x, origin, in_hw, w, b, stride, pads, dilation, groups, r, act, alpha,
-                                            lo, hi, res[i]) for i, r in enumerate(regions)]
+                                            lo, hi, res[i], dst[i]) for i, r in enumerate(regions)]
     if not shared:
         return outs
     offsets = np.cumsum([0] + [n[i] for i in shared])
@@ -333,6 +358,7 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
     w, b, _, whole = _operands(w, b, act, alpha, lo, hi)
     y = blas.matmul(w.reshape(cout, k), cols, np.empty((cout, cols.shape[1]), np.float32))
     for i, c0, c1 in zip(shared, offsets[:-1], offsets[1:], strict=True):
-        outs[i] = np.ascontiguousarray(y[:, c0:c1]).reshape(cout, *hw[i])
-        epilogue(outs[i], constant(cout, 1.0), b, *whole, res[i])
+        out = np.ascontiguousarray(y[:, c0:c1]).reshape(cout, *hw[i])
+        epilogue(out, constant(cout, 1.0), b, *whole, res[i])
+        outs[i] = _placed(out, dst[i])
     return outs

@@ -22,7 +22,7 @@ from numba.extending import intrinsic
 from . import vectors
 from .derived import per_arguments
 from .threads import block
-from .vectors import I32, I64, LANES, VB, VF, VI, clamp, fma, load, rowwise, scalar, splat, store
+from .vectors import I32, I64, LANES, VB, VF, VI, clamp, dest, fma, load, rowwise, scalar, splat, store
 
 
 def _tap(builder: ir.IRBuilder, address: ir.Value, col: ir.Value, width: ir.Value, n: ir.Value, stride: int,
@@ -105,16 +105,16 @@ def row(k, s, ob, cin, op, out, opitch, n, x, cpitch, pitch, rows, full, col, wi
 
 @njit(cache=True, inline="always")
 def _rows(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, cin, op, w, b, out, lo, hi):
-    """Conv (k×k, cin = w.shape[1] input channels per group) of output channels [b0·ob, b1·ob) of out, ob at a
-    time, from x: output (o, i, j) has its taps start at row top + i·sh and column left + j·sw of x (C, bh, bw;
+    """Conv (k×k, cin = w.shape[1] input channels per group) of output channels [b0·ob, b1·ob) of out (a dest()),
+    ob at a time, from x: output (o, i, j) has its taps start at row top + i·sh and column left + j·sw of x (C, bh, bw;
     rows contiguous), whose rows and columns inside the image are [in_h[0], in_h[1]) and [in_w[0], in_w[1]). Each
     output row in chunks of 16, in bands of BAND rows, rows inner: a chunk's column masks are then worked out once
     a band, and a band's input stays in cache from one chunk to the next (walking a 256² map a chunk at a time
     from top to bottom was 1.9× slower)."""
-    cout, oh, ow = out.shape
+    oa, cout, oh, ow, ocs, ors = out
     cout_g = cout // (x.shape[0] // cin)
     cs, rs = x.strides[0] // 4, x.strides[1] // 4
-    xa, oa, wa, ba = x.ctypes.data, out.ctypes.data, w.ctypes.data, b.ctypes.data
+    xa, wa, ba = x.ctypes.data, w.ctypes.data, b.ctypes.data
     (r_lo, r_hi), (c_lo, c_hi) = in_h, in_w
     full = (1 << k) - 1
     for blk in range(b0, b1):
@@ -131,7 +131,7 @@ def _rows(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, cin, op, w, b, out, l
                         for ky in range(k):
                             if r_lo <= r + ky < r_hi:
                                 rows |= 1 << ky
-                    row(k, sw, ob, cin, op, oa + 4 * ((o * oh + i) * ow + j0), oh * ow, n,
+                    row(k, sw, ob, cin, op, oa + 4 * (o * ocs + i * ors + j0), ocs, n,
                         xa + 4 * (c * cs + r * rs + col), cs, rs, rows, full, col - c_lo, c_hi - c_lo,
                         wa + 4 * o * cin * k * k, cin * k * k, ba + 4 * o, lo, hi)
 
@@ -170,7 +170,7 @@ def _block(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, op, w, b, out, lo, h
 def _run(x, top, left, in_h, in_w, k, sh, sw, ob, op, w, b, out, lo, hi, nt):
     """_block on nt blocks of output channels (of ob each), one per thread."""
     for t in prange(nt):
-        b0, b1 = block(out.shape[0] // ob, t, nt)
+        b0, b1 = block(out[1] // ob, t, nt)
         _block(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, op, w, b, out, lo, hi)
 
 
@@ -221,13 +221,14 @@ def _go(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], k: int, 
     in-image input the region reads: window.staging)."""
     (oy, ox), (h, wd), (y0, x0) = origin, in_hw, region[:2]
     _run(x, y0 * stride[0] - pads[0] - oy, x0 * stride[1] - pads[1] - ox, (-oy, h - oy), (-ox, wd - ox), k,
-         *stride, ob, op, w, b, out, lo, hi, min(nt, out.shape[0] // ob))
+         *stride, ob, op, w, b, dest(out), lo, hi, min(nt, out.shape[0] // ob))
 
 
 def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
          stride: tuple[int, int], pads: tuple[int, int, int, int], region: tuple[int, int, int, int],
          out: np.ndarray, lo: np.float32, hi: np.float32, ob: int, nt: int) -> None:
-    """out = clamp(conv of output `region` from tile x, lo, hi), ob output channels at a time (kind())."""
+    """out = clamp(conv of output `region` from tile x, lo, hi), ob output channels at a time (kind()); out's rows
+    contiguous (dest())."""
     _go(x, origin, in_hw, w.shape[2], stride, pads, region, ob, FMA, np.ascontiguousarray(w),
         np.ascontiguousarray(b), out, lo, hi, nt)
 

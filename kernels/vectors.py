@@ -40,9 +40,29 @@ def rowwise(x: np.ndarray) -> bool:
 
 @njit(cache=True)
 def address(a: np.ndarray) -> int:
-    """The address of a's first element, for kernels that take addresses (one compiled signature for every layout
-    of view): a Numba call takes 0.15 µs, where ndarray.ctypes.data took 0.95 (four a conv: 4% of a 7² conv)."""
+    """The address of an array's first element, for kernels that take addresses (one compiled signature for every
+    layout of view): a Numba call takes 0.15 µs, where ndarray.ctypes.data took 0.95 (four a conv: 4% of a 7²
+    conv)."""
     return a.ctypes.data
+
+
+def addressed() -> list[np.ndarray]:
+    """Arrays of every type address() is given (float32, 1-3 dimensions, contiguous or a view, writable or not):
+    warm() compiles it for each."""
+    arrays = []
+    for n in (1, 2, 3):
+        a = np.zeros((2,) * n, np.float32)
+        for v in (a, a[..., :1]):
+            arrays.append(v)
+            arrays.append(v.view())
+            arrays[-1].flags.writeable = False
+    return arrays
+
+
+def dest(out: np.ndarray) -> tuple[int, int, int, int, int, int]:
+    """Output array out (C, H, W; float32, rows contiguous: a view of a larger buffer welcome) as the kernels take
+    it: (address, C, H, W, floats between channels, floats between rows)."""
+    return (address(out), *out.shape, out.strides[0] // 4, out.strides[1] // 4)
 
 
 F32, I32, I64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)

@@ -134,12 +134,11 @@ class Engine:
         node = self.nodes[i]
         ins = [self._tile(t) for t in step.inputs]
         mean = self.buffers[step.mean] if step.mean else None
-        for piece, data in zip(step.pieces, run_pieces(node, ins, self.in_hw[step.node], step.pieces, mean),
-                               strict=True):
-            if step.output in self.fixed:
-                self._tile(step.output).view(piece)[...] = data
-            else:
-                self.buffers[step.output] = data
+        if step.output in self.fixed:
+            out = self._tile(step.output)
+            run_pieces(node, ins, self.in_hw[step.node], step.pieces, mean, [out.view(p) for p in step.pieces])
+        else:
+            self.buffers[step.output], = run_pieces(node, ins, self.in_hw[step.node], step.pieces, mean)
 
     def infer(self, x: np.ndarray | None) -> tuple[np.ndarray | None, Stats]:
         """One inference; x is the whole input (C, H, W) on rank 0 (an image's uint8 pixels where the plan

@@ -79,14 +79,21 @@ def run_spatial(node: Node, ins: list[Tile], in_hw: tuple[int, int], region: Rec
 
 
 def run_pieces(node: Node, ins: list[Tile], in_hw: tuple[int, int], pieces: list[Rect],
-               mean: np.ndarray | None = None) -> list[np.ndarray]:
-    """run_spatial of each piece; a conv's pieces share one GEMM where they can (kernels.conv2d_regions)."""
+               mean: np.ndarray | None = None, into: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """run_spatial of each piece, written into its destination in `into` if given (views of the output's tile
+    buffer: a conv's kernels write most of them in place); a conv's pieces share one GEMM where they can
+    (kernels.conv2d_regions)."""
     if node.op != "conv":
-        return [run_spatial(node, ins, in_hw, piece, mean) for piece in pieces]
+        outs = [run_spatial(node, ins, in_hw, piece, mean) for piece in pieces]
+        if into is None:
+            return outs
+        for out, dst in zip(outs, into, strict=True):
+            dst[...] = out
+        return into
     w, x, p = node.window, ins[0], node.params
     residuals = [ins[1].view(piece) for piece in pieces] if len(ins) > 1 else None
     return K.conv2d_regions(x.data, x.rect[:2], in_hw, p["w"], p.get("b"), w.stride, w.pads, w.dilation,
-                            node.attrs.get("groups", 1), list(pieces), **_act(node), residuals=residuals)
+                            node.attrs.get("groups", 1), list(pieces), **_act(node), residuals=residuals, into=into)
 
 
 def se_gate(node: Node, mean: np.ndarray) -> np.ndarray:

@@ -130,6 +130,8 @@ def warm() -> None:
     for act in ACTS:  # each activation's own vectorised pass (pointwise.finish)
         kernels.activation(np.zeros(4, np.float32), act)
     kernels.channel_sums(np.zeros((2, 3, 4), np.float32)[:, 1:, 1:])  # a tile's view: its part of a mean (engine)
+    for a in kernels.vectors.addressed():  # (the engine's output views among them: conv2d's into)
+        kernels.vectors.address(a)
     cache, digest = _cache()
     try:
         (cache / WARM_STAMP).write_text(digest)

@@ -328,8 +328,9 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
     """blocked.takes: convs 3 or 7 wide, or 1×1, of one group without dilation, outputs a multiple of 16, runs
     whose tiles waste at most a quarter; a 1×1 unpadded with 32 inputs or an output of 28². Not groups, dilation,
     5×5, 7×1, 24 outputs, a 1-column strip, rows of 8 or of 5, a padded 1×1, 16 inputs to a 1×1 on a small map,
-    float64, strided columns, or a host without the vectors. Called directly, a last block of 40 channels in 48
-    lanes stores only its 40."""
+    float64, strided columns, or a host without the vectors. A 1×1 over rows of 9 is one run of 81 pixels, but not
+    into rows 12 floats apart (a tile buffer with a halo): runs of 9. Called directly, a last block of 40 channels
+    in 48 lanes stores only its 40."""
     from nptp_mpi.kernels import blocked
 
     x, no = np.zeros((32, 9, 9), np.float32), (0,) * 4
@@ -354,6 +355,8 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
                                            ((16, 32, 1, 1), 1, (1, 1), (1, 0, 0, 0), (1, 1), (10, 9)),
                                            ((16, 16, 1, 1), 1, (1, 1), no, (1, 1), (9, 9))]:
         assert not blocked.takes(w_shape, g, s, pads, d, x[:w_shape[1] * g], out_hw), (w_shape, g, s, pads, out_hw)
+    assert blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), 9)
+    assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), 12)
     for xx in (x.astype(np.float64), x[:, :, ::2]):
         assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), xx, xx.shape[1:])
     monkeypatch.setattr(vectors, "ENABLED", False)
@@ -654,6 +657,47 @@ def test_a_residual_on_every_conv_path_is_the_add_after_the_plain_conv(act, n):
     got = K.conv2d_regions(*args[:-1], regions, act, residuals=parts)
     for g_, plain, r in zip(got, K.conv2d_regions(*args[:-1], regions), parts, strict=True):
         np.testing.assert_array_equal(g_, K.add(plain, r, act=act))
+
+
+@pytest.mark.parametrize("vector", [True, False], ids=["vectors", "loops"])
+@pytest.mark.parametrize("act, residual", [("", False), ("relu", False), ("silu", False), ("", True), ("relu", True)])
+@pytest.mark.parametrize("n", range(len(CONVS)))
+def test_a_conv_into_a_view_of_a_tile_buffer_writes_that_view_alone(n, act, residual, vector, monkeypatch):
+    """conv2d(into=view) (the engine's output tile, with room for a halo around it) gives the view a new array's
+    bits and leaves the rest of the buffer as it was, on every conv path; the vector kernels (rows.py, blocked.py)
+    write it in place where the activation is one their loops apply and no residual follows, the others' output
+    is copied in. conv2d_regions puts each region in its own view."""
+    from nptp_mpi.kernels import conv
+
+    monkeypatch.setattr(vectors, "ENABLED", vectors.ENABLED and vector)
+    x, wt, b, _ = conv_case(CONVS[n])
+    k, s, pads, d, g = CONVS[n][4:9]
+    out_hw = [out_len(x.shape[1 + a], k[a], s[a], d[a], pads[a], pads[a + 2], False) for a in (0, 1)]
+    args = (x, (0, 0), x.shape[1:], wt, b, s, pads, d, g, (0, 0, *out_hw))
+    res = randn((wt.shape[0], *out_hw), 9) if residual else None
+    want = K.conv2d(*args, act, residual=res)
+    buf = np.full((wt.shape[0], out_hw[0] + 3, out_hw[1] + 5), np.nan, np.float32)
+    view = buf[:, 1:-2, 2:-3]
+    copies, placed = [], conv._placed
+    monkeypatch.setattr(conv, "_placed", lambda out, into: copies.append(into is not None) or placed(out, into))
+    assert K.conv2d(*args, act, residual=res, into=view) is view
+    np.testing.assert_array_equal(view, want)
+    view[...] = np.nan
+    assert np.isnan(buf).all()  # (nothing written outside the view)
+    takes = [conv.blocked.takes(wt.shape, g, s, pads, d, x, out_hw, pitch) for pitch in (None, buf.shape[2])]
+    by_vectors = rows.kind(wt.shape, g, s, d, x, out_hw[1]) or (not conv.winograd_pays(wt.shape, s, d, out_hw)
+                                                                 and all(takes))
+    assert copies == ([] if by_vectors and act != "silu" and not residual else [True])
+    regions, views = [(0, 0, out_hw[0], 2), (0, 2, out_hw[0], out_hw[1])], [view[:, :, :2], view[:, :, 2:]]
+    parts = None if res is None else [res[:, :, :2], res[:, :, 2:]]
+    wants = K.conv2d_regions(*args[:-1], regions, act, residuals=parts)
+    got = K.conv2d_regions(*args[:-1], regions, act, residuals=parts, into=views)
+    for g_, v, w_ in zip(got, views, wants, strict=True):
+        assert g_ is v
+        np.testing.assert_array_equal(v, w_)
+    assert np.isnan(buf[:, [0, -2, -1]]).all() and np.isnan(buf[:, :, [0, 1, -3, -2, -1]]).all()
+    with pytest.raises(ValueError, match="cannot go to"):
+        K.conv2d(*args, act, into=buf[:, :-1])
 
 
 @pytest.mark.parametrize("op, ours, n", [("Add", K.add, 2), ("Sum", K.add, 3), ("Mul", K.mul, 2)])
