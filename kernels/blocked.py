@@ -23,11 +23,14 @@ from numba.extending import intrinsic
 from . import vectors
 from .derived import per_weights
 from .threads import block
-from .vectors import I32, I64, LANES, VB, VF, VI, address, clamp, dest, fma, rowwise, scalar, splat, store, vector
+from .vectors import I32, I64, LANES, VB, VF, VI, address, clamp, dest, fma, load, rowwise, scalar, splat, store, vector
 from .window import window
 
 PIX = 7  # pixels a tile computes: rows of 7²-112² maps are whole tiles; a longer run's last tile shifts back
 CBS = (3, 2, 1)  # channel vectors a tile may compute (cb): the one that pads the output channels least
+ROWS = 8  # output channels a tile along pixels computes (cb = 0: _strip), 16 pixels each (12 or 16: 5-35% slower)
+PANEL = 16384  # input floats (64 KiB) of the pixels _strips runs every block over before it moves on
+PIXELS_FROM = 28 * 28  # output pixels from which a 1×1 runs with its lanes along pixels (14²: within ±5%; 7²: slower)
 WIDTHS = (1, 3, 7)  # kernel widths compiled (each its own unrolled taps; any height, but 1×1 alone 1 wide)
 _HALF, _HALF_MASK = ir.VectorType(I32, 8), ir.VectorType(VB.element, 8)  # (a row of 8 pixels: its lanes, its mask)
 
@@ -127,6 +130,61 @@ def _tile(typingctx, cb, kw, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n
     return sig, codegen
 
 
+@intrinsic
+def _strip(typingctx, w, x, cpitch, cin, b, out, opitch, n, lo, hi):
+    """For c < ROWS and q < n ≤ 16: out[c·opitch + q] = clamp(b[c] + Σ w[i·ROWS + c] · x[i·cpitch + q], lo, hi) over
+    i < cin (addresses): a 1×1 conv's 16 pixels of one run × ROWS output channels, the lanes along the pixels. Each
+    input row is one (masked) load, each weight a broadcast; the sums are the output rows as they lie in NCHW,
+    stored with no transpose (for few input channels the transposed stores of _tile cost as much as its sums)."""
+    sig = types.void(w, x, cpitch, cin, b, out, opitch, n, lo, hi)
+
+    def codegen(context, builder, signature, args):
+        w, x, cpitch, cin, b, out, opitch, n = (
+            context.cast(builder, a, t, types.int64) for a, t in zip(args[:8], signature.args[:8], strict=True))
+        lo, hi = args[8:]
+        pixels = builder.icmp_signed("<", ir.Constant(VI, list(range(LANES))),
+                                     splat(builder, builder.trunc(n, I32), VI))
+        start = [splat(builder, scalar(builder, b, c), VF) for c in range(ROWS)]
+        entry, loop, done = builder.block, builder.append_basic_block("k"), builder.append_basic_block("done")
+        builder.branch(loop)
+        builder.position_at_end(loop)  # acc[c] += w[i, c] · x[i, :16]
+        i, at, row_w = builder.phi(I64), builder.phi(I64), builder.phi(I64)
+        accs = [builder.phi(VF) for _ in range(ROWS)]
+        inputs = load(builder, at, pixels, 0.0)  # (nothing past the run is read)
+        sums = [fma(builder, splat(builder, scalar(builder, row_w, c), VF), inputs, accs[c]) for c in range(ROWS)]
+        following = builder.add(i, I64(1))
+        for phi, first, then in ((i, I64(0), following), (at, x, builder.add(at, builder.mul(cpitch, I64(4)))),
+                                 (row_w, w, builder.add(row_w, I64(4 * ROWS)))):
+            phi.add_incoming(first, entry)
+            phi.add_incoming(then, builder.block)
+        for c in range(ROWS):
+            accs[c].add_incoming(start[c], entry)
+            accs[c].add_incoming(sums[c], builder.block)
+        builder.cbranch(builder.icmp_signed("<", following, cin), loop, done)
+        builder.position_at_end(done)
+        for c in range(ROWS):
+            store(builder, clamp(builder, sums[c], lo, hi), builder.add(out, builder.mul(opitch, I64(4 * c))), pixels)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _strips(w, b, x, cs, cin, out, ocs, ors, b0, b1, rstep, r0, r1, q0, q1, lo, hi):
+    """Blocks [b0, b1) of ROWS output channels, pixels [q0, q1) of runs [r0, r1) of a 1×1 conv at stride 1, by
+    _strip: pixel q of run r reads x from r·rstep + q on and writes out at r·ors + q. A panel of pixels whose inputs
+    fit PANEL serves every block in turn, each block's ROWS output rows written in order (a strip at a time across
+    every block wrote 96 rows at once: MobileNetV2's 1×1s at 512², 42 → 52 ms)."""
+    panel = max(LANES, PANEL // cin // LANES * LANES)
+    for r in range(r0, r1):
+        xr, orow = x + 4 * r * rstep, out + 4 * r * ors
+        for p0 in range(q0, q1, panel):
+            for blk in range(b0, b1):
+                for p in range(p0, min(q1, p0 + panel), LANES):
+                    _strip(w + 4 * blk * cin * ROWS, xr + 4 * p, cs, cin, b + 4 * blk * ROWS,
+                           orow + 4 * (blk * ROWS * ocs + p), ocs, min(LANES, q1 - p), lo, hi)
+
+
 @njit(cache=True, inline="always")
 def _tiles(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi):
     """Output channel blocks [b0, b1) (16·cb channels each), pixels [q0, q1) of runs [r0, r1): pixel q of run r
@@ -160,8 +218,11 @@ def _blocks(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rs
 
 @njit(cache=True)
 def _work(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi):
-    """_tiles with cb and the kernel width kw as constants: a copy of the loops per pair (WIDTHS)."""
-    if kw == 1:
+    """_tiles with cb and the kernel width kw as constants: a copy of the loops per pair (WIDTHS); cb = 0: a 1×1 conv
+    by _strips (lanes along pixels)."""
+    if cb == 0:
+        _strips(w, b, x, cs, cin, out, ocs, ors, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
+    elif kw == 1:
         _blocks(cb, kh, 1, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
     elif kw == 3:
         _blocks(cb, kh, 3, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
@@ -173,7 +234,7 @@ def _work(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rste
 def _run(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, rstep, runs, run, ntb, ntp, lo, hi):
     """_work on ntb blocks of output channel blocks × ntp blocks of the runs (or of the one run's pixels), one per
     thread."""
-    nb = -(-cout // (LANES * cb))
+    nb = -(-cout // (LANES * cb)) if cb else cout // ROWS
     for t in prange(ntb * ntp):
         b0, b1 = block(nb, t % ntb, ntb)
         r0, r1, q0, q1 = 0, runs, 0, run
@@ -203,6 +264,13 @@ def _packed(w: np.ndarray) -> np.ndarray:
 
 
 @per_weights
+def _rows_packed(w: np.ndarray) -> np.ndarray:
+    """1×1 weights (cout, cin, 1, 1), cout a multiple of ROWS, as (cout / ROWS, cin, ROWS) for _strip."""
+    cout, cin = w.shape[:2]
+    return np.ascontiguousarray(w.reshape(cout // ROWS, ROWS, cin).transpose(0, 2, 1), np.float32)
+
+
+@per_weights
 def _padded(b: np.ndarray) -> np.ndarray:
     """Bias b with zeros past its end for a last, partial block (reads never pass 16·max(CBS) floats beyond)."""
     return np.concatenate([np.asarray(b, np.float32), np.zeros(LANES * max(CBS), np.float32)])
@@ -210,22 +278,45 @@ def _padded(b: np.ndarray) -> np.ndarray:
 
 def takes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
           dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int], pitch: int | None = None) -> bool:
-    """Whether conv() computes this conv into an output whose rows lie `pitch` floats apart (None: back to back):
-    on a vector host, a conv of one group and no dilation whose kernel width is compiled (WIDTHS; of those 1 wide,
-    1×1 alone), x float32 with its rows contiguous, output channels a multiple of 16, and runs whose tiles waste at
-    most a quarter of their pixels (rows of 8 outputs take 14, 57%; a tile's 1-column border strip 1 of 7; 7, 14, 28
-    and 56 none; a 1×1 reading and writing whole rows back to back is one run); a 1×1 conv with no padding and 32
-    input channels or more or an output of 28² or more. Elsewhere im2col and BLAS ran faster (bench
-    in docs/BENCHMARKS.md): rows of 8, 1.33× their time; 24 output channels, their vectors a quarter empty,
-    1.1-1.4×; 16 input channels at 14², the transposed stores outweighing the sums, 1.15×; a 7×1 conv, 1.03×. (The
-    caller keeps the convs Winograd takes, and RGB stems, rows.py.)"""
+    """Whether conv() computes this conv into an output whose rows lie `pitch` floats apart (None: back to back)."""
+    return _lanes(w_shape, groups, stride, pads, dilation, x, out_hw, pitch) >= 0
+
+
+def _lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
+           dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int], pitch: int | None) -> int:
+    """How conv() runs this conv: -1 not at all, 0 lanes along pixels (_strip), else lanes along output channels
+    (cb, _tile). On a vector host, for x float32 with its rows contiguous, a conv of one group without dilation:
+    - a 1×1 at stride 1 with no padding, output channels a multiple of ROWS, an output of 28² or more, and fewer
+      than 32 input channels (along channels the transposed stores cost as much as the sums) or output channels no
+      multiple of 16 (along channels, vectors partly empty): along pixels, on runs whose 16-pixel strips waste at
+      most a quarter. MobileNetV2's 16→96 at 112²: 0.65 → 0.41 ms, at 256² 7.4-7.7 → 2.5-2.9; its 96→24 at 56²,
+      which BLAS ran, 0.19 → 0.16. (With more inputs it was mixed: 256→64 at 56² 0.99 → 0.93, but 32→192 at 64²
+      0.77 → 0.91-1.21 and 256→64 at 128² 10.3-11.1 → 12.4-14.5, their rows a multiple of 4 KiB apart);
+    - else a kernel width compiled (WIDTHS; of those 1 wide, 1×1 alone), output channels a multiple of 16, runs whose
+      tiles waste at most a quarter of their pixels (rows of 8 outputs take 14, 57%; a tile's 1-column border strip
+      1 of 7; 7, 14, 28 and 56 none; a 1×1 reading and writing whole rows back to back is one run); a 1×1 with no
+      padding and 32 input channels or more or an output of 28² or more: along output channels.
+    Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): rows of 8, 1.33× their time; 24 output
+    channels along channels, their vectors a quarter empty, 1.1-1.4×; 16 input channels at 14², the transposed
+    stores outweighing the sums, 1.15×; a 7×1 conv, 1.03×. Along pixels at 7², 1.2-1.3×. (The caller keeps the convs
+    Winograd takes, and RGB stems, rows.py.)"""
     cout, cin, kh, kw = w_shape
-    run = out_hw[0] * out_hw[1] if _flat(w_shape, stride, x, out_hw[1], pitch or out_hw[1]) else out_hw[1]
-    if not (vectors.ENABLED and kw in WIDTHS and (kw > 1 or kh == 1) and groups == 1 and tuple(dilation) == (1, 1)
-            and cout % LANES == 0 and 0 < run and 3 * -(-run // PIX) * PIX <= 4 * run and x.shape[0] > 0
-            and rowwise(x)):
-        return False
-    return (kh, kw) != (1, 1) or (not any(pads) and (cin >= 32 or out_hw[0] * out_hw[1] >= 28 * 28))
+    if not (vectors.ENABLED and groups == 1 and tuple(dilation) == (1, 1) and x.shape[0] > 0 and rowwise(x)):
+        return -1
+    pixels = out_hw[0] * out_hw[1]
+    run = pixels if _flat(w_shape, stride, x, out_hw[1], pitch or out_hw[1]) else out_hw[1]
+    one = (kh, kw) == (1, 1)
+    if one and tuple(stride) == (1, 1) and not any(pads) and cout % ROWS == 0 and pixels >= PIXELS_FROM \
+            and (cin < 32 or cout % LANES) and _fits(run, LANES):
+        return 0
+    if not (kw in WIDTHS and (kw > 1 or kh == 1) and cout % LANES == 0 and _fits(run, PIX)):
+        return -1
+    return -1 if one and (any(pads) or (cin < 32 and pixels < 28 * 28)) else _cb(cout)
+
+
+def _fits(run: int, width: int) -> bool:
+    """Whether tiles `width` pixels wide waste at most a quarter of their pixels on a run of `run` pixels."""
+    return run > 0 and 3 * -(-run // width) * width <= 4 * run
 
 
 def _flat(w_shape: tuple[int, ...], stride: tuple[int, int], x: np.ndarray, ow: int, pitch: int) -> bool:
@@ -245,10 +336,10 @@ def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.n
         runs, run, rstep = 1, oh * ow, 0
     else:
         runs, run, rstep = oh, ow, stride[0] * rs
-    wp, bp = _packed(w), _padded(b)
-    cb = wp.shape[2] // LANES  # (_cb(cout), as packed)
+    cb = 0 if _lanes(w.shape, 1, stride, pads, (1, 1), x, (oh, ow), ors) == 0 else _cb(cout)
+    wp, bp = _rows_packed(w) if cb == 0 else _packed(w), _padded(b)
     ntb = max(1, min(nt, len(wp)))
-    ntp = max(1, min(nt // ntb, runs if runs > 1 else -(-run // PIX)))
+    ntp = max(1, min(nt // ntb, runs if runs > 1 else -(-run // (LANES if cb == 0 else PIX))))
     args = (cb, kh, kw, address(wp), address(bp), address(p), cs, rs, cin, stride[1], oa, ocs, ors, cout)
     if ntb * ntp == 1:  # (a parallel loop's launch costs ~8 µs even on one thread: 8% of a 7² conv)
         _work(*args, 0, len(wp), rstep, 0, runs, 0, run, lo, hi)

@@ -87,6 +87,8 @@ CONVS = [
     (24, 32, 9, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
     (16, 48, 13, 15, (3, 3), (2, 2), (1, 0, 0, 1), (1, 1), 1, False),
     (3, 16, 19, 29, (7, 7), (2, 2), (3, 2, 3, 1), (1, 1), 1, True),
+    # a 1×1 with its lanes along pixels where the host has the vectors (16 inputs, 24 outputs, 840 pixels), else BLAS
+    (16, 24, 28, 30, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
 ]
 WINOGRAD = (10, 11, 12)
 
@@ -240,9 +242,10 @@ def test_rows_take_what_they_fit(monkeypatch):
 # them). Output channels 1, 2 and 3 vectors a tile (16, 32, 48) and two blocks of 3 (96); runs of whole tiles of 7
 # pixels, runs whose last tile shifts back (55 pixels), a run shorter than a tile (6 pixels, flat and at stride
 # (2, 1)); strides (2, 2), (1, 2) and (1, 3); few input channels on a map big enough; 3×3 convs with and without
-# padding at strides 1 and 2, a 7×7 RGB stem, a 1×7 conv. BLAS keeps 24 outputs (vectors a quarter empty), 16
-# inputs on a small map, a padded 1×1, 5×5 and 3×1 kernels and rows whose tiles waste more than a quarter (8 and 3
-# outputs).
+# padding at strides 1 and 2, a 7×7 RGB stem, a 1×7 conv; 1×1s at stride 1 on maps of 28² or more with their lanes
+# along pixels (16 inputs to 96 outputs, 24 and 8 outputs: 12, 3 and 1 blocks of 8; runs of 784 and 840 pixels,
+# the last strip partial). BLAS keeps 24 outputs on a small map (vectors a quarter empty), 20 outputs, 16 inputs on
+# a small map, a padded 1×1, 5×5 and 3×1 kernels and rows whose tiles waste more than a quarter (8 and 3 outputs).
 BLOCKED = [
     (32, 16, 7, 7, 1, (1, 1), (0, 0, 0, 0), True),
     (40, 32, 5, 11, 1, (1, 1), (0, 0, 0, 0), True),
@@ -257,6 +260,9 @@ BLOCKED = [
     (3, 32, 19, 29, 7, (2, 2), (3, 2, 3, 1), True),
     (24, 32, 9, 17, (1, 7), (1, 1), (0, 3, 0, 3), True),
     (16, 96, 28, 28, 1, (1, 1), (0, 0, 0, 0), True),
+    (24, 24, 28, 30, 1, (1, 1), (0, 0, 0, 0), True),
+    (40, 8, 30, 28, 1, (1, 1), (0, 0, 0, 0), True),
+    (32, 20, 28, 28, 1, (1, 1), (0, 0, 0, 0), False),
     (32, 24, 7, 7, 1, (1, 1), (0, 0, 0, 0), False),
     (16, 32, 7, 7, 1, (1, 1), (0, 0, 0, 0), False),
     (32, 32, 7, 7, 1, (1, 1), (1, 0, 0, 0), False),
@@ -357,6 +363,22 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
         assert not blocked.takes(w_shape, g, s, pads, d, x[:w_shape[1] * g], out_hw), (w_shape, g, s, pads, out_hw)
     assert blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), 9)
     assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), 12)
+    # Lanes along pixels (0) for an unpadded 1×1 at stride 1 with outputs a multiple of 8 from 28² on, fewer than
+    # 32 inputs or outputs no multiple of 16, on runs whose strips of 16 waste at most a quarter; else along output
+    # channels (cb), or not at all (-1).
+    big = np.zeros((32, 56, 56), np.float32)
+    for w_shape, xx, out_hw, pitch, lanes in [((96, 16, 1, 1), big[:16], (56, 56), None, 0),
+                                               ((24, 32, 1, 1), big, (56, 56), None, 0),
+                                               ((64, 16, 1, 1), big[:16, :28, :28], (28, 28), None, 0),
+                                               ((64, 32, 1, 1), big[:, :28, :28], (28, 28), None, 2),
+                                               ((96, 32, 1, 1), big[:, :14, :14], (14, 14), None, 3),
+                                               ((24, 32, 1, 1), big[:, :14, :14], (14, 14), None, -1),
+                                               ((64, 16, 1, 1), big[:16], (56, 56), 60, 0),
+                                               ((64, 32, 1, 1), big[:, :, :17], (56, 17), 20, 2),
+                                               ((24, 32, 1, 1), big[:, :, :17], (56, 17), 20, -1),
+                                               ((64, 32, 1, 1), big, (28, 28), None, 2)]:
+        assert blocked._lanes(w_shape, 1, (1, 1) if out_hw[0] == xx.shape[1] else (2, 2), no, (1, 1), xx, out_hw,
+                              pitch) == lanes, (w_shape, out_hw, pitch)
     for xx in (x.astype(np.float64), x[:, :, ::2]):
         assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), xx, xx.shape[1:])
     monkeypatch.setattr(vectors, "ENABLED", False)
@@ -603,10 +625,10 @@ def test_exp_based_activations_against_float64(name):
 
 
 @pytest.mark.parametrize("act", [a for a in sorted(K.pointwise.ACTS) if a])
-@pytest.mark.parametrize("n", [1, 5, 8, 12, 17, 18, 19, 21])
+@pytest.mark.parametrize("n", [1, 5, 8, 12, 17, 18, 19, 21, 22])
 def test_every_activation_on_every_conv_path_is_the_activation_of_the_plain_conv(act, n):
-    """im2col, depthwise, 1×1 (by BLAS and by the vector GEMM), Winograd convs and 3×3 and 7×7 by the vector GEMM
-    (CONVS 1, 5, 8, 12, 17, 18, 19, 21)
+    """im2col, depthwise, 1×1 (by BLAS and by the vector GEMM, along channels and along pixels), Winograd convs and
+    3×3 and 7×7 by the vector GEMM (CONVS 1, 5, 8, 12, 17, 18, 19, 21, 22)
     apply each activation as activation() does to their plain output, bit for bit: the producer's own loop (none,
     relu, clip) or the vectorised pass after it (the others)."""
     x, wt, b, _ = conv_case(CONVS[n])
@@ -639,11 +661,11 @@ def test_depthwise_padding_taps_read_no_data(k, stride, vector, monkeypatch):
 
 
 @pytest.mark.parametrize("act", ["", "relu", "silu"])
-@pytest.mark.parametrize("n", [1, 5, 8, 12, 14, 17, 18, 19, 20, 21])
+@pytest.mark.parametrize("n", [1, 5, 8, 12, 14, 17, 18, 19, 20, 21, 22])
 def test_a_residual_on_every_conv_path_is_the_add_after_the_plain_conv(act, n):
     """conv2d with a residual (a fused residual add) equals the add with the activation after the plain conv,
     bit for bit, on im2col, phase-plane depthwise, 1×1, Winograd, 3×3 stride-2 depthwise convs and the vector GEMM
-    (CONVS 1, 5, 8, 12, 14, 17-21; by vector rows and the vector GEMM where the host has them),
+    (CONVS 1, 5, 8, 12, 14, 17-22; by vector rows and the vector GEMM where the host has them),
     with the residual a strided view of a larger buffer (a tile); conv2d_regions passes each region its own."""
     x, wt, b, _ = conv_case(CONVS[n])
     k, s, pads, d, g = CONVS[n][4:9]
@@ -802,7 +824,7 @@ def tiled(compute, x: np.ndarray, kernel, stride, pads, dilation, out_hw) -> lis
 
 def region_cases():
     """(compute(buffer, origin, region), x, window, out_hw) for conv and pool attribute combos."""
-    for n in (1, 2, 3, 6, 8, 10, 12, 13, 14, 15, 16, 19, 20, 21):  # (10, 12: Winograd where a tile is big enough)
+    for n in (1, 2, 3, 6, 8, 10, 12, 13, 14, 15, 16, 19, 20, 21, 22):  # (10, 12: Winograd where a tile is big enough)
         case = CONVS[n]
         x, wt, b, _ = conv_case(case)
         k, s, pads, d, g = case[4:9]
