@@ -11,6 +11,11 @@ registers (8 pixels × 16 channels into 16 rows of 8) and stored into the NCHW o
 its input where it lies, at any row pitch and column stride: it copies nothing. (A residual added in the kernel,
 in registers or in a pass over each block's rows while in cache, ran no faster than conv.py's pass after the conv:
 ResNet-50's 64→256 at 56², 1.35 and 1.23 against 1.18 ms.)
+
+A 1×1 conv with few input channels, or output channels no multiple of 16, runs with its lanes along pixels instead
+(_strip: 8 output channels × 16 pixels, each input row one load, each weight a broadcast): its sums are the output
+rows as NCHW holds them, stored with no transpose, which for few inputs cost as much as the sums. Both write any
+output whose rows are contiguous (a view of a tile buffer with room for a halo: dest()).
 """
 
 from __future__ import annotations
