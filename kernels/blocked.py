@@ -26,7 +26,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from . import vectors
-from .derived import per_weights
+from .derived import per_arguments, per_weights
 from .threads import block
 from .vectors import I32, I64, LANES, VB, VF, VI, address, clamp, dest, fma, load, rowwise, scalar, splat, store, vector
 from .window import window
@@ -305,13 +305,23 @@ def _lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads:
     channels along channels, their vectors a quarter empty, 1.1-1.4×; 16 input channels at 14², the transposed
     stores outweighing the sums, 1.15×; a 7×1 conv, 1.03×. Along pixels at 7², 1.2-1.3×. (The caller keeps the convs
     Winograd takes, and RGB stems, rows.py.)"""
+    if not (vectors.ENABLED and x.shape[0] > 0 and rowwise(x)):
+        return -1
+    flat = _flat(w_shape, stride, x, out_hw[1], pitch or out_hw[1])
+    return _choice(tuple(w_shape), groups, tuple(stride), tuple(pads), tuple(dilation), tuple(out_hw), flat)
+
+
+@per_arguments  # (asked two or three times a conv call, every inference: 2 µs a call worked out each time)
+def _choice(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
+            dilation: tuple[int, int], out_hw: tuple[int, int], flat: bool) -> int:
+    """_lanes() on a vector host for an x that suits (rowwise), flat: a 1×1 run over the map as one run."""
     cout, cin, kh, kw = w_shape
-    if not (vectors.ENABLED and groups == 1 and tuple(dilation) == (1, 1) and x.shape[0] > 0 and rowwise(x)):
+    if not (groups == 1 and dilation == (1, 1)):
         return -1
     pixels = out_hw[0] * out_hw[1]
-    run = pixels if _flat(w_shape, stride, x, out_hw[1], pitch or out_hw[1]) else out_hw[1]
+    run = pixels if flat else out_hw[1]
     one = (kh, kw) == (1, 1)
-    if one and tuple(stride) == (1, 1) and not any(pads) and cout % ROWS == 0 and pixels >= PIXELS_FROM \
+    if one and stride == (1, 1) and not any(pads) and cout % ROWS == 0 and pixels >= PIXELS_FROM \
             and (cin < 32 or cout % LANES) and _fits(run, LANES):
         return 0
     if not (kw in WIDTHS and (kw > 1 or kh == 1) and cout % LANES == 0 and _fits(run, PIX)):
