@@ -284,13 +284,14 @@ def _padded(b: np.ndarray) -> np.ndarray:
 def takes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
           dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int], pitch: int | None = None) -> bool:
     """Whether conv() computes this conv into an output whose rows lie `pitch` floats apart (None: back to back)."""
-    return _lanes(w_shape, groups, stride, pads, dilation, x, out_hw, pitch) >= 0
+    return lanes(w_shape, groups, stride, pads, dilation, x, out_hw, pitch) >= 0
 
 
-def _lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
-           dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int], pitch: int | None) -> int:
-    """How conv() runs this conv: -1 not at all, 0 lanes along pixels (_strip), else lanes along output channels
-    (cb, _tile). On a vector host, for x float32 with its rows contiguous, a conv of one group without dilation:
+def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
+          dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int], pitch: int | None = None) -> int:
+    """How conv() runs this conv into an output whose rows lie `pitch` floats apart (None: back to back): -1 not at
+    all, 0 lanes along pixels (_strip), else lanes along output channels (cb, _tile). On a vector host, for x
+    float32 with its rows contiguous, a conv of one group without dilation:
     - a 1×1 at stride 1 with no padding, output channels a multiple of ROWS, an output of 28² or more, and fewer
       than 32 input channels (along channels the transposed stores cost as much as the sums) or output channels no
       multiple of 16 (along channels, vectors partly empty): along pixels, on runs whose 16-pixel strips waste at
@@ -314,7 +315,7 @@ def _lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads:
 @per_arguments  # (asked two or three times a conv call, every inference: 2 µs a call worked out each time)
 def _choice(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
             dilation: tuple[int, int], out_hw: tuple[int, int], flat: bool) -> int:
-    """_lanes() on a vector host for an x that suits (rowwise), flat: a 1×1 run over the map as one run."""
+    """lanes() on a vector host for an x that suits (rowwise), flat: a 1×1 run over the map as one run."""
     cout, cin, kh, kw = w_shape
     if not (groups == 1 and dilation == (1, 1)):
         return -1
@@ -342,8 +343,9 @@ def _flat(w_shape: tuple[int, ...], stride: tuple[int, int], x: np.ndarray, ow: 
 
 def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
          stride: tuple[int, int], pads: tuple[int, int, int, int], region: tuple[int, int, int, int],
-         out: np.ndarray, lo: np.float32, hi: np.float32, nt: int) -> None:
-    """out = clamp(conv of output `region` from tile x + b, lo, hi) (takes()); out's rows contiguous (dest())."""
+         out: np.ndarray, lo: np.float32, hi: np.float32, lanes: int, nt: int) -> None:
+    """out = clamp(conv of output `region` from tile x + b, lo, hi), out's rows contiguous (dest()), with the lanes
+    lanes() chose for it: 0 along pixels, else cb along output channels."""
     cout, cin, kh, kw = w.shape
     p = window(x, origin, in_hw, (kh, kw), stride, pads, (1, 1), region, 0.0)  # (a view of x where no pad is read)
     (oa, _, oh, ow, ocs, ors), cs, rs = dest(out), p.strides[0] // 4, p.strides[1] // 4
@@ -351,7 +353,7 @@ def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.n
         runs, run, rstep = 1, oh * ow, 0
     else:
         runs, run, rstep = oh, ow, stride[0] * rs
-    cb = 0 if _lanes(w.shape, 1, stride, pads, (1, 1), x, (oh, ow), ors) == 0 else _cb(cout)
+    cb = lanes
     wp, bp = _rows_packed(w) if cb == 0 else _packed(w), _padded(b)
     ntb = max(1, min(nt, len(wp)))
     ntp = max(1, min(nt // ntb, runs if runs > 1 else -(-run // (LANES if cb == 0 else PIX))))

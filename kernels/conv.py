@@ -272,16 +272,18 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
         raise ValueError(f"conv: output {shape} cannot go to a {into.dtype} array {into.shape}, strides {into.strides}")
     ob = rows.kind(w.shape, groups, stride, dilation, x, shape[2])
     wino = groups == 1 and winograd_pays(w.shape, stride, dilation, shape[1:])
-    vec = not (ob or wino) and blocked.takes(w.shape, groups, stride, pads, dilation, x, shape[1:])
+    lanes = -1 if ob or wino else blocked.lanes(w.shape, groups, stride, pads, dilation, x, shape[1:])
     # Straight into `into` where nothing is left for _finish to do (no residual, an activation the kernel's loop
-    # applies), and a 1×1 the vector GEMM runs over the map's rows as one run still suits it with into's rows apart
-    # (rows of 10: not; of 14 or more: yes).
-    direct = into is not None and residual is None and epi == whole and (
-        not vec or blocked.takes(w.shape, groups, stride, pads, dilation, x, shape[1:], into.strides[1] // 4))
-    if vec or ob:
+    # applies), if the vector GEMM also takes the conv with into's rows apart (a 1×1 it runs over the map's rows as
+    # one run: rows of 10, not; of 14 or more, yes).
+    direct = into is not None and residual is None and epi == whole
+    if direct and lanes >= 0:
+        pitched = blocked.lanes(w.shape, groups, stride, pads, dilation, x, shape[1:], into.strides[1] // 4)
+        direct, lanes = (True, pitched) if pitched >= 0 else (False, lanes)
+    if lanes >= 0 or ob:
         out = into if direct else np.empty(shape, np.float32)
-        if vec:
-            blocked.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), count())
+        if lanes >= 0:
+            blocked.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), lanes, count())
         else:
             staging(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)  # (raises if x lacks an input)
             rows.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), ob, count())

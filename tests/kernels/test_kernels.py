@@ -314,9 +314,12 @@ def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
     x, w, b, s, pads, (oh, ow) = blocked_case(case)
     kh, kw = w.shape[2:]
 
+    lanes = blocked.lanes(w.shape, 1, s, pads, (1, 1), x, (oh, ow))  # (the whole map's, for every region)
+
     def conv(buffer, origin, region):
         out = np.empty((w.shape[0], region[2] - region[0], region[3] - region[1]), np.float32)
-        blocked.conv(buffer, origin, x.shape[1:], w, b, s, pads, region, out, np.float32(0.0), np.float32(np.inf), 1)
+        blocked.conv(buffer, origin, x.shape[1:], w, b, s, pads, region, out, np.float32(0.0), np.float32(np.inf),
+                     lanes, 1)
         return out
 
     whole = conv(x, (0, 0), (0, 0, oh, ow))
@@ -377,7 +380,7 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
                                                ((64, 32, 1, 1), big[:, :, :17], (56, 17), 20, 2),
                                                ((24, 32, 1, 1), big[:, :, :17], (56, 17), 20, -1),
                                                ((64, 32, 1, 1), big, (28, 28), None, 2)]:
-        assert blocked._lanes(w_shape, 1, (1, 1) if out_hw[0] == xx.shape[1] else (2, 2), no, (1, 1), xx, out_hw,
+        assert blocked.lanes(w_shape, 1, (1, 1) if out_hw[0] == xx.shape[1] else (2, 2), no, (1, 1), xx, out_hw,
                               pitch) == lanes, (w_shape, out_hw, pitch)
     for xx in (x.astype(np.float64), x[:, :, ::2]):
         assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), xx, xx.shape[1:])
@@ -388,9 +391,9 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
         pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
     x, w, b = randn((20, 5, 9), 1), randn((40, 20, 1, 1), 2), randn(40, 3)
     out = np.full((41, 5, 9), 7.0, np.float32)
-    blocked.conv(x, (0, 0), (5, 9), w, b, (1, 1), no, (0, 0, 5, 9), out[:40], np.float32(-np.inf),
-                 np.float32(np.inf), 1)
     assert blocked._cb(40) == 3
+    blocked.conv(x, (0, 0), (5, 9), w, b, (1, 1), no, (0, 0, 5, 9), out[:40], np.float32(-np.inf),
+                 np.float32(np.inf), blocked._cb(40), 1)
     np.testing.assert_allclose(out[:40], np.einsum("oc,chw->ohw", w[:, :, 0, 0], x) + b[:, None, None], rtol=1e-5,
                                atol=1e-5)
     assert (out[40] == 7.0).all()
