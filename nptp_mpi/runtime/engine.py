@@ -99,6 +99,7 @@ class Engine:
         self.rects = {b.name: b.rect for b in self.program.buffers.values()}
         self.fixed = {b.name for b in self.program.buffers.values() if b.fixed}
         self.nodes: dict[int, Node] = {}  # per Compute step, its node with this rank's weights
+        self.into: dict[int, list[np.ndarray]] = {}  # per Compute step into a fixed buffer, each piece's view of it
         self.messages: dict[int, list[tuple[str, Messages]]] = {}  # per Post step, its datatypes per buffer
         self.parts: dict[int, Contribution] = {}
         for i, step in enumerate(self.program.steps):
@@ -106,6 +107,8 @@ class Engine:
                 p = self.params.get(step.node, {})
                 self.nodes[i] = replace(nodes[step.node], params={"w": p["w"]}, attrs={}) if step.linear \
                     else replace(nodes[step.node], params=p)
+                if step.output in self.fixed:
+                    self.into[i] = [self._tile(step.output).view(piece) for piece in step.pieces]
             elif isinstance(step, Post):
                 self.messages[i] = self._messages(step)
             elif isinstance(step, Reduce):
@@ -134,9 +137,8 @@ class Engine:
         node = self.nodes[i]
         ins = [self._tile(t) for t in step.inputs]
         mean = self.buffers[step.mean] if step.mean else None
-        if step.output in self.fixed:
-            out = self._tile(step.output)
-            run_pieces(node, ins, self.in_hw[step.node], step.pieces, mean, [out.view(p) for p in step.pieces])
+        if i in self.into:
+            run_pieces(node, ins, self.in_hw[step.node], step.pieces, mean, self.into[i])
         else:
             self.buffers[step.output], = run_pieces(node, ins, self.in_hw[step.node], step.pieces, mean)
 
