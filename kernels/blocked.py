@@ -20,6 +20,8 @@ output whose rows are contiguous (a view of a tile buffer with room for a halo: 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -222,9 +224,9 @@ def _blocks(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rs
 
 
 @njit(cache=True)
-def _work(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi):
+def _work(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi):
     """_tiles with cb and the kernel width kw as constants: a copy of the loops per pair (WIDTHS); cb = 0: a 1×1 conv
-    by _strips (lanes along pixels)."""
+    by _strips (lanes along pixels). The input and output addresses first: a launcher() passes the rest as is."""
     if cb == 0:
         _strips(w, b, x, cs, cin, out, ocs, ors, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
     elif kw == 1:
@@ -236,7 +238,7 @@ def _work(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rste
 
 
 @njit(cache=True, parallel=True)
-def _run(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, rstep, runs, run, ntb, ntp, lo, hi):
+def _run(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, rstep, runs, run, ntb, ntp, lo, hi):
     """_work on ntb blocks of output channel blocks × ntp blocks of the runs (or of the one run's pixels), one per
     thread."""
     nb = -(-cout // (LANES * cb)) if cb else cout // ROWS
@@ -247,7 +249,7 @@ def _run(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, rstep, runs, 
             r0, r1 = block(runs, t // ntb, ntp)
         else:
             q0, q1 = block(run, t // ntb, ntp)
-        _work(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
+        _work(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
 
 
 def _cb(cout: int) -> int:
@@ -341,14 +343,17 @@ def _flat(w_shape: tuple[int, ...], stride: tuple[int, int], x: np.ndarray, ow: 
     return tuple(w_shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and ow == x.shape[2] == x.strides[1] // 4 == pitch
 
 
-def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
-         stride: tuple[int, int], pads: tuple[int, int, int, int], region: tuple[int, int, int, int],
-         out: np.ndarray, lo: np.float32, hi: np.float32, lanes: int, nt: int) -> None:
-    """out = clamp(conv of output `region` from tile x + b, lo, hi), out's rows contiguous (dest()), with the lanes
-    lanes() chose for it: 0 along pixels, else cb along output channels."""
+def launcher(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
+             stride: tuple[int, int], pads: tuple[int, int, int, int], region: tuple[int, int, int, int],
+             out: np.ndarray, lo: np.float32, hi: np.float32, lanes: int, nt: int) -> Callable[[np.ndarray,
+                                                                                                 np.ndarray], None]:
+    """launch(x, out): out = clamp(conv of output `region` from tile x + b, lo, hi) on nt threads, with the lanes
+    lanes() chose, for any x and out laid out as these (out's rows contiguous: dest()). Window, packed weights and
+    the kernel's arguments are worked out here, once: a call passes two addresses."""
     cout, cin, kh, kw = w.shape
     p = window(x, origin, in_hw, (kh, kw), stride, pads, (1, 1), region, 0.0)  # (a view of x where no pad is read)
-    (oa, _, oh, ow, ocs, ors), cs, rs = dest(out), p.strides[0] // 4, p.strides[1] // 4
+    _, _, oh, ow, ocs, ors = dest(out)
+    cs, rs = p.strides[0] // 4, p.strides[1] // 4
     if _flat(w.shape, stride, p, ow, ors):
         runs, run, rstep = 1, oh * ow, 0
     else:
@@ -357,8 +362,19 @@ def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.n
     wp, bp = _rows_packed(w) if cb == 0 else _packed(w), _padded(b)
     ntb = max(1, min(nt, len(wp)))
     ntp = max(1, min(nt // ntb, runs if runs > 1 else -(-run // (LANES if cb == 0 else PIX))))
-    args = (cb, kh, kw, address(wp), address(bp), address(p), cs, rs, cin, stride[1], oa, ocs, ors, cout)
+    fixed = (cb, kh, kw, address(wp), address(bp), cs, rs, cin, stride[1], ocs, ors, cout)
     if ntb * ntp == 1:  # (a parallel loop's launch costs ~8 µs even on one thread: 8% of a 7² conv)
-        _work(*args, 0, len(wp), rstep, 0, runs, 0, run, lo, hi)
+        kernel, fixed = _work, (*fixed, 0, len(wp), rstep, 0, runs, 0, run, lo, hi)
     else:
-        _run(*args, rstep, runs, run, ntb, ntp, lo, hi)
+        kernel, fixed = _run, (*fixed, rstep, runs, run, ntb, ntp, lo, hi)
+    held = (wp, bp)  # (a launcher holds the packed weights whose addresses it passes)
+    if np.may_share_memory(p, x):  # the window is x itself, from `offset` bytes on
+        offset = address(p) - address(x)
+
+        def launch(x: np.ndarray, out: np.ndarray, held: tuple = held) -> None:
+            kernel(address(x) + offset, address(out), *fixed)
+    else:  # the window reads padding: a padded copy of x's part, each call
+        def launch(x: np.ndarray, out: np.ndarray, held: tuple = held) -> None:
+            p = window(x, origin, in_hw, (kh, kw), stride, pads, (1, 1), region, 0.0)
+            kernel(address(p), address(out), *fixed)
+    return launch

@@ -6,10 +6,12 @@ over the slab's phase planes, window.phase_layout)."""
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 from numba import njit, prange
 
-from . import blas, blocked, rows, winograd
+from . import blas, blocked, rows, vectors, winograd
 from .derived import per_arguments, per_weights
 from .pointwise import act1, act_code, clamp_bounds, constant, epilogue, finish, inline_code
 from .threads import block, count, padded
@@ -245,6 +247,89 @@ def _activation(act: str, alpha: float, lo: float, hi: float) -> tuple[tuple, tu
     return (inline_code(whole[0]), *whole[1:]), whole
 
 
+class ConvCall:
+    """conv2d of one output region for an input laid out as x and a destination laid out as into: the path, the
+    packed weights and a vector kernel's arguments worked out once, so that a call passes its arrays alone. Every
+    inference runs the same regions on buffers of the same layouts, and working it all out on every call took
+    8 µs of a 7² 1×1 conv's 10 (more than the conv on a rank's thin border strips). It holds no reference to w or
+    b (conv2d keeps calls as long as w lives): the kernels' copies of them, and a weak reference to b."""
+
+    def __init__(self, x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
+                 b: np.ndarray | None, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                 dilation: tuple[int, int], groups: int, region: tuple[int, int, int, int], act: str, alpha: float,
+                 lo: float, hi: float, residual: bool, into: np.ndarray | None) -> None:
+        cout, cin_g, kh, kw = w.shape
+        if x.shape[0] != cin_g * groups or cout % groups:
+            raise ValueError(f"conv: input has {x.shape[0]} channels, weights {w.shape} with {groups} groups")
+        y0, x0, y1, x1 = region
+        self.shape = (cout, max(0, y1 - y0), max(0, x1 - x0))
+        if into is not None and (into.shape != self.shape or not rowwise(into)):
+            raise ValueError(f"conv: output {self.shape} cannot go to a {into.dtype} array {into.shape}, strides "
+                             f"{into.strides}")
+        self.layout, self.bias = _layout(x), None if b is None else weakref.ref(b)
+        self.args = (origin, in_hw, stride, pads, dilation, groups, region)
+        w, b, epi, self.whole = _operands(w, b, act, alpha, lo, hi)
+        if residual:  # the kernels' own loops then apply the bias alone; _finish does the rest
+            epi = (0, *epi[1:])
+        self.epi, self.launch, self.direct, self.wino = epi, None, False, False
+        if 0 in self.shape:
+            return
+        ob = rows.kind(w.shape, groups, stride, dilation, x, self.shape[2])
+        self.wino = groups == 1 and winograd_pays(w.shape, stride, dilation, self.shape[1:])
+        lanes = -1 if ob or self.wino else blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:])
+        # Straight into `into` where nothing is left for _finish to do (no residual, an activation the kernel's loop
+        # applies), if the vector GEMM also takes the conv with into's rows apart (a 1×1 it runs over the map's rows
+        # as one run: rows of 10, not; of 14 or more, yes).
+        direct = into is not None and not residual and epi == self.whole
+        if direct and lanes >= 0:
+            pitched = blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:], into.strides[1] // 4)
+            direct, lanes = (True, pitched) if pitched >= 0 else (False, lanes)
+        self.direct = direct and (lanes >= 0 or ob > 0)
+        out = into if self.direct else np.empty(self.shape, np.float32)
+        bounds, nt = clamp_bounds(*epi), count()
+        if lanes >= 0:
+            self.launch = blocked.launcher(x, origin, in_hw, w, b, stride, pads, region, out, *bounds, lanes, nt)
+        elif ob:
+            self.launch = rows.launcher(x, origin, in_hw, kh, stride, pads, region, ob, rows.FMA, _held(w), _held(b),
+                                        out, *bounds, nt)
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, residual: np.ndarray | None = None,
+                 into: np.ndarray | None = None) -> np.ndarray:
+        """The conv of x by w and b (those this call was made with), x laid out as the x it was made for, residual
+        added if it was made for one, into `into` (laid out as its into) or a new array."""
+        if _layout(x) != self.layout:  # (the kernels read x by address)
+            raise ValueError(f"conv: this call reads a {self.layout} input, not a {_layout(x)} one")
+        if 0 in self.shape:
+            return np.empty(self.shape, np.float32) if into is None else into
+        if residual is not None:  # (a tile's view: copied, as add's)
+            residual = np.ascontiguousarray(residual, np.float32)
+        if self.launch is not None:
+            out = into if self.direct else np.empty(self.shape, np.float32)
+            self.launch(x, out)
+            return out if self.direct else _placed(_finish(out, self.whole, residual), into)
+        origin, in_hw, stride, pads, dilation, groups, region = self.args
+        w, b = np.asarray(w, np.float32), constant(w.shape[0], 0.0) if b is None else np.asarray(b, np.float32)
+        (cout, _, kh, kw), out = w.shape, np.empty(self.shape, np.float32)
+        if w.shape[1] == 1 and groups > 1:
+            _depthwise(x, origin, in_hw, w, b, stride, pads, dilation, region, out, *self.epi)
+            return _placed(_finish(out, self.whole, residual), into)
+        p = _slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)
+        if self.wino:
+            winograd.conv3x3(p, w, b, out, *self.epi)
+            return _placed(_finish(out, self.whole, residual), into)
+        k, (oh, ow) = w[0].size, self.shape[1:]
+        step = min(oh, max(1, COL_BYTES // (4 * groups * k * ow)))
+        cols = None if (kh, kw, *stride) == (1, 1, 1, 1) else np.empty(groups * k * step * ow, np.float32)
+        _gemm_conv(p, w.reshape(groups, cout // groups, k), out, (kh, kw), stride, dilation, step, cols)
+        epilogue(out, constant(cout, 1.0), b, *self.whole, residual)
+        return _placed(out, into)
+
+
+def _layout(a: np.ndarray) -> tuple:
+    """What a prepared call relies on in an array: its shape, strides and type."""
+    return a.shape, a.strides, a.dtype
+
+
 def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
            b: np.ndarray | None, stride: tuple[int, int], pads: tuple[int, int, int, int],
            dilation: tuple[int, int], groups: int, region: tuple[int, int, int, int], act: str = "",
@@ -257,51 +342,36 @@ def conv2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np
     rows contiguous (a view of a tile buffer with room for a halo): the vector kernels write it where nothing is
     left to add after them, the others' result is copied in (a rank's layer otherwise copied each output whole).
     An empty region returns an empty (Cout, rows, cols) array without reading x.
+
+    The call is prepared once per weights, geometry and layouts (ConvCall), and kept while w lives.
     """
-    cout, cin_g, kh, kw = w.shape
-    if x.shape[0] != cin_g * groups or cout % groups:
-        raise ValueError(f"conv: input has {x.shape[0]} channels, weights {w.shape} with {groups} groups")
-    y0, x0, y1, x1 = region
-    shape = (cout, max(0, y1 - y0), max(0, x1 - x0))
-    if 0 in shape:
-        return np.empty(shape, np.float32) if into is None else into
-    w, b, epi, whole = _operands(w, b, act, alpha, lo, hi)
-    if residual is not None:  # the kernels' own loops then apply the bias alone; _finish does the rest
-        epi, residual = (0, *epi[1:]), np.ascontiguousarray(residual, np.float32)  # (a tile's view: copied, as add's)
-    if into is not None and (into.shape != shape or not rowwise(into)):
-        raise ValueError(f"conv: output {shape} cannot go to a {into.dtype} array {into.shape}, strides {into.strides}")
-    ob = rows.kind(w.shape, groups, stride, dilation, x, shape[2])
-    wino = groups == 1 and winograd_pays(w.shape, stride, dilation, shape[1:])
-    lanes = -1 if ob or wino else blocked.lanes(w.shape, groups, stride, pads, dilation, x, shape[1:])
-    # Straight into `into` where nothing is left for _finish to do (no residual, an activation the kernel's loop
-    # applies), if the vector GEMM also takes the conv with into's rows apart (a 1×1 it runs over the map's rows as
-    # one run: rows of 10, not; of 14 or more, yes).
-    direct = into is not None and residual is None and epi == whole
-    if direct and lanes >= 0:
-        pitched = blocked.lanes(w.shape, groups, stride, pads, dilation, x, shape[1:], into.strides[1] // 4)
-        direct, lanes = (True, pitched) if pitched >= 0 else (False, lanes)
-    if lanes >= 0 or ob:
-        out = into if direct else np.empty(shape, np.float32)
-        if lanes >= 0:
-            blocked.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), lanes, count())
-        else:
-            staging(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)  # (raises if x lacks an input)
-            rows.conv(x, origin, in_hw, w, b, stride, pads, region, out, *clamp_bounds(*epi), ob, count())
-        return out if direct else _placed(_finish(out, whole, residual), into)
-    out = np.empty(shape, np.float32)
-    if cin_g == 1 and groups > 1:
-        _depthwise(x, origin, in_hw, w, b, stride, pads, dilation, region, out, *epi)
-        return _placed(_finish(out, whole, residual), into)
-    p = _slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)
-    if wino:
-        winograd.conv3x3(p, w, b, out, *epi)
-        return _placed(_finish(out, whole, residual), into)
-    k, (oh, ow) = cin_g * kh * kw, out.shape[1:]
-    step = min(oh, max(1, COL_BYTES // (4 * groups * k * ow)))
-    cols = None if (kh, kw, *stride) == (1, 1, 1, 1) else np.empty(groups * k * step * ow, np.float32)
-    _gemm_conv(p, w.reshape(groups, cout // groups, k), out, (kh, kw), stride, dilation, step, cols)
-    epilogue(out, constant(cout, 1.0), b, *whole, residual)
-    return _placed(out, into)
+    key = (_layout(x), tuple(origin), tuple(in_hw), id(b), tuple(stride), tuple(pads), tuple(dilation), groups,
+           tuple(region), act, alpha, lo, hi, residual is not None, None if into is None else _layout(into), count(),
+           vectors.ENABLED)
+    calls = _calls(w)
+    call = calls.get(key)
+    if call is None or (b is not None and call.bias() is not b):  # (an id once b's, now another array's)
+        if len(calls) >= CALLS_PER_WEIGHTS:  # (D3 moves the cuts at run time: its old regions' calls go)
+            del calls[next(iter(calls))]
+        call = calls[key] = ConvCall(x, origin, in_hw, w, b, stride, pads, dilation, groups, region, act, alpha, lo,
+                                     hi, residual is not None, into)
+    return call(x, w, b, residual, into)
+
+
+CALLS_PER_WEIGHTS = 64  # calls kept per weight array, the oldest dropped first (a rank's layer runs 1-5 regions)
+
+
+@per_weights
+def _calls(w: np.ndarray) -> dict:
+    """The conv calls prepared with weights w (conv2d), dropped with w."""
+    return {}
+
+
+@per_weights
+def _held(a: np.ndarray) -> np.ndarray:
+    """A copy of weights a, kept while a lives: what a prepared call's kernels read (the call holds no reference
+    to a, which would keep a and its calls alive for good)."""
+    return a.copy()
 
 
 def _placed(out: np.ndarray, into: np.ndarray | None) -> np.ndarray:

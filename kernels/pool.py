@@ -87,8 +87,7 @@ def pool2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kind:
         return out
     is_max = kind == "max"
     if is_max and rows.pools(kernel, stride, dilation, x):
-        staging(x, origin, in_hw, kernel, stride, pads, dilation, region)  # (raises if x lacks an input)
-        rows.pool(x, origin, in_hw, kernel, stride, pads, region, out, count())
+        rows.pool(x, origin, in_hw, kernel, stride, pads, region, out, count())  # (raises if x lacks an input)
         return out
     div = [_divisor(a, b, kernel[ax], stride[ax], dilation[ax], pads[ax], pads[ax + 2], in_hw[ax],
                     count_include_pad) for ax, a, b in ((0, y0, y1), (1, x0, x1))]

@@ -14,6 +14,8 @@ wide depthwise rows everywhere (kind)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -22,7 +24,8 @@ from numba.extending import intrinsic
 from . import vectors
 from .derived import per_arguments
 from .threads import block
-from .vectors import I32, I64, LANES, VB, VF, VI, clamp, dest, fma, load, rowwise, scalar, splat, store
+from .vectors import I32, I64, LANES, VB, VF, VI, address, clamp, dest, fma, load, rowwise, scalar, splat, store
+from .window import staging
 
 
 def _tap(builder: ir.IRBuilder, address: ir.Value, col: ir.Value, width: ir.Value, n: ir.Value, stride: int,
@@ -214,23 +217,26 @@ def pools(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int,
             and rowwise(x) and (kernel[0], stride[1], 1, 1, MAX) in KINDS)
 
 
-def _go(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], k: int, stride: tuple[int, int],
-        pads: tuple[int, int, int, int], region: tuple[int, int, int, int], ob: int, op: int, w: np.ndarray,
-        b: np.ndarray, out: np.ndarray, lo: np.float32, hi: np.float32, nt: int) -> None:
-    """Output `region` of a k×k conv or pool from tile x into out (the caller has checked that x holds every
-    in-image input the region reads: window.staging)."""
+def launcher(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], k: int, stride: tuple[int, int],
+             pads: tuple[int, int, int, int], region: tuple[int, int, int, int], ob: int, op: int, w: np.ndarray,
+             b: np.ndarray, out: np.ndarray, lo: np.float32, hi: np.float32, nt: int
+             ) -> Callable[[np.ndarray, np.ndarray], None]:
+    """launch(x, out): output `region` of a k×k conv (ob output channels at a time: kind()) or max pool from tile x
+    into out, for any x and out laid out as these (out's rows contiguous: dest()); its geometry is worked out
+    here, once. Raises if x lacks an input the region reads (window.staging)."""
+    staging(x, origin, in_hw, (k, k), stride, pads, (1, 1), region)
     (oy, ox), (h, wd), (y0, x0) = origin, in_hw, region[:2]
-    _run(x, y0 * stride[0] - pads[0] - oy, x0 * stride[1] - pads[1] - ox, (-oy, h - oy), (-ox, wd - ox), k,
-         *stride, ob, op, w, b, dest(out), lo, hi, min(nt, out.shape[0] // ob))
-
-
-def conv(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
-         stride: tuple[int, int], pads: tuple[int, int, int, int], region: tuple[int, int, int, int],
-         out: np.ndarray, lo: np.float32, hi: np.float32, ob: int, nt: int) -> None:
-    """out = clamp(conv of output `region` from tile x, lo, hi), ob output channels at a time (kind()); out's rows
-    contiguous (dest())."""
-    _go(x, origin, in_hw, w.shape[2], stride, pads, region, ob, FMA, np.ascontiguousarray(w),
-        np.ascontiguousarray(b), out, lo, hi, nt)
+    head = (y0 * stride[0] - pads[0] - oy, x0 * stride[1] - pads[1] - ox, (-oy, h - oy), (-ox, wd - ox), k, *stride,
+            ob, op, np.ascontiguousarray(w), np.ascontiguousarray(b))
+    shape, blocks = dest(out)[1:], out.shape[0] // ob
+    nt = min(nt, blocks)
+    if nt == 1:  # (no parallel loop to launch on one thread, as blocked.py: ~1 µs a call)
+        def launch(x: np.ndarray, out: np.ndarray) -> None:
+            _block(x, 0, blocks, *head, (address(out), *shape), lo, hi)
+    else:
+        def launch(x: np.ndarray, out: np.ndarray) -> None:
+            _run(x, *head, (address(out), *shape), lo, hi, nt)
+    return launch
 
 
 _NONE_W, _NONE_B = np.zeros((1, 1, 1, 1), np.float32), np.zeros(1, np.float32)  # (a pool's: never read; shaped as
@@ -242,4 +248,4 @@ def pool(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kernel:
          out: np.ndarray, nt: int) -> None:
     """out = max pool of output `region` from tile x (pools()); a window with no tap in the image gives -inf."""
     inf = np.float32(np.inf)
-    _go(x, origin, in_hw, kernel[0], stride, pads, region, 1, MAX, _NONE_W, _NONE_B, out, -inf, inf, nt)
+    launcher(x, origin, in_hw, kernel[0], stride, pads, region, 1, MAX, _NONE_W, _NONE_B, out, -inf, inf, nt)(x, out)

@@ -176,8 +176,8 @@ def test_convs_by_rows_and_otherwise(case, vector, act, monkeypatch):
     if vector and not vectors.ENABLED:
         pytest.skip("this host has no AVX2 and FMA: the vector rows never run here")
     monkeypatch.setattr(vectors, "ENABLED", vector)
-    original, taken = rows.conv, []
-    monkeypatch.setattr(rows, "conv", lambda *a: taken.append(a[-2]) or original(*a))
+    original, taken = rows.launcher, []
+    monkeypatch.setattr(rows, "launcher", lambda *a: taken.append(a[7]) or original(*a))  # (a[7]: ob)
     x, w, b, g, s, pads, out_hw = rows_case(case)
     name, kw, post = act
     stages = [("Conv", [w, b], dict(kernel_shape=w.shape[2:], strides=s, pads=pads, group=g))]
@@ -292,8 +292,8 @@ def test_dense_convs_by_the_vector_gemm_and_by_blas(case, vector, act, monkeypat
     if vector and not vectors.ENABLED:
         pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
     monkeypatch.setattr(vectors, "ENABLED", vector)
-    original, taken = blocked.conv, []
-    monkeypatch.setattr(blocked, "conv", lambda *a: taken.append(1) or original(*a))
+    original, taken = blocked.launcher, []
+    monkeypatch.setattr(blocked, "launcher", lambda *a: taken.append(1) or original(*a))
     x, w, b, s, pads, out_hw = blocked_case(case)
     name, kw, post = act
     stages = [("Conv", [w, b], dict(kernel_shape=w.shape[2:], strides=s, pads=pads))]
@@ -318,8 +318,8 @@ def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
 
     def conv(buffer, origin, region):
         out = np.empty((w.shape[0], region[2] - region[0], region[3] - region[1]), np.float32)
-        blocked.conv(buffer, origin, x.shape[1:], w, b, s, pads, region, out, np.float32(0.0), np.float32(np.inf),
-                     lanes, 1)
+        blocked.launcher(buffer, origin, x.shape[1:], w, b, s, pads, region, out, np.float32(0.0),
+                         np.float32(np.inf), lanes, 1)(buffer, out)
         return out
 
     whole = conv(x, (0, 0), (0, 0, oh, ow))
@@ -392,8 +392,8 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
     x, w, b = randn((20, 5, 9), 1), randn((40, 20, 1, 1), 2), randn(40, 3)
     out = np.full((41, 5, 9), 7.0, np.float32)
     assert blocked._cb(40) == 3
-    blocked.conv(x, (0, 0), (5, 9), w, b, (1, 1), no, (0, 0, 5, 9), out[:40], np.float32(-np.inf),
-                 np.float32(np.inf), blocked._cb(40), 1)
+    blocked.launcher(x, (0, 0), (5, 9), w, b, (1, 1), no, (0, 0, 5, 9), out[:40], np.float32(-np.inf),
+                     np.float32(np.inf), blocked._cb(40), 1)(x, out[:40])
     np.testing.assert_allclose(out[:40], np.einsum("oc,chw->ohw", w[:, :, 0, 0], x) + b[:, None, None], rtol=1e-5,
                                atol=1e-5)
     assert (out[40] == 7.0).all()
@@ -723,6 +723,56 @@ def test_a_conv_into_a_view_of_a_tile_buffer_writes_that_view_alone(n, act, resi
     assert np.isnan(buf[:, [0, -2, -1]]).all() and np.isnan(buf[:, :, [0, 1, -3, -2, -1]]).all()
     with pytest.raises(ValueError, match="cannot go to"):
         K.conv2d(*args, act, into=buf[:, :-1])
+
+
+@pytest.mark.parametrize("n", range(len(CONVS)))
+def test_a_prepared_conv_call_reads_its_arrays_anew_each_call(n):
+    """conv2d prepares a call per weights, geometry and layouts (ConvCall) and reuses it: a second input, a new
+    bias array (an id a freed one had, maybe), the same input at another place in memory and a residual give
+    what a fresh call gives, on every path; a call refuses an input laid out otherwise; the calls kept for w hold
+    neither w nor b alive."""
+    import gc
+    import weakref
+
+    from nptp_mpi.kernels import conv
+
+    x, wt, b, _ = conv_case(CONVS[n])
+    k, s, pads, d, g = CONVS[n][4:9]
+    region = (0, 0, *(out_len(x.shape[1 + a], k[a], s[a], d[a], pads[a], pads[a + 2], False) for a in (0, 1)))
+
+    def conv2d(x, w, b, res=None):
+        return K.conv2d(x, (0, 0), x.shape[1:], w, b, s, pads, d, g, region, "relu", residual=res)
+
+    conv2d(x, wt, b)
+    for seed in range(3):  # (weights copied: a call of its own, made for these arrays)
+        x2, b2 = randn(x.shape, 10 + seed), None if b is None else randn(b.shape, 20 + seed)
+        np.testing.assert_array_equal(conv2d(x2, wt, b2), conv2d(x2, wt.copy(), b2))
+        moved = np.empty(x2.size + 7, np.float32)[7:].reshape(x2.shape)  # (elsewhere, same layout)
+        moved[...] = x2
+        np.testing.assert_array_equal(conv2d(moved, wt, b2), conv2d(x2, wt.copy(), b2))
+        res = randn((wt.shape[0], *region[2:]), 30 + seed)
+        np.testing.assert_array_equal(conv2d(x2, wt, b2, res), conv2d(x2, wt.copy(), b2, res))
+        del b2
+    (call, *_), wide = conv._calls(wt).values(), np.zeros((x.shape[0], x.shape[1], x.shape[2] + 1), np.float32)
+    with pytest.raises(ValueError, match="reads a"):
+        call(wide[:, :, 1:], wt, b)
+    w_ref, b_ref = weakref.ref(wt), None if b is None else weakref.ref(b)
+    del wt, b, call
+    gc.collect()
+    assert w_ref() is None and (b_ref is None or b_ref() is None)
+
+
+def test_prepared_conv_calls_per_weights_are_bounded():
+    """Regions that keep moving (D3 re-partitions at run time) keep at most CALLS_PER_WEIGHTS calls per weight
+    array, the newest, each still right."""
+    from nptp_mpi.kernels import conv
+
+    x, w, b = randn((8, 40, 70), 1), randn((16, 8, 3, 3), 2), randn(16, 3)
+    whole = K.conv2d(x, (0, 0), (40, 70), w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1, (0, 0, 40, 70))
+    for c in range(conv.CALLS_PER_WEIGHTS + 6):
+        got = K.conv2d(x, (0, 0), (40, 70), w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1, (0, c, 40, c + 1))
+        assert_close(got, whole[:, :, c:c + 1])  # (a 1-column strip: im2col and BLAS, the whole map: not)
+    assert len(conv._calls(w)) == conv.CALLS_PER_WEIGHTS
 
 
 @pytest.mark.parametrize("op, ours, n", [("Add", K.add, 2), ("Sum", K.add, 3), ("Mul", K.mul, 2)])
