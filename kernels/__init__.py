@@ -13,7 +13,7 @@ from . import (
     cache,  # noqa: F401 - first: it picks Numba's cache folder before any kernel is compiled
     threads,
 )
-from .conv import conv2d, conv2d_regions
+from .conv import ConvRegions, conv2d, conv2d_regions
 from .pointwise import (
     activation,
     add,
@@ -38,6 +38,7 @@ from .window import pad2d
 
 threads.configure()
 
-__all__ = ["activation", "add", "adaptive_avgpool", "affine", "channel_norm", "channel_sums", "channels", "clip",
-           "concat", "conv2d", "conv2d_regions", "gemm", "global_avgpool", "global_maxpool", "leakyrelu", "lrn", "mul",
-           "pad2d", "pool2d", "prelu", "relu", "scale_channels", "shuffle", "sigmoid", "softmax"]
+__all__ = ["ConvRegions", "activation", "add", "adaptive_avgpool", "affine", "channel_norm", "channel_sums",
+           "channels", "clip", "concat", "conv2d", "conv2d_regions", "gemm", "global_avgpool", "global_maxpool",
+           "leakyrelu", "lrn", "mul", "pad2d", "pool2d", "prelu", "relu", "scale_channels", "shuffle", "sigmoid",
+           "softmax"]

@@ -392,6 +392,56 @@ def _finish(out: np.ndarray, whole: tuple, residual: np.ndarray | None) -> np.nd
     return out
 
 
+class ConvRegions:
+    """conv2d_regions prepared, as ConvCall is conv2d: for an input laid out as x, the regions that share one GEMM
+    worked out once and the others' ConvCalls made once (a rank's every conv step, each inference)."""
+
+    def __init__(self, x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
+                 b: np.ndarray | None, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                 dilation: tuple[int, int], groups: int, regions: list[tuple[int, int, int, int]], act: str = "",
+                 alpha: float = 0.0, lo: float = 0.0, hi: float = 0.0, residual: bool = False,
+                 into: list[np.ndarray] | None = None) -> None:
+        cout, cin_g, kh, kw = w.shape
+        self.regions, self.geometry, self.activation = regions, (origin, in_hw, stride, pads, dilation), (act, alpha,
+                                                                                                           lo, hi)
+        self.hw = [(max(0, r[2] - r[0]), max(0, r[3] - r[1])) for r in regions]
+        k, n = cin_g * kh * kw, [h * wd for h, wd in self.hw]
+        im2col = groups == 1 and cin_g == x.shape[0] and (kh, kw, *stride) != (1, 1, 1, 1)  # (1×1: no columns)
+        shared = [i for i, (h, wd) in enumerate(self.hw) if im2col and h * wd
+                  and not winograd_pays(w.shape, stride, dilation, (h, wd))
+                  and not blocked.takes(w.shape, groups, stride, pads, dilation, x, (h, wd))]
+        if len(shared) < 2 or 4 * k * sum(n[i] for i in shared) > STRIPS_BYTES:
+            shared = []
+        self.shared, self.offsets = shared, np.cumsum([0] + [n[i] for i in shared])
+        dst = into or [None] * len(regions)
+        self.calls = [None if i in shared else ConvCall(x, origin, in_hw, w, b, stride, pads, dilation, groups, r, act,
+                                                        alpha, lo, hi, residual, dst[i]) for i, r in enumerate(regions)]
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                 residuals: list[np.ndarray] | None = None, into: list[np.ndarray] | None = None
+                 ) -> list[np.ndarray]:
+        """Each region's conv of x by w and b, with its residual, into its destination (as the calls were made)."""
+        res, dst = residuals or [None] * len(self.regions), into or [None] * len(self.regions)
+        outs = [None if call is None else call(x, w, b, res[i], dst[i]) for i, call in enumerate(self.calls)]
+        if not self.shared:
+            return outs
+        (origin, in_hw, stride, pads, dilation), (cout, cin_g, kh, kw) = self.geometry, w.shape
+        k = cin_g * kh * kw
+        cols = np.empty((k, self.offsets[-1]), np.float32)
+        for i, c0, c1 in zip(self.shared, self.offsets[:-1], self.offsets[1:], strict=True):
+            col = np.empty((k, c1 - c0), np.float32)
+            _im2col(_slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, self.regions[i]), kh, kw, *stride,
+                    *dilation, 0, self.hw[i][0], col, count())
+            cols[:, c0:c1] = col
+        w, b, _, whole = _operands(w, b, *self.activation)
+        y = blas.matmul(w.reshape(cout, k), cols, np.empty((cout, cols.shape[1]), np.float32))
+        for i, c0, c1 in zip(self.shared, self.offsets[:-1], self.offsets[1:], strict=True):
+            out = np.ascontiguousarray(y[:, c0:c1]).reshape(cout, *self.hw[i])
+            epilogue(out, constant(cout, 1.0), b, *whole, res[i])
+            outs[i] = _placed(out, dst[i])
+        return outs
+
+
 def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
                    b: np.ndarray | None, stride: tuple[int, int], pads: tuple[int, int, int, int],
                    dilation: tuple[int, int], groups: int, regions: list[tuple[int, int, int, int]], act: str = "",
@@ -402,35 +452,9 @@ def conv2d_regions(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int
     region's residual and destination (conv2d's into) if given. The regions on the im2col path share one GEMM: the
     weights then stream from memory once, not once per region (at 8 ranks, VGG-16's 512-channel layers spent more
     time streaming weights for four 1-pixel strips than on the tile's core). Every output is C-contiguous or its
-    destination, as conv2d's."""
-    res, dst = residuals or [None] * len(regions), into or [None] * len(regions)
+    destination, as conv2d's. A caller that runs the same regions again keeps a ConvRegions instead."""
     if len(regions) == 1:  # (nothing to share: the reference's every call, a tile's core without borders)
-        return [conv2d(x, origin, in_hw, w, b, stride, pads, dilation, groups, regions[0], act, alpha, lo, hi, res[0],
-                       dst[0])]
-    cout, cin_g, kh, kw = w.shape
-    hw = [(max(0, r[2] - r[0]), max(0, r[3] - r[1])) for r in regions]
-    k, n = cin_g * kh * kw, [h * wd for h, wd in hw]
-    im2col = groups == 1 and cin_g == x.shape[0] and (kh, kw, *stride) != (1, 1, 1, 1)  # (1×1: no columns to copy)
-    shared = [i for i, (h, wd) in enumerate(hw) if im2col and h * wd
-              and not winograd_pays(w.shape, stride, dilation, (h, wd))
-              and not blocked.takes(w.shape, groups, stride, pads, dilation, x, (h, wd))]
-    if len(shared) < 2 or 4 * k * sum(n[i] for i in shared) > STRIPS_BYTES:
-        shared = []
-    outs = [None if i in shared else conv2d(x, origin, in_hw, w, b, stride, pads, dilation, groups, r, act, alpha,
-                                            lo, hi, res[i], dst[i]) for i, r in enumerate(regions)]
-    if not shared:
-        return outs
-    offsets = np.cumsum([0] + [n[i] for i in shared])
-    cols = np.empty((k, offsets[-1]), np.float32)
-    for i, c0, c1 in zip(shared, offsets[:-1], offsets[1:], strict=True):
-        col = np.empty((k, n[i]), np.float32)
-        _im2col(_slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, regions[i]), kh, kw, *stride, *dilation, 0,
-                hw[i][0], col, count())
-        cols[:, c0:c1] = col
-    w, b, _, whole = _operands(w, b, act, alpha, lo, hi)
-    y = blas.matmul(w.reshape(cout, k), cols, np.empty((cout, cols.shape[1]), np.float32))
-    for i, c0, c1 in zip(shared, offsets[:-1], offsets[1:], strict=True):
-        out = np.ascontiguousarray(y[:, c0:c1]).reshape(cout, *hw[i])
-        epilogue(out, constant(cout, 1.0), b, *whole, res[i])
-        outs[i] = _placed(out, dst[i])
-    return outs
+        return [conv2d(x, origin, in_hw, w, b, stride, pads, dilation, groups, regions[0], act, alpha, lo, hi,
+                       residuals[0] if residuals else None, into[0] if into else None)]
+    return ConvRegions(x, origin, in_hw, w, b, stride, pads, dilation, groups, regions, act, alpha, lo, hi,
+                       residuals is not None, into)(x, w, b, residuals, into)

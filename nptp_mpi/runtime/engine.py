@@ -14,11 +14,11 @@ import numpy as np
 
 from nptp_mpi.io.inputs import pixels_to_tensor
 from nptp_mpi.kernels import channel_sums
-from nptp_mpi.model.graph import Graph, Node
+from nptp_mpi.model.graph import Graph
 from nptp_mpi.plan.plan import Plan, rank_params
 from nptp_mpi.plan.program import INPUT, Compute, Copy, Head, Post, Program, Reduce, Sum, Wait, lower
 from nptp_mpi.runtime.exchange import Messages, World
-from nptp_mpi.runtime.ops import Tile, bias_act, run_pieces, run_whole
+from nptp_mpi.runtime.ops import Pieces, Tile, bias_act, run_whole
 
 Rect = tuple[int, int, int, int]
 
@@ -98,23 +98,22 @@ class Engine:
             if b.alloc else None for b in self.program.buffers.values()}
         self.rects = {b.name: b.rect for b in self.program.buffers.values()}
         self.fixed = {b.name for b in self.program.buffers.values() if b.fixed}
-        self.nodes: dict[int, Node] = {}  # per Compute step, its node with this rank's weights
-        self.into: dict[int, list[np.ndarray]] = {}  # per Compute step into a fixed buffer, each piece's view of it
+        self.pieces: dict[int, Pieces] = {}  # per Compute step: its node with this rank's weights, on its pieces
         self.messages: dict[int, list[tuple[str, Messages]]] = {}  # per Post step, its datatypes per buffer
         self.parts: dict[int, Contribution] = {}
         for i, step in enumerate(self.program.steps):
             if isinstance(step, Compute):
                 p = self.params.get(step.node, {})
-                self.nodes[i] = replace(nodes[step.node], params={"w": p["w"]}, attrs={}) if step.linear \
+                node = replace(nodes[step.node], params={"w": p["w"]}, attrs={}) if step.linear \
                     else replace(nodes[step.node], params=p)
-                if step.output in self.fixed:
-                    self.into[i] = [self._tile(step.output).view(piece) for piece in step.pieces]
+                into = ([self._tile(step.output).view(piece) for piece in step.pieces] if step.output in self.fixed
+                        else None)  # (each piece's view of its fixed output buffer)
+                self.pieces[i] = Pieces(node, graph.shapes[node.inputs[0]][1:], list(step.pieces), into)
             elif isinstance(step, Post):
                 self.messages[i] = self._messages(step)
             elif isinstance(step, Reduce):
                 self.parts[i] = Contribution(graph, step, self.params)
         self.bias = {s.node: self.params[s.node].get("b") for s in self.program.steps if isinstance(s, Sum)}
-        self.in_hw = {n.name: graph.shapes[n.inputs[0]][1:] for n in graph.nodes}
 
     def _shape(self, name: str) -> tuple[int, int, int]:
         b = self.program.buffers[name]
@@ -134,13 +133,10 @@ class Engine:
 
     def _compute(self, i: int, step: Compute) -> None:
         """The step's pieces: written into a fixed buffer, or the single result becomes the buffer."""
-        node = self.nodes[i]
-        ins = [self._tile(t) for t in step.inputs]
-        mean = self.buffers[step.mean] if step.mean else None
-        if i in self.into:
-            run_pieces(node, ins, self.in_hw[step.node], step.pieces, mean, self.into[i])
-        else:
-            self.buffers[step.output], = run_pieces(node, ins, self.in_hw[step.node], step.pieces, mean)
+        pieces = self.pieces[i]
+        outs = pieces([self._tile(t) for t in step.inputs], self.buffers[step.mean] if step.mean else None)
+        if pieces.into is None:
+            self.buffers[step.output], = outs
 
     def infer(self, x: np.ndarray | None) -> tuple[np.ndarray | None, Stats]:
         """One inference; x is the whole input (C, H, W) on rank 0 (an image's uint8 pixels where the plan

@@ -7,7 +7,7 @@ measures all at once (one rank per board: faster, and closer to a real run).
 
 Layers (--model M [--size HxW] [--strategy S] [--ranks 1,2,4]): for each rank count k (default: the
 job's size), ranks 0..k-1 at once, as a k-rank job would, compute their tiles of the k-rank plan layer by
-layer as the engine does (plan.pieces, ops.run_pieces, on buffers holding what the rank holds), once in
+layer as the engine does (plan.pieces, ops.Pieces, on buffers holding what the rank holds), once in
 one piece per node and once in overlap's core and border strips; per spatial node and mode, the median
 of --repeat passes after a warm-up, minus the per-call overhead, divided by the pixels computed → seconds
 per output pixel. Rank 0 alone also times the head ops; where the head
@@ -48,7 +48,7 @@ from nptp_mpi.plan.calibration import BoardCal, Calibration, LayerRates, ModelCa
 from nptp_mpi.plan.cost import Links  # noqa: E402
 from nptp_mpi.plan.geometry import area  # noqa: E402
 from nptp_mpi.plan.plan import Plan, Transfer, held, make_plan, pieces, rank_params, split_head  # noqa: E402
-from nptp_mpi.runtime.ops import Tile, run_pieces, run_whole  # noqa: E402
+from nptp_mpi.runtime.ops import Pieces, Tile, run_whole  # noqa: E402
 
 # (Cin, Cout, k, H=W): 3×3 convs of VGG-16 at 224² stages 2 and 3, and a ResNet-50 1×1 at 28².
 SHAPES = ((64, 64, 3, 56), (128, 128, 3, 28), (256, 256, 1, 28))
@@ -103,20 +103,21 @@ def time_layers(graph: Graph, plan: Plan, rank: int, repeat: int,
     rects = {t: held(plan, graph, t, rank) for t in plan.own}
     bufs = {t: rng.standard_normal((graph.shapes[t][0], r[2] - r[0], r[3] - r[1]), dtype=np.float32)
             for t, r in rects.items()}
-    nodes = [(node, [p for part in pieces(plan, graph, node, rank, overlap) for p in part])
-             for node in split_head(graph)[0]]
-    times: dict[str, list[float]] = {node.name: [] for node, _ in nodes}
+    nodes = []
+    for node in split_head(graph)[0]:
+        parts = [p for part in pieces(plan, graph, node, rank, overlap) for p in part]
+        out = Tile(bufs[node.output], rects[node.output])
+        nodes.append((node, parts, Pieces(node, graph.shapes[node.inputs[0]][1:], parts, [out.view(p) for p in parts])))
+    times: dict[str, list[float]] = {node.name: [] for node, _, _ in nodes}
     for i in range(repeat + 1):
-        for node, parts in nodes:
+        for node, _, run in nodes:
             ins = [Tile(bufs[t], rects[t]) for t in node.inputs]
-            out, in_hw = Tile(bufs[node.output], rects[node.output]), graph.shapes[node.inputs[0]][1:]
             t0 = time.perf_counter()
-            for p, data in zip(parts, run_pieces(node, ins, in_hw, parts), strict=True):
-                out.view(p)[...] = data
+            run(ins)
             if i:  # the first pass is the warm-up
                 times[node.name].append(time.perf_counter() - t0)
     return {node.name: (statistics.median(times[node.name]), len(parts), int(sum(area(p) for p in parts)))
-            for node, parts in nodes}
+            for node, parts, _ in nodes}
 
 
 def time_head(graph: Graph, plan: Plan, repeat: int) -> float:

@@ -762,6 +762,27 @@ def test_a_prepared_conv_call_reads_its_arrays_anew_each_call(n):
     assert w_ref() is None and (b_ref is None or b_ref() is None)
 
 
+@pytest.mark.parametrize("n", range(len(CONVS)))
+def test_prepared_regions_read_their_arrays_anew_each_call(n):
+    """A ConvRegions (a rank's conv step: a core and 1-pixel border strips, those on im2col sharing one GEMM) run
+    on a second input, with residuals, into views of a tile buffer, gives what conv2d_regions gives afresh."""
+    x, wt, b, _ = conv_case(CONVS[n])
+    k, s, pads, d, g = CONVS[n][4:9]
+    oh, ow = (out_len(x.shape[1 + a], k[a], s[a], d[a], pads[a], pads[a + 2], False) for a in (0, 1))
+    regions = [(1, 1, oh - 1, ow - 1), (0, 0, 1, ow), (oh - 1, 0, oh, ow), (1, 0, oh - 1, 1), (1, ow - 1, oh - 1, ow)]
+    buf = np.full((wt.shape[0], oh + 2, ow + 2), np.nan, np.float32)
+    views = [buf[:, 1 + y0:1 + y1, 1 + x0:1 + x1] for y0, x0, y1, x1 in regions]
+    geometry = ((0, 0), x.shape[1:], wt, b, s, pads, d, g, regions, "relu")
+    prepared = K.ConvRegions(x, *geometry, residual=True, into=views)
+    for seed in range(2):
+        x2 = randn(x.shape, 10 + seed)
+        res = [randn((wt.shape[0], y1 - y0, x1 - x0), 20 + seed + i) for i, (y0, x0, y1, x1) in enumerate(regions)]
+        want = K.conv2d_regions(x2, *geometry, residuals=res)
+        for got, v, w_ in zip(prepared(x2, wt, b, res, views), views, want, strict=True):
+            assert got is v
+            np.testing.assert_array_equal(v, w_)
+
+
 def test_prepared_conv_calls_per_weights_are_bounded():
     """Regions that keep moving (D3 re-partitions at run time) keep at most CALLS_PER_WEIGHTS calls per weight
     array, the newest, each still right."""
