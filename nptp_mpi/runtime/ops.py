@@ -98,8 +98,9 @@ def run_pieces(node: Node, ins: list[Tile], in_hw: tuple[int, int], pieces: list
 
 class Pieces:
     """run_pieces of one node on fixed pieces and destinations, as the engine runs a Compute step every inference:
-    a conv's kernel calls are prepared on the first run, from the input it is given (kernels.ConvRegions), and
-    reused (working them out each time cost 3-8 µs a piece: 10% of a rank's compute on MobileNetV2)."""
+    a conv's kernel calls are prepared on the first run, from the input it is given and on the threads of that
+    moment (kernels.ConvRegions), and reused (working them out each time cost 3-8 µs a piece: 10% of a rank's
+    compute on MobileNetV2)."""
 
     def __init__(self, node: Node, in_hw: tuple[int, int], pieces: list[Rect],
                  into: list[np.ndarray] | None = None) -> None:

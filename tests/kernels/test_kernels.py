@@ -443,7 +443,7 @@ def test_regions_of_one_tile_share_a_gemm_and_equal_one_region_at_a_time(k, stri
                                                                          monkeypatch):
     """An overlap's pieces: a tile's core and the four border strips around it (one touching the image's left
     border), from a buffer holding the tile and its halo, plus an empty piece. Those on the im2col path run
-    as one GEMM; `alone` pieces (with the vector GEMM, without) go through conv2d one at a time: the empty one;
+    as one GEMM; `alone` pieces (with the vector GEMM, without) get a ConvCall each, as conv2d: the empty one;
     the core where Winograd pays; every 1×1, grouped or depthwise piece; with the vector GEMM, the pieces it
     takes (the core at stride 2, the top and bottom rows; not the 1-column sides). Each equals conv2d of that
     region alone."""
@@ -459,8 +459,8 @@ def test_regions_of_one_tile_share_a_gemm_and_equal_one_region_at_a_time(k, stri
     pieces = [(o + 1, 1, o + 23, 21), (o, 0, o + 1, 22), (o + 23, 0, o + 24, 22), (o + 1, 0, o + 23, 1),
               (o + 1, 21, o + 23, 22), (o, 5, o, 9)]
     one_by_one = [K.conv2d(x, origin, in_hw, wt, b, (stride, stride), pad, (1, 1), groups, p, "relu") for p in pieces]
-    calls = []
-    monkeypatch.setattr(conv, "conv2d", lambda *a: calls.append(a) or K.conv2d(*a))
+    calls, call = [], conv.ConvCall
+    monkeypatch.setattr(conv, "ConvCall", lambda *a: calls.append(a) or call(*a))
     together = K.conv2d_regions(x, origin, in_hw, wt, b, (stride, stride), pad, (1, 1), groups, pieces, "relu")
     for got, want in zip(together, one_by_one, strict=True):
         assert got.shape == want.shape
