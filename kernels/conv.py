@@ -236,8 +236,12 @@ def _slab(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kernel
 def _operands(w: np.ndarray, b: np.ndarray | None, act: str, alpha: float, lo: float, hi: float) -> tuple:
     """float32 weights, the bias (zeros for none) and the activation's arguments, as the kernels take them: those
     with the activation the kernels' loops apply themselves (pointwise.inline_code), and the whole ones."""
-    b = constant(w.shape[0], 0.0) if b is None else np.asarray(b, np.float32)
-    return np.asarray(w, np.float32), b, *_activation(act, alpha, lo, hi)
+    return *_weights(w, b), *_activation(act, alpha, lo, hi)
+
+
+def _weights(w: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """float32 weights and bias (zeros for none)."""
+    return np.asarray(w, np.float32), constant(w.shape[0], 0.0) if b is None else np.asarray(b, np.float32)
 
 
 @per_arguments
@@ -308,7 +312,7 @@ class ConvCall:
             self.launch(x, out)
             return out if self.direct else _placed(_finish(out, self.whole, residual), into)
         origin, in_hw, stride, pads, dilation, groups, region = self.args
-        w, b = np.asarray(w, np.float32), constant(w.shape[0], 0.0) if b is None else np.asarray(b, np.float32)
+        w, b = _weights(w, b)
         (cout, _, kh, kw), out = w.shape, np.empty(self.shape, np.float32)
         if w.shape[1] == 1 and groups > 1:
             _depthwise(x, origin, in_hw, w, b, stride, pads, dilation, region, out, *self.epi)

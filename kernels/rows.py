@@ -122,7 +122,7 @@ def _rows(x, b0, b1, top, left, in_h, in_w, k, sh, sw, ob, cin, op, w, b, out, l
     xa, wa, ba = x.ctypes.data, w.ctypes.data, b.ctypes.data
     (r_lo, r_hi), (c_lo, c_hi) = in_h, in_w
     full = (1 << k) - 1
-    group = b1 - b0 if oh <= BAND else 1  # (blocks a chunk's masks serve, each over the band's rows)
+    group = max(1, b1 - b0) if oh <= BAND else 1  # (blocks a chunk's masks serve, each over the band's rows)
     for g0 in range(b0, b1, group):
         for i0 in range(0, oh, BAND):
             for j0 in range(0, ow, LANES):
