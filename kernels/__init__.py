@@ -1,6 +1,7 @@
 """Compute kernels for one image: numpy + Numba, float32, no MPI, no model knowledge.
 
-Feature maps are C-contiguous (C, H, W) float32 with no batch axis: channel-major rows make the im2col
+Feature maps are (C, H, W) float32 with no batch axis, C-contiguous or the top rows of a C-contiguous buffer with a
+spare row after each plane (layout.py: planes never a multiple of 4 KiB apart): channel-major rows make the im2col
 column rows and the GEMM operands contiguous, and a halo of whole rows is one contiguous slice per channel.
 Spatial kernels compute an output region from an input tile buffer plus its origin in the full image.
 """

@@ -13,6 +13,7 @@ from numba import njit, prange
 
 from . import blas, blocked, rows, vectors, winograd
 from .derived import per_arguments, per_weights
+from .layout import planes, whole
 from .pointwise import act1, act_code, clamp_bounds, constant, epilogue, finish, inline_code
 from .threads import block, count, padded
 from .vectors import rowwise
@@ -59,7 +60,7 @@ TAPS = 7  # taps of a kernel row that one pass over a channel adds: 7×7 rows wh
 
 
 @njit(cache=True, error_model="numpy")
-def _depthwise_planes_block(x, c0, c1, copy, p, q4, qf, sh, sw, width, flat, wt, b, out, acc, code, alpha, lo,
+def _depthwise_planes_block(x, c0, c1, copy, p, q4, qf, sh, sw, width, flat, wt, b, out, oh, acc, code, alpha, lo,
                             hi):
     """Direct conv with one input channel per group (output o reads channel o // multiplier), over the phase planes
     of each channel's slab (window.phase_layout; staged one channel at a time, window.staging; qf is the planes
@@ -68,8 +69,8 @@ def _depthwise_planes_block(x, c0, c1, copy, p, q4, qf, sh, sw, width, flat, wt,
     TAPS with taps of weight 0 that read the zero tail (0 × 0 adds nothing, exactly). One loop per tap made
     acc's loads and stores, and each short loop's set-up, the cost: ConvNeXt's 7×7 at 14², 384 channels:
     0.53 → 0.21 ms (0.16 with _row_taps kept). The ow first values of each row of acc are the output row.
-    Channels [c0, c1) (_depthwise_planes splits them over the threads)."""
-    cout, oh, ow = out.shape
+    Channels [c0, c1) (_depthwise_planes splits them over the threads), into the top oh rows of out's planes."""
+    cout, ow = out.shape[0], out.shape[2]
     mult = cout // x.shape[0]
     kh, kt = flat.shape
     m = (oh - 1) * width + ow
@@ -99,37 +100,39 @@ def _depthwise_planes_block(x, c0, c1, copy, p, q4, qf, sh, sw, width, flat, wt,
 
 
 @njit(cache=True, parallel=True)
-def _depthwise_planes(x, copy, ps, q4s, qfs, sh, sw, width, flat, wt, b, out, accs, code, alpha, lo, hi):
+def _depthwise_planes(x, copy, ps, q4s, qfs, sh, sw, width, flat, wt, b, out, oh, accs, code, alpha, lo, hi):
     """_depthwise_planes_block on a block of channels per thread, each with its own buffers (ps[t], …)."""
     nt = ps.shape[0]
     for t in prange(nt):
         c0, c1 = block(x.shape[0], t, nt)
-        _depthwise_planes_block(x, c0, c1, copy, ps[t], q4s[t], qfs[t], sh, sw, width, flat, wt, b, out, accs[t], code,
-                                alpha, lo, hi)
+        _depthwise_planes_block(x, c0, c1, copy, ps[t], q4s[t], qfs[t], sh, sw, width, flat, wt, b, out, oh, accs[t],
+                                code, alpha, lo, hi)
 
 
 def _depthwise(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
                stride: tuple[int, int], pads: tuple[int, int, int, int], dilation: tuple[int, int],
                region: tuple[int, int, int, int], out: np.ndarray, code: int, alpha, lo, hi) -> None:
-    """Depthwise conv of output `region` from tile x: 3×3 at stride 1 or 2 by _depthwise3x3, any other kernel,
-    stride and dilation over phase planes (_depthwise_planes)."""
+    """Depthwise conv of output `region` from tile x into the top rows of out's planes (C-contiguous: layout.whole):
+    3×3 at stride 1 or 2 by _depthwise3x3, any other kernel, stride and dilation over phase planes
+    (_depthwise_planes)."""
     kernel = w.shape[2:]
     slab_hw, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region)
-    ow, nt = out.shape[2], min(count(), x.shape[0])
+    (oh, ow), nt = (region[2] - region[0], region[3] - region[1]), min(count(), x.shape[0])
     if kernel == (3, 3) and stride[0] == stride[1] in (1, 2) and dilation == (1, 1):
         split = stride[0] == 2 and ow >= SPLIT_FROM
         e = np.empty((nt, 1, 2, slab_hw[0], ow + 1) if split else (nt, 1, 2, 0, 0), np.float32)
-        _depthwise3x3(x, copy, np.zeros((nt, 1, *slab_hw), np.float32), e, w, b, stride[0], out, code, alpha, lo, hi)
+        _depthwise3x3(x, copy, np.zeros((nt, 1, *slab_hw), np.float32), e, w, b, stride[0], out, oh, code, alpha, lo,
+                      hi)
         return
-    (kh, kw), (oh, ow) = kernel, out.shape[1:]
+    kh, kw = kernel
     height, width, plane, offset = phase_layout(kernel, stride, dilation, (oh, ow))
     m = (oh - 1) * width + ow
     p, q4, qf = phase_buffers(slab_hw, 0.0, stride, height, width, 1, m, nt)  # (zero tail: what padding taps read)
     wt = _row_taps(w)
     flat = np.full(wt.shape[1:], q4[0].size, np.int64)
     flat[:, :kw] = (plane * (height * width) + offset).reshape(kh, kw)
-    _depthwise_planes(x, copy, p, q4, qf, *stride, width, flat, wt, b, out, np.empty((nt, padded(m)), np.float32), code,
-                      alpha, lo, hi)
+    _depthwise_planes(x, copy, p, q4, qf, *stride, width, flat, wt, b, out, oh, np.empty((nt, padded(m)), np.float32),
+                      code, alpha, lo, hi)
 
 
 @per_weights
@@ -146,13 +149,14 @@ SPLIT_FROM = 10  # output columns from which a stride-2 3×3 depthwise conv read
 
 
 @njit(cache=True)
-def _depthwise3x3_block(x, c0, c1, copy, p, e, w, b, s, out, code, alpha, lo, hi):
+def _depthwise3x3_block(x, c0, c1, copy, p, e, w, b, s, out, oh, code, alpha, lo, hi):
     """3×3 depthwise at stride 1 or 2 (no dilation), each channel's slab staged in p (window.staging): the nine
     taps in one pass over each output row (no accumulator traffic between taps). Wide stride-2 rows read e, p's
     even and odd columns (window.split_phases), so that every load is unit-stride; otherwise (e empty) p itself:
     on rows under SPLIT_FROM outputs the split costs more than it saves (MobileNetV2's 576 channels at 14² → 7²:
-    0.076 against 0.050 ms). Unsigned indices and no row views, as in _im2col. Channels [c0, c1)."""
-    cout, oh, ow = out.shape
+    0.076 against 0.050 ms). Unsigned indices and no row views, as in _im2col. Channels [c0, c1), into the top oh
+    rows of out's planes."""
+    cout, ow = out.shape[0], out.shape[2]
     mult = cout // x.shape[0]
     split = e.shape[2] > 0
     us, u0, u1, u2 = np.uint64(s), np.uint64(0), np.uint64(1), np.uint64(2)
@@ -185,12 +189,12 @@ def _depthwise3x3_block(x, c0, c1, copy, p, e, w, b, s, out, code, alpha, lo, hi
 
 
 @njit(cache=True, parallel=True)
-def _depthwise3x3(x, copy, ps, es, w, b, s, out, code, alpha, lo, hi):
+def _depthwise3x3(x, copy, ps, es, w, b, s, out, oh, code, alpha, lo, hi):
     """_depthwise3x3_block on a block of channels per thread, each with its own p and e (ps[t], es[t])."""
     nt = ps.shape[0]
     for t in prange(nt):
         c0, c1 = block(x.shape[0], t, nt)
-        _depthwise3x3_block(x, c0, c1, copy, ps[t], es[t], w, b, s, out, code, alpha, lo, hi)
+        _depthwise3x3_block(x, c0, c1, copy, ps[t], es[t], w, b, s, out, oh, code, alpha, lo, hi)
 
 
 def _gemm_conv(p: np.ndarray, wm: np.ndarray, out: np.ndarray, kernel: tuple[int, int],
@@ -284,11 +288,15 @@ class ConvCall:
         # Straight into `into` where nothing is left for _finish to do (no residual, an activation the kernel's loop
         # applies), if the vector GEMM also takes the conv with into's rows apart (a 1×1 it runs over the map's rows
         # as one run: rows of 10, not; of 14 or more, yes).
-        direct = into is not None and not residual and epi == self.whole
+        # A residual, or the rest of an activation, is then added in place (_finish), on into's planes.
+        direct = into is not None and (not residual and epi == self.whole or whole(into) is not None)
         if direct and lanes >= 0:
             pitched = blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:], into.strides[1] // 4)
             direct, lanes = (True, pitched) if pitched >= 0 else (False, lanes)
-        self.direct = direct and (lanes >= 0 or ob > 0)
+        # (the depthwise and Winograd loops index their output: into the C-contiguous buffer whose planes' top rows
+        # into is)
+        self.dw = groups > 1 and w.shape[1] == 1 and not ob
+        self.direct = direct and (lanes >= 0 or ob > 0 or ((self.dw or self.wino) and whole(into) is not None))
         out = into if self.direct else np.empty(self.shape, np.float32)
         bounds, nt = clamp_bounds(*epi), count()
         if lanes >= 0:
@@ -305,23 +313,27 @@ class ConvCall:
             raise ValueError(f"conv: this call reads a {self.layout} input, not a {_layout(x)} one")
         if 0 in self.shape:
             return np.empty(self.shape, np.float32) if into is None else into
-        if residual is not None:  # (a tile's view: copied, as add's)
+        if residual is not None and planes(residual) is None:  # (a tile's view with a halo: copied, as add's)
             residual = np.ascontiguousarray(residual, np.float32)
         if self.launch is not None:
             out = into if self.direct else np.empty(self.shape, np.float32)
             self.launch(x, out)
-            return out if self.direct else _placed(_finish(out, self.whole, residual), into)
+            return _finish(out, self.whole, residual) if self.direct else _placed(_finish(out, self.whole, residual),
+                                                                                   into)
         origin, in_hw, stride, pads, dilation, groups, region = self.args
         w, b = _weights(w, b)
-        (cout, _, kh, kw), out = w.shape, np.empty(self.shape, np.float32)
-        if w.shape[1] == 1 and groups > 1:
-            _depthwise(x, origin, in_hw, w, b, stride, pads, dilation, region, out, *self.epi)
-            return _placed(_finish(out, self.whole, residual), into)
+        (cout, _, kh, kw), (oh, ow) = w.shape, self.shape[1:]
+        out = into if self.direct else np.empty(self.shape, np.float32)
+        if self.dw:
+            _depthwise(x, origin, in_hw, w, b, stride, pads, dilation, region, whole(out), *self.epi)
+            _finish(out, self.whole, residual)
+            return out if self.direct else _placed(out, into)
         p = _slab(x, origin, in_hw, (kh, kw), stride, pads, dilation, region)
         if self.wino:
-            winograd.conv3x3(p, w, b, out, *self.epi)
-            return _placed(_finish(out, self.whole, residual), into)
-        k, (oh, ow) = w[0].size, self.shape[1:]
+            winograd.conv3x3(p, w, b, whole(out), *self.epi, oh)
+            _finish(out, self.whole, residual)
+            return out if self.direct else _placed(out, into)
+        k = w[0].size
         step = min(oh, max(1, COL_BYTES // (4 * groups * k * ow)))
         cols = None if (kh, kw, *stride) == (1, 1, 1, 1) else np.empty(groups * k * step * ow, np.float32)
         _gemm_conv(p, w.reshape(groups, cout // groups, k), out, (kh, kw), stride, dilation, step, cols)

@@ -10,6 +10,7 @@ from numba.extending import intrinsic
 
 from . import blas
 from .derived import per_arguments
+from .layout import planes
 from .threads import block, count
 
 # Fused and standalone activations. Parameters: leakyrelu, elu alpha; clip lo, hi; hardsigmoid alpha (slope) and
@@ -113,14 +114,17 @@ def act1(v, code, alpha, lo, hi):
 
 
 def _activation_pass(code: int):
-    """y = act(y) in place over a flat y for one activation `code`, a compile-time constant here: act1 folds to
-    that activation's branch, and the loop vectorises (with the code a run-time value, it stays scalar)."""
+    """y = act(y) in place over the first n values of each row of 2-D y, for one activation `code`, a compile-time
+    constant here: act1 folds to that activation's branch, and the loop vectorises (with the code a run-time value,
+    it stays scalar). The threads share the rows' n values, in order."""
     @njit(cache=True, error_model="numpy", parallel=True)  # (Python's error model: a test per division, no vectors)
-    def run(y, alpha, lo, hi, nt):
+    def run(y, n, alpha, lo, hi, nt):
         for t in prange(nt):
-            j0, j1 = block(y.size, t, nt)
-            for j in range(np.uint64(j0), np.uint64(j1)):  # (see threads.py)
-                y[j] = act1(y[j], code, alpha, lo, hi)
+            j0, j1 = block(y.shape[0] * n, t, nt)
+            for r in range(j0 // n, -(-j1 // n)):
+                k0, k1 = max(j0 - r * n, 0), min(j1 - r * n, n)
+                for k in range(np.uint64(k0), np.uint64(k1)):  # (see threads.py)
+                    y[r, k] = act1(y[r, k], code, alpha, lo, hi)
     return run
 
 
@@ -141,20 +145,29 @@ def inline_code(code: int) -> int:
 
 
 def finish(y: np.ndarray, code: int, alpha, lo, hi) -> None:
-    """Apply activation `code` in place to C-contiguous y, if it is one its producer left out (inline_code):
-    one vectorised pass (EfficientNet-B0's SiLU epilogues ran at 10 ns a value inside the producers' loops)."""
-    if code > 2:
-        _PASSES[code](y.reshape(-1), np.float32(alpha), np.float32(lo), np.float32(hi), count())
+    """Apply activation `code` in place to y (C-contiguous, or a buffer's map: layout.planes), if it is one its
+    producer left out (inline_code): one vectorised pass (EfficientNet-B0's SiLU epilogues ran at 10 ns a value
+    inside the producers' loops)."""
+    if code > 2 and y.size:
+        _PASSES[code](*_planes(y), np.float32(alpha), np.float32(lo), np.float32(hi), count())
+
+
+def _planes(y: np.ndarray) -> tuple[np.ndarray, int]:
+    """layout.planes(y), which an in-place pass needs (a reshaped copy would take its results)."""
+    p = planes(y)
+    if p is None:
+        raise ValueError(f"an in-place pass takes a C-contiguous array or a buffer's map, not strides {y.strides}")
+    return p
 
 
 def _epilogue_kernel(residual: bool):
     """y = act(y · scale[row] + shift[row]), plus res when `residual` (a compile-time constant: a run-time test
-    in the loop would keep it scalar), in place over 2-D y (rows, n)."""
+    in the loop would keep it scalar), in place over the first n values of each row of 2-D y (and of res)."""
     @njit(cache=True, parallel=True)
-    def run(y, scale, shift, res, code, alpha, lo, hi):
+    def run(y, n, scale, shift, res, code, alpha, lo, hi):
         for r in prange(y.shape[0]):
             s, t = scale[r], shift[r]
-            for j in range(y.shape[1]):
+            for j in range(n):
                 v = y[r, j] * s + t
                 y[r, j] = act1(v + res[r, j] if residual else v, code, alpha, lo, hi)
     return run
@@ -175,11 +188,11 @@ _NO_RESIDUAL = np.zeros((0, 0), np.float32)
 
 def epilogue(y: np.ndarray, scale: np.ndarray, shift: np.ndarray, code: int, alpha, lo, hi,
              residual: np.ndarray | None = None) -> None:
-    """In place over C-contiguous y (rows, …): y = act(y · scale[row] + shift[row] + residual), residual
-    (C-contiguous, y's size) left out when None."""
-    y2 = y.reshape(y.shape[0], -1)
-    res = _NO_RESIDUAL if residual is None else residual.reshape(y2.shape)
-    _EPILOGUES[residual is not None](y2, scale, shift, res, inline_code(code), alpha, lo, hi)
+    """In place over y (rows, …): y = act(y · scale[row] + shift[row] + residual), residual (y's shape) left out
+    when None; y C-contiguous or a buffer's map (layout.planes), residual any view (copied where it is neither)."""
+    y2, n = _planes(y)
+    res = _NO_RESIDUAL if residual is None else (planes(residual) or planes(np.ascontiguousarray(residual)))[0]
+    _EPILOGUES[residual is not None](y2, n, scale, shift, res, inline_code(code), alpha, lo, hi)
     finish(y, code, alpha, lo, hi)
 
 

@@ -112,19 +112,19 @@ def _inputs_block(q, c0, c1, tw, g0, n, e, v):
 
 
 @njit(cache=True, parallel=True)
-def _outputs(m, t0, t1, tw, b, fs, out, code, alpha, lo, hi):
-    """out[k, 4ty:4ty+4, 4u:4u+4] = act(Aᵀ·M·A + b[k]) for tile rows [t0, t1), clipped to out's extent, with
-    M[a][c] = m[k, 6a+c, (ty - t0)·tw + u]; fs[t] is thread t's scratch."""
+def _outputs(m, t0, t1, tw, b, fs, out, oh, code, alpha, lo, hi):
+    """out[k, 4ty:4ty+4, 4u:4u+4] = act(Aᵀ·M·A + b[k]) for tile rows [t0, t1), clipped to out's top oh rows and its
+    columns, with M[a][c] = m[k, 6a+c, (ty - t0)·tw + u]; fs[t] is thread t's scratch."""
     n = (t1 - t0) * tw
     for t in prange(fs.shape[0]):
         k0, k1 = block(m.shape[0], t, fs.shape[0])
-        _outputs_block(m, k0, k1, n, t0, t1, tw, b, fs[t], out, code, alpha, lo, hi)
+        _outputs_block(m, k0, k1, n, t0, t1, tw, b, fs[t], out, oh, code, alpha, lo, hi)
 
 
 @njit(cache=True)
-def _outputs_block(m, k0, k1, n, t0, t1, tw, b, f, out, code, alpha, lo, hi):
+def _outputs_block(m, k0, k1, n, t0, t1, tw, b, f, out, oh, code, alpha, lo, hi):
     """_outputs for output channels [k0, k1)."""
-    oh, ow = out.shape[1], out.shape[2]
+    ow = out.shape[2]
     full = ow // 4  # tiles whose 4 columns all lie inside out
     u1, u2, u3, u4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
     for k in range(k0, k1):
@@ -151,12 +151,14 @@ def _outputs_block(m, k0, k1, n, t0, t1, tw, b, f, out, code, alpha, lo, hi):
                         out[k, y, x] = act1(rs[x - 4 * full] + bk, code, alpha, lo, hi)
 
 
-def conv3x3(p: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, code: int, alpha, lo, hi) -> None:
-    """out (Cout, oh, ow) = act(valid 3×3 conv of slab p (Cin, ≥ oh + 2, ≥ ow + 2) with w + b), in chunks of tile
+def conv3x3(p: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, code: int, alpha, lo, hi,
+            oh: int | None = None) -> None:
+    """The top oh rows (all by default) of out (Cout, ≥ oh, ow) = act(valid 3×3 conv of slab p (Cin, ≥ oh + 2,
+    ≥ ow + 2) with w + b), out C-contiguous (a buffer with spare rows: kernels.layout), in chunks of tile
     rows whose transformed input fits TILE_BYTES. Channel-major transformed tiles (v[c, 36, n], m[k, 36, n]): each
     transform then writes and reads 36 nearby rows, not 36 rows a whole matrix apart (twice as fast at 14²); the
     GEMMs take them as strided views at no cost."""
-    cin, cout, (oh, ow) = p.shape[0], w.shape[0], out.shape[1:]
+    cin, cout, (oh, ow) = p.shape[0], w.shape[0], (out.shape[1] if oh is None else oh, out.shape[2])
     th, tw = -(-oh // 4), -(-ow // 4)
     q, nt = np.empty((cin, 4, 6, (th + 1) * tw), np.float32), count()
     _split(p, th, tw, q, nt)
@@ -169,4 +171,4 @@ def conv3x3(p: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray, code: 
         _inputs(q, tw, t0 * tw, t1 * tw, e, v)
         m = np.empty((cout, 36, v.shape[2]), np.float32)
         blas.batched(u, v.transpose(1, 0, 2), m.transpose(1, 0, 2))
-        _outputs(m, t0, t1, tw, b, f, out, code, alpha, lo, hi)
+        _outputs(m, t0, t1, tw, b, f, out, oh, code, alpha, lo, hi)

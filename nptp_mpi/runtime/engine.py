@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from nptp_mpi.io.inputs import pixels_to_tensor
-from nptp_mpi.kernels import channel_sums
+from nptp_mpi.kernels import channel_sums, layout
 from nptp_mpi.model.graph import Graph
 from nptp_mpi.plan.plan import Plan, rank_params
-from nptp_mpi.plan.program import INPUT, Compute, Copy, Head, Post, Program, Reduce, Sum, Wait, lower
+from nptp_mpi.plan.program import INPUT, Buffer, Compute, Copy, Head, Post, Program, Reduce, Sum, Wait, lower
 from nptp_mpi.runtime.exchange import Messages, World
 from nptp_mpi.runtime.ops import Pieces, Tile, bias_act, run_whole
 
@@ -73,6 +73,11 @@ class Contribution:
         return y
 
 
+def _held_shape(b: Buffer) -> tuple[int, int, int]:
+    """The shape of the rect buffer b holds."""
+    return b.channels, b.rect[2] - b.rect[0], b.rect[3] - b.rect[1]
+
+
 def _elements(pixels: bool) -> type:
     """A buffer's element type: an image's 8-bit pixels, or float32 values."""
     return np.uint8 if pixels else np.float32
@@ -93,11 +98,16 @@ class Engine:
         # The weights this rank computes with (slices copied, so free_unused_weights can drop the full arrays).
         self.params = rank_params(graph, plan, world.rank, copy=True)
         nodes = self.graph_nodes = {n.name: n for n in graph.nodes}
+        # A conv's map whose planes would lie a multiple of 4 KiB apart gets a spare row after each (kernels/layout.py)
+        # and is written in place, as a fixed buffer is.
+        convs = {n.output for n in graph.nodes if n.op == "conv"}
+        spare = {b.name: layout.spare_rows(*_held_shape(b)[1:]) if b.alloc and not b.pixels
+                 and (b.fixed or b.name in convs) else 0 for b in self.program.buffers.values()}
         self.buffers: dict[str, np.ndarray | None] = {
-            b.name: np.zeros((b.channels, b.rect[2] - b.rect[0], b.rect[3] - b.rect[1]), _elements(b.pixels))
-            if b.alloc else None for b in self.program.buffers.values()}
+            b.name: np.zeros((b.channels, b.rect[2] - b.rect[0] + spare[b.name], b.rect[3] - b.rect[1]),
+                             _elements(b.pixels)) if b.alloc else None for b in self.program.buffers.values()}
         self.rects = {b.name: b.rect for b in self.program.buffers.values()}
-        self.fixed = {b.name for b in self.program.buffers.values() if b.fixed}
+        self.fixed = {b.name for b in self.program.buffers.values() if b.fixed or spare[b.name]}
         self.pieces: dict[int, Pieces] = {}  # per Compute step: its node with this rank's weights, on its pieces
         self.messages: dict[int, list[tuple[str, Messages]]] = {}  # per Post step, its datatypes per buffer
         self.parts: dict[int, Contribution] = {}
@@ -115,9 +125,10 @@ class Engine:
                 self.parts[i] = Contribution(graph, step, self.params)
         self.bias = {s.node: self.params[s.node].get("b") for s in self.program.steps if isinstance(s, Sum)}
 
-    def _shape(self, name: str) -> tuple[int, int, int]:
-        b = self.program.buffers[name]
-        return (b.channels, b.rect[2] - b.rect[0], b.rect[3] - b.rect[1])
+    def _shape(self, name: str) -> tuple[int, ...]:
+        """Buffer `name`'s shape: as allocated (spare rows included), else that of the rect it will hold."""
+        data = self.buffers[name]
+        return _held_shape(self.program.buffers[name]) if data is None else data.shape
 
     def _messages(self, step: Post) -> list[tuple[str, Messages]]:
         """The step's messages grouped by buffer, as pre-built MPI datatypes."""
@@ -130,6 +141,11 @@ class Engine:
 
     def _tile(self, name: str) -> Tile:
         return Tile(self.buffers[name], self.rects[name])
+
+    def _map(self, name: str) -> np.ndarray:
+        """Buffer `name` without its spare rows, if it has any (kernels.layout)."""
+        data, rect = self.buffers[name], self.rects.get(name)
+        return data if rect is None or data.shape[1] == rect[2] - rect[0] else data[:, : rect[2] - rect[0]]
 
     def _compute(self, i: int, step: Compute) -> None:
         """The step's pieces: written into a fixed buffer, or the single result becomes the buffer."""
@@ -175,7 +191,7 @@ class Engine:
                 if total is not None:
                     self.buffers[step.output] = part.finish(total)
             elif isinstance(step, Head):
-                out = self.buffers[step.input]
+                out = self._map(step.input)
                 for name in step.nodes:
                     out = run_whole(self.graph_nodes[name], [out])
             compute += time.perf_counter() - t0
@@ -184,7 +200,7 @@ class Engine:
 
     def _sum(self, step: Sum) -> None:
         """Partial sums added in order into the output buffer, then the node's bias and activation."""
-        out = self.buffers[step.output]
+        out = self._map(step.output)
         parts = [self._tile(name).view(rect) for name, rect in step.parts]
         np.copyto(out, parts[0])
         for part in parts[1:]:

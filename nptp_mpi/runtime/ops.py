@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nptp_mpi import kernels as K
+from nptp_mpi.kernels import layout
 from nptp_mpi.kernels.pointwise import act_code, constant, epilogue
 from nptp_mpi.model.graph import ACTIVATIONS, Node
 
@@ -137,7 +138,11 @@ def run_whole(node: Node, ins: list[np.ndarray]) -> np.ndarray:
     op, x = node.op, ins[0]
     if node.spatial:
         out = (0, 0, *(node.window.out_hw(*x.shape[1:]) if node.window else x.shape[1:]))
-        return run_spatial(node, [Tile(t, (0, 0, *t.shape[1:])) for t in ins], x.shape[1:], out)
+        tiles = [Tile(_buffer(t), (0, 0, *t.shape[1:])) for t in ins]
+        if op == "conv" and layout.spare_rows(*out[2:]):  # (its planes then never lie 4 KiB apart: kernels/layout.py)
+            into = layout.empty(node.params["w"].shape[0], *out[2:])
+            return run_pieces(node, tiles, x.shape[1:], [out], into=[into])[0]
+        return run_spatial(node, tiles, x.shape[1:], out)
     if op == "gap":
         return K.global_avgpool(x)
     if op == "gmp":
@@ -151,6 +156,12 @@ def run_whole(node: Node, ins: list[np.ndarray]) -> np.ndarray:
     if op == "softmax":
         return K.softmax(x)
     raise ValueError(f"node {node.name!r}: {op!r} is not a head op")
+
+
+def _buffer(t: np.ndarray) -> np.ndarray:
+    """The array the kernels are given for map t: the buffer whose planes' top rows t is (layout.empty), else t."""
+    b = layout.whole(t) if t.ndim == 3 else None
+    return t if b is None else b
 
 
 def bias_act(y: np.ndarray, b: np.ndarray | None, node: Node) -> None:

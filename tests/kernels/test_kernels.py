@@ -725,6 +725,57 @@ def test_a_conv_into_a_view_of_a_tile_buffer_writes_that_view_alone(n, act, resi
         K.conv2d(*args, act, into=buf[:, :-1])
 
 
+def test_a_maps_buffer_keeps_its_planes_off_multiples_of_4_kib():
+    """A plane that is a multiple of 4 KiB (a 512² image's 256²-32² maps) gets one spare row, the others none (a
+    224² image's maps; rows of 4 KiB, which no row helps); whole() gives the kernels such a map's C-contiguous
+    buffer and planes() its rows of n values, and neither takes another view; an in-place pass refuses a view it
+    would have to copy (its results would go to the copy)."""
+    from nptp_mpi.kernels import layout, pointwise
+
+    for h, w, spare in ((256, 256, 1), (128, 128, 1), (32, 32, 1), (64, 32, 1), (16, 16, 0), (112, 112, 0),
+                        (56, 56, 0), (7, 7, 0), (3, 1024, 0)):
+        assert layout.spare_rows(h, w) == spare
+        m = layout.empty(5, h, w)
+        assert m.shape == (5, h, w) and (m.strides[0] % layout.ALIAS != 0) == (w * 4 % layout.ALIAS != 0)
+        b, (p, n) = layout.whole(m), layout.planes(m)
+        assert b.flags.c_contiguous and b.shape == (5, h + spare, w) and b.ctypes.data == m.ctypes.data
+        assert p.shape == (5, (h + spare) * w) and n == h * w and p.ctypes.data == m.ctypes.data
+    halo = np.zeros((5, 10, 12), np.float32)[:, 1:-1, 1:-1]
+    assert layout.whole(halo) is None and layout.planes(halo) is None
+    assert layout.whole(np.zeros((2, 32, 32), np.int32)) is None
+    with pytest.raises(ValueError, match="in-place pass"):
+        pointwise.finish(halo, pointwise.act_code("silu"), 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("vector", [True, False], ids=["vectors", "loops"])
+@pytest.mark.parametrize("act, residual", [("", False), ("silu", False), ("", True), ("relu", True)])
+@pytest.mark.parametrize("n", range(len(CONVS)))
+def test_a_conv_into_a_buffers_map_writes_it_in_place(n, act, residual, vector, monkeypatch):
+    """conv2d(into=map) of a buffer with spare rows (layout.empty: how the reference and the engine keep a map
+    whose planes would lie 4 KiB apart) gives a new array's bits and leaves the spare rows alone, on every conv
+    path; the vector kernels and the depthwise and Winograd loops write it in place, a residual (itself such a map)
+    and the rest of an activation added there, and only the others' output (im2col, BLAS) is copied in."""
+    from nptp_mpi.kernels import conv
+
+    monkeypatch.setattr(vectors, "ENABLED", vectors.ENABLED and vector)
+    x, wt, b, _ = conv_case(CONVS[n])
+    k, s, pads, d, g = CONVS[n][4:9]
+    (oh, ow), cout = [out_len(x.shape[1 + a], k[a], s[a], d[a], pads[a], pads[a + 2], False) for a in (0, 1)], \
+        wt.shape[0]
+    args = (x, (0, 0), x.shape[1:], wt, b, s, pads, d, g, (0, 0, oh, ow))
+    res = randn((cout, oh + 1, ow), 9)[:, :oh] if residual else None
+    want = K.conv2d(*args, act, residual=None if res is None else res.copy())
+    buf = np.full((cout, oh + 1, ow), np.nan, np.float32)
+    copies, placed = [], conv._placed
+    monkeypatch.setattr(conv, "_placed", lambda out, into: copies.append(into is not None) or placed(out, into))
+    assert K.conv2d(*args, act, residual=res, into=buf[:, :oh]) is not None
+    np.testing.assert_array_equal(buf[:, :oh], want)
+    assert np.isnan(buf[:, oh:]).all()
+    indexed = g > 1 and wt.shape[1] == 1 or g == 1 and conv.winograd_pays(wt.shape, s, d, (oh, ow))
+    by_vectors = rows.kind(wt.shape, g, s, d, x, ow) or conv.blocked.takes(wt.shape, g, s, pads, d, x, (oh, ow))
+    assert copies == ([] if by_vectors or indexed else [True])
+
+
 @pytest.mark.parametrize("n", range(len(CONVS)))
 def test_a_prepared_conv_call_reads_its_arrays_anew_each_call(n):
     """conv2d prepares a call per weights, geometry and layouts (ConvCall) and reuses it: a second input, a new
