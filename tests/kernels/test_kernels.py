@@ -89,6 +89,10 @@ CONVS = [
     (3, 16, 19, 29, (7, 7), (2, 2), (3, 2, 3, 1), (1, 1), 1, True),
     # a 1×1 with its lanes along pixels where the host has the vectors (16 inputs, 24 outputs, 840 pixels), else BLAS
     (16, 24, 28, 30, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
+    # the vector GEMM's panels (blocked.TILE_PANEL) where the host has it, every output block over each in turn: a
+    # 1×1 run of 667 pixels in 6 panels of 126 (2 blocks), a 3×3 at stride 2 with rows of 46 in panels of 14 (2)
+    (512, 96, 23, 29, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
+    (256, 64, 9, 91, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, False),
 ]
 WINOGRAD = (10, 11, 12)
 
