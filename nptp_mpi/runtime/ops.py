@@ -61,7 +61,8 @@ def run_spatial(node: Node, ins: list[Tile], in_hw: tuple[int, int], region: Rec
     if op == "slice":
         return K.channels(xs[0], a["c0"], a["c1"])
     if op == "se":
-        return K.scale_channels(xs[0], se_gate(node, K.global_avgpool(ins[0].data) if mean is None else mean))
+        whole = ins[0].view(ins[0].rect)  # (the reference's whole map: not its buffer's spare rows, kernels.layout)
+        return K.scale_channels(xs[0], se_gate(node, K.global_avgpool(whole) if mean is None else mean))
     if op == "affine":
         return K.affine(xs[0], p["scale"], p["shift"])
     if op == "chnorm":

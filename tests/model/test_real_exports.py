@@ -52,3 +52,22 @@ def test_a_real_export_equals_onnxruntime_or_is_refused_in_one_line(tmp_path, pa
     assert path.stem not in REFUSED, f"{path.stem} loads now: take it off REFUSED"
     x = np.random.default_rng(1).standard_normal(graph.input_shape, dtype=np.float32)
     assert_close(reference.run(graph, x), ort_run(model, x), rel=1e-4)
+
+
+# Real exports with the ops a map passes through on its way (squeeze-and-excitation means, SiLU and hard-swish
+# epilogues, grouped convs, concats, pools, LayerNorm), at 256²: their 128²-32² maps lie in buffers with a spare
+# row (kernels.layout), which no 224² input exercises.
+AT_256 = ("efficientnet_b0", "mobilenet_v3_small", "regnet_y_400mf", "googlenet", "convnext_tiny", "squeezenet1_1")
+
+
+@pytest.mark.parametrize("arch", AT_256)
+def test_a_real_export_at_256_equals_onnxruntime(tmp_path, arch) -> None:
+    from nptp_mpi.model.onnx_fold import with_input_shape
+
+    model = restore_weights(onnx.load(ROOT / "tests" / "data" / "onnx" / f"{arch}.dynamo.onnx"), seed=0)
+    file = tmp_path / "model.onnx"
+    onnx.save(model, file)
+    graph = load_onnx(str(file), (256, 256))
+    del model.graph.value_info[:]  # (shapes inferred at 224²: onnxruntime infers them anew)
+    x = np.random.default_rng(1).standard_normal(graph.input_shape, dtype=np.float32)
+    assert_close(reference.run(graph, x), ort_run(with_input_shape(model, (256, 256)), x), rel=1e-4)
