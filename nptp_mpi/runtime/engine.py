@@ -194,6 +194,7 @@ class Engine:
                 out = self._map(step.input)
                 for name in step.nodes:
                     out = run_whole(self.graph_nodes[name], [out])
+                out = np.ascontiguousarray(out)  # (the caller's: not a view of a buffer with spare rows)
             compute += time.perf_counter() - t0
         tr = w.traffic
         return out, Stats(compute, tr.wait_s, tr.halo_sent, tr.halo_recv, tr.other_sent, tr.other_recv)

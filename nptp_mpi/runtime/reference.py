@@ -30,4 +30,4 @@ def run(graph: Graph, x: np.ndarray, spent: dict[str, float] | None = None) -> n
         values[node.output] = run_whole(node, ins)
         if spent is not None:
             spent[node.name] = spent.get(node.name, 0.0) + time.perf_counter() - t0
-    return values[graph.output]
+    return np.ascontiguousarray(values[graph.output])  # (a conv's map may lie in a buffer with spare rows)

@@ -41,3 +41,25 @@ def test_conv_maps_on_4_kib_planes_get_a_spare_row_and_the_same_values():
         assert_close(out, reference(graph, x), 1e-5)
     assert all(np.isnan(engine.buffers[t][:, -1]).all() for t in spared)
     engine.close()
+
+
+def test_a_map_output_comes_back_contiguous():
+    """A model whose output is a conv's map (no head) on 4 KiB planes: the reference and the engine hand back a
+    C-contiguous array, not a view of a buffer with spare rows."""
+    from conftest import conv
+
+    from nptp_mpi.model.graph import Graph
+
+    rng = np.random.default_rng(0)
+    nodes = [conv("c1", "input", 3, 8), conv("c2", "c1", 8, 8)]
+    for n in nodes:
+        n.params["w"] = rng.standard_normal(n.params["w"].shape, dtype=np.float32)
+    graph = Graph("fcn", "input", (3, 64, 64), "c2", nodes)
+    x = rng.standard_normal((3, 64, 64), dtype=np.float32)
+    want = reference(graph, x)
+    assert want.flags.c_contiguous and want.shape == (8, 64, 64)
+    engine = Engine(graph, make_plan(graph, 1, "nptp"), World(MPI.COMM_SELF, timeout=30))
+    out, _ = engine.infer(x)
+    engine.close()
+    assert out.flags.c_contiguous
+    np.testing.assert_array_equal(out, want)
