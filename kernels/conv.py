@@ -285,16 +285,15 @@ class ConvCall:
         ob = rows.kind(w.shape, groups, stride, dilation, x, self.shape[2])
         self.wino = groups == 1 and winograd_pays(w.shape, stride, dilation, self.shape[1:])
         lanes = -1 if ob or self.wino else blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:])
-        # Straight into `into` where nothing is left for _finish to do (no residual, an activation the kernel's loop
-        # applies), if the vector GEMM also takes the conv with into's rows apart (a 1×1 it runs over the map's rows
-        # as one run: rows of 10, not; of 14 or more, yes).
-        # A residual, or the rest of an activation, is then added in place (_finish), on into's planes.
+        # Straight into `into` where the kernel can write it and what is left after it (a residual, the rest of an
+        # activation: _finish) can be added there in place, on into's planes (layout.planes): the vector kernels at
+        # into's row pitch, if the vector GEMM also takes the conv with into's rows apart (a 1×1 it runs over the
+        # map's rows as one run: rows of 10, not; of 14 or more, yes); the depthwise and Winograd loops, which index
+        # their output, into the C-contiguous buffer whose planes' top rows into is (layout.whole).
         direct = into is not None and (not residual and epi == self.whole or whole(into) is not None)
         if direct and lanes >= 0:
             pitched = blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:], into.strides[1] // 4)
             direct, lanes = (True, pitched) if pitched >= 0 else (False, lanes)
-        # (the depthwise and Winograd loops index their output: into the C-contiguous buffer whose planes' top rows
-        # into is)
         self.dw = groups > 1 and w.shape[1] == 1 and not ob
         self.direct = direct and (lanes >= 0 or ob > 0 or ((self.dw or self.wino) and whole(into) is not None))
         out = into if self.direct else np.empty(self.shape, np.float32)
