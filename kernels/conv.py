@@ -13,7 +13,7 @@ from numba import njit, prange
 
 from . import blas, blocked, rows, vectors, winograd
 from .derived import per_arguments, per_weights
-from .layout import planes, whole
+from .layout import whole
 from .pointwise import act1, act_code, clamp_bounds, constant, epilogue, finish, inline_code
 from .threads import block, count, padded
 from .vectors import rowwise
@@ -290,12 +290,13 @@ class ConvCall:
         # into's row pitch, if the vector GEMM also takes the conv with into's rows apart (a 1×1 it runs over the
         # map's rows as one run: rows of 10, not; of 14 or more, yes); the depthwise and Winograd loops, which index
         # their output, into the C-contiguous buffer whose planes' top rows into is (layout.whole).
-        direct = into is not None and (not residual and epi == self.whole or whole(into) is not None)
+        planar = into is not None and whole(into) is not None
+        direct = into is not None and (not residual and epi == self.whole or planar)
         if direct and lanes >= 0:
             pitched = blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:], into.strides[1] // 4)
             direct, lanes = (True, pitched) if pitched >= 0 else (False, lanes)
         self.dw = groups > 1 and w.shape[1] == 1 and not ob
-        self.direct = direct and (lanes >= 0 or ob > 0 or ((self.dw or self.wino) and whole(into) is not None))
+        self.direct = direct and (lanes >= 0 or ob > 0 or ((self.dw or self.wino) and planar))
         out = into if self.direct else np.empty(self.shape, np.float32)
         bounds, nt = clamp_bounds(*epi), count()
         if lanes >= 0:
@@ -312,8 +313,6 @@ class ConvCall:
             raise ValueError(f"conv: this call reads a {self.layout} input, not a {_layout(x)} one")
         if 0 in self.shape:
             return np.empty(self.shape, np.float32) if into is None else into
-        if residual is not None and planes(residual) is None:  # (a tile's view with a halo: copied, as add's)
-            residual = np.ascontiguousarray(residual, np.float32)
         if self.launch is not None:
             out = into if self.direct else np.empty(self.shape, np.float32)
             self.launch(x, out)

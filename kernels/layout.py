@@ -24,9 +24,14 @@ def spare_rows(h: int, w: int, itemsize: int = 4) -> int:
     return int(h * row % ALIAS == 0 and row % ALIAS != 0)
 
 
+def buffer_shape(c: int, h: int, w: int) -> tuple[int, int, int]:
+    """The shape of the buffer that keeps a (c, h, w) map: its spare_rows after each plane."""
+    return c, h + spare_rows(h, w), w
+
+
 def empty(c: int, h: int, w: int) -> np.ndarray:
-    """An uninitialised (c, h, w) float32 map, a view of the top rows of a C-contiguous buffer with spare_rows."""
-    return np.empty((c, h + spare_rows(h, w), w), np.float32)[:, :h]
+    """An uninitialised (c, h, w) float32 map, a view of the top rows of a C-contiguous buffer_shape buffer."""
+    return np.empty(buffer_shape(c, h, w), np.float32)[:, :h]
 
 
 def whole(a: np.ndarray) -> np.ndarray | None:

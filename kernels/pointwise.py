@@ -191,7 +191,9 @@ def epilogue(y: np.ndarray, scale: np.ndarray, shift: np.ndarray, code: int, alp
     """In place over y (rows, …): y = act(y · scale[row] + shift[row] + residual), residual (y's shape) left out
     when None; y C-contiguous or a buffer's map (layout.planes), residual any view (copied where it is neither)."""
     y2, n = _planes(y)
-    res = _NO_RESIDUAL if residual is None else (planes(residual) or planes(np.ascontiguousarray(residual)))[0]
+    if residual is not None and planes(residual) is None:  # (a tile's view with a halo: copied, as add's)
+        residual = np.ascontiguousarray(residual, np.float32)
+    res = _NO_RESIDUAL if residual is None else planes(residual)[0]
     _EPILOGUES[residual is not None](y2, n, scale, shift, res, inline_code(code), alpha, lo, hi)
     finish(y, code, alpha, lo, hi)
 

@@ -100,14 +100,13 @@ class Engine:
         nodes = self.graph_nodes = {n.name: n for n in graph.nodes}
         # A conv's map whose planes would lie a multiple of 4 KiB apart gets a spare row after each (kernels/layout.py)
         # and is written in place, as a fixed buffer is.
-        convs = {n.output for n in graph.nodes if n.op == "conv"}
-        spare = {b.name: layout.spare_rows(*_held_shape(b)[1:]) if b.alloc and not b.pixels
-                 and (b.fixed or b.name in convs) else 0 for b in self.program.buffers.values()}
+        convs, bufs = {n.output for n in graph.nodes if n.op == "conv"}, self.program.buffers.values()
+        shapes = {b.name: layout.buffer_shape(*_held_shape(b)) if b.alloc and not b.pixels
+                  and (b.fixed or b.name in convs) else _held_shape(b) for b in bufs}
         self.buffers: dict[str, np.ndarray | None] = {
-            b.name: np.zeros((b.channels, b.rect[2] - b.rect[0] + spare[b.name], b.rect[3] - b.rect[1]),
-                             _elements(b.pixels)) if b.alloc else None for b in self.program.buffers.values()}
-        self.rects = {b.name: b.rect for b in self.program.buffers.values()}
-        self.fixed = {b.name for b in self.program.buffers.values() if b.fixed or spare[b.name]}
+            b.name: np.zeros(shapes[b.name], _elements(b.pixels)) if b.alloc else None for b in bufs}
+        self.rects = {b.name: b.rect for b in bufs}
+        self.fixed = {b.name for b in bufs if b.fixed or shapes[b.name] != _held_shape(b)}
         self.pieces: dict[int, Pieces] = {}  # per Compute step: its node with this rank's weights, on its pieces
         self.messages: dict[int, list[tuple[str, Messages]]] = {}  # per Post step, its datatypes per buffer
         self.parts: dict[int, Contribution] = {}

@@ -43,7 +43,7 @@ from datetime import datetime, timezone  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from nptp_mpi.kernels.layout import spare_rows  # noqa: E402
+from nptp_mpi.kernels.layout import buffer_shape  # noqa: E402
 from nptp_mpi.model.graph import Graph  # noqa: E402
 from nptp_mpi.plan.calibration import BoardCal, Calibration, LayerRates, ModelCal  # noqa: E402
 from nptp_mpi.plan.cost import Links  # noqa: E402
@@ -103,8 +103,9 @@ def time_layers(graph: Graph, plan: Plan, rank: int, repeat: int,
     rng = np.random.default_rng(rank)
     rects = {t: held(plan, graph, t, rank) for t in plan.own}
     convs = {n.output for n in graph.nodes if n.op == "conv"}  # (their maps with the engine's spare rows)
-    bufs = {t: rng.standard_normal((graph.shapes[t][0], r[2] - r[0] + (t in convs) * spare_rows(r[2] - r[0],
-                                    r[3] - r[1]), r[3] - r[1]), dtype=np.float32) for t, r in rects.items()}
+    shapes = {t: (graph.shapes[t][0], r[2] - r[0], r[3] - r[1]) for t, r in rects.items()}
+    bufs = {t: rng.standard_normal(buffer_shape(*shape) if t in convs else shape, dtype=np.float32)
+            for t, shape in shapes.items()}
     nodes = []
     for node in split_head(graph)[0]:
         parts = [p for part in pieces(plan, graph, node, rank, overlap) for p in part]
