@@ -98,6 +98,12 @@ def load(builder: ir.IRBuilder, address: ir.Value, mask: ir.Value, fill: float) 
     return builder.call(fn, [builder.inttoptr(address, PTR), I32(4), mask, ir.Constant(VF, [fill] * LANES)])
 
 
+def prefetch(builder: ir.IRBuilder, address: ir.Value) -> None:
+    """A hint to bring the cache line at `address` (an integer) into every cache level: it never faults."""
+    fn = declare(builder, "llvm.prefetch.p0", ir.VoidType(), [PTR, I32, I32, I32])
+    builder.call(fn, [builder.inttoptr(address, PTR), I32(0), I32(3), I32(1)])
+
+
 def store(builder: ir.IRBuilder, value: ir.Value, address: ir.Value, mask: ir.Value) -> None:
     """value's lanes where mask is set to `address` onwards (lanes of any count: 16, or 8 for half rows)."""
     n = value.type.count

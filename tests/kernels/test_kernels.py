@@ -93,6 +93,8 @@ CONVS = [
     # 1×1 run of 667 pixels in 6 panels of 126 (2 blocks), a 3×3 at stride 2 with rows of 46 in panels of 14 (2)
     (512, 96, 23, 29, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
     (256, 64, 9, 91, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, False),
+    # a 1×1 along pixels over panels (blocked.PANEL): 840 pixels in 6 panels of 160, 3 blocks of 8 outputs
+    (96, 24, 28, 30, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, False),
 ]
 WINOGRAD = (10, 11, 12)
 
@@ -401,6 +403,30 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
     np.testing.assert_allclose(out[:40], np.einsum("oc,chw->ohw", w[:, :, 0, 0], x) + b[:, None, None], rtol=1e-5,
                                atol=1e-5)
     assert (out[40] == 7.0).all()
+
+
+def test_the_panel_cases_run_the_vector_gemm_that_prefetches_the_next_panel():
+    """CONVS' three panel cases run the vector GEMM's tiles (two) and strips (one) that prefetch the next panel's
+    inputs (else test_conv2d would not test that code): their runs span several panels, and they read FETCH_FROM
+    input rows or more. A run's last panel, and fewer input rows, prefetch nothing."""
+    from nptp_mpi.kernels import blocked
+
+    if not vectors.ENABLED:
+        pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
+    for n, width, floats, run in ((-3, blocked.PIX, blocked.TILE_PANEL, 23 * 29),
+                                  (-2, blocked.PIX, blocked.TILE_PANEL, 46),
+                                  (-1, blocked.LANES, blocked.PANEL, 28 * 30)):
+        x, wt, _, _ = conv_case(CONVS[n])
+        (cin, kh, kw), stride, pads = wt.shape[1:], CONVS[n][5], CONVS[n][6]
+        out_hw = tuple((x.shape[1 + i] + pads[i] + pads[i + 2] - wt.shape[2 + i]) // stride[i] + 1 for i in (0, 1))
+        lanes = blocked.lanes(wt.shape, 1, stride, pads, (1, 1), x, out_hw)
+        assert (lanes == 0) == (width == blocked.LANES) and lanes >= 0  # (0: a strip, along pixels)
+        s = stride[1]
+        panel = blocked._panel(floats, width, cin * kh * kw * s)
+        assert run > panel and cin * kh >= blocked.FETCH_FROM
+        assert blocked._ahead(panel, s, kh, cin, 0, run) == 4 * panel * s
+        assert blocked._ahead(panel, s, kh, cin, run - run % panel, run) == 0
+        assert blocked._ahead(panel, s, 1, blocked.FETCH_FROM - 1, 0, run) == 0
 
 
 def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():
