@@ -12,10 +12,11 @@ its input where it lies, at any row pitch and column stride: it copies nothing. 
 in registers or in a pass over each block's rows while in cache, ran no faster than conv.py's pass after the conv:
 ResNet-50's 64→256 at 56², 1.35 and 1.23 against 1.18 ms.)
 
-A 1×1 conv with few input channels, or output channels no multiple of 16, runs with its lanes along pixels instead
-(_strip: 8 output channels × 16 pixels, each input row one load, each weight a broadcast): its sums are the output
-rows as NCHW holds them, stored with no transpose, which for few inputs cost as much as the sums. Both write any
-output whose rows are contiguous (a view of a tile buffer with room for a halo: dest()).
+A 1×1 conv of a 28² map or more with fewer input channels (STRIPS_BELOW), or output channels no multiple of 16,
+runs with its lanes along pixels instead (_strip: 8 output channels × 16 pixels, each input row one load, each
+weight a broadcast): its sums are the output rows as NCHW holds them, stored with no transpose, which for few inputs
+cost as much as the sums. Both write any output whose rows are contiguous (a view of a tile buffer with room for a
+halo: dest()).
 
 Both run every output block over a panel of pixels before the next panel (TILE_PANEL, PANEL), and a panel's first
 block prefetches, a row each step of its loop, the inputs of the next (FETCH_FROM).
@@ -50,6 +51,7 @@ TILE_PANEL = 65536
 FETCH_FROM = 64
 PANEL = 16384  # input floats (64 KiB) of the pixels _strips runs every block over before it moves on
 PIXELS_FROM = 28 * 28  # output pixels from which a 1×1 runs with its lanes along pixels (14²: within ±5%; 7²: slower)
+STRIPS_BELOW = 256  # input channels below which such a 1×1 runs along pixels whatever its outputs (lanes())
 WIDTHS = (1, 3, 7)  # kernel widths compiled (each its own unrolled taps; any height, but 1×1 alone 1 wide)
 _HALF, _HALF_MASK = ir.VectorType(I32, 8), ir.VectorType(VB.element, 8)  # (a row of 8 pixels: its lanes, its mask)
 
@@ -346,11 +348,14 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
     all, 0 lanes along pixels (_strip), else lanes along output channels (cb, _tile). On a vector host, for x
     float32 with its rows contiguous, a conv of one group without dilation:
     - a 1×1 at stride 1 with no padding, output channels a multiple of ROWS, an output of 28² or more, and fewer
-      than 32 input channels (along channels the transposed stores cost as much as the sums) or output channels no
-      multiple of 16 (along channels, vectors partly empty): along pixels, on runs whose 16-pixel strips waste at
-      most a quarter. MobileNetV2's 16→96 at 112²: 0.65 → 0.41 ms, at 256² 7.4-7.7 → 2.5-2.9; its 96→24 at 56²,
-      which BLAS ran, 0.19 → 0.16. (With more inputs it was mixed: 256→64 at 56² 0.99 → 0.93, but 32→192 at 64²
-      0.77 → 0.91-1.21 and 256→64 at 128² 10.3-11.1 → 12.4-14.5, their rows a multiple of 4 KiB apart);
+      than STRIPS_BELOW input channels (along channels the transposed stores cost a share of the sums that grows as
+      the inputs shrink) or output channels no multiple of 16 (along channels, vectors partly empty): along pixels,
+      on runs whose 16-pixel strips waste at most a quarter. MobileNetV2's 16→96 at 112²: 0.65 → 0.41 ms, at 256²
+      7.4-7.7 → 2.5-2.9; its 96→24 at 56², which BLAS ran, 0.19 → 0.16. From 32 to 255 inputs (one thread, caches
+      cold / warm, one process, along channels → along pixels): 32→192 at 64² 1.07 → 0.68 / 0.57 → 0.47 ms; 64→256
+      at 56² 1.46 → 1.19 / 1.23 → 1.09, at 128² 6.9 → 5.8 / 7.3 → 5.8; 128→512 at 64² 6.6 → 6.2 / 5.9 → 5.3;
+      256→64 at 56² 1.47 → 1.30 / 1.12 → 1.07. From 256 on, within ±5% either way (256→128 at 128², 512→128 at
+      64², 1024→256 at 32²);
     - else a kernel width compiled (WIDTHS; of those 1 wide, 1×1 alone), output channels a multiple of 16, runs whose
       tiles waste at most a quarter of their pixels (rows of 8 outputs take 14, 57%; a tile's 1-column border strip
       1 of 7; 7, 14, 28 and 56 none; a 1×1 reading and writing whole rows back to back is one run); a 1×1 with no
@@ -376,7 +381,7 @@ def _choice(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads
     run = pixels if flat else out_hw[1]
     one = (kh, kw) == (1, 1)
     if one and stride == (1, 1) and not any(pads) and cout % ROWS == 0 and pixels >= PIXELS_FROM \
-            and (cin < 32 or cout % LANES) and _fits(run, LANES):
+            and (cin < STRIPS_BELOW or cout % LANES) and _fits(run, LANES):
         return 0
     if not (kw in WIDTHS and (kw > 1 or kh == 1) and cout % LANES == 0 and _fits(run, PIX)):
         return -1
@@ -392,6 +397,18 @@ def _flat(w_shape: tuple[int, ...], stride: tuple[int, int], x: np.ndarray, ow: 
     """Whether a 1×1 conv at stride 1 of output rows ow wide reads them from x and writes them (rows pitch floats
     apart) back to back: as one run."""
     return tuple(w_shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and ow == x.shape[2] == x.strides[1] // 4 == pitch
+
+
+def _split(nt: int, blocks: int, parts: int) -> tuple[int, int]:
+    """(ntb, ntp): nt threads as ntb shares of the output blocks × ntp shares of the `parts` runs (or of one run's
+    tiles). The blocks split first (each thread reads a share of the weights), unless they split less evenly than
+    the parts: 3 blocks on 2 threads left one thread twice the other's work (MobileNetV2's 96→24 at 56², 0.107 →
+    0.078 ms split by pixels instead)."""
+    if -(-parts // nt) * blocks < -(-blocks // nt) * parts:  # (the busiest thread's share of each, compared)
+        ntp = max(1, min(nt, parts))
+        return max(1, min(nt // ntp, blocks)), ntp
+    ntb = max(1, min(nt, blocks))
+    return ntb, max(1, min(nt // ntb, parts))
 
 
 def launcher(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
@@ -411,8 +428,7 @@ def launcher(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: 
         runs, run, rstep = oh, ow, stride[0] * rs
     cb = lanes
     wp, bp = _rows_packed(w) if cb == 0 else _packed(w), _padded(b)
-    ntb = max(1, min(nt, len(wp)))
-    ntp = max(1, min(nt // ntb, runs if runs > 1 else -(-run // (LANES if cb == 0 else PIX))))
+    ntb, ntp = _split(nt, len(wp), runs if runs > 1 else -(-run // (LANES if cb == 0 else PIX)))
     fixed = (cb, kh, kw, address(wp), address(bp), cs, rs, cin, stride[1], ocs, ors, cout)
     if ntb * ntp == 1:  # (a parallel loop's launch costs ~8 µs even on one thread: 8% of a 7² conv)
         kernel, fixed = _work, (*fixed, 0, len(wp), rstep, 0, runs, 0, run, lo, hi)

@@ -373,13 +373,15 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
     assert blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), 9)
     assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), 12)
     # Lanes along pixels (0) for an unpadded 1×1 at stride 1 with outputs a multiple of 8 from 28² on, fewer than
-    # 32 inputs or outputs no multiple of 16, on runs whose strips of 16 waste at most a quarter; else along output
+    # 256 inputs or outputs no multiple of 16, on runs whose strips of 16 waste at most a quarter; else along output
     # channels (cb), or not at all (-1).
-    big = np.zeros((32, 56, 56), np.float32)
+    big, wide = np.zeros((32, 56, 56), np.float32), np.zeros((blocked.STRIPS_BELOW, 28, 28), np.float32)
     for w_shape, xx, out_hw, pitch, lanes in [((96, 16, 1, 1), big[:16], (56, 56), None, 0),
                                                ((24, 32, 1, 1), big, (56, 56), None, 0),
                                                ((64, 16, 1, 1), big[:16, :28, :28], (28, 28), None, 0),
-                                               ((64, 32, 1, 1), big[:, :28, :28], (28, 28), None, 2),
+                                               ((64, 32, 1, 1), big[:, :28, :28], (28, 28), None, 0),
+                                               ((64, blocked.STRIPS_BELOW, 1, 1), wide, (28, 28), None, 2),
+                                               ((24, blocked.STRIPS_BELOW, 1, 1), wide, (28, 28), None, 0),
                                                ((96, 32, 1, 1), big[:, :14, :14], (14, 14), None, 3),
                                                ((24, 32, 1, 1), big[:, :14, :14], (14, 14), None, -1),
                                                ((64, 16, 1, 1), big[:16], (56, 56), 60, 0),

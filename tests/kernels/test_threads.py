@@ -131,16 +131,17 @@ def unsplit_kernels() -> list:
         lambda: K.conv2d(randn((3, 30, 30), 11), (0, 0), (30, 30), randn((24, 3, 3, 3), 12), randn(24, 13), (2, 2),
                          (1,) * 4, (1, 1), 1, (0, 0, 15, 15), "relu"),  # an RGB stem: 3 blocks of 8 outputs
         # 1×1 by the vector GEMM where the host has it (kernels/blocked.py): lanes along pixels at 40² (16 inputs to
-        # 12 blocks of 8 outputs, split by blocks; 24 outputs, 3 blocks, split by blocks × pixels), along output
-        # channels at 40² and 14² (one block of 32, split by pixels; two blocks of 48) and at stride 2 (by rows)
+        # 12 blocks of 8 outputs, split by blocks; 24 outputs, 3 blocks, split by pixels, or by blocks on 3
+        # threads), along output channels at 40² and 14² (256 inputs to one block of 32, split by pixels; two blocks
+        # of 48) and at stride 2 (by rows)
         lambda: K.conv2d(big[:16], (0, 0), (40, 40), randn((96, 16, 1, 1), 14), randn(96, 15), (1, 1), (0,) * 4,
                          (1, 1), 1, (0, 0, 40, 40), "relu"),
         lambda: K.conv2d(big[:64], (0, 0), (40, 40), randn((24, 64, 1, 1), 14), randn(24, 15), (1, 1), (0,) * 4,
                          (1, 1), 1, (0, 0, 40, 40)),
         lambda: K.conv2d(big[:64, :14, :14], (0, 0), (14, 14), randn((96, 64, 1, 1), 14), randn(96, 15), (1, 1),
                          (0,) * 4, (1, 1), 1, (0, 0, 14, 14), "relu"),
-        lambda: K.conv2d(big[:64], (0, 0), (40, 40), randn((32, 64, 1, 1), 16), None, (1, 1), (0,) * 4, (1, 1), 1,
-                         (0, 0, 40, 40)),
+        lambda: K.conv2d(randn((256, 40, 40), 23), (0, 0), (40, 40), randn((32, 256, 1, 1), 16), None, (1, 1),
+                         (0,) * 4, (1, 1), 1, (0, 0, 40, 40)),
         lambda: K.conv2d(big[:64], (0, 0), (40, 40), randn((48, 64, 1, 1), 17), None, (2, 2), (0,) * 4, (1, 1), 1,
                          (0, 0, 20, 20), "relu"),
         # 3×3 and 7×7 by the vector GEMM where the host has it: one block of 48 outputs at 7² (split by rows), four
