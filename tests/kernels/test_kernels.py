@@ -87,6 +87,8 @@ CONVS = [
     (24, 32, 9, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
     (16, 48, 13, 15, (3, 3), (2, 2), (1, 0, 0, 1), (1, 1), 1, False),
     (3, 16, 19, 29, (7, 7), (2, 2), (3, 2, 3, 1), (1, 1), 1, True),
+    # a 3×3 RGB stem at stride 2 (rows.py where the host has the vectors: 2 blocks of 8 outputs) over 2 bands of rows
+    (3, 16, 40, 37, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, True),
     # a 1×1 with its lanes along pixels where the host has the vectors (16 inputs, 24 outputs, 840 pixels), else BLAS
     (16, 24, 28, 30, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
     # the vector GEMM's panels (blocked.TILE_PANEL) where the host has it, every output block over each in turn: a
