@@ -46,9 +46,10 @@ ROWS = 8  # output channels a tile along pixels computes (cb = 0: _strip), 16 pi
 TILE_PANEL = 65536
 # Input rows (cin·kh) from which a panel's first block prefetches the next panel's inputs, a row a step of its loop:
 # a 1×1 conv reads as many planes at once as it has inputs, more streams than the hardware prefetcher follows. With
-# caches cold: MobileNetV2's 96→24 at 128², 1.7 → 1.0 ms; 144→32 at 64², 0.63 → 0.48; ResNet-50's 256→64 at 128²,
-# 6.9 → 5.8. Below, and on a panel's other blocks (the panel then in cache), it cost 2-9% (16→96, 32→16 at 256²).
-FETCH_FROM = 64
+# caches cold: MobileNetV2's 96→24 at 128², 1.7 → 1.0 ms; 144→32 at 64², 0.63 → 0.48; 32→16 at 256², 1.48 → 1.13;
+# 24→144 at 56², 0.40 → 0.34; ResNet-50's 256→64 at 128², 6.9 → 5.8. With 16 inputs (16→96) no gain (+2-4%, within
+# the noise); on a panel's other blocks (the panel then in cache), a few percent lost.
+FETCH_FROM = 24
 PANEL = 16384  # input floats (64 KiB) of the pixels _strips runs every block over before it moves on
 PIXELS_FROM = 28 * 28  # output pixels from which a 1×1 runs with its lanes along pixels (14²: within ±5%; 7²: slower)
 STRIPS_BELOW = 256  # input channels below which such a 1×1 runs along pixels whatever its outputs (lanes())
