@@ -354,9 +354,9 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
       on runs whose 16-pixel strips waste at most a quarter. MobileNetV2's 16→96 at 112²: 0.65 → 0.41 ms, at 256²
       7.4-7.7 → 2.5-2.9; its 96→24 at 56², which BLAS ran, 0.19 → 0.16. From 32 to 255 inputs (one thread, caches
       cold / warm, one process, along channels → along pixels): 32→192 at 64² 1.07 → 0.68 / 0.57 → 0.47 ms; 64→256
-      at 56² 1.46 → 1.19 / 1.23 → 1.09, at 128² 6.9 → 5.8 / 7.3 → 5.8; 128→512 at 64² 6.6 → 6.2 / 5.9 → 5.3;
-      256→64 at 56² 1.47 → 1.30 / 1.12 → 1.07. From 256 on, within ±5% either way (256→128 at 128², 512→128 at
-      64², 1024→256 at 32²);
+      at 56² 1.46 → 1.19 / 1.23 → 1.09, at 128² 6.9 → 5.8 / 7.3 → 5.8; 128→512 at 64² 6.6 → 6.2 / 5.9 → 5.3.
+      From 256 on, either way by up to 5-10% (256→64 at 56² 0.89-0.95 of the time; 256→128 at 128² 0.99-1.05,
+      256→1024 at 32² 1.03-1.04; 512→128 at 64², 1024→256 at 32² within ±5%): along channels;
     - else a kernel width compiled (WIDTHS; of those 1 wide, 1×1 alone), output channels a multiple of 16, runs whose
       tiles waste at most a quarter of their pixels (rows of 8 outputs take 14, 57%; a tile's 1-column border strip
       1 of 7; 7, 14, 28 and 56 none; a 1×1 reading and writing whole rows back to back is one run); a 1×1 with no
