@@ -229,11 +229,11 @@ def _strips(w, b, x, cs, cin, out, ocs, ors, b0, b1, rstep, r0, r1, q0, q1, lo, 
             for blk in range(b0, b1):
                 wb, bb, ob = w + 4 * blk * cin * ROWS, b + 4 * blk * ROWS, orow + 4 * blk * ROWS * ocs
                 for p in range(p0, min(q1, p0 + panel), LANES):
-                    n = min(LANES, q1 - p)
-                    if blk == b0 and ahead:
-                        _strip(True, wb, xr + 4 * p, cs, cin, bb, ob + 4 * p, ocs, n, ahead, lo, hi)
+                    xp, op, n = xr + 4 * p, ob + 4 * p, min(LANES, q1 - p)
+                    if blk == b0 and ahead:  # (fetch a literal: each branch its own loop)
+                        _strip(True, wb, xp, cs, cin, bb, op, ocs, n, ahead, lo, hi)
                     else:
-                        _strip(False, wb, xr + 4 * p, cs, cin, bb, ob + 4 * p, ocs, n, 0, lo, hi)
+                        _strip(False, wb, xp, cs, cin, bb, op, ocs, n, 0, lo, hi)
 
 
 @njit(cache=True, inline="always")
@@ -258,12 +258,11 @@ def _tiles(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rst
                     continue
                 for p in range(p0, min(q1, p0 + panel), PIX):
                     q = min(p, q1 - PIX)
-                    if blk == b0 and ahead:
-                        _tile(cb, kw, True, wb, xr + 4 * q * s, cs, rs, kh, cin, s, bb, orow + 4 * q, ocs, PIX, cn,
-                              ahead, lo, hi)
+                    xq, oq = xr + 4 * q * s, orow + 4 * q
+                    if blk == b0 and ahead:  # (fetch a literal: each branch its own loop)
+                        _tile(cb, kw, True, wb, xq, cs, rs, kh, cin, s, bb, oq, ocs, PIX, cn, ahead, lo, hi)
                     else:
-                        _tile(cb, kw, False, wb, xr + 4 * q * s, cs, rs, kh, cin, s, bb, orow + 4 * q, ocs, PIX, cn, 0,
-                              lo, hi)
+                        _tile(cb, kw, False, wb, xq, cs, rs, kh, cin, s, bb, oq, ocs, PIX, cn, 0, lo, hi)
 
 
 @njit(cache=True, inline="always")

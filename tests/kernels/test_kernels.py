@@ -409,6 +409,21 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
     assert (out[40] == 7.0).all()
 
 
+def test_the_vector_gemms_threads_split_the_blocks_unless_the_pixels_split_more_evenly():
+    """_split: (thread shares of the output blocks, of the runs or tiles). 3 blocks on 2 threads would leave one
+    thread twice the other's work: the pixels split instead; an even split of the blocks is kept, and what one
+    dimension cannot fill goes to the other."""
+    from nptp_mpi.kernels import blocked
+
+    assert blocked._split(2, 3, 100) == (1, 2)
+    assert blocked._split(2, 12, 784) == (2, 1)
+    assert blocked._split(3, 3, 100) == (3, 1)
+    assert blocked._split(7, 3, 100) == (1, 7)
+    assert blocked._split(2, 1, 7) == (1, 2)
+    assert blocked._split(4, 2, 56) == (1, 4)  # (2 blocks leave 4 threads half idle; 56 runs split 14 each)
+    assert blocked._split(1, 5, 9) == (1, 1)
+
+
 def test_the_panel_cases_run_the_vector_gemm_that_prefetches_the_next_panel():
     """CONVS' three panel cases run the vector GEMM's tiles (two) and strips (one) that prefetch the next panel's
     inputs (else test_conv2d would not test that code): their runs span several panels, and they read FETCH_FROM
