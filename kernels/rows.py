@@ -28,26 +28,45 @@ from .vectors import I32, I64, LANES, VB, VF, VI, address, clamp, dest, fma, loa
 from .window import staging
 
 
-def _tap(builder: ir.IRBuilder, address: ir.Value, col: ir.Value, width: ir.Value, n: ir.Value, stride: int,
-         row_ok: ir.Value | None, fill: float) -> ir.Value:
-    """Lanes j < n: the input at column col + j·stride of the row at `address` (which holds column col), `fill`
-    where that column is outside [0, width) or the row is outside the image (row_ok false; None: inside)."""
-    halves = []
-    for half in range(stride):  # (stride 2: columns col .. col+31 in two loads, then their even lanes)
-        t = ir.Constant(VI, [half * LANES + lane for lane in range(LANES)])
+def _taps(builder: ir.IRBuilder, address: ir.Value, col: ir.Value, width: ir.Value, n: ir.Value, k: int, stride: int,
+          row_ok: ir.Value | None, fill: float) -> list[ir.Value]:
+    """A kernel row's k taps: tap kx's lanes j < n hold the input at column col + j·stride + kx of the row at
+    `address` (which holds column col), `fill` where that column is outside [0, width) or the row is outside the
+    image (row_ok false; None: inside). The row's columns are loaded once, 16 at a time (the n·stride + k - stride
+    that the taps read), and each tap shuffled out of them: at stride 1 shifted by kx, at stride 2 the even or odd
+    columns shifted by kx // 2. A load (of 32 columns at stride 2, then its even lanes) a tap cost, warm, 3.5
+    cycles a tap at stride 2 and 2.2 at stride 1: MobileNetV2's 144 channels at stride 2 from 56², 0.091 → 0.064
+    ms; 384 at stride 1 on 14², 0.041 → 0.035; 5×5 at stride 2, 0.5-0.6 of the time."""
+    lane = list(range(LANES))
+    spans = -(-(stride * (LANES - 1) + k) // LANES)  # (the 16-column loads the row reads)
+    wanted_below = builder.add(builder.mul(n, I32(stride)), I32(k - stride))  # (columns past col the taps read)
+
+    def columns(offset: int) -> ir.Value:
+        """Lanes t: column col + offset + t, where a tap reads it (t < wanted_below - offset) and it is inside."""
+        t = ir.Constant(VI, [offset + j for j in lane])
         pos = builder.add(splat(builder, col, VI), t)
-        inside = builder.and_(builder.icmp_signed(">=", pos, ir.Constant(VI, [0] * LANES)),
-                              builder.icmp_signed("<", pos, splat(builder, width, VI)))
-        wanted = builder.icmp_signed("<", t, splat(builder, builder.mul(n, I32(stride)), VI))
-        if stride == 2:
-            wanted = builder.and_(wanted, ir.Constant(VB, [lane % 2 == 0 for lane in range(LANES)]))
-        mask = builder.and_(inside, wanted)
+        mask = builder.and_(builder.and_(builder.icmp_signed(">=", pos, ir.Constant(VI, [0] * LANES)),
+                                         builder.icmp_signed("<", pos, splat(builder, width, VI))),
+                            builder.icmp_signed("<", t, splat(builder, wanted_below, VI)))
         if row_ok is not None:
             mask = builder.and_(mask, splat(builder, row_ok, VB))
-        halves.append(load(builder, builder.add(address, I64(4 * half * LANES)), mask, fill))
+        return load(builder, builder.add(address, I64(4 * offset)), mask, fill)
+
+    loaded = [columns(LANES * h) for h in range(spans)]
     if stride == 1:
-        return halves[0]
-    return builder.shuffle_vector(halves[0], halves[1], ir.Constant(VI, list(range(0, 2 * LANES, 2))))
+        return [loaded[0]] + [builder.shuffle_vector(loaded[0], loaded[1], ir.Constant(VI, [j + kx for j in lane]))
+                              for kx in range(1, k)]
+    # parities[p][h]: the columns of parity p among loads 2h and 2h + 1 (one vector of 16, the last partly fill)
+    parities = [[builder.shuffle_vector(loaded[h], loaded[h + 1] if h + 1 < spans else loaded[h],
+                                        ir.Constant(VI, [2 * j + p for j in lane]))
+                 for h in range(0, spans, 2)] for p in (0, 1)]
+    taps = []
+    for kx in range(k):
+        first, *more = parities[kx % 2]
+        shift = kx // 2
+        taps.append(first if shift == 0 else
+                    builder.shuffle_vector(first, more[0], ir.Constant(VI, [j + shift for j in lane])))
+    return taps
 
 
 @intrinsic(prefer_literal=True)
@@ -68,20 +87,21 @@ def _row(typingctx, k, s, edge, ob, cin, op, out, opitch, n, x, cpitch, pitch, r
         n32, col32, width32 = (builder.trunc(v, I32) for v in (n, col, width))
 
         weights = [builder.add(w, builder.mul(wpitch, I64(4 * q))) for q in range(ob)]
-        accs = [ir.Constant(VF, [fill] * LANES) if op == MAX else splat(builder, scalar(builder, b, q), VF)
+        # One output channel's weights and bias (ob = 1), invariant loads, stay in registers across a chunk's rows;
+        # a stem's 8 × 27 would not (hoisted, they spilled: 0.25 → 0.37 ms at 224²), and are loaded a row at a time.
+        fixed = ob == 1
+        accs = [ir.Constant(VF, [fill] * LANES) if op == MAX else splat(builder, scalar(builder, b, q, fixed), VF)
                 for q in range(ob)]
         for ci in range(cin):
             for ky in range(k):
                 row_ok = builder.icmp_unsigned("!=", builder.and_(rows, I64(1 << ky)), I64(0)) if edge else None
                 start = builder.add(x, builder.add(builder.mul(cpitch, I64(4 * ci)), builder.mul(pitch, I64(4 * ky))))
-                for kx in range(k):
-                    v = _tap(builder, builder.add(start, I64(4 * kx)), builder.add(col32, I32(kx)), width32, n32,
-                             stride, row_ok, fill)
+                for kx, v in enumerate(_taps(builder, start, col32, width32, n32, k, stride, row_ok, fill)):
                     tap = (ci * k + ky) * k + kx
                     if op == MAX:  # (v if v > acc else acc: a NaN tap is passed over, as pool.py's loops do)
                         accs = [builder.select(builder.fcmp_ordered(">", v, a), v, a) for a in accs]
                     else:
-                        accs = [fma(builder, splat(builder, scalar(builder, weights[q], tap), VF), v, accs[q])
+                        accs = [fma(builder, splat(builder, scalar(builder, weights[q], tap, fixed), VF), v, accs[q])
                                 for q in range(ob)]
         stored = builder.icmp_signed("<", ir.Constant(VI, list(range(LANES))), splat(builder, n32, VI))
         for q, acc in enumerate(accs):
@@ -191,7 +211,8 @@ def kind(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], dilatio
     """ob, the output channels conv() computes at a time for this conv (a KINDS entry), or 0 where it does not:
     on a vector host, with no dilation and x float32 with its rows contiguous, a depthwise 3×3 or 5×5 conv at
     strides of 1 or 2, its rows at most WIDE·stride outputs (beyond, conv.py's loops over a staged slab ran as fast
-    or faster: 3×3 at stride 1 on 56² maps, 0.24 ms against 0.20; at stride 2 on 256², 3.3 against 2.5); and a
+    or faster: 3×3 at stride 1 on 56² maps, 0.24 ms against 0.20; at stride 2 on 256², 3.3 against 2.5, and since
+    the taps share their loads still 3.6 against 3.2 inside MobileNetV2 at 512²); and a
     3×3 conv at column stride 2 of 3 input channels to a multiple of 8 outputs (a network's RGB stem: im2col's
     GEMM of 27 columns ran at half the speed; 7×7 stems and stride 1 ran no faster here)."""
     if not (vectors.ENABLED and w_shape[2] in _SIZES and rowwise(x)):  # (a 1×1 conv leaves at once)

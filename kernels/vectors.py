@@ -82,9 +82,14 @@ def declare(builder: ir.IRBuilder, name: str, vtype: ir.Type, arg_types: list[ir
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(vtype, arg_types), name)
 
 
-def scalar(builder: ir.IRBuilder, address: ir.Value, offset: int = 0) -> ir.Value:
-    """The float at `address` (an integer) + offset floats."""
-    return builder.load(builder.inttoptr(builder.add(address, I64(4 * offset)), PTR), typ=F32)
+def scalar(builder: ir.IRBuilder, address: ir.Value, offset: int = 0, invariant: bool = False) -> ir.Value:
+    """The float at `address` (an integer) + offset floats; invariant: memory that never changes while the kernels
+    may read it (a prepared call's copy of its weights), which LLVM may then load once outside a loop, across the
+    stores it cannot tell apart from it."""
+    value = builder.load(builder.inttoptr(builder.add(address, I64(4 * offset)), PTR), typ=F32)
+    if invariant:
+        value.set_metadata("invariant.load", builder.module.add_metadata([]))
+    return value
 
 
 def vector(builder: ir.IRBuilder, address: ir.Value) -> ir.Value:

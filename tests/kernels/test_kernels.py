@@ -145,9 +145,11 @@ def test_depthwise_stride_2_cases_take_both_paths():
 
 # Convs by vector rows (kernels/rows.py): (cin, cout, groups, h, w, k, stride, pads (t, l, b, r)). Depthwise: output
 # rows in one chunk of 16 lanes and in two with a partial second (17, 31 and 32 outputs), stride 2 over 56 outputs
-# (four chunks), strides (1, 2) and (2, 1), no padding, TF's asymmetric SAME padding, a multiplier of 2 and a map
-# smaller than the kernel (every row and column at an edge). RGB stems, 3×3 at column stride 2: 8 and 24 outputs
-# (one block of 8 and three), odd sizes, asymmetric padding, row stride 1.
+# (four chunks), strides (1, 2) and (2, 1), no padding, TF's asymmetric SAME padding, a multiplier of 2, a map
+# smaller than the kernel (every row and column at an edge), and 3×3 and 5×5 at stride 2 onto 16 outputs whose taps
+# end in the right padding (a row's columns loaded once for all its taps: the last load's lanes partly outside).
+# RGB stems, 3×3 at column stride 2: 8 and 24 outputs (one block of 8 and three), odd sizes, asymmetric padding, row
+# stride 1.
 ROWS = [
     (8, 8, 8, 7, 7, 3, (1, 1), (1, 1, 1, 1)),
     (5, 10, 5, 13, 17, 3, (1, 1), (1, 1, 1, 1)),
@@ -160,6 +162,8 @@ ROWS = [
     (4, 4, 4, 12, 13, 3, (1, 2), (1, 1, 1, 1)),
     (4, 4, 4, 12, 13, 5, (2, 1), (2, 2, 2, 2)),
     (3, 3, 3, 4, 3, 5, (1, 1), (2, 2, 2, 2)),
+    (4, 4, 4, 6, 31, 3, (2, 2), (1, 1, 1, 1)),
+    (4, 4, 4, 7, 31, 5, (2, 2), (2, 2, 2, 2)),
     (3, 8, 1, 23, 37, 3, (2, 2), (1, 1, 1, 1)),
     (3, 24, 1, 16, 15, 3, (2, 2), (0, 0, 1, 1)),
     (3, 16, 1, 9, 70, 3, (1, 2), (1, 0, 2, 1)),
@@ -550,10 +554,12 @@ POOLS = [
     ("avg", 4, 15, 16, (5, 5), (3, 3), (2, 2, 1, 0), (1, 1), 1, 1),
     ("avg", 2, 11, 13, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 0, 0),
     # max pools of kernels/rows.py's kinds: GoogLeNet's 3×3 at stride 1, a 2×2 in ceil mode over an odd width
-    # (its last window half outside the image), 3×3 at stride 2 over rows of 40 (three chunks of 16)
+    # (its last window half outside the image), 3×3 at stride 2 over rows of 40 (three chunks of 16) and onto rows
+    # of 16 whose last window ends in the padding
     ("max", 5, 14, 14, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 0, 0),
     ("max", 4, 15, 41, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), 1, 0),
     ("max", 3, 9, 80, (3, 3), (2, 2), (0, 1, 1, 0), (1, 1), 0, 0),
+    ("max", 2, 5, 31, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0, 0),
 ]
 
 
