@@ -97,10 +97,18 @@ def vector(builder: ir.IRBuilder, address: ir.Value) -> ir.Value:
     return builder.load(builder.inttoptr(address, PTR), typ=VF, align=4)
 
 
+def types_of(lanes: int) -> tuple[ir.VectorType, ir.VectorType, ir.VectorType]:
+    """Vectors of `lanes` floats, 32-bit integers and booleans (VF, VI, VB for 16)."""
+    return ir.VectorType(F32, lanes), ir.VectorType(I32, lanes), ir.VectorType(ir.IntType(1), lanes)
+
+
 def load(builder: ir.IRBuilder, address: ir.Value, mask: ir.Value, fill: float) -> ir.Value:
-    """16 floats from `address` where mask is set, `fill` elsewhere (masked-off lanes touch no memory)."""
-    fn = declare(builder, "llvm.masked.load.v16f32.p0", VF, [PTR, I32, VB, VF])
-    return builder.call(fn, [builder.inttoptr(address, PTR), I32(4), mask, ir.Constant(VF, [fill] * LANES)])
+    """As many floats as mask has lanes from `address` where mask is set, `fill` elsewhere (masked-off lanes touch
+    no memory)."""
+    n = mask.type.count
+    vf = ir.VectorType(F32, n)
+    fn = declare(builder, f"llvm.masked.load.v{n}f32.p0", vf, [PTR, I32, mask.type, vf])
+    return builder.call(fn, [builder.inttoptr(address, PTR), I32(4), mask, ir.Constant(vf, [fill] * n)])
 
 
 def prefetch(builder: ir.IRBuilder, address: ir.Value) -> None:
@@ -119,12 +127,12 @@ def store(builder: ir.IRBuilder, value: ir.Value, address: ir.Value, mask: ir.Va
 
 def fma(builder: ir.IRBuilder, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:
     """a·b + c, lane by lane, rounded once."""
-    return builder.call(declare(builder, "llvm.fma.v16f32", VF, [VF, VF, VF]), [a, b, c])
+    return builder.call(declare(builder, f"llvm.fma.v{a.type.count}f32", a.type, [a.type] * 3), [a, b, c])
 
 
 def clamp(builder: ir.IRBuilder, v: ir.Value, lo: ir.Value, hi: ir.Value) -> ir.Value:
     """v clamped to [lo, hi] (scalars) by compare and select: NaN passes through, as pointwise.act1."""
     for bound, cmp in ((lo, "<"), (hi, ">")):
-        bound = splat(builder, bound, VF)
+        bound = splat(builder, bound, v.type)
         v = builder.select(builder.fcmp_ordered(cmp, v, bound), bound, v)
     return v

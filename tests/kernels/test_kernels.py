@@ -221,6 +221,31 @@ def test_rows_read_a_tile_buffer_as_the_whole_map(case):
             np.testing.assert_array_equal(got, whole[:, y0:y1, x0:x1])
 
 
+@pytest.mark.parametrize("case", [case for case in ROWS[:-2] if case[2] > 1])
+def test_narrow_depthwise_regions_run_in_vectors_of_8_to_the_same_bits(case, monkeypatch):
+    """A depthwise region rows.NARROW columns wide or less (a 7² map, a tile's share of a 14² map, a border strip)
+    runs in vectors of NARROW lanes, a wider one in 16; both give the same bits (each output the same sum, in the
+    same order)."""
+    if not vectors.ENABLED:
+        pytest.skip("this host has no AVX2 and FMA: the vector rows never run here")
+    x, w, b, g, s, pads, (oh, ow) = rows_case(case)
+    narrow, lanes_narrow = [], rows.NARROW
+    original = rows._block
+    monkeypatch.setattr(rows, "_block", lambda *a: narrow.append(a[12]) or original(*a))  # (a[12]: narrow)
+    inf = np.float32(np.inf)
+    for region in {(0, 0, oh, ow), (0, ow - 1, oh, ow), (0, 0, oh, min(ow, rows.NARROW)),
+                   (0, 0, oh, min(ow, rows.NARROW + 1))}:
+        outs = []
+        for lanes in (lanes_narrow, 0):
+            monkeypatch.setattr(rows, "NARROW", lanes)
+            out = np.empty((w.shape[0], region[2] - region[0], region[3] - region[1]), np.float32)
+            rows.launcher(x, (0, 0), x.shape[1:], w.shape[2], s, pads, region, 1, rows.FMA, w, b, out, -inf, inf,
+                          1)(x, out)
+            outs.append(out)
+        assert narrow[-2:] == [region[3] - region[1] <= lanes_narrow, False]
+        np.testing.assert_array_equal(outs[0], outs[1])
+
+
 def test_rows_take_what_they_fit(monkeypatch):
     """rows.kind: depthwise 3×3 and 5×5 at strides 1 and 2 (rows up to rows.WIDE · stride), 3×3 RGB stems at
     column stride 2 (outputs a multiple of 8), float32 rows contiguous; not 7×7, dilation, wider rows, other stems,
