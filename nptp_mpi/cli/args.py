@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--sizes", default="224,512")
     models.add_argument("--threads", default="1", help="thread counts to compare, e.g. 1,2 (both sides get each)")
     models.add_argument("--rounds", type=_positive, default=5, help="timed inferences of each side, interleaved")
+    models.add_argument("--against", metavar="DIR", help="another source tree (an earlier commit checked out: git "
+                        "worktree add DIR COMMIT): its engine on the same model, timed in each round too")
     models.add_argument("-o", "--output", help="also write the rows as JSON to this file")
     kern = bench.add_parser("kernels", help="our conv kernel vs onnxruntime, one thread, per distinct conv layer")
     kern.add_argument("--models", default="vgg16,resnet50")

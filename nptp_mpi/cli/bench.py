@@ -26,7 +26,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         sizes = [parse_size(s) for s in args.sizes.split(",") if s]
         graphs = [(m, load_model(m, size, None)) for m in args.models.split(",") if m for size in sizes]
         print(blas_info(), flush=True)
-        rows = bench_models(graphs, threads, args.rounds, lambda line: print(line, flush=True))
+        rows = bench_models(graphs, threads, args.rounds, lambda line: print(line, flush=True), args.against)
         print(format_models(rows))
         if args.output:
             atomic_write_text(args.output, json.dumps(rows, indent=1) + "\n")

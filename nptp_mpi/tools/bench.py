@@ -11,13 +11,18 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
 from nptp_mpi import kernels
+from nptp_mpi.errors import UsageError
 
 
 def _median_s(fns: list, repeat: int) -> list[float]:
@@ -196,10 +201,11 @@ def _ort_model(spec: str, graph):
 
 
 def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: int = 5,
-                 progress=print) -> list[dict]:
+                 progress=print, against: str | None = None) -> list[dict]:
     """Per (model spec, graph) and thread count: median latency of ours (the reference engine: one rank) and of
     onnxruntime, interleaved round by round after a warm-up, with the spread (min to max) and our median
-    seconds per op kind (KINDS)."""
+    seconds per op kind (KINDS). against: another tree's folder, whose reference engine runs in a process of its
+    own (OtherTree), a timed inference of it in each round too."""
     from nptp_mpi.runtime import reference
 
     rows = []
@@ -208,13 +214,14 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
         kinds = {n.name: kind(graph, n) for n in graph.nodes}
         for t in threads:
             ort_run = ort_session(_ort_model(spec, graph), t)
-            with limit_threads(t), np.errstate(all="ignore"):
+            other = OtherTree(against, spec, graph.input_shape[1:], t) if against else contextlib.nullcontext()
+            with other, limit_threads(t), np.errstate(all="ignore"):
                 y = reference.run(graph, x)  # (also the warm-up)
                 err, finite = float(np.abs(y - ort_run(x)).max()), bool(np.isfinite(y).all())
                 if not finite:
                     progress(f"warning: {graph.name}'s output holds inf or NaN on a random input (its values "
                              "overflow: weights left out of the file?); these timings are of that arithmetic")
-                ours, theirs, parts = [], [], {k: [] for k in KINDS}
+                ours, theirs, others, parts = [], [], [], {k: [] for k in KINDS}
                 for _ in range(rounds):
                     spent: dict[str, float] = {}
                     settle(partial(reference.run, graph, x), t)
@@ -225,6 +232,8 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
                     t0 = time.perf_counter()
                     ort_run(x)
                     theirs.append(time.perf_counter() - t0)
+                    if against:
+                        others.append(other.timed())
                     for k in KINDS:
                         parts[k].append(sum(s for name, s in spent.items() if kinds[name] == k))
             c, h, w = graph.input_shape
@@ -235,16 +244,75 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
                    "finite": finite,
                    **{f"ms_{k}": 1e3 * statistics.median(v) for k, v in parts.items()}}
             row["ratio"] = row["ms_ours"] / row["ms_ort"]
+            said = f"{row['ratio']:.2f}x"
+            if against:
+                row.update(against=against, ms_against=1e3 * statistics.median(others),
+                           spread_against=1e3 * (max(others) - min(others)),
+                           max_abs_diff_against=float(np.abs(y - other.output).max()))
+                row["vs_against"] = row["ms_ours"] / row["ms_against"]
+                said += f"; {against}: {row['ms_against']:.1f} ms, ours {row['vs_against']:.3f}x of it"
             rows.append(row)
             progress(f"{row['model']} {row['size']} threads={t}: ours {row['ms_ours']:.1f} ms, onnxruntime "
-                     f"{row['ms_ort']:.1f} ms ({row['ratio']:.2f}x)")
+                     f"{row['ms_ort']:.1f} ms ({said})")
     return rows
+
+
+class OtherTree:
+    """Another tree's reference engine on the same model, input and threads, in a process of its own (its code
+    cannot share ours's process: both are `nptp_mpi`), started in that tree's folder (tree_worker.py), timing an
+    inference whenever asked: a change's before and after, interleaved inference by inference, see the same
+    machine. Its output is kept (`output`) to be compared with ours."""
+
+    def __init__(self, tree: str, spec: str, size: tuple[int, int], threads: int) -> None:
+        root = os.path.abspath(tree)
+        if not os.path.isfile(os.path.join(root, "nptp_mpi", "__init__.py")):
+            raise UsageError(f"--against {tree}: not an nptp-mpi source tree (no nptp_mpi/__init__.py in it)")
+        self.tree, self.folder = tree, tempfile.TemporaryDirectory()
+        model = os.path.abspath(spec) if spec.endswith(".onnx") else spec
+        out = os.path.join(self.folder.name, "output.npy")
+        code = (Path(__file__).parent / "tree_worker.py").read_text()
+        self.errors = open(os.path.join(self.folder.name, "stderr"), "w+")  # (a file: a full pipe would stall it)
+        self.proc = subprocess.Popen(  # (the text by -c, in root: the tree's own nptp_mpi comes first on the path)
+            [sys.executable, "-c", code, model, str(size[0]), str(size[1]), str(threads), str(SPIN_S), out],
+            cwd=root, env={**os.environ, "NUMBA_NUM_THREADS": str(threads)}, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self.errors, text=True)
+        self._answer("ready")
+        self.output = np.load(out, allow_pickle=False)
+
+    def timed(self) -> float:
+        """Seconds one inference took in the other tree."""
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return float(self._answer())
+
+    def _answer(self, want: str | None = None) -> str:
+        """The worker's next line (`want`, if given), or a UsageError with the last line it wrote to stderr."""
+        line = self.proc.stdout.readline().strip()
+        if not line or (want and line != want):
+            self.proc.kill()
+            self.proc.wait()
+            self.errors.seek(0)
+            last = (self.errors.read().strip().splitlines() or ["(nothing on stderr)"])[-1]
+            self.__exit__()
+            raise UsageError(f"--against {self.tree}: its code could not run the model: {last}")
+        return line
+
+    def __enter__(self) -> OtherTree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+        self.errors.close()
+        self.folder.cleanup()
 
 
 def format_models(rows: list[dict]) -> str:
     """Aligned table of bench_models rows: latency, ratio (ours / onnxruntime), then our time per op kind."""
+    against = [("ms_against", "{:.1f}"), ("spread_against", "±{:.1f}"), ("vs_against", "{:.3f}")]
     cols = [("model", "{}"), ("size", "{}"), ("threads", "{}"), ("ms_ours", "{:.1f}"), ("spread_ours", "±{:.1f}"),
             ("ms_ort", "{:.1f}"), ("spread_ort", "±{:.1f}"), ("ratio", "{:.2f}"),
-            *((f"ms_{k}", "{:.1f}") for k in KINDS)]
-    head = [c.removeprefix("ms_").removesuffix("_ours").removesuffix("_ort") for c, _ in cols]
+            *(against if rows and "ms_against" in rows[0] else []), *((f"ms_{k}", "{:.1f}") for k in KINDS)]
+    head = [c.removeprefix("ms_").removesuffix("_ours").removesuffix("_ort").replace("spread_against", "spread")
+            for c, _ in cols]
     return _aligned(head, cols, rows)

@@ -9,6 +9,7 @@ import pytest
 from conftest import run_cli
 
 from nptp_mpi.cli.early import threads_asked
+from nptp_mpi.errors import UsageError
 from nptp_mpi.model import zoo
 from nptp_mpi.tools.bench import KINDS, bench_convs, bench_models, conv_layers, format_models, format_table, kind
 
@@ -23,6 +24,28 @@ def test_models_bench_times_both_engines_and_breaks_ours_down_by_op_kind() -> No
     assert row["ms_depthwise"] > 0 and row["ms_conv1x1"] > 0
     assert "depthwise" in format_models([row]).splitlines()[0]
     assert row["finite"]
+
+
+def test_models_bench_against_another_tree_times_its_engine_in_each_round(tmp_path) -> None:
+    """--against DIR: DIR's engine, in a process of its own, on the same model and input, timed in every round and
+    its output compared; here the tree against itself (the same bits). A folder that is no tree, or one whose code
+    cannot run the model, is one clear error naming it."""
+    from pathlib import Path
+
+    import nptp_mpi
+
+    root = str(Path(nptp_mpi.__file__).resolve().parent.parent)
+    graph = zoo.build("mobilenet_v2", (32, 32))
+    (row,) = bench_models([("mobilenet_v2", graph)], [1], rounds=2, progress=lambda _: None, against=root)
+    assert row["ms_against"] > 0 and row["vs_against"] == row["ms_ours"] / row["ms_against"]
+    assert row["max_abs_diff_against"] == 0.0 and row["against"] == root
+    assert "vs_against" in format_models([row]).splitlines()[0]
+    with pytest.raises(UsageError, match="not an nptp-mpi source tree"):
+        bench_models([("mobilenet_v2", graph)], [1], rounds=1, progress=lambda _: None, against=str(tmp_path))
+    (tmp_path / "nptp_mpi").mkdir()
+    (tmp_path / "nptp_mpi" / "__init__.py").write_text("")
+    with pytest.raises(UsageError, match=f"--against {tmp_path}: its code could not run the model: .+"):
+        bench_models([("mobilenet_v2", graph)], [1], rounds=1, progress=lambda _: None, against=str(tmp_path))
 
 
 def test_with_several_threads_each_timed_run_follows_a_pause_and_a_run_of_its_own(monkeypatch) -> None:
