@@ -204,8 +204,10 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
                  progress=print, against: str | None = None) -> list[dict]:
     """Per (model spec, graph) and thread count: median latency of ours (the reference engine: one rank) and of
     onnxruntime, interleaved round by round after a warm-up, with the spread (min to max) and our median
-    seconds per op kind (KINDS). against: another tree's folder, whose reference engine runs in a process of its
-    own (OtherTree), a timed inference of it in each round too."""
+    seconds per op kind (KINDS). against: another tree's folder; its reference engine and this tree's then also
+    run in processes of their own (Tree), alike but for their code, a timed inference of each in every round, in
+    turns (ours in this process shares it with onnxruntime: beside a process without it, ResNet-50 at 224² ran 2-3%
+    slower with the very same code)."""
     from nptp_mpi.runtime import reference
 
     rows = []
@@ -214,15 +216,18 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
         kinds = {n.name: kind(graph, n) for n in graph.nodes}
         for t in threads:
             ort_run = ort_session(_ort_model(spec, graph), t)
-            other = OtherTree(against, spec, graph.input_shape[1:], t) if against else contextlib.nullcontext()
-            with other, limit_threads(t), np.errstate(all="ignore"):
+            with contextlib.ExitStack() as stack:
+                pair = [stack.enter_context(Tree(d, spec, graph.input_shape[1:], t))  # (this tree's, then the other)
+                        for d in ((_own_tree(), against) if against else ())]
+                stack.enter_context(limit_threads(t))
+                stack.enter_context(np.errstate(all="ignore"))
                 y = reference.run(graph, x)  # (also the warm-up)
                 err, finite = float(np.abs(y - ort_run(x)).max()), bool(np.isfinite(y).all())
                 if not finite:
                     progress(f"warning: {graph.name}'s output holds inf or NaN on a random input (its values "
                              "overflow: weights left out of the file?); these timings are of that arithmetic")
-                ours, theirs, others, parts = [], [], [], {k: [] for k in KINDS}
-                for _ in range(rounds):
+                ours, theirs, parts = [], [], {k: [] for k in KINDS}
+                for r in range(rounds):
                     spent: dict[str, float] = {}
                     settle(partial(reference.run, graph, x), t)
                     t0 = time.perf_counter()
@@ -232,34 +237,41 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
                     t0 = time.perf_counter()
                     ort_run(x)
                     theirs.append(time.perf_counter() - t0)
-                    if against:
-                        others.append(other.timed())
+                    for tree in (pair if r % 2 == 0 else pair[::-1]) if against else ():
+                        tree.time()
                     for k in KINDS:
                         parts[k].append(sum(s for name, s in spent.items() if kinds[name] == k))
             c, h, w = graph.input_shape
-            row = {"model": graph.name, "spec": spec, "size": f"{h}x{w}", "threads": t,
-                   "ms_ours": 1e3 * statistics.median(ours), "ms_ort": 1e3 * statistics.median(theirs),
-                   "spread_ours": 1e3 * (max(ours) - min(ours)),
-                   "spread_ort": 1e3 * (max(theirs) - min(theirs)), "max_abs_err": err,
-                   "finite": finite,
+            row = {"model": graph.name, "spec": spec, "size": f"{h}x{w}", "threads": t, **_ms("ours", ours),
+                   **_ms("ort", theirs), "max_abs_err": err, "finite": finite,
                    **{f"ms_{k}": 1e3 * statistics.median(v) for k, v in parts.items()}}
             row["ratio"] = row["ms_ours"] / row["ms_ort"]
             said = f"{row['ratio']:.2f}x"
             if against:
-                row.update(against=against, ms_against=1e3 * statistics.median(others),
-                           spread_against=1e3 * (max(others) - min(others)),
-                           max_abs_diff_against=float(np.abs(y - other.output).max()))
-                row["vs_against"] = row["ms_ours"] / row["ms_against"]
-                said += f"; {against}: {row['ms_against']:.1f} ms, ours {row['vs_against']:.3f}x of it"
+                row.update(against=against, **_ms("tree", pair[0].seconds), **_ms("against", pair[1].seconds),
+                           max_abs_diff_against=float(np.abs(y - pair[1].output).max()))
+                row["vs_against"] = row["ms_tree"] / row["ms_against"]
+                said += (f"; in processes of their own, this tree {row['ms_tree']:.1f} ms, {against} "
+                         f"{row['ms_against']:.1f} ms: {row['vs_against']:.3f}x")
             rows.append(row)
             progress(f"{row['model']} {row['size']} threads={t}: ours {row['ms_ours']:.1f} ms, onnxruntime "
                      f"{row['ms_ort']:.1f} ms ({said})")
     return rows
 
 
-class OtherTree:
-    """Another tree's reference engine on the same model, input and threads, in a process of its own (its code
-    cannot share ours's process: both are `nptp_mpi`), started in that tree's folder (tree_worker.py), timing an
+def _ms(side: str, seconds: list[float]) -> dict:
+    """ms_<side> and spread_<side>: the median and the spread (max - min) of timings, in ms."""
+    return {f"ms_{side}": 1e3 * statistics.median(seconds), f"spread_{side}": 1e3 * (max(seconds) - min(seconds))}
+
+
+def _own_tree() -> str:
+    """The folder that holds this nptp_mpi (a checkout's root, or site-packages)."""
+    return str(Path(__file__).resolve().parent.parent.parent)
+
+
+class Tree:
+    """A tree's reference engine on one model, input and thread count, in a process of its own (two trees' code
+    cannot share a process: both are `nptp_mpi`), started in the tree's folder (tree_worker.py), timing an
     inference whenever asked: a change's before and after, interleaved inference by inference, see the same
     machine. Its output is kept (`output`) to be compared with ours."""
 
@@ -267,7 +279,7 @@ class OtherTree:
         root = os.path.abspath(tree)
         if not os.path.isfile(os.path.join(root, "nptp_mpi", "__init__.py")):
             raise UsageError(f"--against {tree}: not an nptp-mpi source tree (no nptp_mpi/__init__.py in it)")
-        self.tree, self.folder = tree, tempfile.TemporaryDirectory()
+        self.tree, self.folder, self.seconds = tree, tempfile.TemporaryDirectory(), []
         model = os.path.abspath(spec) if spec.endswith(".onnx") else spec
         out = os.path.join(self.folder.name, "output.npy")
         code = (Path(__file__).parent / "tree_worker.py").read_text()
@@ -279,11 +291,11 @@ class OtherTree:
         self._answer("ready")
         self.output = np.load(out, allow_pickle=False)
 
-    def timed(self) -> float:
-        """Seconds one inference took in the other tree."""
+    def time(self) -> None:
+        """One inference timed in the tree, its seconds added to `seconds`."""
         self.proc.stdin.write("run\n")
         self.proc.stdin.flush()
-        return float(self._answer())
+        self.seconds.append(float(self._answer()))
 
     def _answer(self, want: str | None = None) -> str:
         """The worker's next line (`want`, if given), or a UsageError with the last line it wrote to stderr."""
@@ -297,7 +309,7 @@ class OtherTree:
             raise UsageError(f"--against {self.tree}: its code could not run the model: {last}")
         return line
 
-    def __enter__(self) -> OtherTree:
+    def __enter__(self) -> Tree:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -308,11 +320,13 @@ class OtherTree:
 
 
 def format_models(rows: list[dict]) -> str:
-    """Aligned table of bench_models rows: latency, ratio (ours / onnxruntime), then our time per op kind."""
-    against = [("ms_against", "{:.1f}"), ("spread_against", "±{:.1f}"), ("vs_against", "{:.3f}")]
+    """Aligned table of bench_models rows: latency, ratio (ours / onnxruntime), this tree's and the other's in
+    processes of their own (--against), then our time per op kind."""
+    against = [(f"{key}_{side}", f) for side in ("tree", "against") for key, f in (("ms", "{:.1f}"),
+                                                                                    ("spread", "±{:.1f}"))]
     cols = [("model", "{}"), ("size", "{}"), ("threads", "{}"), ("ms_ours", "{:.1f}"), ("spread_ours", "±{:.1f}"),
             ("ms_ort", "{:.1f}"), ("spread_ort", "±{:.1f}"), ("ratio", "{:.2f}"),
-            *(against if rows and "ms_against" in rows[0] else []), *((f"ms_{k}", "{:.1f}") for k in KINDS)]
-    head = [c.removeprefix("ms_").removesuffix("_ours").removesuffix("_ort").replace("spread_against", "spread")
-            for c, _ in cols]
+            *(against + [("vs_against", "{:.3f}")] if rows and "ms_against" in rows[0] else []),
+            *((f"ms_{k}", "{:.1f}") for k in KINDS)]
+    head = ["spread" if c.startswith("spread") else c.removeprefix("ms_").removesuffix("_ours") for c, _ in cols]
     return _aligned(head, cols, rows)

@@ -27,9 +27,9 @@ def test_models_bench_times_both_engines_and_breaks_ours_down_by_op_kind() -> No
 
 
 def test_models_bench_against_another_tree_times_its_engine_in_each_round(tmp_path) -> None:
-    """--against DIR: DIR's engine, in a process of its own, on the same model and input, timed in every round and
-    its output compared; here the tree against itself (the same bits). A folder that is no tree, or one whose code
-    cannot run the model, is one clear error naming it."""
+    """--against DIR: DIR's engine and this tree's, each in a process of its own, on the same model and input, each
+    timed in every round, DIR's output compared with ours; here the tree against itself (the same bits). A folder
+    that is no tree, or one whose code cannot run the model, is one clear error naming it."""
     from pathlib import Path
 
     import nptp_mpi
@@ -37,7 +37,8 @@ def test_models_bench_against_another_tree_times_its_engine_in_each_round(tmp_pa
     root = str(Path(nptp_mpi.__file__).resolve().parent.parent)
     graph = zoo.build("mobilenet_v2", (32, 32))
     (row,) = bench_models([("mobilenet_v2", graph)], [1], rounds=2, progress=lambda _: None, against=root)
-    assert row["ms_against"] > 0 and row["vs_against"] == row["ms_ours"] / row["ms_against"]
+    assert row["ms_against"] > 0 and row["ms_tree"] > 0 and row["vs_against"] == row["ms_tree"] / row["ms_against"]
+    assert row["spread_tree"] >= 0 and row["spread_against"] >= 0
     assert row["max_abs_diff_against"] == 0.0 and row["against"] == root
     assert "vs_against" in format_models([row]).splitlines()[0]
     with pytest.raises(UsageError, match="not an nptp-mpi source tree"):
