@@ -63,3 +63,43 @@ def test_a_map_output_comes_back_contiguous():
     engine.close()
     assert out.flags.c_contiguous
     np.testing.assert_array_equal(out, want)
+
+
+def test_a_conv_node_keeps_its_call_while_nothing_it_was_made_for_changes(monkeypatch):
+    """run_whole prepares a conv node's call once and reuses it; new weights, a fused activation or residual (graph
+    passes rewrite nodes in place), another input layout or another thread count each get a call of their own, and
+    every result equals conv2d's."""
+    from conftest import conv
+
+    from nptp_mpi import kernels as K
+    from nptp_mpi.runtime import ops
+
+    made = []
+    original = ops.ConvCall
+    monkeypatch.setattr(ops, "ConvCall", lambda *a, **k: made.append(1) or original(*a, **k))
+    rng = np.random.default_rng(0)
+    node = conv("c", "input", 8, 16, k=3)
+    node.params["w"] = rng.standard_normal((16, 8, 3, 3), dtype=np.float32)
+    x = rng.standard_normal((8, 64, 64), dtype=np.float32)
+    res = rng.standard_normal((16, 64, 64), dtype=np.float32)
+
+    def want(xx, act="", residual=None):
+        w = node.window
+        return K.conv2d(xx, (0, 0), xx.shape[1:], node.params["w"], node.params.get("b"), w.stride, w.pads,
+                        w.dilation, 1, (0, 0, *xx.shape[1:]), act, residual=residual)
+
+    for _ in range(2):
+        np.testing.assert_array_equal(run_whole(node, [x]), want(x))
+    assert len(made) == 1
+    node.params["w"] = rng.standard_normal((16, 8, 3, 3), dtype=np.float32)
+    np.testing.assert_array_equal(run_whole(node, [x]), want(x))
+    node.attrs["act"] = "relu"
+    np.testing.assert_array_equal(run_whole(node, [x]), want(x, "relu"))
+    node.inputs = ("input", "r")
+    np.testing.assert_array_equal(run_whole(node, [x, res]), want(x, "relu", res))
+    wide = np.zeros((8, 64, 72), np.float32)[:, :, 4:68]  # (the same map in another layout: rows 72 apart)
+    wide[...] = x
+    np.testing.assert_array_equal(run_whole(node, [wide, res]), want(x, "relu", res))
+    with K.threads.blocks(2):
+        np.testing.assert_array_equal(run_whole(node, [wide, res]), want(x, "relu", res))
+    assert len(made) == 6
