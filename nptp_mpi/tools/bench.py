@@ -211,6 +211,9 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
     from nptp_mpi.runtime import reference
 
     rows = []
+    if against:
+        progress(f"{against} and this tree: each engine in a process of its own (a tree's first run compiles its "
+                 "kernels)")
     for spec, graph in graphs:
         x = np.random.default_rng(0).standard_normal(graph.input_shape, dtype=np.float32)
         kinds = {n.name: kind(graph, n) for n in graph.nodes}

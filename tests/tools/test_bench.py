@@ -36,7 +36,9 @@ def test_models_bench_against_another_tree_times_its_engine_in_each_round(tmp_pa
 
     root = str(Path(nptp_mpi.__file__).resolve().parent.parent)
     graph = zoo.build("mobilenet_v2", (32, 32))
-    (row,) = bench_models([("mobilenet_v2", graph)], [1], rounds=2, progress=lambda _: None, against=root)
+    said = []
+    (row,) = bench_models([("mobilenet_v2", graph)], [1], rounds=2, progress=said.append, against=root)
+    assert said[0].startswith(f"{root} and this tree") and "; in processes of their own, this tree " in said[1]
     assert row["ms_against"] > 0 and row["ms_tree"] > 0 and row["vs_against"] == row["ms_tree"] / row["ms_against"]
     assert row["spread_tree"] >= 0 and row["spread_against"] >= 0
     assert row["max_abs_diff_against"] == 0.0 and row["against"] == root
