@@ -1,13 +1,14 @@
-"""Depthwise convs, RGB stems and max pools a row of outputs at a time, as 16-lane vectors with masked loads and
-stores (LLVM intrinsics).
+"""Depthwise convs, RGB stems and max pools a row of outputs at a time, as 16-lane vectors (8 for depthwise regions
+of 8 columns or fewer) with masked loads and stores (LLVM intrinsics).
 
 On the small maps of mobile nets a row holds 7-28 outputs: LLVM's loop vectoriser leaves loops that short scalar,
 and staging each channel into a zero-padded slab, to read it without border tests, cost as much again. Here up to
-16 outputs of a row are one vector: each tap is one masked load straight from the tile buffer, its lanes outside
-the image (or past the row) masked off and read as zero (-inf for a max pool), as the padded slab's fill was. A
-stride-2 tap loads 32 columns and keeps the even ones. A stem (3 input channels, 3×3, stride 2) computes 8 output
-channels at once from each tap, in place of im2col and a GEMM of 27 columns. MobileNetV2 at 224² on one thread:
-depthwise convs 2.4 → 1.6 ms, the stem 0.42 → 0.29; VGG-16's max pools 2.3 → 0.7 ms (docs/BENCHMARKS.md).
+16 outputs of a row are one vector: a kernel row's input columns are masked loads straight from the tile buffer,
+their lanes outside the image (or past what the row reads) masked off and read as zero (-inf for a max pool), as
+the padded slab's fill was, and each tap is shuffled out of them (at stride 2, their even or odd columns). A stem
+(3 input channels, 3×3, stride 2) computes 8 output channels at once from each tap, in place of im2col and a GEMM
+of 27 columns. MobileNetV2 at 224² on one thread: depthwise convs 2.4 → 1.6 ms, the stem 0.42 → 0.29; VGG-16's max
+pools 2.3 → 0.7 ms (docs/BENCHMARKS.md).
 
 Only on hosts with the vectors (vectors.ENABLED): elsewhere conv.py's and pool.py's paths serve, as they do for
 wide depthwise rows everywhere (kind)."""
@@ -57,7 +58,7 @@ def _taps(builder: ir.IRBuilder, address: ir.Value, col: ir.Value, width: ir.Val
     if stride == 1:
         return [loaded[0]] + [builder.shuffle_vector(loaded[0], loaded[1], ir.Constant(vi, [j + kx for j in lane]))
                               for kx in range(1, k)]
-    # parities[p][h]: the columns of parity p among loads 2h and 2h + 1 (one vector of 16, the last partly fill)
+    # parities[p][h]: the columns of parity p among loads 2h and 2h + 1 (one vector of `lanes`, the last partly fill)
     parities = [[builder.shuffle_vector(loaded[h], loaded[h + 1] if h + 1 < spans else loaded[h],
                                         ir.Constant(vi, [2 * j + p for j in lane]))
                  for h in range(0, spans, 2)] for p in (0, 1)]
@@ -170,8 +171,8 @@ def _rows(x, b0, b1, top, left, in_h, in_w, lanes, k, sh, sw, ob, cin, op, w, b,
 BAND = 16  # output rows a chunk's masks serve (_rows)
 # Output columns up to which a depthwise conv's region runs in vectors of this many lanes: lanes past a row are
 # wasted, and a 16-lane operation costs two of 8 on Zen 4. Warm, one thread: MobileNetV2's 960 channels at 7²,
-# 0.041 → 0.033 ms; 576 at stride 2 onto 7², 0.034 → 0.024; 5×5, 0.72 and 0.43 of the time. (A tile's 7-column
-# share of a 14² map, a 1-column border strip: the same.)
+# 0.041 → 0.033 ms; 576 at stride 2 onto 7², 0.034 → 0.024; 5×5, 0.72 and 0.43 of the time. (So do a tile's
+# 7-column share of a 14² map and a 1-column border strip.)
 NARROW = 8
 FMA, MAX = 0, 1  # what a row does with its taps: weighted sums (convs), or their largest (max pooling)
 # (k, column stride, ob, cin, op): depthwise 3×3 and 5×5 convs, a network's RGB stem (3×3 at stride 2), max pools
