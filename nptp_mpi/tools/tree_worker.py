@@ -6,6 +6,7 @@ NUMBA_NUM_THREADS), seconds to pause before a timed run on several threads (tool
 for its output. It writes the output, says "ready", then times one inference per line read and prints the seconds.
 """
 
+import importlib.util
 import os
 import sys
 import time
@@ -13,15 +14,29 @@ import time
 import numpy as np
 
 
+def _kernels_of(tree: str) -> None:
+    """Import the tree's `kernels/` folder as nptp_mpi.kernels, as setup.cfg's package_dir maps it: an editable
+    install's finder would otherwise supply the installed checkout's kernels, since a tree has no
+    nptp_mpi/kernels."""
+    folder = os.path.join(tree, "kernels")
+    spec = importlib.util.spec_from_file_location("nptp_mpi.kernels", os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    if spec is None:
+        sys.exit(f"{folder} holds no kernels (no __init__.py)")
+    module = sys.modules["nptp_mpi.kernels"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
 def main(argv: list[str]) -> None:
     """Serve timed inferences until standard input closes."""
     spec, h, w, threads, pause, out = argv[1], int(argv[2]), int(argv[3]), int(argv[4]), float(argv[5]), argv[6]
+    tree = os.path.join(os.getcwd(), "")
+    _kernels_of(tree)
     from nptp_mpi import kernels
     from nptp_mpi.model import load
     from nptp_mpi.model.load import load_model
     from nptp_mpi.runtime import reference
 
-    tree = os.path.join(os.getcwd(), "")
     for module in (load, reference, kernels):  # (an installed nptp_mpi's finder fills in what a tree lacks)
         if not os.path.abspath(module.__file__).startswith(tree):
             sys.exit(f"{module.__name__} came from {module.__file__}, not from this tree")

@@ -49,6 +49,11 @@ def test_models_bench_against_another_tree_times_its_engine_in_each_round(tmp_pa
     (tmp_path / "nptp_mpi" / "__init__.py").write_text("")
     with pytest.raises(UsageError, match=f"--against {tmp_path}: its code could not run the model: .+"):
         bench_models([("mobilenet_v2", graph)], [1], rounds=1, progress=lambda _: None, against=str(tmp_path))
+    # The tree's own kernels folder is imported, not the one an editable install's finder maps nptp_mpi.kernels to.
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text("raise SystemExit('the kernels of the tree against')")
+    with pytest.raises(UsageError, match="could not run the model: the kernels of the tree against$"):
+        bench_models([("mobilenet_v2", graph)], [1], rounds=1, progress=lambda _: None, against=str(tmp_path))
 
 
 def test_with_several_threads_each_timed_run_follows_a_pause_and_a_run_of_its_own(monkeypatch) -> None:
