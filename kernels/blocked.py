@@ -7,16 +7,16 @@ channel-blocked (NCHWc) convs do, over weights packed once per weight array as [
 is PIX pixels × 16·cb channels in PIX·cb registers, each input one broadcast, each weight row cb loads. The loop
 runs over the input rows the taps read (cin·kh), a kernel row's kw taps unrolled, read straight from the (padded)
 input slab: no im2col. The bias starts the sums, the clamp is applied in registers, and the tile is transposed in
-registers (8 pixels × 16 channels into 16 rows of 8) and stored into the NCHW output with masks. A 1×1 conv reads
-its input where it lies, at any row pitch and column stride: it copies nothing. (A residual added in the kernel,
+registers (8 pixels × 16 channels at a time into 16 rows of 8) and stored into the NCHW output with masks. A 1×1 conv
+reads its input where it lies, at any row pitch and column stride: it copies nothing. (A residual added in the kernel,
 in registers or in a pass over each block's rows while in cache, ran no faster than conv.py's pass after the conv:
 ResNet-50's 64→256 at 56², 1.35 and 1.23 against 1.18 ms.)
 
 A 1×1 conv of a 28² map or more with fewer input channels (STRIPS_BELOW), or output channels no multiple of 16,
-runs with its lanes along pixels instead (_strip: 8 output channels × 16 pixels, each input row one load, each
-weight a broadcast): its sums are the output rows as NCHW holds them, stored with no transpose, which for few inputs
-cost as much as the sums. Both write any output whose rows are contiguous (a view of a tile buffer with room for a
-halo: dest()).
+runs with its lanes along pixels instead (_strip: 8 output channels × STRIP pixels, each input row STRIP // 16 loads,
+each weight a broadcast): its sums are the output rows as NCHW holds them, stored with no transpose, which for few
+inputs cost as much as the sums. Both write any output whose rows are contiguous (a view of a tile buffer with room for
+a halo: dest()).
 
 Both run every output block over a panel of pixels before the next panel (TILE_PANEL, PANEL), and a panel's first
 block prefetches, a row each step of its loop, the inputs of the next (FETCH_FROM).
@@ -37,9 +37,16 @@ from .threads import block
 from .vectors import I32, I64, LANES, VB, VF, VI, address, clamp, dest, fma, load, rowwise, scalar, splat, store, vector
 from .window import window
 
-PIX = 7  # pixels a tile computes: rows of 7²-112² maps are whole tiles; a longer run's last tile shifts back
-CBS = (3, 2, 1)  # channel vectors a tile may compute (cb): the one that pads the output channels least
-ROWS = 8  # output channels a tile along pixels computes (cb = 0: _strip), 16 pixels each (12 or 16: 5-35% slower)
+# Pixels a tile computes, and the channel vectors it may (cb: the one that pads the output channels least): 14 × 2,
+# 28 sums in registers. Rows of 14²-112² maps are whole tiles, a longer run's last tile shifts back; rows of 7 go to
+# BLAS. On a core with two 512-bit FMA pipes (Intel Xeon, AVX-512) 7 × 3 left them waiting: 1024→256 1×1 at 14²,
+# 66 → 80 GMAC/s warm (7 × 3: 74); 512→512 3×3 at 7², now BLAS's, 2.49 → 1.28 ms.
+PIX = 14
+CBS = (2, 1)
+ROWS = 8  # output channels a tile along pixels computes (cb = 0: _strip; 12 or 16: 5-35% slower on AMD Zen 4)
+# Pixels such a strip computes, in STRIP // LANES vectors: 16 ROWS·2 sums (64→64 1×1 at 56², 57 → 74 GMAC/s warm;
+# 48 pixels ran 64→256 faster, 64 → 72, but wastes a third of a 56-pixel row, a tile's row in the distributed run).
+STRIP = 2 * LANES
 # Input floats (256 KiB: a core's share of a Pi 4's L2, half a Pi 5's) of the pixels that every output block of
 # _tiles runs over before the next pixels: each block sweeping the whole map read a 128² map's input once a block
 # (ResNet-50 at 512²: 256→128 1×1, 15.3 → 11.3 ms; 256→512 at stride 2, 15.6 → 12.0; a 3×3 at 14², 1.8 → 1.4).
@@ -141,15 +148,17 @@ def _tile(typingctx, cb, kw, fetch, w, x, cpitch, rpitch, kh, cin, s, b, out, op
                 accs[q][v].add_incoming(sums[q][v], builder.block)
         builder.cbranch(builder.icmp_signed("<", following, builder.mul(cin, kh)), loop, done)
         builder.position_at_end(done)
-        pixels = builder.icmp_signed("<", ir.Constant(_HALF, list(range(8))), splat(builder, builder.trunc(n, I32),
-                                                                                     _HALF))
-        for v in range(cb):
-            rows = _transpose(builder, [clamp(builder, sums[min(q, PIX - 1)][v], lo, hi) for q in range(8)])
-            for c, row in enumerate(rows):
-                channel = LANES * v + c
-                inside = builder.icmp_signed("<", I64(channel), cn)
-                mask = builder.and_(pixels, splat(builder, inside, _HALF_MASK))
-                store(builder, row, builder.add(out, builder.mul(opitch, I64(4 * channel))), mask)
+        for q0 in range(0, PIX, 8):  # (8 pixels at a time: pixels q0..q0+7 of each output channel, a row of 8)
+            pixels = builder.icmp_signed("<", ir.Constant(_HALF, list(range(q0, q0 + 8))),
+                                         splat(builder, builder.trunc(n, I32), _HALF))
+            for v in range(cb):
+                rows = _transpose(builder, [clamp(builder, sums[min(q0 + q, PIX - 1)][v], lo, hi) for q in range(8)])
+                for c, row in enumerate(rows):
+                    channel = LANES * v + c
+                    inside = builder.icmp_signed("<", I64(channel), cn)
+                    mask = builder.and_(pixels, splat(builder, inside, _HALF_MASK))
+                    at = builder.add(builder.mul(opitch, I64(4 * channel)), I64(4 * q0))
+                    store(builder, row, builder.add(out, at), mask)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -157,10 +166,10 @@ def _tile(typingctx, cb, kw, fetch, w, x, cpitch, rpitch, kh, cin, s, b, out, op
 
 @intrinsic(prefer_literal=True)
 def _strip(typingctx, fetch, w, x, cpitch, cin, b, out, opitch, n, ahead, lo, hi):
-    """For c < ROWS and q < n ≤ 16: out[c·opitch + q] = clamp(b[c] + Σ w[i·ROWS + c] · x[i·cpitch + q], lo, hi) over
-    i < cin (addresses): a 1×1 conv's 16 pixels of one run × ROWS output channels, the lanes along the pixels. Each
-    input row is one (masked) load, each weight a broadcast; the sums are the output rows as they lie in NCHW,
-    stored with no transpose (for few input channels the transposed stores of _tile cost as much as its sums).
+    """For c < ROWS and q < n ≤ STRIP: out[c·opitch + q] = clamp(b[c] + Σ w[i·ROWS + c] · x[i·cpitch + q], lo, hi)
+    over i < cin (addresses): a 1×1 conv's STRIP pixels of one run × ROWS output channels, the lanes along the pixels.
+    Each input row is STRIP // 16 (masked) loads, each weight a broadcast; the sums are the output rows as they lie in
+    NCHW, stored with no transpose (for few input channels the transposed stores of _tile cost as much as its sums).
     fetch (a constant): each input row read also prefetched `ahead` bytes on."""
     if not isinstance(fetch, types.BooleanLiteral):
         raise TypeError(f"blocked._strip: fetch must be a compile-time constant, not {fetch}")
@@ -171,30 +180,36 @@ def _strip(typingctx, fetch, w, x, cpitch, cin, b, out, opitch, n, ahead, lo, hi
         w, x, cpitch, cin, b, out, opitch, n, ahead = (
             context.cast(builder, a, t, types.int64) for a, t in zip(args[1:10], signature.args[1:10], strict=True))
         lo, hi = args[10:]
-        pixels = builder.icmp_signed("<", ir.Constant(VI, list(range(LANES))),
-                                     splat(builder, builder.trunc(n, I32), VI))
+        vecs = STRIP // LANES
+        masks = [builder.icmp_signed("<", ir.Constant(VI, list(range(LANES * u, LANES * u + LANES))),
+                                     splat(builder, builder.trunc(n, I32), VI)) for u in range(vecs)]
         start = [splat(builder, scalar(builder, b, c), VF) for c in range(ROWS)]
         entry, loop, done = builder.block, builder.append_basic_block("k"), builder.append_basic_block("done")
         builder.branch(loop)
-        builder.position_at_end(loop)  # acc[c] += w[i, c] · x[i, :16]
+        builder.position_at_end(loop)  # acc[c][u] += w[i, c] · x[i, 16u:16u+16]
         i, at, row_w = builder.phi(I64), builder.phi(I64), builder.phi(I64)
-        accs = [builder.phi(VF) for _ in range(ROWS)]
-        inputs = load(builder, at, pixels, 0.0)  # (nothing past the run is read)
+        accs = [[builder.phi(VF) for _ in range(vecs)] for _ in range(ROWS)]
+        # (nothing past the run is read)
+        inputs = [load(builder, builder.add(at, I64(4 * LANES * u)), masks[u], 0.0) for u in range(vecs)]
         if fetch:
             vectors.prefetch(builder, builder.add(at, ahead))
-        sums = [fma(builder, splat(builder, scalar(builder, row_w, c), VF), inputs, accs[c]) for c in range(ROWS)]
+        weights = [splat(builder, scalar(builder, row_w, c), VF) for c in range(ROWS)]
+        sums = [[fma(builder, weights[c], inputs[u], accs[c][u]) for u in range(vecs)] for c in range(ROWS)]
         following = builder.add(i, I64(1))
         for phi, first, then in ((i, I64(0), following), (at, x, builder.add(at, builder.mul(cpitch, I64(4)))),
                                  (row_w, w, builder.add(row_w, I64(4 * ROWS)))):
             phi.add_incoming(first, entry)
             phi.add_incoming(then, builder.block)
         for c in range(ROWS):
-            accs[c].add_incoming(start[c], entry)
-            accs[c].add_incoming(sums[c], builder.block)
+            for u in range(vecs):
+                accs[c][u].add_incoming(start[c], entry)
+                accs[c][u].add_incoming(sums[c][u], builder.block)
         builder.cbranch(builder.icmp_signed("<", following, cin), loop, done)
         builder.position_at_end(done)
         for c in range(ROWS):
-            store(builder, clamp(builder, sums[c], lo, hi), builder.add(out, builder.mul(opitch, I64(4 * c))), pixels)
+            for u in range(vecs):
+                store(builder, clamp(builder, sums[c][u], lo, hi),
+                      builder.add(out, builder.add(builder.mul(opitch, I64(4 * c)), I64(4 * LANES * u))), masks[u])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -221,15 +236,15 @@ def _strips(w, b, x, cs, cin, out, ocs, ors, b0, b1, rstep, r0, r1, q0, q1, lo, 
     _strip: pixel q of run r reads x from r·rstep + q on and writes out at r·ors + q. A panel of pixels whose inputs
     fit PANEL serves every block in turn, each block's ROWS output rows written in order (a strip at a time across
     every block wrote 96 rows at once: MobileNetV2's 1×1s at 512², 42 → 52 ms)."""
-    panel = _panel(PANEL, LANES, cin)
+    panel = _panel(PANEL, STRIP, cin)
     for r in range(r0, r1):
         xr, orow = x + 4 * r * rstep, out + 4 * r * ors
         for p0 in range(q0, q1, panel):
             ahead = _ahead(panel, 1, 1, cin, p0, q1)
             for blk in range(b0, b1):
                 wb, bb, ob = w + 4 * blk * cin * ROWS, b + 4 * blk * ROWS, orow + 4 * blk * ROWS * ocs
-                for p in range(p0, min(q1, p0 + panel), LANES):
-                    xp, op, n = xr + 4 * p, ob + 4 * p, min(LANES, q1 - p)
+                for p in range(p0, min(q1, p0 + panel), STRIP):
+                    xp, op, n = xr + 4 * p, ob + 4 * p, min(STRIP, q1 - p)
                     if blk == b0 and ahead:  # (fetch a literal: each branch its own loop)
                         _strip(True, wb, xp, cs, cin, bb, op, ocs, n, ahead, lo, hi)
                     else:
@@ -350,17 +365,18 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
     - a 1×1 at stride 1 with no padding, output channels a multiple of ROWS, an output of 28² or more, and fewer
       than STRIPS_BELOW input channels (along channels the transposed stores cost a share of the sums that grows as
       the inputs shrink) or output channels no multiple of 16 (along channels, vectors partly empty): along pixels,
-      on runs whose 16-pixel strips waste at most a quarter. MobileNetV2's 16→96 at 112²: 0.65 → 0.41 ms, at 256²
-      7.4-7.7 → 2.5-2.9; its 96→24 at 56², which BLAS ran, 0.19 → 0.16. From 32 to 255 inputs (one thread, caches
+      on runs whose strips of STRIP pixels waste at most a quarter. MobileNetV2's 16→96 at 112²: 0.65 → 0.41 ms, at
+      256² 7.4-7.7 → 2.5-2.9; its 96→24 at 56², which BLAS ran, 0.19 → 0.16. From 32 to 255 inputs (one thread, caches
       cold / warm, one process, along channels → along pixels): 32→192 at 64² 1.07 → 0.68 / 0.57 → 0.47 ms; 64→256
       at 56² 1.46 → 1.19 / 1.23 → 1.09, at 128² 6.9 → 5.8 / 7.3 → 5.8; 128→512 at 64² 6.6 → 6.2 / 5.9 → 5.3.
       From 256 on, either way by up to 5-10% (256→64 at 56² 0.89-0.95 of the time; 256→128 at 128² 0.99-1.05,
       256→1024 at 32² 1.03-1.04; 512→128 at 64², 1024→256 at 32² within ±5%): along channels;
     - else a kernel width compiled (WIDTHS; of those 1 wide, 1×1 alone), output channels a multiple of 16, runs whose
-      tiles waste at most a quarter of their pixels (rows of 8 outputs take 14, 57%; a tile's 1-column border strip
-      1 of 7; 7, 14, 28 and 56 none; a 1×1 reading and writing whole rows back to back is one run); a 1×1 with no
+      tiles waste at most a quarter of their pixels (rows of 7 or 8 outputs take 14; a tile's 1-column border strip
+      1 of 14; 14, 28 and 56 none; a 1×1 reading and writing whole rows back to back is one run); a 1×1 with no
       padding and 32 input channels or more or an output of 28² or more: along output channels.
-    Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): rows of 8, 1.33× their time; 24 output
+    Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): rows of 8, 1.33× their time (the figures
+    from 2 to 10 lines up are AMD Zen 4's, with tiles of 7 pixels × 3 vectors); 24 output
     channels along channels, their vectors a quarter empty, 1.1-1.4×; 16 input channels at 14², the transposed
     stores outweighing the sums, 1.15×; a 7×1 conv, 1.03×. Along pixels at 7², 1.2-1.3×. (The caller keeps the convs
     Winograd takes, and RGB stems, rows.py.)"""
@@ -381,7 +397,7 @@ def _choice(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads
     run = pixels if flat else out_hw[1]
     one = (kh, kw) == (1, 1)
     if one and stride == (1, 1) and not any(pads) and cout % ROWS == 0 and pixels >= PIXELS_FROM \
-            and (cin < STRIPS_BELOW or cout % LANES) and _fits(run, LANES):
+            and (cin < STRIPS_BELOW or cout % LANES) and _fits(run, STRIP):
         return 0
     if not (kw in WIDTHS and (kw > 1 or kh == 1) and cout % LANES == 0 and _fits(run, PIX)):
         return -1
@@ -428,7 +444,7 @@ def launcher(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: 
         runs, run, rstep = oh, ow, stride[0] * rs
     cb = lanes
     wp, bp = _rows_packed(w) if cb == 0 else _packed(w), _padded(b)
-    ntb, ntp = _split(nt, len(wp), runs if runs > 1 else -(-run // (LANES if cb == 0 else PIX)))
+    ntb, ntp = _split(nt, len(wp), runs if runs > 1 else -(-run // (STRIP if cb == 0 else PIX)))
     fixed = (cb, kh, kw, address(wp), address(bp), cs, rs, cin, stride[1], ocs, ors, cout)
     if ntb * ntp == 1:  # (a parallel loop's launch costs ~8 µs even on one thread: 8% of a 7² conv)
         kernel, fixed = _work, (*fixed, 0, len(wp), rstep, 0, runs, 0, run, lo, hi)

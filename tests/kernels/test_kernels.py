@@ -81,18 +81,18 @@ CONVS = [
     # 1×1 by the vector GEMM where the host has it (kernels/blocked.py), else BLAS: the map's rows as one run of
     # pixels, then at stride 2 a run per row
     (32, 32, 9, 10, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
-    (40, 48, 9, 11, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, False),
+    (40, 48, 9, 27, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, False),
     # 3×3 at strides 1 and 2 (a map too small for Winograd) and a 7×7 RGB stem: the vector GEMM where the host has
     # it, else im2col
     (24, 32, 9, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
-    (16, 48, 13, 15, (3, 3), (2, 2), (1, 0, 0, 1), (1, 1), 1, False),
+    (16, 48, 13, 27, (3, 3), (2, 2), (1, 0, 0, 1), (1, 1), 1, False),
     (3, 16, 19, 29, (7, 7), (2, 2), (3, 2, 3, 1), (1, 1), 1, True),
     # a 3×3 RGB stem at stride 2 (rows.py where the host has the vectors: 2 blocks of 8 outputs) over 2 bands of rows
     (3, 16, 40, 37, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, True),
     # a 1×1 with its lanes along pixels where the host has the vectors (16 inputs, 24 outputs, 840 pixels), else BLAS
     (16, 24, 28, 30, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
     # the vector GEMM's panels (blocked.TILE_PANEL) where the host has it, every output block over each in turn: a
-    # 1×1 run of 667 pixels in 6 panels of 126 (2 blocks), a 3×3 at stride 2 with rows of 46 in panels of 14 (2)
+    # 1×1 run of 667 pixels in 6 panels of 126 (3 blocks), a 3×3 at stride 2 with rows of 46 in panels of 14 (2)
     (512, 96, 23, 29, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
     (256, 64, 9, 91, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, False),
     # a 1×1 along pixels over panels (blocked.PANEL): 840 pixels in 6 panels of 160, 3 blocks of 8 outputs
@@ -276,35 +276,37 @@ def test_rows_take_what_they_fit(monkeypatch):
 
 
 # Dense convs by the vector GEMM (kernels/blocked.py): (cin, cout, h, w, kernel, stride, pads, whether it takes
-# them). Output channels 1, 2 and 3 vectors a tile (16, 32, 48) and two blocks of 3 (96); runs of whole tiles of 7
-# pixels, runs whose last tile shifts back (55 pixels), a run shorter than a tile (6 pixels, flat and at stride
-# (2, 1)); strides (2, 2), (1, 2) and (1, 3); few input channels on a map big enough; 3×3 convs with and without
-# padding at strides 1 and 2, a 7×7 RGB stem, a 1×7 conv; 1×1s at stride 1 on maps of 28² or more with their lanes
-# along pixels (16 inputs to 96 outputs, 24 and 8 outputs: 12, 3 and 1 blocks of 8; runs of 784 and 840 pixels,
-# the last strip partial). BLAS keeps 24 outputs on a small map (vectors a quarter empty), 20 outputs, 16 inputs on
-# a small map, a padded 1×1, 5×5 and 3×1 kernels and rows whose tiles waste more than a quarter (8 and 3 outputs).
+# them). Output channels 1 and 2 vectors a tile (16, 48; 32, 64) and three blocks of 2 (96); runs of whole tiles of
+# 14 pixels, runs whose last tile shifts back (49, 55 and 26 pixels), runs shorter than a tile (12 pixels, flat and
+# at stride (2, 1); 13 at stride 2), each partly in its second half of 8 pixels; strides (2, 2), (1, 2) and (1, 3);
+# few input channels on a map big enough; 3×3 convs with and without padding at strides 1 and 2, a 7×7 RGB stem, a
+# 1×7 conv; 1×1s at stride 1 on maps of 28² or more with their lanes along pixels (16 inputs to 96 outputs, 24 and 8
+# outputs: 12, 3 and 1 blocks of 8; runs of 784, 840 and 924 pixels, the last strip of 32 pixels 16, 8 and 28 long).
+# BLAS keeps 24 outputs on a small map (vectors a quarter empty), 20 outputs, 16 inputs on a small map, a padded
+# 1×1, 5×5 and 3×1 kernels and rows whose tiles waste more than a quarter (rows of 8, 7 and 3 outputs).
 BLOCKED = [
     (32, 16, 7, 7, 1, (1, 1), (0, 0, 0, 0), True),
     (40, 32, 5, 11, 1, (1, 1), (0, 0, 0, 0), True),
-    (33, 48, 3, 2, 1, (1, 1), (0, 0, 0, 0), True),
-    (64, 96, 14, 13, 1, (2, 2), (0, 0, 0, 0), True),
+    (33, 48, 3, 4, 1, (1, 1), (0, 0, 0, 0), True),
+    (64, 96, 28, 27, 1, (2, 2), (0, 0, 0, 0), True),
     (32, 64, 9, 28, 1, (1, 2), (0, 0, 0, 0), True),
-    (48, 32, 10, 6, 1, (2, 1), (0, 0, 0, 0), True),
-    (32, 16, 5, 20, 1, (1, 3), (0, 0, 0, 0), True),
+    (48, 32, 10, 12, 1, (2, 1), (0, 0, 0, 0), True),
+    (32, 16, 5, 40, 1, (1, 3), (0, 0, 0, 0), True),
     (24, 32, 9, 12, 3, (1, 1), (1, 1, 1, 1), True),
-    (16, 48, 13, 15, 3, (2, 2), (1, 0, 0, 1), True),
-    (20, 16, 9, 9, 3, (1, 1), (0, 0, 0, 0), True),
+    (16, 48, 13, 27, 3, (2, 2), (1, 0, 0, 1), True),
+    (20, 16, 9, 16, 3, (1, 1), (0, 0, 0, 0), True),
     (3, 32, 19, 29, 7, (2, 2), (3, 2, 3, 1), True),
-    (24, 32, 9, 17, (1, 7), (1, 1), (0, 3, 0, 3), True),
+    (24, 32, 9, 26, (1, 7), (1, 1), (0, 3, 0, 3), True),
     (16, 96, 28, 28, 1, (1, 1), (0, 0, 0, 0), True),
     (24, 24, 28, 30, 1, (1, 1), (0, 0, 0, 0), True),
-    (40, 8, 30, 28, 1, (1, 1), (0, 0, 0, 0), True),
+    (40, 8, 28, 33, 1, (1, 1), (0, 0, 0, 0), True),
     (32, 20, 28, 28, 1, (1, 1), (0, 0, 0, 0), False),
     (32, 24, 7, 7, 1, (1, 1), (0, 0, 0, 0), False),
     (16, 32, 7, 7, 1, (1, 1), (0, 0, 0, 0), False),
     (32, 32, 7, 7, 1, (1, 1), (1, 0, 0, 0), False),
     (16, 32, 9, 9, 5, (1, 1), (2, 2, 2, 2), False),
     (32, 32, 8, 8, 3, (1, 1), (1, 1, 1, 1), False),
+    (32, 32, 7, 7, 3, (1, 1), (1, 1, 1, 1), False),
     (32, 48, 10, 3, 1, (2, 1), (0, 0, 0, 0), False),
     (32, 32, 9, 9, (3, 1), (1, 1), (1, 0, 1, 0), False),
 ]
@@ -372,23 +374,24 @@ def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
 
 def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatch):
     """blocked.takes: convs 3 or 7 wide, or 1×1, of one group without dilation, outputs a multiple of 16, runs
-    whose tiles waste at most a quarter; a 1×1 unpadded with 32 inputs or an output of 28². Not groups, dilation,
-    5×5, 7×1, 24 outputs, a 1-column strip, rows of 8 or of 5, a padded 1×1, 16 inputs to a 1×1 on a small map,
-    float64, strided columns, or a host without the vectors. A 1×1 over rows of 9 is one run of 81 pixels, but not
-    into rows 12 floats apart (a tile buffer with a halo): runs of 9. Called directly, a last block of 40 channels
-    in 48 lanes stores only its 40."""
+    whose tiles of 14 waste at most a quarter; a 1×1 unpadded with 32 inputs or an output of 28². Not groups,
+    dilation, 5×5, 7×1, 24 outputs, a 1-column strip, rows of 8, 7 or 5, a padded 1×1, 16 inputs to a 1×1 on a
+    small map, float64, strided columns, or a host without the vectors. A 1×1 over rows of 9 is one run of 81
+    pixels, but not into rows 12 floats apart (a tile buffer with a halo): runs of 9. Called directly, a last block
+    of 40 channels in three blocks of 16 stores only its 40."""
     from nptp_mpi.kernels import blocked
 
     x, no = np.zeros((32, 9, 9), np.float32), (0,) * 4
+    big = np.zeros((32, 56, 56), np.float32)
     monkeypatch.setattr(vectors, "ENABLED", True)
     for w_shape, s, pads, xx, out_hw in [((16, 32, 1, 1), (1, 1), no, x, (9, 9)),
-                                         ([48, 32, 1, 1], [2, 2], [0, 0, 0, 0], x[:, 1:, 2:], (4, 6)),
+                                         ([48, 32, 1, 1], [2, 2], [0, 0, 0, 0], big[:, 1:, 2:], (28, 27)),
                                          ((32, 16, 1, 1), (1, 1), no, x[:16], (28, 28)),
-                                         ((16, 32, 1, 1), (1, 3), no, x, (9, 7)),
-                                         ((64, 32, 3, 3), (1, 1), (1,) * 4, x, (9, 7)),
-                                         ((64, 3, 7, 7), (2, 2), (3,) * 4, x[:3], (7, 7)),
+                                         ((16, 32, 1, 1), (1, 3), no, x, (9, 14)),
+                                         ((64, 32, 3, 3), (1, 1), (1,) * 4, x, (9, 12)),
+                                         ((64, 3, 7, 7), (2, 2), (3,) * 4, x[:3], (7, 14)),
                                          ((64, 32, 1, 7), (1, 1), (0, 3, 0, 3), x, (9, 14)),
-                                         ((16, 32, 3, 3), (1, 1), no, x, (7, 7))]:
+                                         ((16, 32, 3, 3), (1, 1), no, x, (7, 14))]:
         assert blocked.takes(w_shape, 1, s, pads, (1, 1), xx, out_hw), (w_shape, s, pads, out_hw)
     for w_shape, g, s, pads, d, out_hw in [((16, 16, 1, 1), 2, (1, 1), no, (1, 1), (9, 9)),
                                            ((16, 32, 3, 3), 1, (1, 1), (2,) * 4, (2, 2), (9, 9)),
@@ -397,6 +400,7 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
                                            ((24, 32, 1, 1), 1, (1, 1), no, (1, 1), (9, 9)),
                                            ((16, 32, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), (9, 1)),
                                            ((16, 32, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), (8, 8)),
+                                           ((16, 32, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), (7, 7)),
                                            ((16, 32, 3, 3), 1, (2, 2), (1,) * 4, (1, 1), (5, 5)),
                                            ((16, 32, 1, 1), 1, (1, 1), (1, 0, 0, 0), (1, 1), (10, 9)),
                                            ((16, 16, 1, 1), 1, (1, 1), no, (1, 1), (9, 9))]:
@@ -404,20 +408,20 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
     assert blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), 9)
     assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), 12)
     # Lanes along pixels (0) for an unpadded 1×1 at stride 1 with outputs a multiple of 8 from 28² on, fewer than
-    # 256 inputs or outputs no multiple of 16, on runs whose strips of 16 waste at most a quarter; else along output
+    # 256 inputs or outputs no multiple of 16, on runs whose strips of 32 waste at most a quarter; else along output
     # channels (cb), or not at all (-1).
-    big, wide = np.zeros((32, 56, 56), np.float32), np.zeros((blocked.STRIPS_BELOW, 28, 28), np.float32)
+    wide = np.zeros((blocked.STRIPS_BELOW, 28, 28), np.float32)
     for w_shape, xx, out_hw, pitch, lanes in [((96, 16, 1, 1), big[:16], (56, 56), None, 0),
                                                ((24, 32, 1, 1), big, (56, 56), None, 0),
                                                ((64, 16, 1, 1), big[:16, :28, :28], (28, 28), None, 0),
                                                ((64, 32, 1, 1), big[:, :28, :28], (28, 28), None, 0),
                                                ((64, blocked.STRIPS_BELOW, 1, 1), wide, (28, 28), None, 2),
                                                ((24, blocked.STRIPS_BELOW, 1, 1), wide, (28, 28), None, 0),
-                                               ((96, 32, 1, 1), big[:, :14, :14], (14, 14), None, 3),
+                                               ((96, 32, 1, 1), big[:, :14, :14], (14, 14), None, 2),
                                                ((24, 32, 1, 1), big[:, :14, :14], (14, 14), None, -1),
                                                ((64, 16, 1, 1), big[:16], (56, 56), 60, 0),
-                                               ((64, 32, 1, 1), big[:, :, :17], (56, 17), 20, 2),
-                                               ((24, 32, 1, 1), big[:, :, :17], (56, 17), 20, -1),
+                                               ((64, 32, 1, 1), big[:, :, :14], (56, 14), 20, 2),
+                                               ((24, 32, 1, 1), big[:, :, :14], (56, 14), 20, -1),
                                                ((64, 32, 1, 1), big, (28, 28), None, 2)]:
         assert blocked.lanes(w_shape, 1, (1, 1) if out_hw[0] == xx.shape[1] else (2, 2), no, (1, 1), xx, out_hw,
                               pitch) == lanes, (w_shape, out_hw, pitch)
@@ -430,7 +434,7 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
         pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
     x, w, b = randn((20, 5, 9), 1), randn((40, 20, 1, 1), 2), randn(40, 3)
     out = np.full((41, 5, 9), 7.0, np.float32)
-    assert blocked._cb(40) == 3
+    assert blocked._cb(40) == 1
     blocked.launcher(x, (0, 0), (5, 9), w, b, (1, 1), no, (0, 0, 5, 9), out[:40], np.float32(-np.inf),
                      np.float32(np.inf), blocked._cb(40), 1)(x, out[:40])
     np.testing.assert_allclose(out[:40], np.einsum("oc,chw->ohw", w[:, :, 0, 0], x) + b[:, None, None], rtol=1e-5,
@@ -533,9 +537,9 @@ def test_regions_of_one_tile_share_a_gemm_and_equal_one_region_at_a_time(k, stri
 
     x, wt, b = randn((32, 64, 48), 1), randn((32, 32 // groups, k, k), 2), randn(32, 3)
     origin, in_hw, pad = (2, 0), (70, 48), (k // 2,) * 4
-    o = 6 // stride  # the tile: output rows [o, o + 24), cols [0, 22)
-    pieces = [(o + 1, 1, o + 23, 21), (o, 0, o + 1, 22), (o + 23, 0, o + 24, 22), (o + 1, 0, o + 23, 1),
-              (o + 1, 21, o + 23, 22), (o, 5, o, 9)]
+    o = 6 // stride  # the tile: output rows [o, o + 24), cols [0, 24) (rows and core whole tiles of 14 or more)
+    pieces = [(o + 1, 1, o + 23, 23), (o, 0, o + 1, 24), (o + 23, 0, o + 24, 24), (o + 1, 0, o + 23, 1),
+              (o + 1, 23, o + 23, 24), (o, 5, o, 9)]
     one_by_one = [K.conv2d(x, origin, in_hw, wt, b, (stride, stride), pad, (1, 1), groups, p, "relu") for p in pieces]
     calls, call = [], conv.ConvCall
     monkeypatch.setattr(conv, "ConvCall", lambda *a: calls.append(a) or call(*a))
