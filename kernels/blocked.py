@@ -40,7 +40,9 @@ from .window import window
 # Pixels a tile computes, and the channel vectors it may (cb: the one that pads the output channels least): 14 × 2,
 # 28 sums in registers. Rows of 14²-112² maps are whole tiles, a longer run's last tile shifts back; rows of 7 go to
 # BLAS. On a core with two 512-bit FMA pipes (Intel Xeon, AVX-512) 7 × 3 left them waiting: 1024→256 1×1 at 14²,
-# 66 → 80 GMAC/s warm (7 × 3: 74); 512→512 3×3 at 7², now BLAS's, 2.49 → 1.28 ms.
+# 66 → 80 GMAC/s warm (7 × 3: 74). One thread, warm, against 7 × 2 (ms): 1024→256 at 14², 0.69-0.75 → 0.63-0.65;
+# now BLAS's, 512→512 3×3 at 7², 2.44-2.47 → 2.26-2.30, and at stride 2 from 14², 3.03 → 2.27; but 256→256 3×3 at
+# stride 2 from 14², 0.53-0.55 → 0.63.
 PIX = 14
 CBS = (2, 1)
 ROWS = 8  # output channels a tile along pixels computes (cb = 0: _strip; 12 or 16: 5-35% slower on AMD Zen 4)
@@ -125,8 +127,9 @@ def _tile(typingctx, cb, kw, fetch, w, x, cpitch, rpitch, kh, cin, s, b, out, op
         accs = [[builder.phi(VF) for _ in range(cb)] for _ in range(PIX)]
         row_w = builder.add(w, builder.mul(i, I64(4 * LANES * cb * kw)))
         sums = [list(a) for a in accs]
-        if fetch:
+        if fetch:  # (the row's first and last pixels: at a stride of 2 a tile's 14 span two lines)
             vectors.prefetch(builder, builder.add(at, ahead))
+            vectors.prefetch(builder, builder.add(at, builder.add(ahead, offsets[PIX - 1])))
         for kx in range(kw):
             weights = [vector(builder, builder.add(row_w, I64(4 * LANES * (cb * kx + v)))) for v in range(cb)]
             for q in range(PIX):
@@ -191,8 +194,8 @@ def _strip(typingctx, fetch, w, x, cpitch, cin, b, out, opitch, n, ahead, lo, hi
         accs = [[builder.phi(VF) for _ in range(vecs)] for _ in range(ROWS)]
         # (nothing past the run is read)
         inputs = [load(builder, builder.add(at, I64(4 * LANES * u)), masks[u], 0.0) for u in range(vecs)]
-        if fetch:
-            vectors.prefetch(builder, builder.add(at, ahead))
+        for u in range(vecs if fetch else 0):  # (a line per vector: one line of two left 64→64 at 56² cold 1.25×)
+            vectors.prefetch(builder, builder.add(at, builder.add(ahead, I64(4 * LANES * u))))
         weights = [splat(builder, scalar(builder, row_w, c), VF) for c in range(ROWS)]
         sums = [[fma(builder, weights[c], inputs[u], accs[c][u]) for u in range(vecs)] for c in range(ROWS)]
         following = builder.add(i, I64(1))
