@@ -285,10 +285,8 @@ def _tiles(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rst
 
 @njit(cache=True, inline="always")
 def _blocks(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi):
-    """_tiles with cb as a constant too (kw is already), one branch (a copy of the loops) per value."""
-    if cb == 3:
-        _tiles(3, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
-    elif cb == 2:
+    """_tiles with cb as a constant too (kw is already), one branch (a copy of the loops) per value in CBS."""
+    if cb == 2:
         _tiles(2, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
     else:
         _tiles(1, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
@@ -325,7 +323,7 @@ def _run(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, rstep, runs, 
 
 def _cb(cout: int) -> int:
     """The channel vectors a tile computes for cout output channels: the fewest padded channels, then the most
-    vectors (64 → 2, 960 → 3, 24 → 2)."""
+    vectors (64 → 2, 960 → 2, 48 → 1)."""
     return min(CBS, key=lambda cb: (-(-cout // (LANES * cb)) * cb, -cb))
 
 
