@@ -46,7 +46,7 @@ from .window import window
 PIX = 14
 CBS = (2, 1)
 ROWS = 8  # output channels a tile along pixels computes (cb = 0: _strip; 12 or 16: 5-35% slower on AMD Zen 4)
-# Pixels such a strip computes, in STRIP // LANES vectors: 16 ROWS·2 sums (64→64 1×1 at 56², 57 → 74 GMAC/s warm;
+# Pixels such a strip computes, in STRIP // LANES vectors: ROWS × 2 = 16 sums (64→64 1×1 at 56², 57 → 74 GMAC/s warm;
 # 48 pixels ran 64→256 faster, 64 → 72, but wastes a third of a 56-pixel row, a tile's row in the distributed run).
 STRIP = 2 * LANES
 # Input floats (256 KiB: a core's share of a Pi 4's L2, half a Pi 5's) of the pixels that every output block of
