@@ -160,8 +160,8 @@ def _tile(typingctx, cb, kw, fetch, w, x, cpitch, rpitch, kh, cin, s, b, out, op
                     channel = LANES * v + c
                     inside = builder.icmp_signed("<", I64(channel), cn)
                     mask = builder.and_(pixels, splat(builder, inside, _HALF_MASK))
-                    at = builder.add(builder.mul(opitch, I64(4 * channel)), I64(4 * q0))
-                    store(builder, row, builder.add(out, at), mask)
+                    offset = builder.add(builder.mul(opitch, I64(4 * channel)), I64(4 * q0))
+                    store(builder, row, builder.add(out, offset), mask)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -376,11 +376,11 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
       tiles waste at most a quarter of their pixels (rows of 7 or 8 outputs take 14; a tile's 1-column border strip
       1 of 14; 14, 28 and 56 none; a 1×1 reading and writing whole rows back to back is one run); a 1×1 with no
       padding and 32 input channels or more or an output of 28² or more: along output channels.
-    Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): rows of 8, 1.33× their time (the figures
-    from 2 to 10 lines up are AMD Zen 4's, with tiles of 7 pixels × 3 vectors); 24 output
+    Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): rows of 8, 1.33× their time; 24 output
     channels along channels, their vectors a quarter empty, 1.1-1.4×; 16 input channels at 14², the transposed
     stores outweighing the sums, 1.15×; a 7×1 conv, 1.03×. Along pixels at 7², 1.2-1.3×. (The caller keeps the convs
-    Winograd takes, and RGB stems, rows.py.)"""
+    Winograd takes, and RGB stems, rows.py.) These figures, and those of the two cases above, are AMD Zen 4's, with
+    tiles of 7 pixels × up to 3 vectors and strips of 16."""
     if not (vectors.ENABLED and x.shape[0] > 0 and rowwise(x)):
         return -1
     flat = _flat(w_shape, stride, x, out_hw[1], pitch or out_hw[1])

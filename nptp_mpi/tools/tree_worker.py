@@ -19,10 +19,10 @@ def _kernels_of(tree: str) -> None:
     install's finder would otherwise supply the installed checkout's kernels, since a tree has no
     nptp_mpi/kernels."""
     folder = os.path.join(tree, "kernels")
-    spec = importlib.util.spec_from_file_location("nptp_mpi.kernels", os.path.join(folder, "__init__.py"),
-                                                  submodule_search_locations=[folder])
-    if spec is None:
+    init = os.path.join(folder, "__init__.py")
+    if not os.path.isfile(init):
         sys.exit(f"{folder} holds no kernels (no __init__.py)")
+    spec = importlib.util.spec_from_file_location("nptp_mpi.kernels", init, submodule_search_locations=[folder])
     module = sys.modules["nptp_mpi.kernels"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
 
