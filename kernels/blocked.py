@@ -59,6 +59,11 @@ TILE_PANEL = 65536
 # 24→144 at 56², 0.40 → 0.34; ResNet-50's 256→64 at 128², 6.9 → 5.8. With 16 inputs (16→96) no gain (+2-4%, within
 # the noise); on a panel's other blocks (the panel then in cache), a few percent lost.
 FETCH_FROM = 24
+# Bytes ahead at which a tile prefetches its weight rows (a line for each it reads a step). A conv's packed weights
+# come from memory once an inference (ResNet-50's: 100 MB), and a block's first tile waited on each line: one thread,
+# weights cold, 2048→512 1×1 at 7², 1.30-1.33 → 0.98 ms (ResNet-50's last stage; onnxruntime 0.67); 3×3 at 14²,
+# 256→256 1.73-1.78 → 1.53-1.58, 512→512 7.7 → 6.1-6.4 (2048 bytes: 1.01-1.05, 1.54-1.69, 6.8-6.9; 8192 as 4096).
+WEIGHTS_AHEAD = 4096
 PANEL = 16384  # input floats (64 KiB) of the pixels _strips runs every block over before it moves on
 PIXELS_FROM = 28 * 28  # output pixels from which a 1×1 runs with its lanes along pixels (14²: within ±5%; 7²: slower)
 STRIPS_BELOW = 256  # input channels below which such a 1×1 runs along pixels whatever its outputs (lanes())
@@ -130,6 +135,8 @@ def _tile(typingctx, cb, kw, fetch, w, x, cpitch, rpitch, kh, cin, s, b, out, op
         if fetch:  # (the row's first and last pixels: at a stride of 2 a tile's 14 span two lines)
             vectors.prefetch(builder, builder.add(at, ahead))
             vectors.prefetch(builder, builder.add(at, builder.add(ahead, offsets[PIX - 1])))
+        for u in range(cb * kw):  # (the weight rows WEIGHTS_AHEAD bytes on, a line per line this step reads)
+            vectors.prefetch(builder, builder.add(row_w, I64(WEIGHTS_AHEAD + 64 * u)))
         for kx in range(kw):
             weights = [vector(builder, builder.add(row_w, I64(4 * LANES * (cb * kx + v)))) for v in range(cb)]
             for q in range(PIX):
