@@ -220,14 +220,27 @@ def _gemm_conv(p: np.ndarray, wm: np.ndarray, out: np.ndarray, kernel: tuple[int
 
 
 @per_arguments
-def winograd_pays(w_shape: tuple, stride: tuple, dilation: tuple, out_hw: tuple) -> bool:
+def winograd_pays(w_shape: tuple, stride: tuple, dilation: tuple, out_hw: tuple, gemm: bool = False) -> bool:
     """Whether a 3×3 stride-1 conv runs faster by Winograd F(4×4, 3×3) than by im2col (measured with caches
     cold, one thread, docs/BENCHMARKS.md): from 16 input channels, 14 output rows and columns, and an output of
     16·28² pixel-channels (min(cin, cout) × rows × cols: 64 channels from 14², 16 from 28²). Below, the
     transforms and the GEMMs' short rows eat the saving; a thinner region wastes most of its 4×4 tiles, as a
-    halo strip would."""
+    halo strip would. gemm: the vector GEMM takes the conv (blocked.takes); then from WINOGRAD_BESIDE_GEMM rows
+    and columns."""
+    least = WINOGRAD_BESIDE_GEMM if gemm else 14
     return (tuple(w_shape[2:]) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
-            and w_shape[1] >= 16 and min(out_hw) >= 14 and min(w_shape[:2]) * out_hw[0] * out_hw[1] >= 16 * 28 * 28)
+            and w_shape[1] >= 16 and min(out_hw) >= least
+            and min(w_shape[:2]) * out_hw[0] * out_hw[1] >= 16 * 28 * 28)
+
+
+# Output rows and columns from which Winograd runs a 3×3 the vector GEMM takes. Its transformed weights, 4× the
+# weights, come from memory each inference and pay only over enough 4×4 tiles; the GEMM's tiles of 14 pixels waste
+# none on rows of 14 or 28. One thread, weights cold (ms, Winograd → GEMM): 256→256 at 14² (ResNet-50's third stage
+# at 224²), 2.34-2.47 → 1.53-1.58; 512→512 at 14², 8.1 → 6.1-6.4; 128→128 at 14², 0.66 → 0.38; 64→64, 0.19 → 0.11;
+# 28 rows × 14, 256→256 3.1 → 2.6, 128→128 1.0 → 0.64; 20 rows × 14, 2.7 → 2.1. From 21²: 256→256 at 21², 3.4 → 4.2;
+# at 24², 3.5 → 4.6; 128→128 at 28², 1.2 → 1.4. (14 rows × 42, 256→256: 3.7 → 4.6, the one shape measured where this
+# rule picks the slower.)
+WINOGRAD_BESIDE_GEMM = 21
 
 
 def _slab(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kernel: tuple[int, int],
@@ -283,8 +296,9 @@ class ConvCall:
         if 0 in self.shape:
             return
         ob = rows.kind(w.shape, groups, stride, dilation, x, self.shape[2])
-        self.wino = groups == 1 and winograd_pays(w.shape, stride, dilation, self.shape[1:])
-        lanes = -1 if ob or self.wino else blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:])
+        lanes = -1 if ob else blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:])
+        self.wino = groups == 1 and winograd_pays(w.shape, stride, dilation, self.shape[1:], lanes >= 0)
+        lanes = -1 if self.wino else lanes
         # Straight into `into` where the kernel can write it and what is left after it (a residual, the rest of an
         # activation: _finish) can be added there in place, on into's planes (layout.planes): the vector kernels at
         # into's row pitch, if the vector GEMM also takes the conv with into's rows apart (a 1×1 it runs over the

@@ -495,6 +495,11 @@ def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():
     assert not winograd_pays((16, 3, 3, 3), (1, 1), (1, 1), (40, 40))
     assert not winograd_pays((512, 512, 3, 3), (1, 1), (1, 1), (7, 7))  # ResNet-50's last stage at 224²
     assert not winograd_pays((64, 16, 3, 3), (1, 1), (1, 1), (20, 20))  # too few channels for the pixels
+    # beside the vector GEMM (gemm): from WINOGRAD_BESIDE_GEMM rows and columns
+    assert winograd_pays((256, 256, 3, 3), (1, 1), (1, 1), (14, 14))
+    for out_hw in ((14, 14), (28, 14), (14, 28)):
+        assert not winograd_pays((256, 256, 3, 3), (1, 1), (1, 1), out_hw, True)
+    assert winograd_pays((256, 256, 3, 3), (1, 1), (1, 1), (21, 21), True)
     wt = randn((8, 16, 3, 3))
     u = winograd.filter_transform(wt)
     assert winograd.filter_transform(wt) is u and winograd.filter_transform(wt.copy()) is not u
@@ -794,8 +799,8 @@ def test_a_conv_into_a_view_of_a_tile_buffer_writes_that_view_alone(n, act, resi
     view[...] = np.nan
     assert np.isnan(buf).all()  # (nothing written outside the view)
     takes = [conv.blocked.takes(wt.shape, g, s, pads, d, x, out_hw, pitch) for pitch in (None, buf.shape[2])]
-    by_vectors = rows.kind(wt.shape, g, s, d, x, out_hw[1]) or (not conv.winograd_pays(wt.shape, s, d, out_hw)
-                                                                 and all(takes))
+    by_vectors = rows.kind(wt.shape, g, s, d, x, out_hw[1]) or (not conv.winograd_pays(wt.shape, s, d, out_hw,
+                                                                                         takes[0]) and all(takes))
     assert copies == ([] if by_vectors and act != "silu" and not residual else [True])
     regions, views = [(0, 0, out_hw[0], 2), (0, 2, out_hw[0], out_hw[1])], [view[:, :, :2], view[:, :, 2:]]
     parts = None if res is None else [res[:, :, :2], res[:, :, 2:]]
@@ -855,8 +860,9 @@ def test_a_conv_into_a_buffers_map_writes_it_in_place(n, act, residual, vector, 
     assert K.conv2d(*args, act, residual=res, into=buf[:, :oh]) is not None
     np.testing.assert_array_equal(buf[:, :oh], want)
     assert np.isnan(buf[:, oh:]).all()
-    indexed = g > 1 and wt.shape[1] == 1 or g == 1 and conv.winograd_pays(wt.shape, s, d, (oh, ow))
-    by_vectors = rows.kind(wt.shape, g, s, d, x, ow) or conv.blocked.takes(wt.shape, g, s, pads, d, x, (oh, ow))
+    gemm = conv.blocked.takes(wt.shape, g, s, pads, d, x, (oh, ow))
+    indexed = g > 1 and wt.shape[1] == 1 or g == 1 and conv.winograd_pays(wt.shape, s, d, (oh, ow), gemm)
+    by_vectors = rows.kind(wt.shape, g, s, d, x, ow) or gemm
     assert copies == ([] if by_vectors or indexed else [True])
 
 
