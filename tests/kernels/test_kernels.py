@@ -278,10 +278,12 @@ def test_rows_take_what_they_fit(monkeypatch):
 # Dense convs by the vector GEMM (kernels/blocked.py): (cin, cout, h, w, kernel, stride, pads, whether it takes
 # them). Output channels 1 and 2 vectors a tile (16, 48; 32, 64) and three blocks of 2 (96); runs of whole tiles of
 # 14 pixels, runs whose last tile shifts back (49, 55 and 26 pixels), runs shorter than a tile (12 pixels, flat and
-# at stride (2, 1); 13 at stride 2), each partly in its second half of 8 pixels; strides (2, 2), (1, 2) and (1, 3);
-# few input channels on a map big enough; 3×3 convs with and without padding at strides 1 and 2, a 7×7 RGB stem, a
-# 1×7 conv; 1×1s at stride 1 on maps of 28² or more with their lanes along pixels (16 inputs to 96 outputs, 24 and 8
-# outputs: 12, 3 and 1 blocks of 8; runs of 784, 840 and 924 pixels, the last strip of 32 pixels 16, 8 and 28 long).
+# at stride (2, 1); 13 at stride 2), each partly in its second half of 8 pixels; 1×1s at strides (2, 2), (1, 2),
+# (2, 1) and (1, 3), their pixels gathered into one run (196, 126, 60, 70 pixels; rows of 7 into 49); few input
+# channels on a map big enough; 3×3 convs with and without padding at strides 1 and 2, one at 14² that Winograd
+# takes beside BLAS (conv.WINOGRAD_BESIDE_GEMM), a 7×7 RGB stem, a 1×7 conv; 1×1s at stride 1 on maps of 28² or more
+# with their lanes along pixels (16 inputs to 96 outputs, 24 and 8 outputs: 12, 3 and 1 blocks of 8; runs of 784, 840
+# and 924 pixels, the last strip of 32 pixels 16, 8 and 28 long).
 # BLAS keeps 24 outputs on a small map (vectors a quarter empty), 20 outputs, 16 inputs on a small map, a padded
 # 1×1, 5×5 and 3×1 kernels and rows whose tiles waste more than a quarter (rows of 8, 7 and 3 outputs).
 BLOCKED = [
@@ -292,8 +294,11 @@ BLOCKED = [
     (32, 64, 9, 28, 1, (1, 2), (0, 0, 0, 0), True),
     (48, 32, 10, 12, 1, (2, 1), (0, 0, 0, 0), True),
     (32, 16, 5, 40, 1, (1, 3), (0, 0, 0, 0), True),
+    (64, 32, 14, 14, 1, (2, 2), (0, 0, 0, 0), True),
     (24, 32, 9, 12, 3, (1, 1), (1, 1, 1, 1), True),
+    (16, 32, 9, 12, 3, (2, 1), (1, 1, 1, 1), True),
     (16, 48, 13, 27, 3, (2, 2), (1, 0, 0, 1), True),
+    (64, 64, 14, 14, 3, (1, 1), (1, 1, 1, 1), True),
     (20, 16, 9, 16, 3, (1, 1), (0, 0, 0, 0), True),
     (3, 32, 19, 29, 7, (2, 2), (3, 2, 3, 1), True),
     (24, 32, 9, 26, (1, 7), (1, 1), (0, 3, 0, 3), True),
@@ -409,8 +414,9 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
     assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), 12)
     # Lanes along pixels (0) for an unpadded 1×1 at stride 1 with outputs a multiple of 8 from 28² on, fewer than
     # 256 inputs or outputs no multiple of 16, on runs whose strips of 32 waste at most a quarter; else along output
-    # channels (cb), or not at all (-1).
-    wide = np.zeros((blocked.STRIPS_BELOW, 28, 28), np.float32)
+    # channels (cb), or not at all (-1). A 1×1 at stride 2 is one at stride 1 over its pixels gathered: from 56² to
+    # 28² along pixels; rows of 7 one run of 49, but not into rows 9 floats apart (runs of 7).
+    wide, deep = np.zeros((blocked.STRIPS_BELOW, 28, 28), np.float32), np.zeros((512, 14, 14), np.float32)
     for w_shape, xx, out_hw, pitch, lanes in [((96, 16, 1, 1), big[:16], (56, 56), None, 0),
                                                ((24, 32, 1, 1), big, (56, 56), None, 0),
                                                ((64, 16, 1, 1), big[:16, :28, :28], (28, 28), None, 0),
@@ -422,7 +428,9 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
                                                ((64, 16, 1, 1), big[:16], (56, 56), 60, 0),
                                                ((64, 32, 1, 1), big[:, :, :14], (56, 14), 20, 2),
                                                ((24, 32, 1, 1), big[:, :, :14], (56, 14), 20, -1),
-                                               ((64, 32, 1, 1), big, (28, 28), None, 2)]:
+                                               ((64, 32, 1, 1), big, (28, 28), None, 0),
+                                               ((64, 512, 1, 1), deep, (7, 7), None, 2),
+                                               ((64, 512, 1, 1), deep, (7, 7), 9, -1)]:
         assert blocked.lanes(w_shape, 1, (1, 1) if out_hw[0] == xx.shape[1] else (2, 2), no, (1, 1), xx, out_hw,
                               pitch) == lanes, (w_shape, out_hw, pitch)
     for xx in (x.astype(np.float64), x[:, :, ::2]):
@@ -440,6 +448,16 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
     np.testing.assert_allclose(out[:40], np.einsum("oc,chw->ohw", w[:, :, 0, 0], x) + b[:, None, None], rtol=1e-5,
                                atol=1e-5)
     assert (out[40] == 7.0).all()
+
+
+def test_a_gathered_copys_planes_lie_an_odd_number_of_cache_lines_apart():
+    """blocked._pitch: room for the plane, whole lines of 16 floats, an odd count of them (64² planes back to back lie
+    4 KiB apart: every channel's pixel in one cache set)."""
+    from nptp_mpi.kernels import blocked
+
+    for n in (1, 16, 49, 196, 784, 1024, 4096, 4097, 16384):
+        pitch = blocked._pitch(n)
+        assert pitch >= n and pitch % 16 == 0 and (pitch // 16) % 2 == 1 and pitch - n < 32, (n, pitch)
 
 
 def test_the_vector_gemms_threads_split_the_blocks_unless_the_pixels_split_more_evenly():
