@@ -8,7 +8,8 @@ is PIX pixels × 16·cb channels in PIX·cb registers, each input one broadcast,
 runs over the input rows the taps read (cin·kh), a kernel row's kw taps unrolled, read straight from the (padded)
 input slab: no im2col. The bias starts the sums, the clamp is applied in registers, and the tile is transposed in
 registers (8 pixels × 16 channels at a time into 16 rows of 8) and stored into the NCHW output with masks. A 1×1 conv
-reads its input where it lies, at any row pitch and column stride: it copies nothing. (A residual added in the kernel,
+at stride 1 reads its input where it lies, at any row pitch: it copies nothing; at a stride it first gathers the pixels
+it reads into a copy (_gathered), then runs as one at stride 1 over it. (A residual added in the kernel,
 in registers or in a pass over each block's rows while in cache, ran no faster than conv.py's pass after the conv:
 ResNet-50's 64→256 at 56², 1.35 and 1.23 against 1.18 ms.)
 
@@ -19,7 +20,8 @@ inputs cost as much as the sums. Both write any output whose rows are contiguous
 a halo: dest()).
 
 Both run every output block over a panel of pixels before the next panel (TILE_PANEL, PANEL), and a panel's first
-block prefetches, a row each step of its loop, the inputs of the next (FETCH_FROM).
+block prefetches, a row each step of its loop, the inputs of the next (FETCH_FROM); every tile prefetches its weight
+rows WEIGHTS_AHEAD bytes on.
 """
 
 from __future__ import annotations
@@ -370,7 +372,8 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
     """How conv() runs this conv into an output whose rows lie `pitch` floats apart (None: back to back): -1 not at
     all, 0 lanes along pixels (_strip), else lanes along output channels (cb, _tile). On a vector host, for x
     float32 with its rows contiguous, a conv of one group without dilation:
-    - a 1×1 at stride 1 with no padding, output channels a multiple of ROWS, an output of 28² or more, and fewer
+    - a 1×1 at stride 1 (or at a stride, over its gathered pixels) with no padding, output channels a multiple of
+      ROWS, an output of 28² or more, and fewer
       than STRIPS_BELOW input channels (along channels the transposed stores cost a share of the sums that grows as
       the inputs shrink) or output channels no multiple of 16 (along channels, vectors partly empty): along pixels,
       on runs whose strips of STRIP pixels waste at most a quarter. MobileNetV2's 16→96 at 112²: 0.65 → 0.41 ms, at
@@ -381,7 +384,8 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
       256→1024 at 32² 1.03-1.04; 512→128 at 64², 1024→256 at 32² within ±5%): along channels;
     - else a kernel width compiled (WIDTHS; of those 1 wide, 1×1 alone), output channels a multiple of 16, runs whose
       tiles waste at most a quarter of their pixels (rows of 7 or 8 outputs take 14; a tile's 1-column border strip
-      1 of 14; 14, 28 and 56 none; a 1×1 reading and writing whole rows back to back is one run); a 1×1 with no
+      1 of 14; 14, 28 and 56 none; a 1×1 reading and writing whole rows back to back is one run, as is one at a
+      stride over its gathered pixels); a 1×1 with no
       padding and 32 input channels or more or an output of 28² or more: along output channels.
     Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): rows of 8, 1.33× their time; 24 output
     channels along channels, their vectors a quarter empty, 1.1-1.4×; 16 input channels at 14², the transposed
