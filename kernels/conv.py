@@ -233,13 +233,12 @@ def winograd_pays(w_shape: tuple, stride: tuple, dilation: tuple, out_hw: tuple,
             and min(w_shape[:2]) * out_hw[0] * out_hw[1] >= 16 * 28 * 28)
 
 
-# Output rows and columns from which Winograd runs a 3×3 the vector GEMM takes. Its transformed weights, 4× the
-# weights, come from memory each inference and pay only over enough 4×4 tiles; the GEMM's tiles of 14 pixels waste
-# none on rows of 14 or 28. One thread, weights cold (ms, Winograd → GEMM): 256→256 at 14² (ResNet-50's third stage
-# at 224²), 2.34-2.47 → 1.53-1.58; 512→512 at 14², 8.1 → 6.1-6.4; 128→128 at 14², 0.66 → 0.38; 64→64, 0.19 → 0.11;
-# 28 rows × 14, 256→256 3.1 → 2.6, 128→128 1.0 → 0.64; 20 rows × 14, 2.7 → 2.1. From 21²: 256→256 at 21², 3.4 → 4.2;
-# at 24², 3.5 → 4.6; 128→128 at 28², 1.2 → 1.4. (14 rows × 42, 256→256: 3.7 → 4.6, the one shape measured where this
-# rule picks the slower.)
+# Output rows and columns from which Winograd runs a 3×3 the vector GEMM takes. Inside a model its transformed weights
+# (4× the weights) and its transform buffers come from memory each call, and pay only over enough 4×4 tiles; the
+# GEMM's tiles of 14 pixels waste none on rows of 14 or 28. With 14 here, one thread, ResNet-50 at 224² (its third
+# stage's 256→256 at 14²) took 1.04-1.08× this rule's time and VGG-16 (512→512 at 14²) 1.03-1.04× (bench models
+# --against). Alone, weights cold, the two tie at 14² (256→256: 1.61 against 1.75 ms; 512→512: 7.3 against 7.6) and
+# Winograd wins from 21² (256→256 at 21²: 3.8 against 4.5; at 24², 3.9 against 5.1; 128→128 at 28², 1.28 against 1.44).
 WINOGRAD_BESIDE_GEMM = 21
 
 
