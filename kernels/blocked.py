@@ -425,10 +425,10 @@ def _fits(run: int, width: int) -> bool:
 
 
 def _gathered(w_shape: tuple[int, ...], stride: tuple[int, int]) -> bool:
-    """Whether conv() first gathers the pixels this conv reads into a contiguous copy: a 1×1 at a stride. Read in
-    place at a stride, its tiles of 14 spanned twice the lines and its rows of 7 (ResNet-50's last stage) went to
-    BLAS. One thread, weights cold, strided → gathered (ms): 1024→2048 from 14², 2.56-2.79 → 1.77-1.80; 512→1024 from
-    28², 1.87 → 1.53-1.57; 256→512 and 128→256 from 56², within ±3%."""
+    """Whether conv() first gathers the pixels this conv reads into a copy (its planes _pitch apart, its rows back to
+    back): a 1×1 at a stride. Read in place at a stride, its tiles of 14 spanned twice the lines and its rows of 7
+    (ResNet-50's last stage) went to BLAS. One thread, weights cold, strided → gathered (ms): 1024→2048 from 14²,
+    2.56-2.79 → 1.77-1.80; 512→1024 from 28², 1.87 → 1.53-1.57; 256→512 and 128→256 from 56², within 4%."""
     return tuple(w_shape[2:]) == (1, 1) and tuple(stride) != (1, 1)
 
 
@@ -436,7 +436,8 @@ def _pitch(n: int) -> int:
     """Floats from one plane of n values to the next in a gathered copy: an odd number of cache lines, so that the
     planes' lines at a pixel spread over every set of the L1 cache. Planes of 64² or 32² (a 512² image's) back to
     back lie a multiple of 4 KiB apart, all in one set: ResNet-50's 256→512 1×1 at stride 2 from 128², 14.1 ms
-    gathered back to back."""
+    gathered back to back, 11.1 so. (layout.spare_rows pads by whole rows, for the kernels that need a C-contiguous
+    buffer; this copy is read by address alone, so any pitch serves.)"""
     lines = -(-n // 16)
     return 16 * (lines + 1 - lines % 2)
 
@@ -467,22 +468,21 @@ def launcher(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: 
     lanes() chose, for any x and out laid out as these (out's rows contiguous: dest()). Window, packed weights and
     the kernel's arguments are worked out here, once: a call passes two addresses."""
     cout, cin, kh, kw = w.shape
-    gathered = _gathered(w.shape, stride)
+    _, _, oh, ow, ocs, ors = dest(out)
+    # a 1×1 at a stride: the buffer its pixels are gathered into, made once (every call gathers into it)
+    copy = np.empty((cin, _pitch(oh * ow)), np.float32)[:, :oh * ow].reshape(cin, oh, ow) \
+        if _gathered(w.shape, stride) else None
 
     def slab(x: np.ndarray) -> np.ndarray:
-        """What the kernel reads of x: the window (a view of x where no pad is read, else a padded copy); for a 1×1
-        at a stride, the pixels it reads gathered into a copy."""
+        """What the kernel reads of x: the window (a view of x where no pad is read, else a padded copy), or the
+        pixels of it a 1×1 at a stride reads, gathered into `copy`."""
         p = window(x, origin, in_hw, (kh, kw), stride, pads, (1, 1), region, 0.0)
-        if not gathered:
+        if copy is None:
             return p
-        picked = p[:, ::stride[0], ::stride[1]]
-        c, h, w = picked.shape
-        g = np.empty((c, _pitch(h * w)), np.float32)[:, :h * w].reshape(c, h, w)
-        np.copyto(g, picked)
-        return g
+        np.copyto(copy, p[:, ::stride[0], ::stride[1]])
+        return copy
 
-    p, s = slab(x), (1, 1) if gathered else stride
-    _, _, oh, ow, ocs, ors = dest(out)
+    p, s = slab(x), stride if copy is None else (1, 1)
     cs, rs = p.strides[0] // 4, p.strides[1] // 4
     if _flat(w.shape, s, p, ow, ors):
         runs, run, rstep = 1, oh * ow, 0
