@@ -7,7 +7,8 @@ channel-blocked (NCHWc) convs do, over weights packed once per weight array as [
 is PIX pixels × 16·cb channels in PIX·cb registers, each input one broadcast, each weight row cb loads. The loop
 runs over the input rows the taps read (cin·kh), a kernel row's kw taps unrolled, read straight from the (padded)
 input slab: no im2col. The bias starts the sums, the clamp is applied in registers, and the tile is transposed in
-registers (8 pixels × 16 channels at a time into 16 rows of 8) and stored into the NCHW output with masks. A 1×1 conv
+registers (8 pixels × 16 channels at a time into 16 rows of 8) and stored into the NCHW output with masks (a tile
+that wraps from one output row onto the next, each row's part with its own mask). A 1×1 conv
 at stride 1 reads its input where it lies, at any row pitch: it copies nothing; at a stride it first gathers the pixels
 it reads into a copy (_gathered), then runs as one at stride 1 over it. (A residual added in the kernel,
 in registers or in a pass over each block's rows while in cache, ran no faster than conv.py's pass after the conv:
@@ -40,10 +41,11 @@ from .vectors import I32, I64, LANES, VB, VF, VI, address, clamp, dest, fma, loa
 from .window import window
 
 # Pixels a tile computes, and the channel vectors it may (cb: the one that pads the output channels least): 14 × 2,
-# 28 sums in registers. Rows of 14²-112² maps are whole tiles, a longer run's last tile shifts back; rows of 7 go to
-# BLAS. On a core with two 512-bit FMA pipes (Intel Xeon, AVX-512) 7 × 3 left them waiting: 1024→256 1×1 at 14²,
+# 28 sums in registers. Rows of 14, 28, 56 and 112 are whole tiles; rows of 7 or more that 14 does not divide are one
+# run over the map that wraps from row to row (_wraps), a run's last tile shifting back; narrower rows go to BLAS. On
+# a core with two 512-bit FMA pipes (Intel Xeon, AVX-512) 7 × 3 left them waiting: 1024→256 1×1 at 14²,
 # 66 → 80 GMAC/s warm (7 × 3: 74). One thread, warm, against 7 × 2 (ms): 1024→256 at 14², 0.69-0.75 → 0.63-0.65;
-# now BLAS's, 512→512 3×3 at 7², 2.44-2.47 → 2.26-2.30, and at stride 2 from 14², 3.03 → 2.27; but 256→256 3×3 at
+# 512→512 3×3 at 7² (then), 2.44-2.47 → 2.26-2.30, and at stride 2 from 14², 3.03 → 2.27; but 256→256 3×3 at
 # stride 2 from 14², 0.53-0.55 → 0.63.
 PIX = 14
 CBS = (2, 1)
@@ -69,6 +71,7 @@ WEIGHTS_AHEAD = 4096
 PANEL = 16384  # input floats (64 KiB) of the pixels _strips runs every block over before it moves on
 PIXELS_FROM = 28 * 28  # output pixels from which a 1×1 runs with its lanes along pixels (14²: within ±5%; 7²: slower)
 STRIPS_BELOW = 256  # input channels below which such a 1×1 runs along pixels whatever its outputs (lanes())
+ROW = 1 << 40  # (_tiles' `width` for runs that never wrap: longer than any)
 WIDTHS = (1, 3, 7)  # kernel widths compiled (each its own unrolled taps; any height, but 1×1 alone 1 wide)
 _HALF, _HALF_MASK = ir.VectorType(I32, 8), ir.VectorType(VB.element, 8)  # (a row of 8 pixels: its lanes, its mask)
 
@@ -98,27 +101,41 @@ def _transpose(builder: ir.IRBuilder, columns: list[ir.Value]) -> list[ir.Value]
 
 
 @intrinsic(prefer_literal=True)
-def _tile(typingctx, cb, kw, fetch, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n, cn, ahead, lo, hi):
-    """For c < cn ≤ 16·cb and q < n ≤ PIX: out[c·opitch + q] = clamp(b[c] + Σ w[((i·kh + ky)·kw + kx)·16·cb + c] ·
-    x[i·cpitch + ky·rpitch + kx + q·s], lo, hi) over i < cin, ky < kh, kx < kw (addresses; cb, kw and fetch
-    constants, literals: each its own code): output channels c of one block, pixels q of one run. fetch: each input
-    row read also prefetched `ahead` bytes on (the next panel's)."""
-    constants = (cb, kw, fetch)
+def _tile(typingctx, cb, kw, fetch, wraps, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n, cn, ahead, brk, width,
+          ijump, ojump, lo, hi):
+    """For c < cn ≤ 16·cb and q < n ≤ PIX: out[c·opitch + q + k·ojump] = clamp(b[c] + Σ w[((i·kh + ky)·kw + kx)·16·cb
+    + c] · x[i·cpitch + ky·rpitch + kx + q·s + k·ijump], lo, hi) over i < cin, ky < kh, kx < kw, where k = (q ≥ brk) +
+    (q ≥ brk + width) (addresses; cb, kw, fetch and wraps constants, literals: each its own code): output channels c
+    of one block, pixels q of one run, which from pixel brk on wraps onto the rows below (k: rows down; wraps False: k
+    = 0, none). fetch: each input row read also prefetched `ahead` bytes on (the next panel's)."""
+    constants = (cb, kw, fetch, wraps)
     if not all(isinstance(t, (types.IntegerLiteral, types.BooleanLiteral)) for t in constants):
-        raise TypeError(f"blocked._tile: cb, kw and fetch must be compile-time constants, not {constants}")
-    sig = types.void(*constants, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n, cn, ahead, lo, hi)
-    cb, kw, fetch = (t.literal_value for t in constants)
+        raise TypeError(f"blocked._tile: cb, kw, fetch and wraps must be compile-time constants, not {constants}")
+    sig = types.void(*constants, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n, cn, ahead, brk, width, ijump,
+                     ojump, lo, hi)
+    cb, kw, fetch, wraps = (t.literal_value for t in constants)
 
     def codegen(context, builder, signature, args):
-        w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n, cn, ahead = (
-            context.cast(builder, a, t, types.int64) for a, t in zip(args[3:16], signature.args[3:16], strict=True))
-        lo, hi = args[16:]
-        # Pixel q reads column q·s of its run; past n (a run shorter than a tile) it reads pixel n-1 again (nothing
-        # past the run is read) and is not stored.
+        w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n, cn, ahead, brk, width, ijump, ojump = (
+            context.cast(builder, a, t, types.int64) for a, t in zip(args[4:21], signature.args[4:21], strict=True))
+        lo, hi = args[21:]
+        # Pixel q reads column q·s of its run, k·ijump floats on past its k-th row break; past n (a run shorter than
+        # a tile) it reads pixel n-1 again (nothing past the run is read) and is not stored. (_tiles passes whole
+        # tiles that don't wrap n = PIX, a constant, and no breaks: with a variable n or the breaks in the offsets,
+        # LLVM gave each pixel its own pointer, stepped and spilled every step, and ResNet-50's 1×1s along channels
+        # ran 20-35% slower; tiles that wrap, and short ones, run that code.)
         last = builder.sub(n, I64(1))
-        s4 = builder.mul(s, I64(4))
-        offsets = [builder.mul(builder.select(builder.icmp_signed("<", I64(q), n), I64(q), last), s4)
-                   for q in range(PIX)]
+        second = builder.add(brk, width)  # (the pixel of the second row break)
+        offsets = []
+        for q in range(PIX):
+            qq = builder.select(builder.icmp_signed("<", I64(q), n), I64(q), last)
+            if wraps:
+                k = builder.add(builder.zext(builder.icmp_signed(">=", qq, brk), I64),
+                                builder.zext(builder.icmp_signed(">=", qq, second), I64))
+                qq = builder.add(builder.mul(qq, s), builder.mul(k, ijump))
+            else:
+                qq = builder.mul(qq, s)
+            offsets.append(builder.mul(qq, I64(4)))
         # The loop runs over the input rows the taps read, i < cin·kh (channel i // kh, kernel row ky = i % kh): `at`
         # steps a row down, or at the last kernel row on to the next channel's first. (kw = 1: a 1×1 conv, kh = 1,
         # takes(); there every step is on to the next channel, with no kernel row to count: on two threads
@@ -160,20 +177,33 @@ def _tile(typingctx, cb, kw, fetch, w, x, cpitch, rpitch, kh, cin, s, b, out, op
                 accs[q][v].add_incoming(sums[q][v], builder.block)
         builder.cbranch(builder.icmp_signed("<", following, builder.mul(cin, kh)), loop, done)
         builder.position_at_end(done)
-        for q0 in range(0, PIX, 8):  # (8 pixels at a time: pixels q0..q0+7 of each output channel, a row of 8)
-            pixels = builder.icmp_signed("<", ir.Constant(_HALF, list(range(q0, q0 + 8))),
-                                         splat(builder, builder.trunc(n, I32), _HALF))
-            for v in range(cb):
-                rows = _transpose(builder, [clamp(builder, sums[min(q0 + q, PIX - 1)][v], lo, hi) for q in range(8)])
-                for c, row in enumerate(rows):
-                    channel = LANES * v + c
-                    inside = builder.icmp_signed("<", I64(channel), cn)
-                    mask = builder.and_(pixels, splat(builder, inside, _HALF_MASK))
-                    offset = builder.add(builder.mul(opitch, I64(4 * channel)), I64(4 * q0))
-                    store(builder, row, builder.add(out, offset), mask)
+        _store(builder, sums, cb, n, cn, out, opitch, lo, hi, (brk, second, ojump) if wraps else None)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _store(builder: ir.IRBuilder, sums: list[list[ir.Value]], cb: int, n: ir.Value, cn: ir.Value, out: ir.Value,
+           opitch: ir.Value, lo: ir.Value, hi: ir.Value, breaks: tuple[ir.Value, ir.Value, ir.Value] | None) -> None:
+    """A tile's sums clamped, transposed and stored: channel c < cn of pixel q < n at out[c·opitch + q + k·ojump],
+    k the row breaks (brk, second) at or before q (breaks None: none)."""
+    for q0 in range(0, PIX, 8):  # (8 pixels at a time: pixels q0..q0+7 of each output channel, a row of 8)
+        lanes = ir.Constant(_HALF, list(range(q0, q0 + 8)))
+        pixels = builder.icmp_signed("<", lanes, splat(builder, builder.trunc(n, I32), _HALF))
+        parts = [(pixels, I64(0))]
+        if breaks is not None:  # (its pixels before the first row break, between the two, past the second)
+            brk, second, ojump = breaks
+            k = [builder.icmp_signed(">=", lanes, splat(builder, builder.trunc(q, I32), _HALF)) for q in (brk, second)]
+            parts = [(builder.and_(pixels, m), builder.mul(ojump, I64(4 * j))) for j, m in enumerate((
+                builder.not_(k[0]), builder.and_(k[0], builder.not_(k[1])), k[1]))]
+        for v in range(cb):
+            rows = _transpose(builder, [clamp(builder, sums[min(q0 + q, PIX - 1)][v], lo, hi) for q in range(8)])
+            for c, row in enumerate(rows):
+                channel = LANES * v + c
+                inside = splat(builder, builder.icmp_signed("<", I64(channel), cn), _HALF_MASK)
+                offset = builder.add(builder.mul(opitch, I64(4 * channel)), I64(4 * q0))
+                for mask, shift in parts:
+                    store(builder, row, builder.add(out, builder.add(offset, shift)), builder.and_(mask, inside))
 
 
 @intrinsic(prefer_literal=True)
@@ -235,11 +265,10 @@ def _panel(floats, width, step):
 
 
 @njit(cache=True, inline="always")
-def _ahead(panel, s, kh, cin, p0, q1):
-    """How far ahead (bytes) the first block over pixels [p0, p0 + panel) of a run ending at q1 (its inputs s floats
-    apart along rows) prefetches the next panel's inputs: not at all (0) for fewer than FETCH_FROM input rows
-    (cin·kh), nor on a run's last panel."""
-    return 4 * panel * s if cin * kh >= FETCH_FROM and p0 + panel < q1 else 0
+def _ahead(floats, kh, cin, more):
+    """How far ahead (bytes) the first block over a panel of pixels prefetches the next panel's inputs, `floats` on:
+    not at all (0) for fewer than FETCH_FROM input rows (cin·kh), nor on a run's last panel (more False)."""
+    return 4 * floats if cin * kh >= FETCH_FROM and more else 0
 
 
 @njit(cache=True, inline="always")
@@ -252,7 +281,7 @@ def _strips(w, b, x, cs, cin, out, ocs, ors, b0, b1, rstep, r0, r1, q0, q1, lo, 
     for r in range(r0, r1):
         xr, orow = x + 4 * r * rstep, out + 4 * r * ors
         for p0 in range(q0, q1, panel):
-            ahead = _ahead(panel, 1, 1, cin, p0, q1)
+            ahead = _ahead(panel, 1, cin, p0 + panel < q1)
             for blk in range(b0, b1):
                 wb, bb, ob = w + 4 * blk * cin * ROWS, b + 4 * blk * ROWS, orow + 4 * blk * ROWS * ocs
                 for p in range(p0, min(q1, p0 + panel), STRIP):
@@ -264,59 +293,66 @@ def _strips(w, b, x, cs, cin, out, ocs, ors, b0, b1, rstep, r0, r1, q0, q1, lo, 
 
 
 @njit(cache=True, inline="always")
-def _tiles(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi):
+def _tiles(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi):
     """Output channel blocks [b0, b1) (16·cb channels each), pixels [q0, q1) of runs [r0, r1): pixel q of run r
     reads x from r·rstep + q·s floats on (channels cs apart, rows rs apart) and writes out at r·ors + q (channels
-    ocs apart); every block in turn over a panel of pixels whose inputs fit TILE_PANEL. The last tile of a run of
-    PIX or more starts PIX before its end (its pixels computed twice, to the same bits)."""
+    ocs apart), or, in a run that wraps onto the rows below every `width` pixels (one run, r = 0), pixel q = y·width
+    + z of it at y·rstep + z·s and y·ors + z; every block in turn over a panel of pixels whose inputs fit TILE_PANEL.
+    The last tile of a run of PIX or more starts PIX before its end (its pixels computed twice, to the same bits)."""
     lanes = LANES * cb
     panel = _panel(TILE_PANEL, PIX, cin * kh * kw * s)
+    ijump, ojump = rstep - width * s, ors - width  # (floats from a row's end to the next row's start, in and out)
     for r in range(r0, r1):
         xr = x + 4 * r * rstep
         for p0 in range(q0, q1, panel):
-            ahead = _ahead(panel, s, kh, cin, p0, q1)
+            ahead = _ahead(panel // width * rstep + panel % width * s, kh, cin, p0 + panel < q1)
             for blk in range(b0, b1):
                 c0 = blk * lanes
                 cn, wb, bb = min(lanes, cout - c0), w + 4 * blk * cin * kh * kw * lanes, b + 4 * c0
                 orow = out + 4 * (c0 * ocs + r * ors)
-                if q1 - q0 < PIX:
-                    _tile(cb, kw, False, wb, xr + 4 * q0 * s, cs, rs, kh, cin, s, bb, orow + 4 * q0, ocs, q1 - q0, cn,
-                          0, lo, hi)
-                    continue
                 for p in range(p0, min(q1, p0 + panel), PIX):
-                    q = min(p, q1 - PIX)
-                    xq, oq = xr + 4 * q * s, orow + 4 * q
-                    if blk == b0 and ahead:  # (fetch a literal: each branch its own loop)
-                        _tile(cb, kw, True, wb, xq, cs, rs, kh, cin, s, bb, oq, ocs, PIX, cn, ahead, lo, hi)
+                    q = max(q0, min(p, q1 - PIX))
+                    y, z = q // width, q % width
+                    xq, oq, n = xr + 4 * (y * rstep + z * s), orow + 4 * (y * ors + z), min(PIX, q1 - q)
+                    # (fetch, wraps and a whole tile's n literals: each branch its own loop; a tile that wraps, or
+                    # one shorter than PIX, fetches nothing)
+                    if width - z < n or n < PIX:
+                        brk = min(width - z, PIX)  # (PIX: no break, as in a run that never wraps)
+                        _tile(cb, kw, False, True, wb, xq, cs, rs, kh, cin, s, bb, oq, ocs, n, cn, 0, brk,
+                              min(width, PIX), ijump, ojump, lo, hi)
+                    elif blk == b0 and ahead:
+                        _tile(cb, kw, True, False, wb, xq, cs, rs, kh, cin, s, bb, oq, ocs, PIX, cn, ahead, 0, 0, 0, 0,
+                              lo, hi)
                     else:
-                        _tile(cb, kw, False, wb, xq, cs, rs, kh, cin, s, bb, oq, ocs, PIX, cn, 0, lo, hi)
+                        _tile(cb, kw, False, False, wb, xq, cs, rs, kh, cin, s, bb, oq, ocs, PIX, cn, 0, 0, 0, 0, 0,
+                              lo, hi)
 
 
 @njit(cache=True, inline="always")
-def _blocks(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi):
+def _blocks(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi):
     """_tiles with cb as a constant too (kw is already), one branch (a copy of the loops) per value in CBS."""
     if cb == 2:
-        _tiles(2, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
+        _tiles(2, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
     else:
-        _tiles(1, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
+        _tiles(1, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
 
 
 @njit(cache=True)
-def _work(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi):
+def _work(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi):
     """_tiles with cb and the kernel width kw as constants: a copy of the loops per pair (WIDTHS); cb = 0: a 1×1 conv
     by _strips (lanes along pixels). The input and output addresses first: a launcher() passes the rest as is."""
     if cb == 0:
         _strips(w, b, x, cs, cin, out, ocs, ors, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
     elif kw == 1:
-        _blocks(cb, kh, 1, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
+        _blocks(cb, kh, 1, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
     elif kw == 3:
-        _blocks(cb, kh, 3, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
+        _blocks(cb, kh, 3, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
     else:
-        _blocks(cb, kh, 7, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
+        _blocks(cb, kh, 7, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
 
 
 @njit(cache=True, parallel=True)
-def _run(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, rstep, runs, run, ntb, ntp, lo, hi):
+def _run(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, rstep, width, runs, run, ntb, ntp, lo, hi):
     """_work on ntb blocks of output channel blocks × ntp blocks of the runs (or of the one run's pixels), one per
     thread."""
     nb = -(-cout // (LANES * cb)) if cb else cout // ROWS
@@ -327,7 +363,7 @@ def _run(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, rstep, runs, 
             r0, r1 = block(runs, t // ntb, ntp)
         else:
             q0, q1 = block(run, t // ntb, ntp)
-        _work(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
+        _work(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
 
 
 def _cb(cout: int) -> int:
@@ -383,15 +419,19 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
       From 256 on, either way by up to 5-10% (256→64 at 56² 0.89-0.95 of the time; 256→128 at 128² 0.99-1.05,
       256→1024 at 32² 1.03-1.04; 512→128 at 64², 1024→256 at 32² within ±5%): along channels;
     - else a kernel width compiled (WIDTHS; of those 1 wide, 1×1 alone), output channels a multiple of 16, runs whose
-      tiles waste at most a quarter of their pixels (rows of 7 or 8 outputs take 14; a tile's 1-column border strip
-      1 of 14; 14, 28 and 56 none; a 1×1 reading and writing whole rows back to back is one run, as is one at a
-      stride over its gathered pixels); a 1×1 with no
-      padding and 32 input channels or more or an output of 28² or more: along output channels.
-    Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): rows of 8, 1.33× their time; 24 output
-    channels along channels, their vectors a quarter empty, 1.1-1.4×; 16 input channels at 14², the transposed
-    stores outweighing the sums, 1.15×; a 7×1 conv, 1.03×. Along pixels at 7², 1.2-1.3×. (The caller keeps the convs
-    Winograd takes, and RGB stems, rows.py.) These figures, and those of the two cases above, are AMD Zen 4's, with
-    tiles of 7 pixels × up to 3 vectors and strips of 16."""
+      tiles waste at most a quarter of their pixels (rows of 14, 28 and 56 none; a tile's 1-column border strip 1 of
+      14; rows of 7 or more that 14 does not divide one run over the map, wrapping from row to row, at any output
+      pitch: 7², 8², 16²; a 1×1 reading and writing whole rows back to back is one run, as is one at a stride over
+      its gathered pixels); a 1×1 with no padding and 32 input channels or more or an output of 28² or more: along
+      output channels. Rows of 7 to 27 had gone to BLAS, or run in tiles computing pixels twice (Intel Xeon, one
+      thread, weights cold / warm, BLAS → wrapping, ms): 512→512 3×3 at 7², 3.1 / 2.6 → 2.6-2.8 / 1.8-2.0
+      (onnxruntime's conv alone: 2.4 / 1.9), at stride 2 from 14², 3.4 → 3.0; 256→256 at 7², 0.94 → 0.70;
+      512→512 at 16², 11.5 → 10.4; 128→128 at 8², 0.28 → 0.21.
+    Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): 24 output channels along channels, their
+    vectors a quarter empty, 1.1-1.4×; 16 input channels at 14², the transposed stores outweighing the sums, 1.15×;
+    a 7×1 conv, 1.03×. Along pixels at 7², 1.2-1.3×. (The caller keeps the convs Winograd takes, and RGB stems,
+    rows.py.) These figures, and those of the two cases above, are AMD Zen 4's, with tiles of 7 pixels × up to 3
+    vectors and strips of 16."""
     if not (vectors.ENABLED and x.shape[0] > 0 and rowwise(x)):
         return -1
     if _gathered(w_shape, stride):  # (as a 1×1 at stride 1 over the gathered copy, its rows back to back)
@@ -409,14 +449,22 @@ def _choice(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads
     if not (groups == 1 and dilation == (1, 1)):
         return -1
     pixels = out_hw[0] * out_hw[1]
-    run = pixels if flat else out_hw[1]
+    run = pixels if flat else out_hw[1]  # (strips never wrap; tiles may)
     one = (kh, kw) == (1, 1)
     if one and stride == (1, 1) and not any(pads) and cout % ROWS == 0 and pixels >= PIXELS_FROM \
             and (cin < STRIPS_BELOW or cout % LANES) and _fits(run, STRIP):
         return 0
+    run = pixels if flat or _wraps(out_hw[1]) else run
     if not (kw in WIDTHS and (kw > 1 or kh == 1) and cout % LANES == 0 and _fits(run, PIX)):
         return -1
     return -1 if one and (any(pads) or (cin < 32 and pixels < 28 * 28)) else _cb(cout)
+
+
+def _wraps(ow: int) -> bool:
+    """Whether tiles run over output rows ow wide as one run that wraps from each row onto the next (_tiles): rows
+    whose tiles would otherwise compute pixels twice (7, 16, 32), and no narrower than half a tile (a tile then
+    spans at most three rows)."""
+    return ow % PIX != 0 and ow >= PIX // 2
 
 
 def _fits(run: int, width: int) -> bool:
@@ -484,18 +532,19 @@ def launcher(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: 
 
     p, s = slab(x), stride if copy is None else (1, 1)
     cs, rs = p.strides[0] // 4, p.strides[1] // 4
+    runs, run, rstep, width = oh, ow, s[0] * rs, ROW  # (a run a row, or one over them all:)
     if _flat(w.shape, s, p, ow, ors):
         runs, run, rstep = 1, oh * ow, 0
-    else:
-        runs, run, rstep = oh, ow, s[0] * rs
+    elif lanes > 0 and _wraps(ow):
+        runs, run, width = 1, oh * ow, ow
     cb = lanes
     wp, bp = _rows_packed(w) if cb == 0 else _packed(w), _padded(b)
     ntb, ntp = _split(nt, len(wp), runs if runs > 1 else -(-run // (STRIP if cb == 0 else PIX)))
     fixed = (cb, kh, kw, address(wp), address(bp), cs, rs, cin, s[1], ocs, ors, cout)
     if ntb * ntp == 1:  # (a parallel loop's launch costs ~8 µs even on one thread: 8% of a 7² conv)
-        kernel, fixed = _work, (*fixed, 0, len(wp), rstep, 0, runs, 0, run, lo, hi)
+        kernel, fixed = _work, (*fixed, 0, len(wp), rstep, width, 0, runs, 0, run, lo, hi)
     else:
-        kernel, fixed = _run, (*fixed, rstep, runs, run, ntb, ntp, lo, hi)
+        kernel, fixed = _run, (*fixed, rstep, width, runs, run, ntb, ntp, lo, hi)
     held = (wp, bp)  # (a launcher holds the packed weights whose addresses it passes)
     if np.may_share_memory(p, x):  # the window is x itself, from `offset` bytes on
         offset = address(p) - address(x)

@@ -310,8 +310,11 @@ BLOCKED = [
     (16, 32, 7, 7, 1, (1, 1), (0, 0, 0, 0), False),
     (32, 32, 7, 7, 1, (1, 1), (1, 0, 0, 0), False),
     (16, 32, 9, 9, 5, (1, 1), (2, 2, 2, 2), False),
-    (32, 32, 8, 8, 3, (1, 1), (1, 1, 1, 1), False),
-    (32, 32, 7, 7, 3, (1, 1), (1, 1, 1, 1), False),
+    (32, 32, 8, 8, 3, (1, 1), (1, 1, 1, 1), True),
+    (32, 32, 7, 7, 3, (1, 1), (1, 1, 1, 1), True),
+    (32, 64, 14, 13, 3, (2, 2), (1, 1, 1, 1), True),
+    (48, 32, 16, 16, 3, (1, 1), (1, 1, 1, 1), True),
+    (16, 32, 12, 9, 3, (1, 1), (0, 0, 0, 0), True),
     (32, 48, 10, 3, 1, (2, 1), (0, 0, 0, 0), False),
     (32, 32, 9, 9, (3, 1), (1, 1), (1, 0, 1, 0), False),
 ]
@@ -350,7 +353,8 @@ def test_dense_convs_by_the_vector_gemm_and_by_blas(case, vector, act, monkeypat
 @pytest.mark.parametrize("case", [c for c in BLOCKED if c[7]])
 def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
     """Regions computed from a buffer that holds just the inputs they read (a copy, then a strided view into a
-    larger array: runs per row) equal the whole map's, bit for bit."""
+    larger array: runs per row), into a new array and into a view with room for a halo (rows wider than the
+    region's: a run that wraps from row to row skips the room), equal the whole map's, bit for bit."""
     from nptp_mpi.kernels import blocked
 
     if not vectors.ENABLED:
@@ -360,10 +364,15 @@ def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
 
     lanes = blocked.lanes(w.shape, 1, s, pads, (1, 1), x, (oh, ow))  # (the whole map's, for every region)
 
-    def conv(buffer, origin, region):
-        out = np.empty((w.shape[0], region[2] - region[0], region[3] - region[1]), np.float32)
+    def conv(buffer, origin, region, halo=0):
+        room = np.full((w.shape[0], region[2] - region[0] + 2 * halo, region[3] - region[1] + 3 * halo), -7.0,
+                       np.float32)
+        out = room[:, halo:room.shape[1] - halo, 2 * halo:room.shape[2] - halo]
         blocked.launcher(buffer, origin, x.shape[1:], w, b, s, pads, region, out, np.float32(0.0),
                          np.float32(np.inf), lanes, 1)(buffer, out)
+        if halo:  # (the room around the region untouched)
+            assert (room[:, :halo] == -7).all() and (room[:, :, :2 * halo] == -7).all()
+            assert (room[:, -halo:] == -7).all() and (room[:, :, -halo:] == -7).all()
         return out
 
     whole = conv(x, (0, 0), (0, 0, oh, ow))
@@ -373,17 +382,19 @@ def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
         room = np.zeros((x.shape[0], z - a + 2, d - c + 3), np.float32)
         room[:, 1:-1, 2:-1] = x[:, a:z, c:d]
         for buffer in (np.ascontiguousarray(x[:, a:z, c:d]), room[:, 1:-1, 2:-1]):
-            got = conv(buffer, (a, c), (y0, x0, y1, x1))
-            np.testing.assert_array_equal(got, whole[:, y0:y1, x0:x1])
+            for halo in (0, 1):
+                got = conv(buffer, (a, c), (y0, x0, y1, x1), halo)
+                np.testing.assert_array_equal(got, whole[:, y0:y1, x0:x1])
 
 
 def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatch):
     """blocked.takes: convs 3 or 7 wide, or 1×1, of one group without dilation, outputs a multiple of 16, runs
-    whose tiles of 14 waste at most a quarter; a 1×1 unpadded with 32 inputs or an output of 28². Not groups,
-    dilation, 5×5, 7×1, 24 outputs, a 1-column strip, rows of 8, 7 or 5, a padded 1×1, 16 inputs to a 1×1 on a
-    small map, float64, strided columns, or a host without the vectors. A 1×1 over rows of 9 is one run of 81
-    pixels, but not into rows 12 floats apart (a tile buffer with a halo): runs of 9. Called directly, a last block
-    of 40 channels in three blocks of 16 stores only its 40."""
+    whose tiles of 14 waste at most a quarter, rows of 7 or more (not a multiple of 14) as one run that wraps from
+    row to row; a 1×1 unpadded with 32 inputs or an output of 28². Not groups, dilation, 5×5, 7×1, 24 outputs, a
+    1-column strip, rows of 6 or 5, a padded 1×1, 16 inputs to a 1×1 on a small map, float64, strided columns, or a
+    host without the vectors. A 1×1 over rows of 9 is one run of 81 pixels, also into rows 12 floats apart (a tile
+    buffer with a halo), where it wraps. Called directly, a last block of 40 channels in three blocks of 16 stores
+    only its 40."""
     from nptp_mpi.kernels import blocked
 
     x, no = np.zeros((32, 9, 9), np.float32), (0,) * 4
@@ -396,7 +407,10 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
                                          ((64, 32, 3, 3), (1, 1), (1,) * 4, x, (9, 12)),
                                          ((64, 3, 7, 7), (2, 2), (3,) * 4, x[:3], (7, 14)),
                                          ((64, 32, 1, 7), (1, 1), (0, 3, 0, 3), x, (9, 14)),
-                                         ((16, 32, 3, 3), (1, 1), no, x, (7, 14))]:
+                                         ((16, 32, 3, 3), (1, 1), no, x, (7, 14)),
+                                         ((16, 32, 3, 3), (1, 1), (1,) * 4, x, (8, 8)),
+                                         ((16, 32, 3, 3), (1, 1), (1,) * 4, x, (7, 7)),
+                                         ((16, 32, 3, 3), (2, 2), (1,) * 4, x, (5, 9))]:
         assert blocked.takes(w_shape, 1, s, pads, (1, 1), xx, out_hw), (w_shape, s, pads, out_hw)
     for w_shape, g, s, pads, d, out_hw in [((16, 16, 1, 1), 2, (1, 1), no, (1, 1), (9, 9)),
                                            ((16, 32, 3, 3), 1, (1, 1), (2,) * 4, (2, 2), (9, 9)),
@@ -404,18 +418,18 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
                                            ((16, 32, 7, 1), 1, (1, 1), (3, 0, 3, 0), (1, 1), (9, 14)),
                                            ((24, 32, 1, 1), 1, (1, 1), no, (1, 1), (9, 9)),
                                            ((16, 32, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), (9, 1)),
-                                           ((16, 32, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), (8, 8)),
-                                           ((16, 32, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), (7, 7)),
+                                           ((16, 32, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), (6, 6)),
                                            ((16, 32, 3, 3), 1, (2, 2), (1,) * 4, (1, 1), (5, 5)),
                                            ((16, 32, 1, 1), 1, (1, 1), (1, 0, 0, 0), (1, 1), (10, 9)),
                                            ((16, 16, 1, 1), 1, (1, 1), no, (1, 1), (9, 9))]:
         assert not blocked.takes(w_shape, g, s, pads, d, x[:w_shape[1] * g], out_hw), (w_shape, g, s, pads, out_hw)
     assert blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), 9)
-    assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), 12)
+    assert blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9), 12)
     # Lanes along pixels (0) for an unpadded 1×1 at stride 1 with outputs a multiple of 8 from 28² on, fewer than
     # 256 inputs or outputs no multiple of 16, on runs whose strips of 32 waste at most a quarter; else along output
     # channels (cb), or not at all (-1). A 1×1 at stride 2 is one at stride 1 over its pixels gathered: from 56² to
-    # 28² along pixels; rows of 7 one run of 49, but not into rows 9 floats apart (runs of 7).
+    # 28² along pixels; rows of 7 one run of 49, into rows 9 floats apart too (wrapping), rows of 6 not. Rows of 10
+    # into rows 12 apart: tiles along channels that wrap (strips, which never wrap, would waste two thirds).
     wide, deep = np.zeros((blocked.STRIPS_BELOW, 28, 28), np.float32), np.zeros((512, 14, 14), np.float32)
     for w_shape, xx, out_hw, pitch, lanes in [((96, 16, 1, 1), big[:16], (56, 56), None, 0),
                                                ((24, 32, 1, 1), big, (56, 56), None, 0),
@@ -430,7 +444,9 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
                                                ((24, 32, 1, 1), big[:, :, :14], (56, 14), 20, -1),
                                                ((64, 32, 1, 1), big, (28, 28), None, 0),
                                                ((64, 512, 1, 1), deep, (7, 7), None, 2),
-                                               ((64, 512, 1, 1), deep, (7, 7), 9, -1)]:
+                                               ((64, 512, 1, 1), deep, (7, 7), 9, 2),
+                                               ((64, 32, 1, 1), big[:, :, :10], (56, 10), 12, 2),
+                                               ((64, 512, 1, 1), deep[:, :12, :12], (6, 6), 9, -1)]:
         assert blocked.lanes(w_shape, 1, (1, 1) if out_hw[0] == xx.shape[1] else (2, 2), no, (1, 1), xx, out_hw,
                               pitch) == lanes, (w_shape, out_hw, pitch)
     for xx in (x.astype(np.float64), x[:, :, ::2]):
@@ -494,9 +510,9 @@ def test_the_panel_cases_run_the_vector_gemm_that_prefetches_the_next_panel():
         s = stride[1]
         panel = blocked._panel(floats, width, cin * kh * kw * s)
         assert run > panel and cin * kh >= blocked.FETCH_FROM
-        assert blocked._ahead(panel, s, kh, cin, 0, run) == 4 * panel * s
-        assert blocked._ahead(panel, s, kh, cin, run - run % panel, run) == 0
-        assert blocked._ahead(panel, s, 1, blocked.FETCH_FROM - 1, 0, run) == 0
+        assert blocked._ahead(panel * s, kh, cin, True) == 4 * panel * s
+        assert blocked._ahead(panel * s, kh, cin, False) == 0  # (a run's last panel)
+        assert blocked._ahead(panel * s, 1, blocked.FETCH_FROM - 1, True) == 0
 
 
 def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():

@@ -144,8 +144,9 @@ def unsplit_kernels() -> list:
                          (0,) * 4, (1, 1), 1, (0, 0, 40, 40)),
         lambda: K.conv2d(big[:64], (0, 0), (40, 40), randn((48, 64, 1, 1), 17), None, (2, 2), (0,) * 4, (1, 1), 1,
                          (0, 0, 20, 20), "relu"),
-        # 3×3 and 7×7 by the vector GEMM where the host has it: one block of 48 outputs at 7² (split by rows), four
-        # blocks of 32 at stride 2 (by blocks, then blocks × rows), a 7×7 RGB stem
+        # 3×3 and 7×7 by the vector GEMM where the host has it: 48 outputs at 7² (one run of 49 pixels that wraps
+        # from row to row, three blocks of 16: split by pixels, a share starting mid-row), four blocks of 32 at
+        # stride 2 (by blocks, then blocks × rows), a 7×7 RGB stem
         lambda: K.conv2d(big[:32, :7, :7], (0, 0), (7, 7), randn((48, 32, 3, 3), 18), randn(48, 19), (1, 1), (1,) * 4,
                          (1, 1), 1, (0, 0, 7, 7), "relu"),
         lambda: K.conv2d(big[:16], (0, 0), (40, 40), randn((128, 16, 3, 3), 20), None, (2, 2), (1,) * 4, (1, 1), 1,
