@@ -389,8 +389,8 @@ def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
 
 def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatch):
     """blocked.takes: convs 3 or 7 wide, or 1×1, of one group without dilation, outputs a multiple of 16, runs
-    whose tiles of 14 waste at most a quarter, rows of 7 or more (not a multiple of 14) as one run that wraps from
-    row to row; a 1×1 unpadded with 32 inputs or an output of 28². Not groups, dilation, 5×5, 7×1, 24 outputs, a
+    whose tiles of 14 waste at most a quarter, rows of 7 or more whose tiles would waste more as one run that wraps
+    from row to row; a 1×1 unpadded with 32 inputs or an output of 28². Not groups, dilation, 5×5, 7×1, 24 outputs, a
     1-column strip, rows of 6 or 5, a padded 1×1, 16 inputs to a 1×1 on a small map, float64, strided columns, or a
     host without the vectors. A 1×1 over rows of 9 is one run of 81 pixels, also into rows 12 floats apart (a tile
     buffer with a halo), where it wraps. Called directly, a last block of 40 channels in three blocks of 16 stores
@@ -451,6 +451,9 @@ def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatc
                               pitch) == lanes, (w_shape, out_hw, pitch)
     for xx in (x.astype(np.float64), x[:, :, ::2]):
         assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), xx, xx.shape[1:])
+    # Rows wrap where their own tiles would waste more than a quarter (they went to BLAS), from 7 wide on; rows whose
+    # tiles waste less keep them (a tile that wraps runs slower code).
+    assert [ow for ow in range(1, 60) if blocked._wraps(ow)] == [7, 8, 9, 10, *range(15, 21), 29, 30, 31]
     monkeypatch.setattr(vectors, "ENABLED", False)
     assert not blocked.takes((16, 32, 1, 1), 1, (1, 1), no, (1, 1), x, (9, 9))
     monkeypatch.undo()
