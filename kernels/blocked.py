@@ -41,12 +41,12 @@ from .vectors import I32, I64, LANES, VB, VF, VI, address, clamp, dest, fma, loa
 from .window import window
 
 # Pixels a tile computes, and the channel vectors it may (cb: the one that pads the output channels least): 14 × 2,
-# 28 sums in registers. Rows of 14, 28, 56 and 112 are whole tiles, a longer run's last tile shifts back; rows of 7 or
-# more whose tiles would waste more than a quarter are one run over the map that wraps from row to row (_wraps);
-# narrower rows go to BLAS. On a core with two 512-bit FMA pipes (Intel Xeon, AVX-512) 7 × 3 left them waiting:
-# 1024→256 1×1 at 14², 66 → 80 GMAC/s warm (7 × 3: 74). One thread, warm, against 7 × 2 (ms): 1024→256 at 14²,
-# 0.69-0.75 → 0.63-0.65; 512→512 3×3 at 7² (then), 2.44-2.47 → 2.26-2.30, and at stride 2 from 14², 3.03 → 2.27;
-# but 256→256 3×3 at stride 2 from 14², 0.53-0.55 → 0.63.
+# 28 sums in registers. Rows of 14, 28, 56 and 112 are whole tiles, a longer run's last tile shifts back; rows of 7 to
+# 13, and longer ones whose tiles would waste more than a quarter, are one run over the map that wraps from row to
+# row (_wraps); narrower rows go to BLAS. On a core with two 512-bit FMA pipes (Intel Xeon, AVX-512) 7 × 3 left
+# them waiting: 1024→256 1×1 at 14², 66 → 80 GMAC/s warm (7 × 3: 74). One thread, warm, against 7 × 2 (ms):
+# 1024→256 at 14², 0.69-0.75 → 0.63-0.65; 512→512 3×3 at 7² (then), 2.44-2.47 → 2.26-2.30, and at stride 2 from
+# 14², 3.03 → 2.27; but 256→256 3×3 at stride 2 from 14², 0.53-0.55 → 0.63.
 PIX = 14
 CBS = (2, 1)
 ROWS = 8  # output channels a tile along pixels computes (cb = 0: _strip; 12 or 16: 5-35% slower on AMD Zen 4)
@@ -420,13 +420,13 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
       256→1024 at 32² 1.03-1.04; 512→128 at 64², 1024→256 at 32² within ±5%): along channels;
     - else a kernel width compiled (WIDTHS; of those 1 wide, 1×1 alone), output channels a multiple of 16, runs whose
       tiles waste at most a quarter of their pixels (rows of 14, 28 and 56 none; a tile's 1-column border strip 1 of
-      14; rows that would waste more, 7 or more wide, one run over the map, wrapping from row to row, at any output
-      pitch: 7², 8², 16² (_wraps); a 1×1 reading and writing whole rows back to back is one run, as is one at a
-      stride over its gathered pixels); a 1×1 with no padding and 32 input channels or more or an output of 28² or
-      more: along output channels. Those rows had gone to BLAS (Intel Xeon, one thread, weights cold / warm, BLAS →
-      wrapping, ms): 512→512 3×3 at 7², 3.1 / 2.6 → 2.6-2.8 / 1.8-2.0
-      (onnxruntime's conv alone: 2.4 / 1.9), at stride 2 from 14², 3.4 → 3.0; 256→256 at 7², 0.94 → 0.70;
-      512→512 at 16², 11.5 → 10.4; 128→128 at 8², 0.28 → 0.21.
+      14; rows of 7-13, and rows that would waste more, one run over the map, wrapping from row to row, at any
+      output pitch: 7², 8², 13², 16², _wraps; a 1×1 reading and writing whole rows back to back is one run, as is
+      one at a stride over its gathered pixels); a 1×1 with no padding and 32 input channels or more or an output of
+      28² or more: along output channels. Rows that would waste more had gone to BLAS (Intel Xeon, one thread,
+      weights cold / warm, BLAS → wrapping, ms): 512→512 3×3 at 7², 3.1 / 2.6 → 2.6-2.8 / 1.8-2.0 (onnxruntime's
+      conv alone: 2.4 / 1.9), at stride 2 from 14², 3.4 → 3.0; 256→256 at 7², 0.94 → 0.70; 512→512 at 16², 11.5 →
+      10.4; 128→128 at 8², 0.28 → 0.21.
     Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): 24 output channels along channels, their
     vectors a quarter empty, 1.1-1.4×; 16 input channels at 14², the transposed stores outweighing the sums, 1.15×;
     a 7×1 conv, 1.03×. Along pixels at 7², 1.2-1.3×. (The caller keeps the convs Winograd takes, and RGB stems,
@@ -462,11 +462,11 @@ def _choice(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads
 
 def _wraps(ow: int) -> bool:
     """Whether tiles run over output rows ow wide as one run that wraps from each row onto the next (_tiles): rows
-    whose own tiles would waste more than a quarter of their pixels (7-10, 15-20 and 29-31 wide), and no narrower
-    than half a tile (a tile then spans at most three rows). Rows whose tiles waste less keep them: a tile that
-    wraps runs the code a short one does (its pixels' pointers stepped and spilled every step), and SqueezeNet's
-    3×3s on rows of 13, 27 and 55, wrapping, took it to 1.11 of its time."""
-    return ow >= PIX // 2 and not _fits(ow, PIX)
+    shorter than a tile, whose short tiles re-read every output block's weights a row (64→256 3×3 at 13², 0.55-0.57
+    → 0.36-0.38 ms), and rows whose own tiles would waste more than a quarter of their pixels (15-20 and 29-31
+    wide), from half a tile on (a tile then spans at most three rows). Rows whose tiles waste less keep them: at 27²
+    and 55² wrapping changed nothing (a tile that wraps runs the code a short one does)."""
+    return ow >= PIX // 2 and (ow < PIX or not _fits(ow, PIX))
 
 
 def _fits(run: int, width: int) -> bool:
