@@ -71,7 +71,6 @@ WEIGHTS_AHEAD = 4096
 PANEL = 16384  # input floats (64 KiB) of the pixels _strips runs every block over before it moves on
 PIXELS_FROM = 28 * 28  # output pixels from which a 1×1 runs with its lanes along pixels (14²: within ±5%; 7²: slower)
 STRIPS_BELOW = 256  # input channels below which such a 1×1 runs along pixels whatever its outputs (lanes())
-ROW = 1 << 40  # (_tiles' `width` for runs that never wrap: longer than any)
 WIDTHS = (1, 3, 7)  # kernel widths compiled (each its own unrolled taps; any height, but 1×1 alone 1 wide)
 _HALF, _HALF_MASK = ir.VectorType(I32, 8), ir.VectorType(VB.element, 8)  # (a row of 8 pixels: its lanes, its mask)
 
@@ -297,8 +296,9 @@ def _tiles(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rst
     """Output channel blocks [b0, b1) (16·cb channels each), pixels [q0, q1) of runs [r0, r1): pixel q of run r
     reads x from r·rstep + q·s floats on (channels cs apart, rows rs apart) and writes out at r·ors + q (channels
     ocs apart), or, in a run that wraps onto the rows below every `width` pixels (one run, r = 0), pixel q = y·width
-    + z of it at y·rstep + z·s and y·ors + z; every block in turn over a panel of pixels whose inputs fit TILE_PANEL.
-    The last tile of a run of PIX or more starts PIX before its end (its pixels computed twice, to the same bits)."""
+    + z of it at y·rstep + z·s and y·ors + z (a run that never wraps: `width` its own length, y = 0); every block in
+    turn over a panel of pixels whose inputs fit TILE_PANEL. The last tile of a run of PIX or more starts PIX before
+    its end (its pixels computed twice, to the same bits)."""
     lanes = LANES * cb
     panel = _panel(TILE_PANEL, PIX, cin * kh * kw * s)
     ijump, ojump = rstep - width * s, ors - width  # (floats from a row's end to the next row's start, in and out)
@@ -317,7 +317,7 @@ def _tiles(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rst
                     # (fetch, wraps and a whole tile's n literals: each branch its own loop; a tile that wraps, or
                     # one shorter than PIX, fetches nothing)
                     if width - z < n or n < PIX:
-                        brk = min(width - z, PIX)  # (PIX: no break, as in a run that never wraps)
+                        brk = min(width - z, PIX)  # (n or more: no break, as in a short run that never wraps)
                         _tile(cb, kw, False, True, wb, xq, cs, rs, kh, cin, s, bb, oq, ocs, n, cn, 0, brk,
                               min(width, PIX), ijump, ojump, lo, hi)
                     elif blk == b0 and ahead:
@@ -424,7 +424,7 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
       output pitch: 7², 8², 13², 16², _wraps; a 1×1 reading and writing whole rows back to back is one run, as is
       one at a stride over its gathered pixels); a 1×1 with no padding and 32 input channels or more or an output of
       28² or more: along output channels. Rows that would waste more had gone to BLAS (Intel Xeon, one thread,
-      weights cold / warm, BLAS → wrapping, ms): 512→512 3×3 at 7², 3.1 / 2.6 → 2.6-2.8 / 1.8-2.0 (onnxruntime's
+      weights cold / warm, BLAS → wrapping, ms): 512→512 3×3 at 7², 3.1 / 2.6 → 2.6-2.9 / 1.8-2.1 (onnxruntime's
       conv alone: 2.4 / 1.9), at stride 2 from 14², 3.4 → 3.0; 256→256 at 7², 0.94 → 0.70; 512→512 at 16², 11.5 →
       10.4; 128→128 at 8², 0.28 → 0.21.
     Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): 24 output channels along channels, their
@@ -454,7 +454,7 @@ def _choice(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads
     if one and stride == (1, 1) and not any(pads) and cout % ROWS == 0 and pixels >= PIXELS_FROM \
             and (cin < STRIPS_BELOW or cout % LANES) and _fits(run, STRIP):
         return 0
-    run = pixels if flat or _wraps(out_hw[1]) else run
+    run = pixels if _wraps(out_hw[1]) else run
     if not (kw in WIDTHS and (kw > 1 or kh == 1) and cout % LANES == 0 and _fits(run, PIX)):
         return -1
     return -1 if one and (any(pads) or (cin < 32 and pixels < 28 * 28)) else _cb(cout)
@@ -534,11 +534,11 @@ def launcher(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: 
 
     p, s = slab(x), stride if copy is None else (1, 1)
     cs, rs = p.strides[0] // 4, p.strides[1] // 4
-    runs, run, rstep, width = oh, ow, s[0] * rs, ROW  # (a run a row, or one over them all:)
+    runs, run, rstep, width = oh, ow, s[0] * rs, ow  # (a run a row, or one over them all:)
     if _flat(w.shape, s, p, ow, ors):
-        runs, run, rstep = 1, oh * ow, 0
-    elif lanes > 0 and _wraps(ow):
-        runs, run, width = 1, oh * ow, ow
+        runs, run, rstep, width = 1, oh * ow, 0, oh * ow
+    elif lanes > 0 and _wraps(ow):  # (rows `width` = ow wide, one run)
+        runs, run = 1, oh * ow
     cb = lanes
     wp, bp = _rows_packed(w) if cb == 0 else _packed(w), _padded(b)
     ntb, ntp = _split(nt, len(wp), runs if runs > 1 else -(-run // (STRIP if cb == 0 else PIX)))
