@@ -10,15 +10,23 @@ input slab: no im2col. The bias starts the sums, the clamp is applied in registe
 registers (8 pixels × 16 channels at a time into 16 rows of 8) and stored into the NCHW output with masks (a tile
 that wraps from one output row onto the next, each row's part with its own mask). A 1×1 conv
 at stride 1 reads its input where it lies, at any row pitch: it copies nothing; at a stride it first gathers the pixels
-it reads into a copy (_gathered), then runs as one at stride 1 over it. (A residual added in the kernel,
+it reads into a copy (_gathered), then runs as one at stride 1 over it. (On NCHW a residual added in the kernel,
 in registers or in a pass over each block's rows while in cache, ran no faster than conv.py's pass after the conv:
 ResNet-50's 64→256 at 56², 1.35 and 1.23 against 1.18 ms.)
+
+A 1×1 conv's input, output or both may instead be channel-blocked ((C / 16, H, W, 16), blocked(); onnxruntime's
+NCHWc; runtime.layouts keeps the maps between 1×1s so): a tile then reads each input channel's 14 pixels from 14
+lines it shares with the block's other 15 channels (on NCHW, each channel's own plane: as many streams as inputs),
+stores each pixel's sums as they are (no transpose), and adds a blocked residual in its registers before the clamp
+(FUSED). One thread, ms, NCHW → both sides blocked: 256→64 at 56², 0.95-1.17 → 0.66-0.75; 64→256 at 56² with its
+residual, 1.17-1.27 → 0.82-0.87; 128→512 at 28² with its residual, 1.06-1.14 → 0.76-0.82; 256→1024 at 14² with its
+residual, 0.81-0.88 → 0.72-0.77; 512→2048 at 7², within the noise.
 
 A 1×1 conv of a 28² map or more with fewer input channels (STRIPS_BELOW), or output channels no multiple of 16,
 runs with its lanes along pixels instead (_strip: 8 output channels × STRIP pixels, each input row STRIP // 16 loads,
 each weight a broadcast): its sums are the output rows as NCHW holds them, stored with no transpose, which for few
-inputs cost as much as the sums. Both write any output whose rows are contiguous (a view of a tile buffer with room for
-a halo: dest()).
+inputs cost as much as the sums (NCHW alone). Both write any output whose rows are contiguous (a view of a tile buffer
+with room for a halo).
 
 Both run every output block over a panel of pixels before the next panel (TILE_PANEL, PANEL), and a panel's first
 block prefetches, a row each step of its loop, the inputs of the next (FETCH_FROM); every tile prefetches its weight
@@ -37,7 +45,7 @@ from numba.extending import intrinsic
 from . import vectors
 from .derived import per_arguments, per_weights
 from .threads import block
-from .vectors import I32, I64, LANES, VB, VF, VI, address, clamp, dest, fma, load, rowwise, scalar, splat, store, vector
+from .vectors import I32, I64, LANES, VB, VF, VI, address, clamp, fma, load, rowwise, scalar, splat, store, vector
 from .window import window
 
 # Pixels a tile computes, and the channel vectors it may (cb: the one that pads the output channels least): 14 × 2,
@@ -71,6 +79,7 @@ WEIGHTS_AHEAD = 4096
 PANEL = 16384  # input floats (64 KiB) of the pixels _strips runs every block over before it moves on
 PIXELS_FROM = 28 * 28  # output pixels from which a 1×1 runs with its lanes along pixels (14²: within ±5%; 7²: slower)
 STRIPS_BELOW = 256  # input channels below which such a 1×1 runs along pixels whatever its outputs (lanes())
+NCHW, BLOCKED, FUSED = 0, 1, 2  # a tile's output: NCHW, channel-blocked, channel-blocked with a residual added
 WIDTHS = (1, 3, 7)  # kernel widths compiled (each its own unrolled taps; any height, but 1×1 alone 1 wide)
 _HALF, _HALF_MASK = ir.VectorType(I32, 8), ir.VectorType(VB.element, 8)  # (a row of 8 pixels: its lanes, its mask)
 
@@ -100,24 +109,30 @@ def _transpose(builder: ir.IRBuilder, columns: list[ir.Value]) -> list[ir.Value]
 
 
 @intrinsic(prefer_literal=True)
-def _tile(typingctx, cb, kw, fetch, wraps, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n, cn, ahead, brk, width,
-          ijump, ojump, lo, hi):
+def _tile(typingctx, cb, kw, fetch, wraps, chans, output, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, res, rcs,
+          rjump, n, cn, ahead, brk, width, ijump, ojump, lo, hi):
     """For c < cn ≤ 16·cb and q < n ≤ PIX: out[c·opitch + q + k·ojump] = clamp(b[c] + Σ w[((i·kh + ky)·kw + kx)·16·cb
     + c] · x[i·cpitch + ky·rpitch + kx + q·s + k·ijump], lo, hi) over i < cin, ky < kh, kx < kw, where k = (q ≥ brk) +
     (q ≥ brk + width) (addresses; cb, kw, fetch and wraps constants, literals: each its own code): output channels c
     of one block, pixels q of one run, which from pixel brk on wraps onto the rows below (k: rows down; wraps False: k
-    = 0, none). fetch: each input row read also prefetched `ahead` bytes on (the next panel's)."""
-    constants = (cb, kw, fetch, wraps)
+    = 0, none). fetch: each input row read also prefetched `ahead` bytes on (the next panel's).
+    chans 16 (channel-blocked input: blocked()), a 1×1 conv's (kw, kh 1): channel i of x at (i // 16)·cpitch + i %
+    16, pixel q at q·s (s then 16 floats a pixel); bout: the output channel-blocked, vector v of the sums at
+    16·v·opitch + 16·(q + k·ojump), stored as it is (no transpose); output FUSED: so, with a residual, channel-blocked,
+    added before the clamp, its vector at res + 16·(v·rcs + q + k·rjump)."""
+    constants = (cb, kw, fetch, wraps, chans, output)
     if not all(isinstance(t, (types.IntegerLiteral, types.BooleanLiteral)) for t in constants):
-        raise TypeError(f"blocked._tile: cb, kw, fetch and wraps must be compile-time constants, not {constants}")
-    sig = types.void(*constants, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n, cn, ahead, brk, width, ijump,
-                     ojump, lo, hi)
-    cb, kw, fetch, wraps = (t.literal_value for t in constants)
+        raise TypeError(f"blocked._tile: cb, kw, fetch, wraps, chans and output must be compile-time constants, "
+                        f"not {constants}")
+    sig = types.void(*constants, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, res, rcs, rjump, n, cn, ahead, brk,
+                     width, ijump, ojump, lo, hi)
+    cb, kw, fetch, wraps, chans, output = (t.literal_value for t in constants)
+    bout, fused = output != NCHW, output == FUSED
 
     def codegen(context, builder, signature, args):
-        w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, n, cn, ahead, brk, width, ijump, ojump = (
-            context.cast(builder, a, t, types.int64) for a, t in zip(args[4:21], signature.args[4:21], strict=True))
-        lo, hi = args[21:]
+        w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, res, rcs, rjump, n, cn, ahead, brk, width, ijump, ojump = (
+            context.cast(builder, a, t, types.int64) for a, t in zip(args[6:26], signature.args[6:26], strict=True))
+        lo, hi = args[26:]
         # Pixel q reads column q·s of its run, k·ijump floats on past its k-th row break; past n (a run shorter than
         # a tile) it reads pixel n-1 again (nothing past the run is read) and is not stored. (_tiles passes whole
         # tiles that don't wrap n = PIX, a constant, and no breaks: with a variable n or the breaks in the offsets,
@@ -139,20 +154,27 @@ def _tile(typingctx, cb, kw, fetch, wraps, w, x, cpitch, rpitch, kh, cin, s, b, 
         # steps a row down, or at the last kernel row on to the next channel's first. (kw = 1: a 1×1 conv, kh = 1,
         # takes(); there every step is on to the next channel, with no kernel row to count: on two threads
         # MobileNetV2's 16→96 at 112² ran 20-30% slower with the count.)
+        # (chans 16, a 1×1 conv's: on to the next channel of the block, 1 float on, or from a block's last channel
+        # to the next block's first)
         back = builder.mul(rpitch, builder.sub(kh, I64(1)))
         down, on = builder.mul(rpitch, I64(4)), builder.mul(builder.sub(cpitch, back), I64(4))
+        if chans > 1:
+            on = builder.sub(on, I64(4 * (chans - 1)))
         start = [vector(builder, builder.add(b, I64(4 * LANES * v))) for v in range(cb)]
         entry, loop, done = builder.block, builder.append_basic_block("k"), builder.append_basic_block("done")
         builder.branch(loop)
         builder.position_at_end(loop)  # acc[q][v] += w[i, kx, 16v:16v+16] · x[at + kx + q·s], each kx < kw
         i, at = builder.phi(I64), builder.phi(I64)
         ky = builder.phi(I64) if kw > 1 else None
+        j = builder.phi(I64) if chans > 1 else None  # (the channel within its block)
         accs = [[builder.phi(VF) for _ in range(cb)] for _ in range(PIX)]
         row_w = builder.add(w, builder.mul(i, I64(4 * LANES * cb * kw)))
         sums = [list(a) for a in accs]
-        if fetch:  # (the row's first and last pixels: at a stride of 2 a tile's 14 span two lines)
+        if fetch and j is None:  # (the row's first and last pixels: at a stride of 2 a tile's 14 span two lines)
             vectors.prefetch(builder, builder.add(at, ahead))
             vectors.prefetch(builder, builder.add(at, builder.add(ahead, offsets[PIX - 1])))
+        elif fetch:  # (a block's channels share their 14 lines, a pixel's each: channel j's step fetches pixel j's)
+            vectors.prefetch(builder, builder.add(at, builder.add(ahead, builder.mul(j, I64(4 * (LANES - 1))))))
         for u in range(cb * kw):  # (the weight rows WEIGHTS_AHEAD bytes on, a line per line this step reads)
             vectors.prefetch(builder, builder.add(row_w, I64(WEIGHTS_AHEAD + 64 * u)))
         for kx in range(kw):
@@ -161,13 +183,18 @@ def _tile(typingctx, cb, kw, fetch, wraps, w, x, cpitch, rpitch, kh, cin, s, b, 
                 pixel = splat(builder, scalar(builder, builder.add(at, offsets[q]), kx), VF)
                 sums[q] = [fma(builder, pixel, weights[v], sums[q][v]) for v in range(cb)]
         following = builder.add(i, I64(1))
-        steps = [(i, I64(0), following), (at, x, builder.add(at, on))]
-        if ky is not None:
+        steps = [(at, x, builder.add(at, on))]
+        if j is not None:
+            beyond = builder.add(j, I64(1))
+            last = builder.icmp_signed("==", beyond, I64(chans))
+            steps = [(j, I64(0), builder.select(last, I64(0), beyond)),
+                     (at, x, builder.add(at, builder.select(last, on, I64(4))))]
+        elif ky is not None:
             below = builder.add(ky, I64(1))
             wrap = builder.icmp_signed("==", below, kh)
-            steps[1:] = [(at, x, builder.add(at, builder.select(wrap, on, down))),
-                         (ky, I64(0), builder.select(wrap, I64(0), below))]
-        for phi, first, then in steps:
+            steps = [(at, x, builder.add(at, builder.select(wrap, on, down))),
+                     (ky, I64(0), builder.select(wrap, I64(0), below))]
+        for phi, first, then in [(i, I64(0), following), *steps]:
             phi.add_incoming(first, entry)
             phi.add_incoming(then, builder.block)
         for q in range(PIX):
@@ -176,22 +203,46 @@ def _tile(typingctx, cb, kw, fetch, wraps, w, x, cpitch, rpitch, kh, cin, s, b, 
                 accs[q][v].add_incoming(sums[q][v], builder.block)
         builder.cbranch(builder.icmp_signed("<", following, builder.mul(cin, kh)), loop, done)
         builder.position_at_end(done)
-        _store(builder, sums, cb, n, cn, out, opitch, lo, hi, (brk, second, ojump) if wraps else None)
+        _store(builder, sums, cb, bout, n, cn, out, opitch, lo, hi, (brk, second, ojump, rjump) if wraps else None,
+               (res, rcs) if fused else None)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-def _store(builder: ir.IRBuilder, sums: list[list[ir.Value]], cb: int, n: ir.Value, cn: ir.Value, out: ir.Value,
-           opitch: ir.Value, lo: ir.Value, hi: ir.Value, breaks: tuple[ir.Value, ir.Value, ir.Value] | None) -> None:
+def _store(builder: ir.IRBuilder, sums: list[list[ir.Value]], cb: int, bout: bool, n: ir.Value, cn: ir.Value,
+           out: ir.Value, opitch: ir.Value, lo: ir.Value, hi: ir.Value, breaks: tuple[ir.Value, ...] | None,
+           residual: tuple[ir.Value, ir.Value] | None) -> None:
     """A tile's sums clamped, transposed and stored: channel c < cn of pixel q < n at out[c·opitch + q + k·ojump],
-    k the row breaks (brk, second) at or before q (breaks None: none)."""
+    k the row breaks (brk, second) at or before q (breaks None: none); bout: channel-blocked, each pixel's vector v
+    (its channels 16·v on, stored if below cn) as it is, at out[16·(v·opitch + q + k·ojump)], plus, if `residual`
+    (res, rcs) is given, the residual's vector at res[16·(v·rcs + q + k·rjump)], before the clamp."""
+    if bout:
+        for q in range(PIX):
+            at = rat = I64(4 * LANES * q)
+            if breaks is not None:
+                brk, second, ojump, rjump = breaks
+                k = builder.add(builder.zext(builder.icmp_signed("<=", brk, I64(q)), I64),
+                                builder.zext(builder.icmp_signed("<=", second, I64(q)), I64))
+                at = builder.add(at, builder.mul(builder.mul(k, ojump), I64(4 * LANES)))
+                rat = builder.add(rat, builder.mul(builder.mul(k, rjump), I64(4 * LANES)))
+            stored = builder.icmp_signed("<", I64(q), n)
+            for v in range(cb):
+                mask = splat(builder, builder.and_(stored, builder.icmp_signed("<", I64(LANES * v), cn)), VB)
+                value = sums[q][v]
+                if residual is not None:
+                    res, rcs = residual
+                    where = builder.add(res, builder.add(rat, builder.mul(rcs, I64(4 * LANES * v))))
+                    value = builder.fadd(value, load(builder, where, mask, 0.0))
+                offset = builder.add(at, builder.mul(opitch, I64(4 * LANES * v)))
+                store(builder, clamp(builder, value, lo, hi), builder.add(out, offset), mask)
+        return
     for q0 in range(0, PIX, 8):  # (8 pixels at a time: pixels q0..q0+7 of each output channel, a row of 8)
         lanes = ir.Constant(_HALF, list(range(q0, q0 + 8)))
         pixels = builder.icmp_signed("<", lanes, splat(builder, builder.trunc(n, I32), _HALF))
         parts = [(pixels, I64(0))]
         if breaks is not None:  # (its pixels before the first row break, between the two, past the second)
-            brk, second, ojump = breaks
+            brk, second, ojump, _ = breaks
             k = [builder.icmp_signed(">=", lanes, splat(builder, builder.trunc(q, I32), _HALF)) for q in (brk, second)]
             parts = [(builder.and_(pixels, m), builder.mul(ojump, I64(4 * j))) for j, m in enumerate((
                 builder.not_(k[0]), builder.and_(k[0], builder.not_(k[1])), k[1]))]
@@ -292,67 +343,118 @@ def _strips(w, b, x, cs, cin, out, ocs, ors, b0, b1, rstep, r0, r1, q0, q1, lo, 
 
 
 @njit(cache=True, inline="always")
-def _tiles(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi):
+def _tiles(cb, kh, kw, chans, output, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, rrs, cout, b0, b1,
+           rstep, width, r0, r1, q0, q1, lo, hi):
     """Output channel blocks [b0, b1) (16·cb channels each), pixels [q0, q1) of runs [r0, r1): pixel q of run r
-    reads x from r·rstep + q·s floats on (channels cs apart, rows rs apart) and writes out at r·ors + q (channels
+    reads x from r·rstep + q·s pixels on (channels cs apart, rows rs apart) and writes out at r·ors + q (channels
     ocs apart), or, in a run that wraps onto the rows below every `width` pixels (one run, r = 0), pixel q = y·width
     + z of it at y·rstep + z·s and y·ors + z (a run that never wraps: `width` its own length, y = 0); every block in
     turn over a panel of pixels whose inputs fit TILE_PANEL. The last tile of a run of PIX or more starts PIX before
-    its end (its pixels computed twice, to the same bits)."""
-    lanes = LANES * cb
+    its end (its pixels computed twice, to the same bits). rstep, rs and ors count floats; a pixel of the input is
+    `chans` floats (16: channel-blocked, cs then floats between blocks), of the output 16 if it is channel-blocked
+    (output BLOCKED or FUSED; ocs then floats between blocks / 16); FUSED: a channel-blocked residual res added,
+    laid out by rcs and rrs as out by ocs and ors."""
+    lanes, ipx, opx = LANES * cb, chans, 1 if output == NCHW else LANES
     panel = _panel(TILE_PANEL, PIX, cin * kh * kw * s)
-    ijump, ojump = rstep - width * s, ors - width  # (floats from a row's end to the next row's start, in and out)
+    sx = s * ipx  # (floats from an input pixel to the next's)
+    ijump, ojump = rstep - width * sx, ors - width * opx  # (floats from a row's end to the next row's start)
+    rjump = rrs - width * opx
     for r in range(r0, r1):
         xr = x + 4 * r * rstep
         for p0 in range(q0, q1, panel):
-            ahead = _ahead(panel // width * rstep + panel % width * s, kh, cin, p0 + panel < q1)
+            ahead = _ahead(panel // width * rstep + panel % width * sx, kh, cin, p0 + panel < q1)
             for blk in range(b0, b1):
                 c0 = blk * lanes
                 cn, wb, bb = min(lanes, cout - c0), w + 4 * blk * cin * kh * kw * lanes, b + 4 * c0
-                orow = out + 4 * (c0 * ocs + r * ors)
+                orow, rrow = out + 4 * (c0 * ocs + r * ors), res + 4 * (c0 * rcs + r * rrs)
                 for p in range(p0, min(q1, p0 + panel), PIX):
                     q = max(q0, min(p, q1 - PIX))
                     y, z = q // width, q % width
-                    xq, oq, n = xr + 4 * (y * rstep + z * s), orow + 4 * (y * ors + z), min(PIX, q1 - q)
+                    xq, oq, n = xr + 4 * (y * rstep + z * sx), orow + 4 * (y * ors + z * opx), min(PIX, q1 - q)
+                    rq = rrow + 4 * (y * rrs + z * opx)
                     # (fetch, wraps and a whole tile's n literals: each branch its own loop; a tile that wraps, or
                     # one shorter than PIX, fetches nothing)
                     if width - z < n or n < PIX:
                         brk = min(width - z, PIX)  # (n or more: no break, as in a short run that never wraps)
-                        _tile(cb, kw, False, True, wb, xq, cs, rs, kh, cin, s, bb, oq, ocs, n, cn, 0, brk,
-                              min(width, PIX), ijump, ojump, lo, hi)
+                        _tile(cb, kw, False, True, chans, output, wb, xq, cs, rs, kh, cin, sx, bb, oq, ocs,
+                              rq, rcs, rjump // opx, n, cn, 0, brk, min(width, PIX), ijump, ojump // opx, lo, hi)
                     elif blk == b0 and ahead:
-                        _tile(cb, kw, True, False, wb, xq, cs, rs, kh, cin, s, bb, oq, ocs, PIX, cn, ahead, 0, 0, 0, 0,
-                              lo, hi)
+                        _tile(cb, kw, True, False, chans, output, wb, xq, cs, rs, kh, cin, sx, bb, oq, ocs,
+                              rq, rcs, 0, PIX, cn, ahead, 0, 0, 0, 0, lo, hi)
                     else:
-                        _tile(cb, kw, False, False, wb, xq, cs, rs, kh, cin, s, bb, oq, ocs, PIX, cn, 0, 0, 0, 0, 0,
-                              lo, hi)
+                        _tile(cb, kw, False, False, chans, output, wb, xq, cs, rs, kh, cin, sx, bb, oq, ocs,
+                              rq, rcs, 0, PIX, cn, 0, 0, 0, 0, 0, lo, hi)
 
 
 @njit(cache=True, inline="always")
-def _blocks(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi):
-    """_tiles with cb as a constant too (kw is already), one branch (a copy of the loops) per value in CBS."""
+def _ones(chans, output, cb, kh, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, rrs, cout, b0, b1, rstep, width,
+          r0, r1, q0, q1, lo, hi):
+    """_tiles of a 1×1 conv with cb as a constant, a copy of the loops each, at stride s from NCHW to NCHW, else at
+    stride 1 (over its gathered pixels, if any; the only convs the channel-blocked layouts run): that constant kept
+    LLVM from holding a tile's 14 pixel offsets in registers, spilling them or the sums and reloading them every
+    step, as it did with the stride passed (256→1024 at 14², blocked to blocked 2.3 ms, NCHW to blocked 2.1, against
+    NCHW's 0.76)."""
+    s = s if chans == 1 and output == NCHW else 1
     if cb == 2:
-        _tiles(2, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
+        _tiles(2, kh, 1, chans, output, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, rrs, cout, b0, b1, rstep,
+               width, r0, r1, q0, q1, lo, hi)
     else:
-        _tiles(1, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
+        _tiles(1, kh, 1, chans, output, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, rrs, cout, b0, b1, rstep,
+               width, r0, r1, q0, q1, lo, hi)
+
+
+@njit(cache=True, inline="always")
+def _widths(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi):
+    """_tiles from NCHW to NCHW with cb and the kernel width kw as constants, a copy of the loops per pair
+    (WIDTHS)."""
+    if kw == 1:
+        _ones(1, NCHW, cb, kh, w, b, x, cs, rs, cin, s, out, ocs, ors, 0, 0, 0, cout, b0, b1, rstep, width, r0, r1, q0,
+              q1, lo, hi)
+    elif cb == 2 and kw == 3:
+        _tiles(2, kh, 3, 1, NCHW, w, b, x, cs, rs, cin, s, out, ocs, ors, 0, 0, 0, cout, b0, b1, rstep, width, r0, r1,
+               q0, q1, lo, hi)
+    elif kw == 3:
+        _tiles(1, kh, 3, 1, NCHW, w, b, x, cs, rs, cin, s, out, ocs, ors, 0, 0, 0, cout, b0, b1, rstep, width, r0, r1,
+               q0, q1, lo, hi)
+    elif cb == 2:
+        _tiles(2, kh, 7, 1, NCHW, w, b, x, cs, rs, cin, s, out, ocs, ors, 0, 0, 0, cout, b0, b1, rstep, width, r0, r1,
+               q0, q1, lo, hi)
+    else:
+        _tiles(1, kh, 7, 1, NCHW, w, b, x, cs, rs, cin, s, out, ocs, ors, 0, 0, 0, cout, b0, b1, rstep, width, r0, r1,
+               q0, q1, lo, hi)
 
 
 @njit(cache=True)
-def _work(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi):
-    """_tiles with cb and the kernel width kw as constants: a copy of the loops per pair (WIDTHS); cb = 0: a 1×1 conv
-    by _strips (lanes along pixels). The input and output addresses first: a launcher() passes the rest as is."""
-    if cb == 0:
+def _work(x, out, res, rcs, rrs, chans, output, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, b0, b1, rstep,
+          width, r0, r1, q0, q1, lo, hi):
+    """_tiles for inputs `chans` floats a pixel (1: NCHW; 16: channel-blocked) and outputs NCHW, BLOCKED or FUSED
+    (blocked, a blocked residual added in the kernel), each its own copy of the loops: from NCHW to NCHW any width
+    (_widths; cb = 0: a 1×1 conv by _strips, lanes along pixels), else a 1×1 (_ones). The input, output and
+    residual addresses and the residual's pitches first, as a launcher() passes them."""
+    if chans == 1 and output == NCHW and cb == 0:
         _strips(w, b, x, cs, cin, out, ocs, ors, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
-    elif kw == 1:
-        _blocks(cb, kh, 1, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
-    elif kw == 3:
-        _blocks(cb, kh, 3, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
+    elif chans == 1 and output == NCHW:
+        _widths(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
+    elif chans == 1 and output == BLOCKED:
+        _ones(1, BLOCKED, cb, kh, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, rrs, cout, b0, b1, rstep, width,
+              r0, r1, q0, q1, lo, hi)
+    elif chans == 1:
+        _ones(1, FUSED, cb, kh, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, rrs, cout, b0, b1, rstep, width, r0,
+              r1, q0, q1, lo, hi)
+    elif output == NCHW:
+        _ones(LANES, NCHW, cb, kh, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, rrs, cout, b0, b1, rstep, width,
+              r0, r1, q0, q1, lo, hi)
+    elif output == BLOCKED:
+        _ones(LANES, BLOCKED, cb, kh, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, rrs, cout, b0, b1, rstep,
+              width, r0, r1, q0, q1, lo, hi)
     else:
-        _blocks(cb, kh, 7, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
+        _ones(LANES, FUSED, cb, kh, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, rrs, cout, b0, b1, rstep, width,
+              r0, r1, q0, q1, lo, hi)
 
 
 @njit(cache=True, parallel=True)
-def _run(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, rstep, width, runs, run, ntb, ntp, lo, hi):
+def _run(x, out, res, rcs, rrs, chans, output, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, rstep, width, runs,
+         run, ntb, ntp, lo, hi):
     """_work on ntb blocks of output channel blocks × ntp blocks of the runs (or of the one run's pixels), one per
     thread."""
     nb = -(-cout // (LANES * cb)) if cb else cout // ROWS
@@ -363,7 +465,8 @@ def _run(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, rstep, width,
             r0, r1 = block(runs, t // ntb, ntp)
         else:
             q0, q1 = block(run, t // ntb, ntp)
-        _work(x, out, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
+        _work(x, out, res, rcs, rrs, chans, output, cb, kh, kw, w, b, cs, rs, cin, s, ocs, ors, cout, b0, b1, rstep,
+              width, r0, r1, q0, q1, lo, hi)
 
 
 def _cb(cout: int) -> int:
@@ -398,16 +501,20 @@ def _padded(b: np.ndarray) -> np.ndarray:
 
 
 def takes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
-          dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int], pitch: int | None = None) -> bool:
-    """Whether conv() computes this conv into an output whose rows lie `pitch` floats apart (None: back to back)."""
-    return lanes(w_shape, groups, stride, pads, dilation, x, out_hw, pitch) >= 0
+          dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int], pitch: int | None = None,
+          bout: bool = False) -> bool:
+    """Whether conv() computes this conv into an output whose rows lie `pitch` pixels apart (None: back to back),
+    channel-blocked if bout."""
+    return lanes(w_shape, groups, stride, pads, dilation, x, out_hw, pitch, bout) >= 0
 
 
 def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
-          dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int], pitch: int | None = None) -> int:
-    """How conv() runs this conv into an output whose rows lie `pitch` floats apart (None: back to back): -1 not at
-    all, 0 lanes along pixels (_strip), else lanes along output channels (cb, _tile). On a vector host, for x
-    float32 with its rows contiguous, a conv of one group without dilation:
+          dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int], pitch: int | None = None,
+          bout: bool = False) -> int:
+    """How conv() runs this conv into an output whose rows lie `pitch` pixels apart (None: back to back),
+    channel-blocked if bout: -1 not at all, 0 lanes along pixels (_strip), else lanes along output channels (cb,
+    _tile). A channel-blocked input (blocked()) or output runs along output channels alone, where the rest of these
+    rules let it. On a vector host, for x float32 with its rows contiguous, a conv of one group without dilation:
     - a 1×1 at stride 1 (or at a stride, over its gathered pixels) with no padding, output channels a multiple of
       ROWS, an output of 28² or more, and fewer
       than STRIPS_BELOW input channels (along channels the transposed stores cost a share of the sums that grows as
@@ -432,26 +539,30 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
     a 7×1 conv, 1.03×. Along pixels at 7², 1.2-1.3×. (The caller keeps the convs Winograd takes, and RGB stems,
     rows.py.) These figures, and those of the two cases above, are AMD Zen 4's, with tiles of 7 pixels × up to 3
     vectors and strips of 16."""
-    if not (vectors.ENABLED and x.shape[0] > 0 and rowwise(x)):
+    if not (vectors.ENABLED and x.shape[0] > 0 and (rowwise(x) or blocked(x))):
+        return -1
+    if (bout or blocked(x)) and not (tuple(w_shape[2:]) == (1, 1) and not any(pads)):  # (_widths: 1×1s alone)
         return -1
     if _gathered(w_shape, stride):  # (as a 1×1 at stride 1 over the gathered copy, its rows back to back)
         flat, stride = (pitch or out_hw[1]) == out_hw[1], (1, 1)
     else:
         flat = _flat(w_shape, stride, x, out_hw[1], pitch or out_hw[1])
-    return _choice(tuple(w_shape), groups, tuple(stride), tuple(pads), tuple(dilation), tuple(out_hw), flat)
+    return _choice(tuple(w_shape), groups, tuple(stride), tuple(pads), tuple(dilation), tuple(out_hw), flat,
+                   bool(bout or blocked(x)))
 
 
 @per_arguments  # (asked two or three times a conv call, every inference: 2 µs a call worked out each time)
 def _choice(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
-            dilation: tuple[int, int], out_hw: tuple[int, int], flat: bool) -> int:
-    """lanes() on a vector host for an x that suits (rowwise), flat: a 1×1 run over the map as one run."""
+            dilation: tuple[int, int], out_hw: tuple[int, int], flat: bool, layouts: bool) -> int:
+    """lanes() on a vector host for an x that suits (rowwise or blocked), flat: a 1×1 run over the map as one run;
+    layouts: the input or the output channel-blocked (no strips)."""
     cout, cin, kh, kw = w_shape
     if not (groups == 1 and dilation == (1, 1)):
         return -1
     pixels = out_hw[0] * out_hw[1]
     run = pixels if flat else out_hw[1]  # (strips never wrap; tiles may)
     one = (kh, kw) == (1, 1)
-    if one and stride == (1, 1) and not any(pads) and cout % ROWS == 0 and pixels >= PIXELS_FROM \
+    if not layouts and one and stride == (1, 1) and not any(pads) and cout % ROWS == 0 and pixels >= PIXELS_FROM \
             and (cin < STRIPS_BELOW or cout % LANES) and _fits(run, STRIP):
         return 0
     run = pixels if _wraps(out_hw[1]) else run
@@ -493,9 +604,43 @@ def _pitch(n: int) -> int:
 
 
 def _flat(w_shape: tuple[int, ...], stride: tuple[int, int], x: np.ndarray, ow: int, pitch: int) -> bool:
-    """Whether a 1×1 conv at stride 1 of output rows ow wide reads them from x and writes them (rows pitch floats
+    """Whether a 1×1 conv at stride 1 of output rows ow wide reads them from x and writes them (rows pitch pixels
     apart) back to back: as one run."""
-    return tuple(w_shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and ow == x.shape[2] == x.strides[1] // 4 == pitch
+    return tuple(w_shape[2:]) == (1, 1) and tuple(stride) == (1, 1) and ow == x.shape[2] == x.strides[1] // \
+        x.strides[2] == pitch
+
+
+def runs_blocked(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                 dilation: tuple[int, int], out_hw: tuple[int, int]) -> bool:
+    """Whether the vector GEMM runs this conv over a whole map with its input or output channel-blocked (lanes()
+    with either side so): a 1×1, its input and output channels multiples of 16."""
+    cout, cin = w_shape[:2]
+    if not (vectors.ENABLED and cin % LANES == 0 and cout % LANES == 0 and tuple(w_shape[2:]) == (1, 1)):
+        return False
+    if _gathered(w_shape, stride):
+        stride = (1, 1)
+    return _choice(tuple(w_shape), groups, tuple(stride), tuple(pads), tuple(dilation), tuple(out_hw), False,
+                   True) > 0
+
+
+def blocked(a: np.ndarray) -> bool:
+    """Whether map a is channel-blocked, (C / 16, H, W, 16) float32, its pixels' 16 channels contiguous (a view of a
+    larger such array welcome): onnxruntime's NCHWc layout, which the vector GEMM reads and writes without
+    transposes or a stream per channel (to_blocked, from_blocked)."""
+    return a.ndim == 4 and a.dtype == np.float32 and a.shape[3] == LANES and a.strides[3] == 4 \
+        and a.strides[2] == 4 * LANES and a.strides[1] % 4 == 0 and a.strides[0] % 4 == 0
+
+
+def to_blocked(x: np.ndarray) -> np.ndarray:
+    """Map x (C, H, W), C a multiple of 16, channel-blocked: (C / 16, H, W, 16)."""
+    c, h, w = x.shape
+    return np.ascontiguousarray(np.asarray(x, np.float32).reshape(c // LANES, LANES, h, w).transpose(0, 2, 3, 1))
+
+
+def from_blocked(x: np.ndarray) -> np.ndarray:
+    """Channel-blocked map x (C / 16, H, W, 16) as (C, H, W)."""
+    cb, h, w, lanes = x.shape
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(cb * lanes, h, w)
 
 
 def _split(nt: int, blocks: int, parts: int) -> tuple[int, int]:
@@ -512,16 +657,24 @@ def _split(nt: int, blocks: int, parts: int) -> tuple[int, int]:
 
 def launcher(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray, b: np.ndarray,
              stride: tuple[int, int], pads: tuple[int, int, int, int], region: tuple[int, int, int, int],
-             out: np.ndarray, lo: np.float32, hi: np.float32, lanes: int, nt: int) -> Callable[[np.ndarray,
-                                                                                                 np.ndarray], None]:
-    """launch(x, out): out = clamp(conv of output `region` from tile x + b, lo, hi) on nt threads, with the lanes
-    lanes() chose, for any x and out laid out as these (out's rows contiguous: dest()). Window, packed weights and
-    the kernel's arguments are worked out here, once: a call passes two addresses."""
+             out: np.ndarray, lo: np.float32, hi: np.float32, lanes: int, nt: int,
+             fused: bool = False) -> Callable[..., None]:
+    """launch(x, out[, residual]): out = clamp(conv of output `region` from tile x + b [+ residual], lo, hi) on nt
+    threads, with the lanes lanes() chose, for any x and out laid out as these (NCHW with rows contiguous, or
+    channel-blocked: blocked()); fused: a residual is added in the kernel, channel-blocked as out must then be, laid
+    out as any such view. Window, packed weights and the kernel's arguments are worked out here, once: a call passes
+    addresses."""
     cout, cin, kh, kw = w.shape
-    _, _, oh, ow, ocs, ors = dest(out)
+    chans, bout = (LANES if blocked(x) else 1), blocked(out)
+    if fused and not bout:
+        raise ValueError(f"a residual is added in the kernel to a channel-blocked output, not to {out.shape}")
+    opx = LANES if bout else 1
+    oh, ow, ocs, ors = *out.shape[1:3], out.strides[0] // 4 // opx, out.strides[1] // 4
     # a 1×1 at a stride: the buffer its pixels are gathered into, made once (every call gathers into it)
-    copy = np.empty((cin, _pitch(oh * ow)), np.float32)[:, :oh * ow].reshape(cin, oh, ow) \
-        if _gathered(w.shape, stride) else None
+    copy = None
+    if _gathered(w.shape, stride):
+        copy = np.empty((cin, _pitch(oh * ow)), np.float32)[:, :oh * ow].reshape(cin, oh, ow) if chans == 1 \
+            else np.empty((cin // LANES, oh, ow, LANES), np.float32)
 
     def slab(x: np.ndarray) -> np.ndarray:
         """What the kernel reads of x: the window (a view of x where no pad is read, else a padded copy), or the
@@ -535,26 +688,42 @@ def launcher(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: 
     p, s = slab(x), stride if copy is None else (1, 1)
     cs, rs = p.strides[0] // 4, p.strides[1] // 4
     runs, run, rstep, width = oh, ow, s[0] * rs, ow  # (a run a row, or one over them all:)
-    if _flat(w.shape, s, p, ow, ors):
+    flat = _flat(w.shape, s, p, ow, ors // opx)
+    if flat:
         runs, run, rstep, width = 1, oh * ow, 0, oh * ow
     elif lanes > 0 and _wraps(ow):  # (rows `width` = ow wide, one run)
         runs, run = 1, oh * ow
     cb = lanes
     wp, bp = _rows_packed(w) if cb == 0 else _packed(w), _padded(b)
     ntb, ntp = _split(nt, len(wp), runs if runs > 1 else -(-run // (STRIP if cb == 0 else PIX)))
-    fixed = (cb, kh, kw, address(wp), address(bp), cs, rs, cin, s[1], ocs, ors, cout)
+    fixed = (chans, FUSED if fused else BLOCKED if bout else NCHW, cb, kh, kw, address(wp), address(bp), cs, rs, cin,
+             s[1], ocs, ors, cout)
     if ntb * ntp == 1:  # (a parallel loop's launch costs ~8 µs even on one thread: 8% of a 7² conv)
         kernel, fixed = _work, (*fixed, 0, len(wp), rstep, width, 0, runs, 0, run, lo, hi)
     else:
         kernel, fixed = _run, (*fixed, rstep, width, runs, run, ntb, ntp, lo, hi)
     held = (wp, bp)  # (a launcher holds the packed weights whose addresses it passes)
+
+    def at(x: np.ndarray, out: np.ndarray, residual: np.ndarray | None) -> None:
+        """The kernel on x's window at address x, into out, adding residual (fused: blocked, as out, any pitches; on
+        one run over rows back to back, copied where its rows are not)."""
+        if not fused:
+            kernel(x, address(out), 0, 0, 0, *fixed)
+            return
+        if not (blocked(residual) and residual.shape == out.shape):
+            raise ValueError(f"conv: a residual {residual.shape}, strides {residual.strides}, to add to a "
+                             f"channel-blocked {out.shape}")
+        if flat and residual.strides[1] != out.strides[1]:
+            residual = np.ascontiguousarray(residual)
+        kernel(x, address(out), address(residual), residual.strides[0] // 4 // LANES, residual.strides[1] // 4, *fixed)
+
     if np.may_share_memory(p, x):  # the window is x itself, from `offset` bytes on
         offset = address(p) - address(x)
 
-        def launch(x: np.ndarray, out: np.ndarray, held: tuple = held) -> None:
-            kernel(address(x) + offset, address(out), *fixed)
+        def launch(x: np.ndarray, out: np.ndarray, residual: np.ndarray | None = None, held: tuple = held) -> None:
+            at(address(x) + offset, out, residual)
     else:  # a padded or gathered copy of x's part, each call
-        def launch(x: np.ndarray, out: np.ndarray, held: tuple = held) -> None:
+        def launch(x: np.ndarray, out: np.ndarray, residual: np.ndarray | None = None, held: tuple = held) -> None:
             p = slab(x)  # (held here while the kernel reads it by address)
-            kernel(address(p), address(out), *fixed)
+            at(address(p), out, residual)
     return launch

@@ -1,5 +1,6 @@
 """2-D convolution of an output region: Winograd F(4×4, 3×3) where it pays (winograd.py), else on a vector host
-a GEMM micro-kernel over weights packed once (blocked.py: 1×1, 3×3 and 7×7 convs of one group), else im2col into
+a GEMM micro-kernel over weights packed once (blocked.py: 1×1, 3×3 and 7×7 convs of one group; 1×1s also on
+channel-blocked maps, any other conv on them through NCHW: _Unblocked), else im2col into
 a bounded column buffer + float32 BLAS GEMM; depthwise convs and RGB stems by vector rows read straight from the
 tile (rows.py) where they fit, else depthwise by direct loops over each channel's slab (3×3 over rows, the others
 over the slab's phase planes, window.phase_layout)."""
@@ -16,7 +17,7 @@ from .derived import per_arguments, per_weights
 from .layout import whole
 from .pointwise import act1, act_code, clamp_bounds, constant, epilogue, finish, inline_code
 from .threads import block, count, padded
-from .vectors import rowwise
+from .vectors import LANES, rowwise
 from .window import phase_buffers, phase_layout, split_phases, stage, staging, window
 
 # im2col + GEMM run in chunks of output rows whose columns fit COL_BYTES: about the size of a core's L2, so
@@ -279,41 +280,55 @@ class ConvCall:
                  dilation: tuple[int, int], groups: int, region: tuple[int, int, int, int], act: str, alpha: float,
                  lo: float, hi: float, residual: bool, into: np.ndarray | None) -> None:
         cout, cin_g, kh, kw = w.shape
-        if x.shape[0] != cin_g * groups or cout % groups:
+        xin, bout = blocked.blocked(x), into is not None and into.ndim == 4
+        if x.shape[0] * (LANES if xin else 1) != cin_g * groups or cout % groups:
             raise ValueError(f"conv: input has {x.shape[0]} channels, weights {w.shape} with {groups} groups")
         y0, x0, y1, x1 = region
         self.shape = (cout, max(0, y1 - y0), max(0, x1 - x0))
-        if into is not None and (into.shape != self.shape or not rowwise(into)):
+        if bout:  # (channel-blocked: blocked.blocked)
+            if cout % LANES:
+                raise ValueError(f"conv: {cout} output channels cannot be channel-blocked in blocks of {LANES}")
+            self.shape = (cout // LANES, *self.shape[1:], LANES)
+        if into is not None and (into.shape != self.shape or not (blocked.blocked(into) if bout else rowwise(into))):
             raise ValueError(f"conv: output {self.shape} cannot go to a {into.dtype} array {into.shape}, strides "
                              f"{into.strides}")
         self.layout, self.bias = _layout(x), None if b is None else weakref.ref(b)
         self.args = (origin, in_hw, stride, pads, dilation, groups, region)
         w, b, epi, self.whole = _operands(w, b, act, alpha, lo, hi)
-        if residual:  # the kernels' own loops then apply the bias alone; _finish does the rest
+        self.fused = residual and bout  # (a channel-blocked output's residual: added in the vector GEMM's registers)
+        if residual and not self.fused:  # the kernels' own loops then apply the bias alone; _finish does the rest
             epi = (0, *epi[1:])
         self.epi, self.launch, self.direct, self.wino = epi, None, False, False
         if 0 in self.shape:
             return
-        ob = rows.kind(w.shape, groups, stride, dilation, x, self.shape[2])
-        lanes = -1 if ob else blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:])
-        self.wino = groups == 1 and winograd_pays(w.shape, stride, dilation, self.shape[1:], lanes >= 0)
+        layouts = xin or bout  # (the vector GEMM alone reads and writes channel-blocked maps)
+        ob = 0 if layouts else rows.kind(w.shape, groups, stride, dilation, x, self.shape[2])
+        lanes = -1 if ob else blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:3], bout=bout)
+        if layouts and lanes <= 0:  # (a region the vector GEMM does not take: NCHW, on its window alone)
+            self.launch = _Unblocked(x, origin, in_hw, w, b, stride, pads, dilation, groups, region, act, alpha, lo,
+                                     hi, residual, into)
+            self.direct, self.fused, self.whole = into is not None, True, (0, *self.whole[1:])  # (all done in it)
+            return
+        self.wino = not layouts and groups == 1 and winograd_pays(w.shape, stride, dilation, self.shape[1:], lanes >= 0)
         lanes = -1 if self.wino else lanes
         # Straight into `into` where the kernel can write it and what is left after it (a residual, the rest of an
         # activation: _finish) can be added there in place, on into's planes (layout.planes): the vector kernels at
         # into's row pitch, if the vector GEMM also takes the conv with into's rows apart (a 1×1 it runs over the
         # map's rows as one run: rows of 10, not; of 14 or more, yes); the depthwise and Winograd loops, which index
         # their output, into the C-contiguous buffer whose planes' top rows into is (layout.whole).
-        planar = into is not None and whole(into) is not None
-        direct = into is not None and (not residual and epi == self.whole or planar)
+        planar = into is not None and (into.flags.c_contiguous if bout else whole(into) is not None)
+        direct = into is not None and ((not residual or self.fused) and epi == self.whole or planar)
         if direct and lanes >= 0:
-            pitched = blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:], into.strides[1] // 4)
+            pitched = blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:3],
+                                    into.strides[1] // into.strides[2], bout)
             direct, lanes = (True, pitched) if pitched >= 0 else (False, lanes)
         self.dw = groups > 1 and w.shape[1] == 1 and not ob
         self.direct = direct and (lanes >= 0 or ob > 0 or ((self.dw or self.wino) and planar))
         out = into if self.direct else np.empty(self.shape, np.float32)
         bounds, nt = clamp_bounds(*epi), count()
         if lanes >= 0:
-            self.launch = blocked.launcher(x, origin, in_hw, w, b, stride, pads, region, out, *bounds, lanes, nt)
+            self.launch = blocked.launcher(x, origin, in_hw, w, b, stride, pads, region, out, *bounds, lanes, nt,
+                                           self.fused)
         elif ob:
             self.launch = rows.launcher(x, origin, in_hw, kh, stride, pads, region, ob, rows.FMA, _held(w), _held(b),
                                         out, *bounds, nt)
@@ -324,11 +339,17 @@ class ConvCall:
         added if it was made for one, into `into` (laid out as its into) or a new array."""
         if _layout(x) != self.layout:  # (the kernels read x by address)
             raise ValueError(f"conv: this call reads a {self.layout} input, not a {_layout(x)} one")
+        if residual is not None and residual.ndim != len(self.shape):
+            raise ValueError(f"conv: a residual {residual.shape} to add to an output {self.shape}")
         if 0 in self.shape:
             return np.empty(self.shape, np.float32) if into is None else into
         if self.launch is not None:
             out = into if self.direct else np.empty(self.shape, np.float32)
-            self.launch(x, out)
+            if self.fused:  # (the kernel adds it)
+                self.launch(x, out, residual)
+                residual = None
+            else:
+                self.launch(x, out)
             return _finish(out, self.whole, residual) if self.direct else _placed(_finish(out, self.whole, residual),
                                                                                    into)
         origin, in_hw, stride, pads, dilation, groups, region = self.args
@@ -350,6 +371,33 @@ class ConvCall:
         _gemm_conv(p, w.reshape(groups, cout // groups, k), out, (kh, kw), stride, dilation, step, cols)
         epilogue(out, constant(cout, 1.0), b, *self.whole, residual)
         return _placed(out, into)
+
+
+class _Unblocked:
+    """launch(x, out[, residual]) for a conv ConvCall would run on a channel-blocked input or output, but the vector
+    GEMM, which alone reads and writes them, does not take (a thin border strip of a tile, a padded 1×1): its window
+    of x and its residual as NCHW, the conv by a ConvCall on them, its output blocked where `into` is."""
+
+    def __init__(self, x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: np.ndarray,
+                 b: np.ndarray | None, stride: tuple[int, int], pads: tuple[int, int, int, int],
+                 dilation: tuple[int, int], groups: int, region: tuple[int, int, int, int], act: str, alpha: float,
+                 lo: float, hi: float, residual: bool, into: np.ndarray | None) -> None:
+        self.window = (origin, in_hw, w.shape[2:], stride, pads, dilation, region)
+        slab = self.nchw(x)
+        self.out = into is not None and into.ndim == 4
+        self.call = ConvCall(slab, (0, 0), slab.shape[1:], w, b, stride, (0,) * 4, dilation, groups,
+                             (0, 0, region[2] - region[0], region[3] - region[1]), act, alpha, lo, hi, residual, None)
+        self.w, self.b = weakref.ref(w), None if b is None else weakref.ref(b)
+
+    def nchw(self, x: np.ndarray) -> np.ndarray:
+        """The (padded) window of x the region reads, NCHW."""
+        slab = window(x, *self.window, 0.0)
+        return blocked.from_blocked(slab) if slab.ndim == 4 else np.ascontiguousarray(slab)
+
+    def __call__(self, x: np.ndarray, out: np.ndarray, residual: np.ndarray | None = None) -> None:
+        r = None if residual is None else blocked.from_blocked(residual) if residual.ndim == 4 else residual
+        y = self.call(self.nchw(x), self.w(), None if self.b is None else self.b(), r)
+        out[...] = blocked.to_blocked(y) if self.out else y
 
 
 def _layout(a: np.ndarray) -> tuple:

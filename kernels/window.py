@@ -54,12 +54,17 @@ def window(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kerne
     """Input slab (C, rows, cols) that `region` reads, out-of-image positions set to `fill`.
 
     A view of `x` when the slab lies inside both image and buffer, else a filled copy; the region's output
-    is then a plain unpadded ("valid") window op over the slab.
+    is then a plain unpadded ("valid") window op over the slab. x channel-blocked, (C / 16, H, W, 16): so is the
+    slab.
     """
     slab_hw, copy = staging(x, origin, in_hw, kernel, stride, pads, dilation, region)
     ya, yb, xa, xb, dy, dx = copy
     if (dy, dx, yb - ya, xb - xa) == (0, 0, *slab_hw):  # (the copy is the whole slab)
         return x[:, ya:yb, xa:xb]
+    if x.ndim == 4:
+        slab = np.full((x.shape[0], *slab_hw, x.shape[3]), fill, np.float32)
+        slab[:, dy:dy + yb - ya, dx:dx + xb - xa] = x[:, ya:yb, xa:xb]
+        return slab
     slab = np.empty((x.shape[0], *slab_hw), np.float32)
     _fill(x, copy, slab, np.float32(fill), min(count(), x.shape[0]))
     return slab
@@ -99,7 +104,7 @@ def staging(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kern
     (ya, yb, xa, xb, dy, dx) by which stage() puts a channel of x into it (x[c, ya:yb, xa:xb] to p[k, dy:, dx:]; the
     frame is never overwritten). The slab then stays in L1/L2 between its copy and its reads: a whole-map slab
     costs a pass over memory each way (96 channels at 112²: 0.37 ms, twice the depthwise conv that reads it)."""
-    return _staging(x.shape[1:], origin, in_hw, kernel, stride, pads, dilation, region)
+    return _staging(x.shape[1:3], origin, in_hw, kernel, stride, pads, dilation, region)
 
 
 @per_arguments

@@ -14,10 +14,12 @@ import numpy as np
 
 from nptp_mpi.io.inputs import pixels_to_tensor
 from nptp_mpi.kernels import channel_sums, layout
+from nptp_mpi.kernels.vectors import LANES
 from nptp_mpi.model.graph import Graph
 from nptp_mpi.plan.plan import Plan, rank_params
 from nptp_mpi.plan.program import INPUT, Buffer, Compute, Copy, Head, Post, Program, Reduce, Sum, Wait, lower
 from nptp_mpi.runtime.exchange import Messages, World
+from nptp_mpi.runtime.layouts import blocked_maps
 from nptp_mpi.runtime.ops import Pieces, Tile, bias_act, run_whole
 
 Rect = tuple[int, int, int, int]
@@ -99,12 +101,17 @@ class Engine:
         self.params = rank_params(graph, plan, world.rank, copy=True)
         nodes = self.graph_nodes = {n.name: n for n in graph.nodes}
         # A conv's map whose planes would lie a multiple of 4 KiB apart gets a spare row after each (kernels/layout.py)
-        # and is written in place, as a fixed buffer is.
+        # and is written in place, as a fixed buffer is; so is a map kept channel-blocked (runtime.layouts).
         convs, bufs = {n.output for n in graph.nodes if n.op == "conv"}, self.program.buffers.values()
+        self.blocked = self._blocked()
         shapes = {b.name: layout.buffer_shape(*_held_shape(b)) if b.alloc and not b.pixels
                   and (b.fixed or b.name in convs) else _held_shape(b) for b in bufs}
+        for name in self.blocked:
+            c, h, w = _held_shape(self.program.buffers[name])
+            shapes[name] = (c // LANES, h, w, LANES)
         self.buffers: dict[str, np.ndarray | None] = {
-            b.name: np.zeros(shapes[b.name], _elements(b.pixels)) if b.alloc else None for b in bufs}
+            b.name: np.zeros(shapes[b.name], _elements(b.pixels)) if b.alloc or b.name in self.blocked else None
+            for b in bufs}
         self.rects = {b.name: b.rect for b in bufs}
         self.fixed = {b.name for b in bufs if b.fixed or shapes[b.name] != _held_shape(b)}
         self.pieces: dict[int, Pieces] = {}  # per Compute step: its node with this rank's weights, on its pieces
@@ -123,6 +130,27 @@ class Engine:
             elif isinstance(step, Reduce):
                 self.parts[i] = Contribution(graph, step, self.params)
         self.bias = {s.node: self.params[s.node].get("b") for s in self.program.steps if isinstance(s, Sum)}
+
+    def _blocked(self) -> set[str]:
+        """The buffers this rank keeps channel-blocked (runtime.layouts): those its computes alone write and read
+        (no exchange, copy, sum, reduction or head touches them), between 1×1 convs."""
+        nodes, steps = self.graph_nodes, self.program.steps
+        uses = [(nodes[s.node], () if s.linear or s.mean or "w" not in self.params.get(s.node, {})
+                 else self.params[s.node]["w"].shape, s.inputs, s.output, self.graph.shapes[nodes[s.node].output][1:])
+                for s in steps if isinstance(s, Compute)]
+        nchw = {INPUT} | {b.name for b in self.program.buffers.values() if b.pixels}
+        for s in steps:
+            if isinstance(s, Post):
+                nchw |= {m.buffer for m in (*s.sends, *s.recvs)}
+            elif isinstance(s, Copy):
+                nchw |= {s.src, s.dst}
+            elif isinstance(s, Sum):
+                nchw |= {s.output, *(name for name, _ in s.parts)}
+            elif isinstance(s, Reduce):
+                nchw |= {s.source, s.output}
+            elif isinstance(s, Head):
+                nchw.add(s.input)
+        return blocked_maps(uses, nchw)
 
     def _shape(self, name: str) -> tuple[int, ...]:
         """Buffer `name`'s shape: as allocated (spare rows included), else that of the rect it will hold."""

@@ -135,12 +135,13 @@ def se_gate(node: Node, mean: np.ndarray) -> np.ndarray:
     return g
 
 
-def run_whole(node: Node, ins: list[np.ndarray]) -> np.ndarray:
+def run_whole(node: Node, ins: list[np.ndarray], blocked: bool = False) -> np.ndarray:
     """Any node on whole tensors: a spatial one over its whole output (the reference, a tail), a head one
-    (global pooling, flatten, classifier, softmax)."""
+    (global pooling, flatten, classifier, softmax). A conv's input and residual may be channel-blocked
+    (runtime.layouts), and blocked: its output so."""
     op, x = node.op, ins[0]
     if op == "conv":
-        return _whole_conv(node, ins)
+        return _whole_conv(node, ins, blocked)
     if node.spatial:
         out = (0, 0, *(node.window.out_hw(*x.shape[1:]) if node.window else x.shape[1:]))
         return run_spatial(node, [Tile(_buffer(t), (0, 0, *t.shape[1:])) for t in ins], x.shape[1:], out)
@@ -163,15 +164,21 @@ class _WholeConv:
     """A conv node's call over its whole map, kept for the node (_whole_conv) while its weights, attributes, input
     layout and the kernels' threads stay as they were (graph passes rewrite nodes in place)."""
 
-    def __init__(self, node: Node, ins: list[np.ndarray], x: np.ndarray, key: tuple) -> None:
+    def __init__(self, node: Node, ins: list[np.ndarray], x: np.ndarray, key: tuple, blocked: bool) -> None:
         w, b, win = node.params["w"], node.params.get("b"), node.window
-        out = (0, 0, *win.out_hw(*ins[0].shape[1:]))
-        # Into a buffer with spare rows where its planes would lie a multiple of 4 KiB apart (kernels/layout.py)
-        self.spare = (w.shape[0], *out[2:]) if layout.spare_rows(*out[2:]) else None
+        out = (0, 0, *win.out_hw(*ins[0].shape[1:3]))
+        # Into a buffer with spare rows where its planes would lie a multiple of 4 KiB apart (kernels/layout.py), or
+        # a channel-blocked one
+        self.spare = (w.shape[0], *out[2:]) if layout.spare_rows(*out[2:]) and not blocked else None
+        self.blocked = (w.shape[0] // vectors.LANES, *out[2:], vectors.LANES) if blocked else None
         self.key, self.w, self.b = key, weakref.ref(w), None if b is None else weakref.ref(b)
-        self.call = ConvCall(x, (0, 0), ins[0].shape[1:], w, b, win.stride, win.pads, win.dilation,
-                             node.attrs.get("groups", 1), out, **_act(node), residual=len(ins) > 1,
-                             into=None if self.spare is None else layout.empty(*self.spare))
+        self.call = ConvCall(x, (0, 0), ins[0].shape[1:3], w, b, win.stride, win.pads, win.dilation,
+                             node.attrs.get("groups", 1), out, **_act(node), residual=len(ins) > 1, into=self.into())
+
+    def into(self) -> np.ndarray | None:
+        """A new array the call writes: channel-blocked, with spare rows, or None (the call's own)."""
+        return np.empty(self.blocked, np.float32) if self.blocked else None if self.spare is None \
+            else layout.empty(*self.spare)
 
     def holds(self, node: Node, key: tuple) -> bool:
         """Whether this call is still the node's for an input of this key."""
@@ -182,20 +189,19 @@ class _WholeConv:
 _whole_convs: dict[int, _WholeConv] = {}
 
 
-def _whole_conv(node: Node, ins: list[np.ndarray]) -> np.ndarray:
+def _whole_conv(node: Node, ins: list[np.ndarray], blocked: bool) -> np.ndarray:
     """A conv node over its whole map (the reference's every conv, a tail's), by a call prepared once per node:
     through run_pieces and conv2d, working out the call's key each time cost 5-8 µs a conv (MobileNetV2 at 224²,
     one thread: 8.72 → 8.24 ms). conv2d called directly, its own key alone still cost 1.02 of the time."""
     x, a = _buffer(ins[0]), node.attrs
     key = (ins[0].shape, x.shape, x.strides, len(ins), id(node.window), a.get("groups", 1), a.get("act", ""),
-           a.get("alpha", 0.0), a.get("lo", 0.0), a.get("hi", 0.0), K.threads.count(), vectors.ENABLED)
+           a.get("alpha", 0.0), a.get("lo", 0.0), a.get("hi", 0.0), K.threads.count(), vectors.ENABLED, blocked)
     held = _whole_convs.get(id(node))
     if held is None:  # (the node's entry goes with it)
         weakref.finalize(node, _whole_convs.pop, id(node), None)
     if held is None or not held.holds(node, key):
-        held = _whole_convs[id(node)] = _WholeConv(node, ins, x, key)
-    into = None if held.spare is None else layout.empty(*held.spare)
-    return held.call(x, node.params["w"], node.params.get("b"), ins[1] if len(ins) > 1 else None, into)
+        held = _whole_convs[id(node)] = _WholeConv(node, ins, x, key, blocked)
+    return held.call(x, node.params["w"], node.params.get("b"), ins[1] if len(ins) > 1 else None, held.into())
 
 
 def _buffer(t: np.ndarray) -> np.ndarray:

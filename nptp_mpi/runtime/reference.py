@@ -11,7 +11,15 @@ import numpy as np
 
 from nptp_mpi.errors import ModelError
 from nptp_mpi.model.graph import Graph
+from nptp_mpi.runtime.layouts import blocked_maps
 from nptp_mpi.runtime.ops import run_whole
+
+
+def blocked(graph: Graph) -> set[str]:
+    """The maps the reference keeps channel-blocked (runtime.layouts): its tensors between 1×1 convs."""
+    uses = [(n, n.params["w"].shape if n.op == "conv" else (), tuple(n.inputs), n.output, graph.shapes[n.output][1:])
+            for n in graph.nodes]
+    return blocked_maps(uses, {graph.input, graph.output})
 
 
 def run(graph: Graph, x: np.ndarray, spent: dict[str, float] | None = None) -> np.ndarray:
@@ -21,13 +29,14 @@ def run(graph: Graph, x: np.ndarray, spent: dict[str, float] | None = None) -> n
         raise ModelError(f"{graph.name}: input shape {tuple(x.shape)} differs from {tuple(graph.input_shape)}")
     values: dict[str, np.ndarray] = {graph.input: np.ascontiguousarray(x, dtype=np.float32)}
     last_use = {t: i for i, n in enumerate(graph.nodes) for t in n.inputs}
+    maps = blocked(graph)
     for i, node in enumerate(graph.nodes):
         ins = [values[t] for t in node.inputs]
         for t in set(node.inputs):  # (a node may read one tensor twice: a conv with its own input as residual)
             if last_use[t] == i and t != graph.output:
                 del values[t]  # keeps peak memory near two layers' worth on large inputs
         t0 = time.perf_counter()
-        values[node.output] = run_whole(node, ins)
+        values[node.output] = run_whole(node, ins, node.output in maps)
         if spent is not None:
             spent[node.name] = spent.get(node.name, 0.0) + time.perf_counter() - t0
     return np.ascontiguousarray(values[graph.output])  # (a conv's map may lie in a buffer with spare rows)

@@ -35,7 +35,15 @@ def every_op_graph(seed: int = 0) -> Graph:
         conv("c0", "x", 3, 16, 3),
         conv("c1", "c0", 16, 16, 3, act="relu"),  # 16 channels, 28×28 out: the Winograd path
         conv("c1x", "c1", 16, 32, 1, act="relu"),  # 32 outputs at 28²: the vector GEMM (kernels/blocked.py)
-        conv("c2", "c1x", 32, 8, 3, stride=2, groups=2, act="clip", lo=0.0, hi=6.0),
+        # 1×1s between channel-blocked maps (runtime.layouts), each pair of layouts in and out: NCHW → blocked,
+        # NCHW → blocked + a blocked residual, blocked → blocked + residual, blocked → blocked, blocked → NCHW
+        conv("b0", "c1x", 32, 64, 1, act="relu"),
+        Node("conv", "b1", ("c1x", "b0"), "b1", {"groups": 1, "act": "relu"}, {"w": w(64, 32, 1, 1), "b": w(64)},
+             Window()),
+        Node("conv", "b2", ("b0", "b1"), "b2", {"groups": 1}, {"w": w(64, 64, 1, 1), "b": w(64)}, Window()),
+        conv("b3", "b2", 64, 64, 1, act="clip", lo=0.0, hi=6.0),
+        conv("b4", "b3", 64, 32, 1),
+        conv("c2", "b4", 32, 8, 3, stride=2, groups=2, act="clip", lo=0.0, hi=6.0),
         conv("c3", "c2", 8, 8, 3, groups=8, act="leakyrelu", alpha=0.1),
         conv("c3b", "c3", 8, 8, 5, stride=2, groups=8, act="silu"),  # depthwise: vector rows, or phase planes
         Node("pad", "pad", ("c3b",), "pad", {"value": 0.5}, window=Window(pads=(1, 0, 0, 1))),

@@ -23,6 +23,7 @@ import numpy as np
 
 from nptp_mpi import kernels
 from nptp_mpi.errors import UsageError
+from nptp_mpi.kernels import blocked, vectors
 
 
 def _median_s(fns: list, repeat: int) -> list[float]:
@@ -108,9 +109,11 @@ def conv_layers(graph) -> list[dict]:
 def bench_convs(layers: list[dict], repeat: int = 5) -> list[dict]:
     """Time conv2d and ORT on each layer (keys name, cin, cout, h, w, k, stride, pad, groups).
 
-    Rows add ms_ours, ms_ort, gflops_ours, gflops_ort, ratio (ours / ORT speed), max_abs_err, and ms_gemm: the
+    Rows add ms_ours, ms_ort, gflops_ours, gflops_ort, ratio (ours / ORT speed), max_abs_err, ms_gemm: the
     BLAS GEMM alone of the layer as im2col runs it (weights × columns, already made; None for a grouped conv),
-    timed in the same rounds: the floor of our im2col path, and how much of a gap is the BLAS itself.
+    timed in the same rounds: the floor of our im2col path, and how much of a gap is the BLAS itself; and
+    ms_blocked: the conv from a channel-blocked map into one, as the engines run a 1×1 between 1×1s
+    (runtime.layouts; None where they keep NCHW), also checked against ORT's.
     """
     rng = np.random.default_rng(0)
     rows = []
@@ -125,14 +128,19 @@ def bench_convs(layers: list[dict], repeat: int = 5) -> list[dict]:
                        (0, 0, oh, ow))
         ort_run = _ort_conv(x, w, b, s, p, g)
         err = float(np.abs(ours() - ort_run()).max())
-        fns = [ours, ort_run]
+        extra = {}
         if g == 1:
             wm, cols = w.reshape(L["cout"], -1), rng.standard_normal((w[0].size, oh * ow), np.float32)
-            fns.append(partial(np.matmul, wm, cols, out=np.empty((L["cout"], oh * ow), np.float32)))
-        t_ours, t_ort, *t_gemm = _median_s(fns, repeat)
+            extra["ms_gemm"] = partial(np.matmul, wm, cols, out=np.empty((L["cout"], oh * ow), np.float32))
+        if blocked.runs_blocked(w.shape, g, (s, s), (p,) * 4, (1, 1), (oh, ow)):
+            y = np.empty((L["cout"] // vectors.LANES, oh, ow, vectors.LANES), np.float32)
+            extra["ms_blocked"] = partial(kernels.conv2d, blocked.to_blocked(x), (0, 0), (L["h"], L["w"]), w, b,
+                                          (s, s), (p,) * 4, (1, 1), g, (0, 0, oh, ow), into=y)
+            err = max(err, float(np.abs(blocked.from_blocked(extra["ms_blocked"]()) - ort_run()).max()))
+        t_ours, t_ort, *times = _median_s([ours, ort_run, *extra.values()], repeat)
         rows.append({**L, "ms_ours": t_ours * 1e3, "ms_ort": t_ort * 1e3, "gflops_ours": flops / t_ours / 1e9,
                      "gflops_ort": flops / t_ort / 1e9, "ratio": t_ort / t_ours, "max_abs_err": err,
-                     "ms_gemm": t_gemm[0] * 1e3 if t_gemm else None})
+                     "ms_gemm": None, "ms_blocked": None, **{k: t * 1e3 for k, t in zip(extra, times, strict=True)}})
     return rows
 
 
@@ -140,6 +148,7 @@ def format_table(rows: list[dict]) -> str:
     """Aligned text table of bench_convs rows with a median-ratio footer."""
     cols = [("name", "{}"), ("cin", "{}"), ("cout", "{}"), ("h", "{}"), ("w", "{}"), ("k", "{}"),
             ("stride", "{}"), ("groups", "{}"), ("ms_ours", "{:.2f}"), ("ms_ort", "{:.2f}"), ("ms_gemm", "{:.2f}"),
+            ("ms_blocked", "{:.2f}"),
             ("gflops_ours", "{:.1f}"), ("gflops_ort", "{:.1f}"), ("ratio", "{:.2f}")]
     ratio = statistics.median(r["ratio"] for r in rows) if rows else float("nan")
     return "\n".join([_aligned([c for c, _ in cols], cols, rows),

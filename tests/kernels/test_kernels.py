@@ -387,6 +387,111 @@ def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
                 np.testing.assert_array_equal(got, whole[:, y0:y1, x0:x1])
 
 
+# 1×1 convs on channel-blocked maps (kernels/blocked.py; runtime.layouts keeps the maps between 1×1s so): one run
+# over rows back to back (14², and 56² whose NCHW 1×1 runs along pixels), rows of 7 and 9 that wrap from row to row,
+# 48 outputs (three blocks of 16), a 1×1 at stride 2 over its gathered pixels, 16 inputs to 96 outputs at 28² (along
+# pixels on NCHW), 256 inputs on rows of 12
+LAYOUTS = [(32, 64, 14, 14, (1, 1)), (64, 32, 56, 56, (1, 1)), (64, 48, 7, 7, (1, 1)), (32, 32, 9, 9, (1, 1)),
+           (64, 64, 28, 27, (2, 2)), (16, 96, 28, 28, (1, 1)), (256, 64, 10, 12, (1, 1))]
+
+
+@pytest.mark.parametrize("case", LAYOUTS)
+@pytest.mark.parametrize("act", ["relu", "silu"])
+def test_1x1_convs_read_and_write_channel_blocked_maps_to_the_same_bits(case, act):
+    """A 1×1 conv with its input, its output or both channel-blocked, with a blocked residual added in its
+    registers or none, on one thread and on three: what it computes on NCHW, over the whole map bit for bit, over
+    an inner region to float rounding (NCHW may run it by BLAS), written into a view with room for a halo (the room
+    untouched), the residual read from a view laid out otherwise."""
+    from nptp_mpi.kernels import blocked, threads
+
+    if not vectors.ENABLED:
+        pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
+    cin, cout, h, w, s = case
+    x, wt, b, no = randn((cin, h, w), 1), randn((cout, cin, 1, 1), 2), randn(cout, 3), (0,) * 4
+    oh, ow = (h - 1) // s[0] + 1, (w - 1) // s[1] + 1
+    res = randn((cout, oh, ow), 4)
+    kept = np.zeros((cout // 16 + 1, oh + 3, ow + 1, 16), np.float32)  # (the residual in a larger buffer)
+    kept[:cout // 16, 1:oh + 1, :ow] = blocked.to_blocked(res)
+    for y0, x0, y1, x1 in [(0, 0, oh, ow), (1, 2, oh, ow - 1)]:
+        region, r = (y0, x0, y1, x1), res[:, y0:y1, x0:x1]
+
+        def same(got, want, whole=region == (0, 0, oh, ow)):
+            if whole:
+                np.testing.assert_array_equal(got, want)
+            else:
+                np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+        for residual, rb in ((None, None), (r, kept[:cout // 16, 1 + y0:1 + y1, x0:x1])):
+            want = K.conv2d(x, (0, 0), (h, w), wt, b, s, no, (1, 1), 1, region, act, residual=residual)
+            for nt in (1, 3):
+                with threads.blocks(nt):
+                    if residual is None:
+                        same(K.conv2d(blocked.to_blocked(x), (0, 0), (h, w), wt, b, s, no, (1, 1), 1, region, act),
+                             want)
+                    for xx in (x, blocked.to_blocked(x)):
+                        room = np.full((cout // 16, y1 - y0 + 2, x1 - x0 + 3, 16), -7.0, np.float32)
+                        out = room[:, 1:-1, 2:-1]
+                        K.conv2d(xx, (0, 0), (h, w), wt, b, s, no, (1, 1), 1, region, act, residual=rb, into=out)
+                        same(blocked.from_blocked(out), want)
+                        assert (room[:, [0, -1]] == -7).all() and (room[:, :, [0, 1, -1]] == -7).all()
+
+
+def test_convs_the_vector_gemm_leaves_read_and_write_channel_blocked_maps_through_nchw():
+    """A conv on channel-blocked maps that the vector GEMM does not run so (a 3×3, a padded 1×1, a 1-column strip,
+    16 channels on a 7² map) converts its window and its residual to NCHW and its result back: what it computes on
+    NCHW."""
+    from nptp_mpi.kernels import blocked
+
+    for cin, cout, hw, k, pad, region in [(32, 32, 6, 3, 1, None), (32, 32, 9, 1, 1, None), (16, 16, 7, 1, 0, None),
+                                          (32, 16, 14, 3, 1, (3, 0, 9, 1)), (32, 32, 20, 1, 0, (0, 5, 20, 6))]:
+        x, wt, b = randn((cin, hw, hw), 5), randn((cout, cin, k, k), 6), randn(cout, 7)
+        on = hw + 2 * pad - k + 1
+        region = region or (0, 0, on, on)
+        res = randn((cout, region[2] - region[0], region[3] - region[1]), 8)
+        args = ((1, 1), (pad,) * 4, (1, 1), 1, region, "relu")
+        assert blocked.lanes(wt.shape, 1, *args[:3], blocked.to_blocked(x), res.shape[1:], bout=True) == -1
+        want = K.conv2d(x, (0, 0), (hw, hw), wt, b, *args, residual=res)
+        assert_close(K.conv2d(blocked.to_blocked(x), (0, 0), (hw, hw), wt, b, *args, residual=res), want)
+        for xx in (x, blocked.to_blocked(x)):
+            out = np.empty((cout // 16, *res.shape[1:], 16), np.float32)
+            K.conv2d(xx, (0, 0), (hw, hw), wt, b, *args, residual=blocked.to_blocked(res), into=out)
+            assert_close(blocked.from_blocked(out), want)
+
+
+def test_channel_blocked_maps_are_1x1_convs_maps(monkeypatch):
+    """blocked.blocked: (C / 16, H, W, 16) float32 with each pixel's 16 channels contiguous (a view with room for a
+    halo too), not NCHW, float64 or 8 lanes; to_blocked and from_blocked undo each other. runs_blocked: an unpadded
+    1×1 of one group with channels multiples of 16 (at a stride, over its gathered pixels), where the host has the
+    vectors; lanes() with a blocked side: along output channels even where NCHW runs along pixels, and not at all
+    for other convs (the caller converts)."""
+    from nptp_mpi.kernels import blocked
+
+    x = randn((32, 5, 6), 9)
+    xb = blocked.to_blocked(x)
+    assert xb.shape == (2, 5, 6, 16) and blocked.blocked(xb) and blocked.blocked(np.zeros((3, 7, 8, 16), np.float32)[
+        1:, 1:-1, 2:-1])
+    assert not any(blocked.blocked(a) for a in (x, xb.astype(np.float64), np.zeros((2, 5, 6, 8), np.float32),
+                                                xb[:, :, ::2]))
+    np.testing.assert_array_equal(blocked.from_blocked(xb), x)
+    assert xb[1, 2, 3, 4] == x[20, 2, 3]
+    monkeypatch.setattr(vectors, "ENABLED", True)
+    no = (0,) * 4
+    assert blocked.runs_blocked((64, 32, 1, 1), 1, (1, 1), no, (1, 1), (14, 14))
+    assert blocked.runs_blocked((64, 32, 1, 1), 1, (2, 2), no, (1, 1), (28, 28))
+    for w_shape, g, pads, hw in [((64, 32, 3, 3), 1, (1,) * 4, (14, 14)), ((64, 32, 1, 1), 1, (1,) * 4, (14, 14)),
+                                 ((48, 24, 1, 1), 1, no, (14, 14)), ((64, 16, 1, 1), 2, no, (14, 14)),
+                                 ((64, 32, 1, 1), 1, no, (14, 1))]:
+        assert not blocked.runs_blocked(w_shape, g, (1, 1), pads, (1, 1), hw), w_shape
+    big = np.zeros((16, 56, 56), np.float32)
+    assert blocked.lanes((96, 16, 1, 1), 1, (1, 1), no, (1, 1), big, (56, 56)) == 0
+    assert blocked.lanes((96, 16, 1, 1), 1, (1, 1), no, (1, 1), big, (56, 56), bout=True) == 2
+    assert blocked.lanes((96, 16, 1, 1), 1, (1, 1), no, (1, 1), blocked.to_blocked(big), (56, 56)) == 2
+    assert blocked.lanes((32, 16, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), big, (56, 56)) == 2
+    assert blocked.lanes((32, 16, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), big, (56, 56), bout=True) == -1
+    monkeypatch.setattr(vectors, "ENABLED", False)
+    assert not blocked.runs_blocked((64, 32, 1, 1), 1, (1, 1), no, (1, 1), (14, 14))
+
+
 def test_the_vector_gemm_takes_what_it_fits_and_masks_a_partial_block(monkeypatch):
     """blocked.takes: convs 3 or 7 wide, or 1×1, of one group without dilation, outputs a multiple of 16, runs
     whose tiles of 14 waste at most a quarter, rows of 7 or more whose tiles would waste more as one run that wraps

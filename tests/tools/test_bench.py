@@ -10,6 +10,7 @@ from conftest import run_cli
 
 from nptp_mpi.cli.early import threads_asked
 from nptp_mpi.errors import UsageError
+from nptp_mpi.kernels import vectors
 from nptp_mpi.model import zoo
 from nptp_mpi.tools.bench import KINDS, bench_convs, bench_models, conv_layers, format_models, format_table, kind
 
@@ -91,15 +92,18 @@ def test_a_model_whose_values_overflow_is_timed_with_a_warning() -> None:
 
 
 def test_kernels_bench_times_each_distinct_conv_with_its_blas_floor() -> None:
-    """One row per distinct conv layer; a plain conv also times its GEMM alone, a depthwise one has none."""
-    layers = conv_layers(zoo.build("mobilenet_v2", (32, 32)))
+    """One row per distinct conv layer; a plain conv also times its GEMM alone, a depthwise one has none; a 1×1
+    the engines run between channel-blocked maps also times that (where the host has the vectors), others not."""
+    layers = conv_layers(zoo.build("mobilenet_v2", (224, 224)))
     picked = [next(L for L in layers if L["groups"] == 1 and L["k"] == 3),
-              next(L for L in layers if L["groups"] > 1)]
-    plain, depthwise = bench_convs(picked, repeat=3)
+              next(L for L in layers if L["groups"] > 1),
+              next(L for L in layers if L["k"] == 1 and L["cin"] == 320)]
+    plain, depthwise, one = bench_convs(picked, repeat=3)
     assert plain["max_abs_err"] < 1e-3 and plain["ms_gemm"] > 0 and plain["ms_ort"] > 0
-    assert depthwise["ms_gemm"] is None
-    table = format_table([plain, depthwise])
-    assert "ms_gemm" in table.splitlines()[0] and " - " in table.splitlines()[3]
+    assert depthwise["ms_gemm"] is None and plain["ms_blocked"] is None and depthwise["ms_blocked"] is None
+    assert one["max_abs_err"] < 1e-3 and (one["ms_blocked"] > 0 if vectors.ENABLED else one["ms_blocked"] is None)
+    table = format_table([plain, depthwise, one])
+    assert "ms_blocked" in table.splitlines()[0] and " - " in table.splitlines()[3]
 
 
 def test_op_kinds() -> None:

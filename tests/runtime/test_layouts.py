@@ -1,0 +1,139 @@
+"""Which maps the engines keep channel-blocked (runtime.layouts): those between 1×1 convs, on the reference and on
+every rank, never one that an exchange or anything but such a conv touches; the outputs are unchanged (the
+distributed and reference suites run with them)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from nptp_mpi import api
+from nptp_mpi.kernels import vectors
+from nptp_mpi.model import zoo
+from nptp_mpi.model.graph import Graph, Node, Window
+from nptp_mpi.plan.plan import make_plan
+from nptp_mpi.plan.program import INPUT, Compute, Message
+from nptp_mpi.runtime import reference
+from nptp_mpi.runtime.engine import Engine
+from nptp_mpi.runtime.exchange import World
+from nptp_mpi.runtime.layouts import MIN_CHANNELS
+
+needs_vectors = pytest.mark.skipif(not vectors.ENABLED, reason="this host has no AVX2 and FMA: every map is NCHW")
+
+
+def readers(graph: Graph, t: str) -> list[tuple[Node, int]]:
+    return [(n, i) for n in graph.nodes for i, u in enumerate(n.inputs) if u == t]
+
+
+def one_by_one(node: Node) -> bool:
+    return node.op == "conv" and node.window.kernel == (1, 1) and node.attrs.get("groups", 1) == 1
+
+
+@needs_vectors
+def test_resnet50_keeps_the_maps_between_its_1x1s_channel_blocked():
+    """ResNet-50: each bottleneck's output (read by the next one's first 1×1 and added in its last) and each
+    downsampling 1×1's, but the last block's (global pooling reads it): 16 maps, written and read by 1×1 convs
+    alone; a map a 3×3 reads stays NCHW. (At 64², whose last stages' maps of 4² and 2² the vector GEMM leaves, a
+    block's output and the residual its next block adds keep one layout: layer1's alone are blocked.)"""
+    graph = zoo.build("resnet50", (224, 224))
+    maps = reference.blocked(graph)
+    writers = {n.output: n for n in graph.nodes}
+    assert len(maps) == 16
+    for t in maps:
+        assert one_by_one(writers[t]) and all(one_by_one(n) for n, _ in readers(graph, t)), t
+        assert graph.shapes[t][0] % 16 == 0 and graph.shapes[t][0] >= MIN_CHANNELS
+    for n in graph.nodes:
+        if n.op == "conv" and n.window.kernel == (3, 3):
+            assert n.inputs[0] not in maps and n.output not in maps, n.name
+    assert graph.output not in maps and graph.input not in maps
+    small = reference.blocked(zoo.build("resnet50", (64, 64)))
+    assert small == {"layer1.0.bn3", *(f"layer1.{i}.relu" for i in range(3))}
+
+
+@needs_vectors
+def test_small_maps_and_maps_other_ops_read_stay_nchw(monkeypatch):
+    """MobileNetV2 keeps its projections of 64 channels and more blocked, not those of 16-32 (its 1×1s read those
+    faster along pixels); VGG-16 has no 1×1 and keeps none; without the vectors, no map is blocked."""
+    graph = zoo.build("mobilenet_v2", (224, 224))
+    maps = reference.blocked(graph)
+    assert maps and all(graph.shapes[t][0] >= MIN_CHANNELS for t in maps)
+    small = [n.output for n in graph.nodes if one_by_one(n) and n.params["w"].shape[0] in (16, 32)
+             and all(one_by_one(r) for r, _ in readers(graph, n.output))]
+    assert small and not maps & set(small)
+    assert not reference.blocked(zoo.build("vgg16", (32, 32)))
+    monkeypatch.setattr(vectors, "ENABLED", False)
+    assert not reference.blocked(graph)
+
+
+def conv(name: str, inputs: tuple[str, ...], cin: int, cout: int, k: int = 1) -> Node:
+    rng = np.random.default_rng(len(name))
+    return Node("conv", name, inputs, name, {"groups": 1, "act": "relu"},
+                {"w": rng.standard_normal((cout, cin, k, k), dtype=np.float32) * 0.1,
+                 "b": rng.standard_normal(cout, dtype=np.float32)}, Window((k, k), (1, 1), (k // 2,) * 4))
+
+
+@needs_vectors
+def test_a_residual_takes_the_layout_of_the_conv_that_adds_it():
+    """m is written and read by 1×1s alone, but the 1×1 that adds it writes a map a 3×3 reads (NCHW): m stays NCHW
+    too, as the kernel that adds a residual in its registers reads it laid out as its output; n, between 1×1s, is
+    blocked. The reference equals what it computes with every map NCHW."""
+    nodes = [conv("a", ("x",), 32, 64), conv("m", ("a",), 64, 64), conv("n", ("a",), 64, 64),
+             conv("r", ("n", "m"), 64, 64), conv("t", ("r",), 64, 32, 3), conv("u", ("t",), 32, 64),
+             conv("v", ("u",), 64, 64), conv("w", ("v",), 64, 16)]
+    graph = Graph("residual", "x", (32, 14, 14), "w", nodes)
+    assert reference.blocked(graph) == {"a", "n", "u", "v"}
+    x = np.random.default_rng(1).standard_normal(graph.input_shape, dtype=np.float32)
+    want = reference.run(graph, x)
+    with vectors.enabled(False):
+        plain = reference.run(graph, x)
+    np.testing.assert_allclose(want, plain, rtol=1e-5, atol=1e-5 * float(np.abs(plain).max()))
+
+
+def touched(engine: Engine) -> set[str]:
+    """Every name a step but a compute holds (its fields, its messages' buffers, its parts' buffers)."""
+    names = set()
+    for step in engine.program.steps:
+        if isinstance(step, Compute):
+            continue
+        for value in vars(step).values():
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, Message):
+                    names.add(item.buffer)
+                elif isinstance(item, str) or isinstance(item, tuple) and item and isinstance(item[0], str):
+                    names.add(item if isinstance(item, str) else item[0])
+    return names
+
+
+@needs_vectors
+def test_one_rank_keeps_the_references_maps_blocked():
+    """On one rank the engine keeps the reference's maps blocked, allocated as (C / 16, h, w, 16), and computes
+    what the reference does."""
+    graph = zoo.build("resnet50", (64, 64))
+    engine = Engine(graph, make_plan(graph, 1, "nptp"), World(MPI.COMM_SELF, timeout=30))
+    assert engine.blocked == reference.blocked(graph)
+    for t in engine.blocked:
+        c, h, w = graph.shapes[t]
+        assert engine.buffers[t].shape == (c // 16, h, w, 16), t
+    x = np.random.default_rng(2).standard_normal(graph.input_shape, dtype=np.float32)
+    out, _ = engine.infer(x)
+    engine.close()
+    np.testing.assert_array_equal(out, reference.run(graph, x))
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("strategy", ["nptp", "grid", "iop", "d3"])
+def test_a_rank_never_blocks_a_map_an_exchange_touches(strategy):
+    """On every rank and scheme, ResNet-50's blocked buffers are maps between 1×1s that no exchange, copy, sum,
+    reduction or head touches (the wire carries NCHW, the plan's bytes); the ranks block some."""
+    graph = zoo.build("resnet50", (64, 64))
+    comm = MPI.COMM_WORLD
+    engine = Engine(graph, api.plan(graph, comm.size, strategy), World(comm, timeout=60))
+    nodes = {n.name: n for n in graph.nodes}
+    try:
+        assert engine.blocked and not engine.blocked & (touched(engine) | {INPUT}) or not vectors.ENABLED
+        for s in engine.program.steps:
+            if isinstance(s, Compute) and ({s.output, *s.inputs} & engine.blocked):
+                assert one_by_one(nodes[s.node]) and not s.linear, s
+    finally:
+        engine.close()
