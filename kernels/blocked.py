@@ -501,11 +501,10 @@ def _padded(b: np.ndarray) -> np.ndarray:
 
 
 def takes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
-          dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int], pitch: int | None = None,
-          bout: bool = False) -> bool:
-    """Whether conv() computes this conv into an output whose rows lie `pitch` pixels apart (None: back to back),
-    channel-blocked if bout."""
-    return lanes(w_shape, groups, stride, pads, dilation, x, out_hw, pitch, bout) >= 0
+          dilation: tuple[int, int], x: np.ndarray, out_hw: tuple[int, int], pitch: int | None = None) -> bool:
+    """Whether conv() computes this conv into an NCHW output whose rows lie `pitch` pixels apart (None: back to
+    back)."""
+    return lanes(w_shape, groups, stride, pads, dilation, x, out_hw, pitch) >= 0
 
 
 def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],

@@ -295,7 +295,8 @@ class ConvCall:
         self.layout, self.bias = _layout(x), None if b is None else weakref.ref(b)
         self.args = (origin, in_hw, stride, pads, dilation, groups, region)
         w, b, epi, self.whole = _operands(w, b, act, alpha, lo, hi)
-        self.fused = residual and bout  # (a channel-blocked output's residual: added in the vector GEMM's registers)
+        # (the launch adds the residual: a channel-blocked output's, in the vector GEMM's registers, or _Unblocked)
+        self.fused = residual and bout
         if residual and not self.fused:  # the kernels' own loops then apply the bias alone; _finish does the rest
             epi = (0, *epi[1:])
         self.epi, self.launch, self.direct, self.wino = epi, None, False, False

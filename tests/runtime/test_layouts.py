@@ -90,6 +90,21 @@ def test_a_residual_takes_the_layout_of_the_conv_that_adds_it():
     np.testing.assert_allclose(want, plain, rtol=1e-5, atol=1e-5 * float(np.abs(plain).max()))
 
 
+@needs_vectors
+def test_the_references_maps_are_worked_out_again_when_a_node_changes():
+    """reference.blocked keeps its answer per graph (every inference asks) until a node changes in place, as graph
+    passes rewrite them: the 3×3 rewritten as a 1×1 unblocks nothing and lets the residual pair through."""
+    nodes = [conv("a", ("x",), 32, 64), conv("m", ("a",), 64, 64), conv("n", ("a",), 64, 64),
+             conv("r", ("n", "m"), 64, 64), conv("t", ("r",), 64, 32, 3), conv("u", ("t",), 32, 64),
+             conv("v", ("u",), 64, 64), conv("w", ("v",), 64, 16)]
+    graph = Graph("rewritten", "x", (32, 14, 14), "w", nodes)
+    first = reference.blocked(graph)
+    assert reference.blocked(graph) is first and first == {"a", "n", "u", "v"}
+    t = nodes[4]
+    t.params["w"], t.window = t.params["w"][:, :, 1:2, 1:2].copy(), Window()
+    assert reference.blocked(graph) == {"a", "m", "n", "r", "u", "v"}
+
+
 def touched(engine: Engine) -> set[str]:
     """Every name a step but a compute holds (its fields, its messages' buffers, its parts' buffers)."""
     names = set()
