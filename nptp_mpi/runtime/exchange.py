@@ -39,6 +39,18 @@ def _subarray(shape: tuple[int, ...], buf_rect: Rect, rect: Rect, dtype: np.dtyp
     return MPI_TYPES[np.dtype(dtype)].Create_subarray(list(shape), list(sub), list(start)).Commit()
 
 
+_unwaited: list[MPI.Request] = []
+
+
+def unwaited(req: MPI.Request) -> MPI.Request:
+    """req, a message no one waits for (a rank's host name to rank 0, a timed-out rank's report), kept with its
+    buffer (mpi4py's request holds it) until MPI is done with it: a World dropped with its host names still due
+    (a test's, one that never communicates) once had MPI write a late name over the weights allocated next."""
+    _unwaited[:] = [r for r in _unwaited if not r.Test()]  # (a completed request frees itself)
+    _unwaited.append(req)
+    return req
+
+
 @dataclass
 class Traffic:
     """Bytes and seconds one rank spent communicating (measured, not predicted)."""
@@ -140,10 +152,10 @@ class World:
         # of a rank that stalls before the start-up agreement.
         self._host = np.frombuffer(self.host.encode()[:255].ljust(256, b"\0"), np.uint8).copy()
         self._host_from = np.zeros((self.size, 256), np.uint8) if self.rank == 0 else None
-        self._host_reqs = [self.comm.Irecv(self._host_from[r], source=r, tag=HOST_TAG) for r in range(1, self.size)] \
-            if self.rank == 0 else []
-        if self.rank != 0:  # freed at once (MPI lets an active send go on): nobody waits for it
-            self.comm.Isend(self._host, dest=0, tag=HOST_TAG).Free()
+        self._host_reqs = [unwaited(self.comm.Irecv(self._host_from[r], source=r, tag=HOST_TAG))
+                           for r in range(1, self.size)] if self.rank == 0 else []
+        if self.rank != 0:  # nobody waits for it
+            unwaited(self.comm.Isend(self._host, dest=0, tag=HOST_TAG))
 
     def wait(self, reqs: list[MPI.Request], what: str, peers: list[int | None] | None = None,
              statuses: list[MPI.Status] | None = None, at_least: float = 0.0) -> None:
@@ -221,9 +233,8 @@ class World:
         return self._host_from[r].tobytes().rstrip(b"\0").decode(errors="replace")
 
     def _report(self, late: list[int], what: str) -> None:
-        """Tell rank 0 that this rank timed out, waiting for whom (kept until sent: the job ends soon)."""
-        self._fault = _encode({"late": late, "what": what})
-        self._fault_req = self.comm.Isend(self._fault, dest=0, tag=FAULT_TAG)
+        """Tell rank 0 that this rank timed out, waiting for whom (rank 0 receives it when it judges)."""
+        unwaited(self.comm.Isend(_encode({"late": late, "what": what}), dest=0, tag=FAULT_TAG))
 
     def _judge(self, late: list[int], what: str, limit: float) -> None:
         """Rank 0: gather the timed-out ranks' reports for a moment, then raise PeerTimeout naming the ranks

@@ -2,6 +2,7 @@
 unpacked in place, with the bytes counted from MPI; a whole buffer goes without staging."""
 
 import numpy as np
+import pytest
 
 
 def test_halo_is_staged_contiguously_and_lands_in_place() -> None:
@@ -112,3 +113,40 @@ def test_a_pixel_plan_takes_8_bit_pixels_only() -> None:
     with pytest.raises(ValueError, match="8-bit pixels"):
         engine.infer(pixels_to_tensor(pixels))
     engine.close()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_a_world_dropped_before_the_host_names_arrive_leaves_their_buffer_to_mpi() -> None:
+    """A World posts rank 0's receives of the others' host names as it starts, and nobody waits for them; one
+    dropped before they arrive must keep their buffer for MPI to write into, not hand it to the next arrays
+    allocated (a late name once landed on a weight array: wrong results, then a crash, tests away from here)."""
+    import gc
+    import socket
+    import time
+    import weakref
+
+    from mpi4py import MPI
+
+    from nptp_mpi.runtime.exchange import World
+
+    comm, names = MPI.COMM_WORLD, None
+    if comm.rank == 0:
+        world = World(comm)  # (the others start theirs only once this one is gone: the names are still due)
+        names = weakref.ref(world._host_from)
+        del world
+        gc.collect()
+    comm.Barrier()
+    if comm.rank != 0:
+        World(comm)  # sends this rank's name to rank 0
+    failure = None
+    if comm.rank == 0:
+        held = names()
+        deadline = time.monotonic() + 30
+        while held is not None and not held[1].any() and time.monotonic() < deadline:
+            comm.Iprobe()  # (lets MPI deliver the late names)
+            time.sleep(0.01)
+        if held is None:
+            failure = "the dropped World's receive buffer was freed while its receives were posted"
+        elif held[1].tobytes().rstrip(b"\0").decode() != socket.gethostname():
+            failure = f"rank 1's name did not arrive in the held buffer: {held[1].tobytes()[:32]!r}"
+    assert comm.bcast(failure) is None, failure
