@@ -30,7 +30,8 @@ with room for a halo).
 
 Both run every output block over a panel of pixels before the next panel (TILE_PANEL, PANEL), and a panel's first
 block prefetches, a row each step of its loop, the inputs of the next (FETCH_FROM); every tile prefetches its weight
-rows WEIGHTS_AHEAD bytes on.
+rows WEIGHTS_AHEAD bytes on. Tiles whose weights outweigh their inputs and a cache run each block over all the pixels
+instead, and prefetch the next block's weights (WEIGHTS_STREAMED).
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ FETCH_FROM = 24
 # weights cold, 2048→512 1×1 at 7², 1.30-1.33 → 0.98 ms (ResNet-50's last stage; onnxruntime 0.67); 3×3 at 14²,
 # 256→256 1.73-1.78 → 1.53-1.58, 512→512 7.7 → 6.1-6.4 (2048 bytes: 1.01-1.05, 1.54-1.69, 6.8-6.9; 8192 as 4096).
 WEIGHTS_AHEAD = 4096
+# Weights (floats, a thread's share) beyond an L2 (a Pi 4's 1 MiB, shared by its cores), from which every output block
+# runs over all of a run's pixels before the next block, where they also outweigh the run's inputs: each panel of
+# pixels read every block's weights from memory again (ResNet-50's 512→512 3×3 at 7², 4 panels of 14 pixels; in the
+# model, where its weights come from memory: 2.55-2.87 → 2.15-2.36 ms). The tiles of a block after its first then
+# prefetch the next block's weights (WEIGHTS), while theirs are in cache: its 2048→512 1×1 at 7², 0.98 → 0.85-0.92.
+WEIGHTS_STREAMED = 1 << 18
+INPUTS, WEIGHTS = 1, 2  # what a tile prefetches besides its own weight rows: the next panel's inputs, or its share of
+# the next block's weights
 PANEL = 16384  # input floats (64 KiB) of the pixels _strips runs every block over before it moves on
 PIXELS_FROM = 28 * 28  # output pixels from which a 1×1 runs with its lanes along pixels (14²: within ±5%; 7²: slower)
 STRIPS_BELOW = 256  # input channels below which such a 1×1 runs along pixels whatever its outputs (lanes())
@@ -170,11 +179,17 @@ def _tile(typingctx, cb, kw, fetch, wraps, chans, output, w, x, cpitch, rpitch, 
         accs = [[builder.phi(VF) for _ in range(cb)] for _ in range(PIX)]
         row_w = builder.add(w, builder.mul(i, I64(4 * LANES * cb * kw)))
         sums = [list(a) for a in accs]
-        if fetch and j is None:  # (the row's first and last pixels: at a stride of 2 a tile's 14 span two lines)
+        if fetch == INPUTS and j is None:  # (the row's first and last pixels: at a stride of 2 a tile's 14 span
+            # two lines)
             vectors.prefetch(builder, builder.add(at, ahead))
             vectors.prefetch(builder, builder.add(at, builder.add(ahead, offsets[PIX - 1])))
-        elif fetch:  # (a block's channels share their 14 lines, a pixel's each: channel j's step fetches pixel j's)
+        elif fetch == INPUTS:  # (a block's channels share their 14 lines, a pixel's each: channel j's step fetches
+            # pixel j's)
             vectors.prefetch(builder, builder.add(at, builder.add(ahead, builder.mul(j, I64(4 * (LANES - 1))))))
+        elif fetch == WEIGHTS:  # (kw lines a step of the next block's weights, its share of them `ahead` bytes on)
+            share = builder.add(builder.add(w, ahead), builder.mul(i, I64(64 * kw)))
+            for u in range(kw):
+                vectors.prefetch(builder, builder.add(share, I64(64 * u)))
         for u in range(cb * kw):  # (the weight rows WEIGHTS_AHEAD bytes on, a line per line this step reads)
             vectors.prefetch(builder, builder.add(row_w, I64(WEIGHTS_AHEAD + 64 * u)))
         for kx in range(kw):
@@ -315,6 +330,20 @@ def _panel(floats, width, step):
 
 
 @njit(cache=True, inline="always")
+def _streamed(weights, inputs):
+    """Whether the blocks of _tiles with these weights (floats) each run over all the pixels whose inputs (floats)
+    they read, and prefetch the next block's weights (WEIGHTS_STREAMED)."""
+    return weights > max(WEIGHTS_STREAMED, inputs)
+
+
+@njit(cache=True, inline="always")
+def _share(t, cb, rows, kw):
+    """Bytes from a block's weights (rows · kw · cb lines) to the share of the next block's that its tile t prefetches,
+    kw lines a step of its loop over rows (cin·kh): tiles 1 to cb, a cb-th each; 0 for the others (none)."""
+    return 64 * rows * kw * (cb + t - 1) if 0 < t <= cb else 0
+
+
+@njit(cache=True, inline="always")
 def _ahead(floats, kh, cin, more):
     """How far ahead (bytes) the first block over a panel of pixels prefetches the next panel's inputs, `floats` on:
     not at all (0) for fewer than FETCH_FROM input rows (cin·kh), nor on a run's last panel (more False)."""
@@ -355,7 +384,8 @@ def _tiles(cb, kh, kw, chans, output, w, b, x, cs, rs, cin, s, out, ocs, ors, re
     (output BLOCKED or FUSED; ocs then floats between blocks / 16); FUSED: a channel-blocked residual res added,
     laid out by rcs and rrs as out by ocs and ors."""
     lanes, ipx, opx = LANES * cb, chans, 1 if output == NCHW else LANES
-    panel = _panel(TILE_PANEL, PIX, cin * kh * kw * s)
+    streamed = _streamed((b1 - b0) * lanes * cin * kh * kw, cin * s * (q1 - q0) * (r1 - r0))
+    panel = max(q1 - q0, PIX) if streamed else _panel(TILE_PANEL, PIX, cin * kh * kw * s)
     sx = s * ipx  # (floats from an input pixel to the next's)
     ijump, ojump = rstep - width * sx, ors - width * opx  # (floats from a row's end to the next row's start)
     rjump = rrs - width * opx
@@ -373,16 +403,25 @@ def _tiles(cb, kh, kw, chans, output, w, b, x, cs, rs, cin, s, out, ocs, ors, re
                     xq, oq, n = xr + 4 * (y * rstep + z * sx), orow + 4 * (y * ors + z * opx), min(PIX, q1 - q)
                     rq = rrow + 4 * (y * rrs + z * opx)
                     # (fetch, wraps and a whole tile's n literals: each branch its own loop; a tile that wraps, or
-                    # one shorter than PIX, fetches nothing)
+                    # one shorter than PIX, fetches no inputs)
+                    share = _share((p - p0) // PIX, cb, cin * kh, kw) if streamed and blk + 1 < b1 else 0
                     if width - z < n or n < PIX:
                         brk = min(width - z, PIX)  # (n or more: no break, as in a short run that never wraps)
-                        _tile(cb, kw, False, True, chans, output, wb, xq, cs, rs, kh, cin, sx, bb, oq, ocs,
-                              rq, rcs, rjump // opx, n, cn, 0, brk, min(width, PIX), ijump, ojump // opx, lo, hi)
+                        if share:
+                            _tile(cb, kw, WEIGHTS, True, chans, output, wb, xq, cs, rs, kh, cin, sx, bb, oq, ocs,
+                                  rq, rcs, rjump // opx, n, cn, share, brk, min(width, PIX), ijump, ojump // opx, lo,
+                                  hi)
+                        else:
+                            _tile(cb, kw, 0, True, chans, output, wb, xq, cs, rs, kh, cin, sx, bb, oq, ocs,
+                                  rq, rcs, rjump // opx, n, cn, 0, brk, min(width, PIX), ijump, ojump // opx, lo, hi)
                     elif blk == b0 and ahead:
-                        _tile(cb, kw, True, False, chans, output, wb, xq, cs, rs, kh, cin, sx, bb, oq, ocs,
+                        _tile(cb, kw, INPUTS, False, chans, output, wb, xq, cs, rs, kh, cin, sx, bb, oq, ocs,
                               rq, rcs, 0, PIX, cn, ahead, 0, 0, 0, 0, lo, hi)
+                    elif share:
+                        _tile(cb, kw, WEIGHTS, False, chans, output, wb, xq, cs, rs, kh, cin, sx, bb, oq, ocs,
+                              rq, rcs, 0, PIX, cn, share, 0, 0, 0, 0, lo, hi)
                     else:
-                        _tile(cb, kw, False, False, chans, output, wb, xq, cs, rs, kh, cin, sx, bb, oq, ocs,
+                        _tile(cb, kw, 0, False, chans, output, wb, xq, cs, rs, kh, cin, sx, bb, oq, ocs,
                               rq, rcs, 0, PIX, cn, 0, 0, 0, 0, 0, lo, hi)
 
 

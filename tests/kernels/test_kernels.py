@@ -317,6 +317,7 @@ BLOCKED = [
     (16, 32, 12, 9, 3, (1, 1), (0, 0, 0, 0), True),
     (32, 48, 10, 3, 1, (2, 1), (0, 0, 0, 0), False),
     (32, 32, 9, 9, (3, 1), (1, 1), (1, 0, 1, 0), False),
+    (512, 64, 7, 7, 3, (1, 1), (1, 1, 1, 1), True),  # (weights streamed: blocked._streamed)
 ]
 
 
@@ -392,7 +393,8 @@ def test_the_vector_gemm_reads_a_tile_buffer_as_the_whole_map(case):
 # 48 outputs (three blocks of 16), a 1×1 at stride 2 over its gathered pixels, 16 inputs to 96 outputs at 28² (along
 # pixels on NCHW), 256 inputs on rows of 12
 LAYOUTS = [(32, 64, 14, 14, (1, 1)), (64, 32, 56, 56, (1, 1)), (64, 48, 7, 7, (1, 1)), (32, 32, 9, 9, (1, 1)),
-           (64, 64, 28, 27, (2, 2)), (16, 96, 28, 28, (1, 1)), (256, 64, 10, 12, (1, 1))]
+           (64, 64, 28, 27, (2, 2)), (16, 96, 28, 28, (1, 1)), (256, 64, 10, 12, (1, 1)),
+           (2048, 160, 7, 7, (1, 1))]  # (the last: weights streamed on one thread, blocked._streamed)
 
 
 @pytest.mark.parametrize("case", LAYOUTS)
@@ -621,6 +623,28 @@ def test_the_panel_cases_run_the_vector_gemm_that_prefetches_the_next_panel():
         assert blocked._ahead(panel * s, kh, cin, True) == 4 * panel * s
         assert blocked._ahead(panel * s, kh, cin, False) == 0  # (a run's last panel)
         assert blocked._ahead(panel * s, 1, blocked.FETCH_FROM - 1, True) == 0
+
+
+def test_convs_whose_weights_outweigh_their_inputs_run_each_block_over_all_pixels_and_fetch_the_next():
+    """_streamed: ResNet-50's 512→512 3×3 and 2048→512 1×1 at 7², VGG-16's 512→512 3×3 at 28² (a row), and the
+    BLOCKED and LAYOUTS cases of that kind (a thread's weights beyond WEIGHTS_STREAMED and its inputs); not where the
+    weights fit a cache or the inputs outweigh them. _share: tiles 1 to cb of a block prefetch the next block's
+    weights in shares that tile them exactly, kw lines a step of their loop over rows."""
+    from nptp_mpi.kernels import blocked
+
+    def streamed(cin, cout, k, pixels):
+        return blocked._streamed(cout * cin * k * k, cin * pixels)
+
+    assert streamed(512, 512, 3, 49) and streamed(2048, 512, 1, 49) and streamed(512, 512, 3, 28)
+    assert streamed(512, 64, 3, 49) and streamed(2048, 160, 1, 49)
+    assert not streamed(64, 64, 3, 56 * 56) and not streamed(256, 64, 1, 56 * 56)  # (weights within a cache)
+    assert not streamed(256, 1024, 1, 14 * 14)  # (exactly WEIGHTS_STREAMED)
+    assert not streamed(256, 256, 3, 64 * 64)  # (the inputs outweigh them)
+    for cb, steps, kw in ((1, 1536, 3), (2, 1536, 3), (2, 2048, 1)):
+        line, block = 64, 64 * steps * kw * cb  # (a step reads cb·kw lines of the block's weights)
+        shares = [blocked._share(t, cb, steps, kw) for t in range(1, cb + 1)]
+        assert shares == [block + k * steps * kw * line for k in range(cb)]  # (kw lines a step, `steps` each)
+        assert blocked._share(0, cb, steps, kw) == blocked._share(cb + 1, cb, steps, kw) == 0
 
 
 def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():
