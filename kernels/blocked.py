@@ -374,15 +374,16 @@ def _strips(w, b, x, cs, cin, out, ocs, ors, b0, b1, rstep, r0, r1, q0, q1, lo, 
 @njit(cache=True, inline="always")
 def _tiles(cb, kh, kw, chans, output, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, rrs, cout, b0, b1,
            rstep, width, r0, r1, q0, q1, lo, hi):
-    """Output channel blocks [b0, b1) (16·cb channels each), pixels [q0, q1) of runs [r0, r1): pixel q of run r
-    reads x from r·rstep + q·s pixels on (channels cs apart, rows rs apart) and writes out at r·ors + q (channels
-    ocs apart), or, in a run that wraps onto the rows below every `width` pixels (one run, r = 0), pixel q = y·width
-    + z of it at y·rstep + z·s and y·ors + z (a run that never wraps: `width` its own length, y = 0); every block in
-    turn over a panel of pixels whose inputs fit TILE_PANEL. The last tile of a run of PIX or more starts PIX before
-    its end (its pixels computed twice, to the same bits). rstep, rs and ors count floats; a pixel of the input is
-    `chans` floats (16: channel-blocked, cs then floats between blocks), of the output 16 if it is channel-blocked
-    (output BLOCKED or FUSED; ocs then floats between blocks / 16); FUSED: a channel-blocked residual res added,
-    laid out by rcs and rrs as out by ocs and ors."""
+    """Output channel blocks [b0, b1) (16·cb channels each), pixels [q0, q1) of runs [r0, r1): pixel q of run r reads x
+    from r·rstep + q·s pixels on (channels cs apart, rows rs apart) and writes out at r·ors + q (channels ocs apart),
+    or, in a run that wraps onto the rows below every `width` pixels (one run, r = 0), pixel q = y·width + z of it at
+    y·rstep + z·s and y·ors + z (a run that never wraps: `width` its own length, y = 0); every block in turn over a
+    panel of pixels whose inputs fit TILE_PANEL, or, where the weights outweigh the inputs (_streamed), over all the
+    pixels, tiles 1 to cb prefetching the next block's weights (_share). The last tile of a run of PIX or more starts
+    PIX before its end (its pixels computed twice, to the same bits). rstep, rs and ors count floats; a pixel of the
+    input is `chans` floats (16: channel-blocked, cs then floats between blocks), of the output 16 if it is
+    channel-blocked (output BLOCKED or FUSED; ocs then floats between blocks / 16); FUSED: a channel-blocked residual
+    res added, laid out by rcs and rrs as out by ocs and ors."""
     lanes, ipx, opx = LANES * cb, chans, 1 if output == NCHW else LANES
     streamed = _streamed((b1 - b0) * lanes * cin * kh * kw, cin * s * (q1 - q0) * (r1 - r0))
     panel = max(q1 - q0, PIX) if streamed else _panel(TILE_PANEL, PIX, cin * kh * kw * s)

@@ -385,7 +385,7 @@ class _Unblocked:
                  lo: float, hi: float, residual: bool, into: np.ndarray | None) -> None:
         self.window = (origin, in_hw, w.shape[2:], stride, pads, dilation, region)
         slab = self.nchw(x)
-        self.out = into is not None and into.ndim == 4
+        self.blocked_out = into is not None and into.ndim == 4
         self.call = ConvCall(slab, (0, 0), slab.shape[1:], w, b, stride, (0,) * 4, dilation, groups,
                              (0, 0, region[2] - region[0], region[3] - region[1]), act, alpha, lo, hi, residual, None)
         self.w, self.b = weakref.ref(w), None if b is None else weakref.ref(b)
@@ -398,7 +398,7 @@ class _Unblocked:
     def __call__(self, x: np.ndarray, out: np.ndarray, residual: np.ndarray | None = None) -> None:
         r = None if residual is None else blocked.from_blocked(residual) if residual.ndim == 4 else residual
         y = self.call(self.nchw(x), self.w(), None if self.b is None else self.b(), r)
-        out[...] = blocked.to_blocked(y) if self.out else y
+        out[...] = blocked.to_blocked(y) if self.blocked_out else y
 
 
 def _layout(a: np.ndarray) -> tuple:
