@@ -586,19 +586,25 @@ def test_a_gathered_copys_planes_lie_an_odd_number_of_cache_lines_apart():
         assert pitch >= n and pitch % 16 == 0 and (pitch // 16) % 2 == 1 and pitch - n < 32, (n, pitch)
 
 
-def test_the_vector_gemms_threads_split_the_blocks_unless_the_pixels_split_more_evenly():
+def test_the_vector_gemms_threads_split_what_splits_evenly_then_the_larger_read():
     """_split: (thread shares of the output blocks, of the runs or tiles). 3 blocks on 2 threads would leave one
-    thread twice the other's work: the pixels split instead; an even split of the blocks is kept, and what one
-    dimension cannot fill goes to the other."""
+    thread twice the other's work: the pixels split instead; what one dimension cannot fill goes to the other. As
+    evenly either way, the larger read splits: the weights (MobileNetV2's 96→576 at 14², 18 blocks) or the inputs
+    (its 32→16 at 112², 2 blocks of 8 over 392 strips; its 384→64 at 14², 2 blocks over 14 tiles)."""
     from nptp_mpi.kernels import blocked
 
-    assert blocked._split(2, 3, 100) == (1, 2)
-    assert blocked._split(2, 12, 784) == (2, 1)
-    assert blocked._split(3, 3, 100) == (3, 1)
-    assert blocked._split(7, 3, 100) == (1, 7)
-    assert blocked._split(2, 1, 7) == (1, 2)
-    assert blocked._split(4, 2, 56) == (1, 4)  # (2 blocks leave 4 threads half idle; 56 runs split 14 each)
-    assert blocked._split(1, 5, 9) == (1, 1)
+    heavy, light = 1 << 20, 1 << 10
+    assert blocked._split(2, 3, 100, heavy, light) == (1, 2)
+    assert blocked._split(2, 12, 784, heavy, light) == (2, 1)
+    assert blocked._split(3, 3, 100, light, heavy) == (3, 1)
+    assert blocked._split(7, 3, 100, heavy, light) == (1, 7)
+    assert blocked._split(2, 1, 7, heavy, light) == (1, 2)
+    assert blocked._split(4, 2, 56, heavy, light) == (1, 4)  # (2 blocks leave 4 threads half idle; 56 runs 14 each)
+    assert blocked._split(1, 5, 9, light, heavy) == (1, 1)
+    assert blocked._split(2, 18, 14, 96 * 576, 96 * 196) == (2, 1)
+    assert blocked._split(2, 2, 392, 32 * 16, 32 * 112 * 112) == (1, 2)
+    assert blocked._split(2, 2, 14, 384 * 64, 384 * 196) == (1, 2)
+    assert blocked._split(2, 2, 14, 384 * 64, 384 * 49) == (2, 1)
 
 
 def test_the_panel_cases_run_the_vector_gemm_that_prefetches_the_next_panel():
