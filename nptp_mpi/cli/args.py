@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--rounds", type=_positive, default=5, help="timed inferences of each side, interleaved")
     models.add_argument("--against", metavar="DIR", help="another source tree (an earlier commit checked out: git "
                         "worktree add DIR COMMIT): its engine on the same model, timed in each round too")
+    models.add_argument("--nodes", type=int, default=0, metavar="N",
+                        help="also list the N convs furthest behind onnxruntime's inside the model (its profiler)")
     models.add_argument("-o", "--output", help="also write the rows as JSON to this file")
     kern = bench.add_parser("kernels", help="our conv kernel vs onnxruntime, one thread, per distinct conv layer")
     kern.add_argument("--models", default="vgg16,resnet50")

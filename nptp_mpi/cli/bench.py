@@ -15,7 +15,7 @@ from nptp_mpi.model.load import load_model, parse_size
 
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.what == "models":
-        from nptp_mpi.tools.bench import bench_models, blas_info, format_models
+        from nptp_mpi.tools.bench import bench_models, blas_info, format_models, format_nodes
 
         try:
             threads = [int(t) for t in args.threads.split(",") if t]
@@ -23,11 +23,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
             threads = []
         if not threads or min(threads) < 1:
             raise UsageError(f"--threads {args.threads!r}: use counts like 1 or 1,2")
+        if args.nodes < 0:
+            raise UsageError(f"--nodes {args.nodes}: a count of convs to list, 0 for none")
         sizes = [parse_size(s) for s in args.sizes.split(",") if s]
         graphs = [(m, load_model(m, size, None)) for m in args.models.split(",") if m for size in sizes]
         print(blas_info(), flush=True)
-        rows = bench_models(graphs, threads, args.rounds, lambda line: print(line, flush=True), args.against)
+        rows = bench_models(graphs, threads, args.rounds, lambda line: print(line, flush=True), args.against,
+                            args.nodes)
         print(format_models(rows))
+        if args.nodes:
+            print("\n" + format_nodes(rows))
         if args.output:
             atomic_write_text(args.output, json.dumps(rows, indent=1) + "\n")
         return

@@ -9,12 +9,14 @@ as many intra-op threads.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -65,15 +67,25 @@ def limit_threads(n: int) -> Iterator[None]:
         kernels.threads.use(before)
 
 
-def ort_session(model, threads: int = 1):
-    """An onnxruntime session of an ONNX model with its default (full) graph optimisations and `threads`
-    intra-op threads; returns run(x) for a batch-less input."""
+def _options(threads: int, profile: str | None = None):
+    """onnxruntime's session options for the benchmarks: full graph optimisations, `threads` intra-op threads;
+    profile: a path prefix its profiler writes to."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    if profile:
+        opts.enable_profiling, opts.profile_file_prefix = True, profile
+    return opts
+
+
+def ort_session(model, threads: int = 1):
+    """An onnxruntime session of an ONNX model with its default (full) graph optimisations and `threads`
+    intra-op threads; returns run(x) for a batch-less input."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), _options(threads), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x[None]})[0][0]
 
@@ -210,13 +222,14 @@ def _ort_model(spec: str, graph):
 
 
 def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: int = 5,
-                 progress=print, against: str | None = None) -> list[dict]:
+                 progress=print, against: str | None = None, nodes: int = 0) -> list[dict]:
     """Per (model spec, graph) and thread count: median latency of ours (the reference engine: one rank) and of
     onnxruntime, interleaved round by round after a warm-up, with the spread (min to max) and our median
     seconds per op kind (KINDS). against: another tree's folder; its reference engine and this tree's then also
     run in processes of their own (Tree), alike but for their code, a timed inference of each in every round, in
     turns (ours in this process shares it with onnxruntime: beside a process without it, ResNet-50 at 224² ran 2-3%
-    slower with the very same code)."""
+    slower with the very same code). nodes: also the `nodes` convs furthest behind onnxruntime's inside the model
+    (conv_gaps), in the row's "nodes"."""
     from nptp_mpi.runtime import reference
 
     rows = []
@@ -238,7 +251,7 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
                 if not finite:
                     progress(f"warning: {graph.name}'s output holds inf or NaN on a random input (its values "
                              "overflow: weights left out of the file?); these timings are of that arithmetic")
-                ours, theirs, parts = [], [], {k: [] for k in KINDS}
+                ours, theirs, parts, per_node = [], [], {k: [] for k in KINDS}, defaultdict(list)
                 for r in range(rounds):
                     spent: dict[str, float] = {}
                     settle(partial(reference.run, graph, x), t)
@@ -253,11 +266,16 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
                         tree.time()
                     for k in KINDS:
                         parts[k].append(sum(s for name, s in spent.items() if kinds[name] == k))
+                    for name, s in spent.items():
+                        per_node[name].append(s)
             c, h, w = graph.input_shape
             row = {"model": graph.name, "spec": spec, "size": f"{h}x{w}", "threads": t, **_ms("ours", ours),
                    **_ms("ort", theirs), "max_abs_err": err, "finite": finite,
                    **{f"ms_{k}": 1e3 * statistics.median(v) for k, v in parts.items()}}
             row["ratio"] = row["ms_ours"] / row["ms_ort"]
+            if nodes:
+                ms = {name: 1e3 * statistics.median(v) for name, v in per_node.items()}
+                row["nodes"] = conv_gaps(graph, ms, ort_node_ms(_ort_model(spec, graph), t, x, rounds))[:nodes]
             said = f"{row['ratio']:.2f}x"
             if against:
                 row.update(against=against, **_ms("tree", pair[0].seconds), **_ms("against", pair[1].seconds),
@@ -269,6 +287,59 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
             progress(f"{row['model']} {row['size']} threads={t}: ours {row['ms_ours']:.1f} ms, onnxruntime "
                      f"{row['ms_ort']:.1f} ms ({said})")
     return rows
+
+
+def ort_node_ms(model, threads: int, x: np.ndarray, rounds: int) -> list[tuple[tuple, tuple, float]]:
+    """onnxruntime's convs in one inference of `model` on x, in the order it ran them, from its profiler: (weights'
+    shape, output shape without the batch, median ms over `rounds` inferences after a warm-up)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as folder:
+        sess = ort.InferenceSession(model.SerializeToString(), _options(threads, os.path.join(folder, "ort")),
+                                    providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x[None]}
+        for _ in range(rounds + 1):
+            sess.run(None, feed)
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    runs: dict[str, list] = defaultdict(list)  # (a node's events, one an inference, in the order they ran)
+    for e in events:
+        a = e.get("args", {})
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and a.get("op_name") in ("Conv", "FusedConv"):
+            runs[e["name"]].append(e)
+    shapes = [(tuple(v[0]["args"]["input_type_shape"][1]["float"]),
+               tuple(v[0]["args"]["output_type_shape"][0]["float"][1:]), v) for v in runs.values() if len(v) > 1]
+    return [(w, out, statistics.median(e["dur"] for e in v[1:]) / 1e3)
+            for w, out, v in sorted(shapes, key=lambda c: c[2][0]["ts"])]
+
+
+def conv_gaps(graph, ours_ms: dict[str, float], theirs: list[tuple[tuple, tuple, float]]) -> list[dict]:
+    """Each conv of graph with our ms (ours_ms, by node name) and onnxruntime's (theirs: ort_node_ms), matched by
+    weights' and output shape, in order among convs alike; furthest behind first. A conv onnxruntime ran fused
+    otherwise, or not at all, has no match and is left out."""
+    queues: dict[tuple, list[float]] = defaultdict(list)
+    for w_shape, out_shape, ms in theirs:
+        queues[(w_shape, out_shape)].append(ms)
+    rows = []
+    for node in graph.nodes:
+        key = (tuple(node.params["w"].shape), tuple(graph.shapes[node.output])) if node.op == "conv" else None
+        if key in queues and queues[key] and node.name in ours_ms:
+            ort_ms = queues[key].pop(0)
+            rows.append({"node": node.name, "kind": kind(graph, node), "weights": "×".join(map(str, key[0])),
+                         "out": "×".join(map(str, key[1])), "ms_ours": ours_ms[node.name], "ms_ort": ort_ms,
+                         "ms_gap": ours_ms[node.name] - ort_ms})
+    return sorted(rows, key=lambda r: -r["ms_gap"])
+
+
+def format_nodes(rows: list[dict]) -> str:
+    """The convs of each bench_models row that carries them (--nodes): our ms and onnxruntime's inside the model."""
+    cols = [("node", "{}"), ("kind", "{}"), ("weights", "{}"), ("out", "{}"), ("ms_ours", "{:.3f}"),
+            ("ms_ort", "{:.3f}"), ("ms_gap", "{:+.3f}")]
+    parts = [f"{r['model']} {r['size']} threads={r['threads']}: the convs furthest behind onnxruntime's inside the "
+             f"model (ms; onnxruntime's from its profiler)\n" + _aligned([c.removeprefix("ms_") for c, _ in cols], cols,
+                                                                        r["nodes"])
+             for r in rows if r.get("nodes")]
+    return "\n\n".join(parts)
 
 
 def _ms(side: str, seconds: list[float]) -> dict:

@@ -12,7 +12,17 @@ from nptp_mpi.cli.early import threads_asked
 from nptp_mpi.errors import UsageError
 from nptp_mpi.kernels import vectors
 from nptp_mpi.model import zoo
-from nptp_mpi.tools.bench import KINDS, bench_convs, bench_models, conv_layers, format_models, format_table, kind
+from nptp_mpi.tools.bench import (
+    KINDS,
+    bench_convs,
+    bench_models,
+    conv_gaps,
+    conv_layers,
+    format_models,
+    format_nodes,
+    format_table,
+    kind,
+)
 
 
 def test_models_bench_times_both_engines_and_breaks_ours_down_by_op_kind() -> None:
@@ -25,6 +35,41 @@ def test_models_bench_times_both_engines_and_breaks_ours_down_by_op_kind() -> No
     assert row["ms_depthwise"] > 0 and row["ms_conv1x1"] > 0
     assert "depthwise" in format_models([row]).splitlines()[0]
     assert row["finite"]
+
+
+def test_models_bench_lists_the_convs_furthest_behind_onnxruntimes_inside_the_model() -> None:
+    """--nodes N: our median per conv inside the model and onnxruntime's (its profiler), matched by weights' and
+    output shape in order, the N furthest behind first; printed as a table after the models'."""
+    graph = zoo.build("mobilenet_v2", (64, 64))
+    (row,) = bench_models([("mobilenet_v2", graph)], [1], rounds=2, progress=lambda _: None, nodes=4)
+    convs = {n.name: n for n in graph.nodes if n.op == "conv"}
+    assert len(row["nodes"]) == 4 and [r["ms_gap"] for r in row["nodes"]] == sorted((r["ms_gap"] for r in row["nodes"]),
+                                                                                     reverse=True)
+    for r in row["nodes"]:
+        node = convs[r["node"]]
+        assert r["ms_ours"] > 0 and r["ms_ort"] > 0 and r["ms_gap"] == r["ms_ours"] - r["ms_ort"]
+        assert r["kind"] == kind(graph, node) and r["weights"] == "×".join(map(str, node.params["w"].shape))
+    table = format_nodes([row]).splitlines()
+    assert "furthest behind onnxruntime's" in table[0] and table[1].split() == ["node", "kind", "weights", "out",
+                                                                               "ours", "ort", "gap"]
+    assert len(table) == 3 + 4 and format_nodes([{**row, "nodes": []}]) == ""
+
+
+def test_convs_are_matched_to_onnxruntimes_by_shape_in_order_and_unmatched_ones_left_out() -> None:
+    """conv_gaps: onnxruntime's convs (ort_node_ms) matched to ours by weights' and output shape, in order among
+    convs alike; one onnxruntime fused away, or whose shapes it changed, has no row."""
+    graph = zoo.build("resnet18", (32, 32))
+    convs = [n for n in graph.nodes if n.op == "conv"]
+    theirs = [(tuple(n.params["w"].shape), tuple(graph.shapes[n.output]), 0.5 + i) for i, n in enumerate(convs)][1:]
+    ours = {n.name: 10.0 for n in convs}
+    rows = conv_gaps(graph, ours, theirs)
+    assert len(rows) == len(convs) - 1 and convs[0].name not in {r["node"] for r in rows}
+    by_name = {r["node"]: r for r in rows}
+    same = [n for n in convs[1:] if n.params["w"].shape == convs[1].params["w"].shape
+            and graph.shapes[n.output] == graph.shapes[convs[1].output]]
+    assert len(same) > 1  # (several alike: matched in order)
+    assert [by_name[n.name]["ms_ort"] for n in same] == sorted(by_name[n.name]["ms_ort"] for n in same)
+    assert rows[0]["ms_gap"] == 10.0 - 1.5 and rows[-1]["ms_ort"] == 0.5 + len(convs) - 1
 
 
 def test_models_bench_against_another_tree_times_its_engine_in_each_round(tmp_path) -> None:
@@ -112,12 +157,15 @@ def test_op_kinds() -> None:
     assert {"conv3x3", "conv1x1", "conv other", "pooling", "fc"} <= kinds <= set(KINDS)
 
 
-def test_the_command_prints_which_blas_ran_and_the_table() -> None:
-    p = run_cli(["bench", "models", "--models", "resnet18", "--sizes", "64", "--rounds", "1"], timeout=300)
+def test_the_command_prints_which_blas_ran_and_the_tables() -> None:
+    p = run_cli(["bench", "models", "--models", "resnet18", "--sizes", "64", "--rounds", "1", "--nodes", "3"],
+                timeout=300)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("BLAS: ") and "resnet18 64x64 threads=1" in p.stdout and "conv3x3" in p.stdout
-    bad = run_cli(["bench", "models", "--threads", "0"])
-    assert bad.returncode == 2 and "--threads" in bad.stderr
+    assert "resnet18 64x64 threads=1: the convs furthest behind onnxruntime's" in p.stdout
+    for args in (["--threads", "0"], ["--nodes", "-1"]):
+        bad = run_cli(["bench", "models", *args])
+        assert bad.returncode == 2 and args[0] in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("argv,want", [([], None), (["run", "--threads", "3"], 3), (["bench", "models",
