@@ -85,6 +85,16 @@ WEIGHTS_AHEAD = 4096
 WEIGHTS_STREAMED = 1 << 18
 INPUTS, WEIGHTS = 1, 2  # what a tile prefetches besides its own weight rows: the next panel's inputs, or its share of
 # the next block's weights
+RESUME = 3  # (in place of a fetch: a tile that resumes its partial sums, _chunks)
+# Input channels a 3×3's block runs over all its tiles before the next, adding into partial sums kept per tile
+# (_chunks), where its weights are streamed (WEIGHTS_STREAMED) over CHUNKS_FROM to CHUNKS_TO tiles: each tile otherwise
+# read the block's weights (300-600 KB) from L2 again; onnxruntime's NCHWc conv runs 16 input channels at a time over
+# every output row. One thread, in the model, per-node medians, three pairs of processes, ms: VGG-16's three 512→512 at
+# 14², 23.5-24.5 → 19.6-20.5 (onnxruntime 17.8); ResNet-50's five 256→256 at 14², 8.8-9.4 → 8.3-8.8; at 512² its
+# 512→512 at 16² (32 tiles) 18.6-19.5 → 17.5-19.1. At 7² (4 tiles) within the noise; at 32² (96 tiles) the partial
+# sums outgrew a core's caches (VGG-16 at 512², 58.9-59.3 → 59.8-61.0). 16 channels a chunk ran as 64, ±3%.
+CHUNK = 64
+CHUNKS_FROM, CHUNKS_TO = 8, 32
 PANEL = 16384  # input floats (64 KiB) of the pixels _strips runs every block over before it moves on
 PIXELS_FROM = 28 * 28  # output pixels from which a 1×1 runs with its lanes along pixels (14²: within ±5%; 7²: slower)
 STRIPS_BELOW = 256  # input channels below which such a 1×1 runs along pixels whatever its outputs (lanes())
@@ -124,7 +134,9 @@ def _tile(typingctx, cb, kw, fetch, wraps, chans, output, w, x, cpitch, rpitch, 
     + c] · x[i·cpitch + ky·rpitch + kx + q·s + k·ijump], lo, hi) over i < cin, ky < kh, kx < kw, where k = (q ≥ brk) +
     (q ≥ brk + width) (addresses; cb, kw, fetch and wraps constants, literals: each its own code): output channels c
     of one block, pixels q of one run, which from pixel brk on wraps onto the rows below (k: rows down; wraps False: k
-    = 0, none). fetch: each input row read also prefetched `ahead` bytes on (the next panel's).
+    = 0, none). fetch: each input row read also prefetched `ahead` bytes on (the next panel's); with RESUME instead
+    the sums start from partial sums a call before stored (BLOCKED, opitch PIX, ojump 0) at address `ahead`, not from
+    b: the same sums, in the same order, as one call over all the rows (_chunks).
     chans 16 (channel-blocked input: blocked()), a 1×1 conv's (kw, kh 1): channel i of x at (i // 16)·cpitch + i %
     16, pixel q at q·s (s then 16 floats a pixel); bout: the output channel-blocked, vector v of the sums at
     16·v·opitch + 16·(q + k·ojump), stored as it is (no transpose); output FUSED: so, with a residual, channel-blocked,
@@ -136,7 +148,7 @@ def _tile(typingctx, cb, kw, fetch, wraps, chans, output, w, x, cpitch, rpitch, 
     sig = types.void(*constants, w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, res, rcs, rjump, n, cn, ahead, brk,
                      width, ijump, ojump, lo, hi)
     cb, kw, fetch, wraps, chans, output = (t.literal_value for t in constants)
-    bout, fused = output != NCHW, output == FUSED
+    bout, fused, resume = output != NCHW, output == FUSED, fetch == RESUME
 
     def codegen(context, builder, signature, args):
         w, x, cpitch, rpitch, kh, cin, s, b, out, opitch, res, rcs, rjump, n, cn, ahead, brk, width, ijump, ojump = (
@@ -169,7 +181,10 @@ def _tile(typingctx, cb, kw, fetch, wraps, chans, output, w, x, cpitch, rpitch, 
         down, on = builder.mul(rpitch, I64(4)), builder.mul(builder.sub(cpitch, back), I64(4))
         if chans > 1:
             on = builder.sub(on, I64(4 * (chans - 1)))
-        start = [vector(builder, builder.add(b, I64(4 * LANES * v))) for v in range(cb)]
+        start = [[vector(builder, builder.add(b, I64(4 * LANES * v))) for v in range(cb)]] * PIX
+        if resume:
+            start = [[vector(builder, builder.add(ahead, I64(4 * LANES * (v * PIX + q)))) for v in range(cb)]
+                     for q in range(PIX)]
         entry, loop, done = builder.block, builder.append_basic_block("k"), builder.append_basic_block("done")
         builder.branch(loop)
         builder.position_at_end(loop)  # acc[q][v] += w[i, kx, 16v:16v+16] · x[at + kx + q·s], each kx < kw
@@ -214,7 +229,7 @@ def _tile(typingctx, cb, kw, fetch, wraps, chans, output, w, x, cpitch, rpitch, 
             phi.add_incoming(then, builder.block)
         for q in range(PIX):
             for v in range(cb):
-                accs[q][v].add_incoming(start[v], entry)
+                accs[q][v].add_incoming(start[q][v], entry)
                 accs[q][v].add_incoming(sums[q][v], builder.block)
         builder.cbranch(builder.icmp_signed("<", following, builder.mul(cin, kh)), loop, done)
         builder.position_at_end(done)
@@ -427,6 +442,50 @@ def _tiles(cb, kh, kw, chans, output, w, b, x, cs, rs, cin, s, out, ocs, ors, re
 
 
 @njit(cache=True, inline="always")
+def _chunks(w, b, x, cs, rs, cin, s, out, ocs, ors, acc, chunk, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi):
+    """_tiles of a 3×3 from NCHW to NCHW, 2 vectors a tile, over every pixel of runs [r0, r1) (threads split the
+    blocks alone), its input channels in chunks of `chunk`: each block runs a chunk over all its tiles before the
+    next, every tile keeping its partial sums between chunks (RESUME) in its own slot of acc (PIX × 32 floats a tile,
+    a block's tiles in a row); the last chunk stores the tile. A run's last tile is short, not shifted back (its
+    slot's pixels would be another tile's)."""
+    lanes, inf = 2 * LANES, np.float32(np.inf)
+    ijump, ojump = rstep - width * s, ors - width
+    tiles = (r1 - r0) * -(-(q1 - q0) // PIX)  # (a block's)
+    for blk in range(b0, b1):
+        cn, bb = min(lanes, cout - blk * lanes), b + 4 * blk * lanes
+        for c0 in range(0, cin, chunk):
+            cc, wc, last = min(chunk, cin - c0), w + 4 * (blk * cin + c0) * 9 * lanes, c0 + chunk >= cin
+            t = blk * tiles
+            for r in range(r0, r1):
+                xr, orow = x + 4 * (r * rstep + c0 * cs), out + 4 * (blk * lanes * ocs + r * ors)
+                for q in range(q0, q1, PIX):
+                    n, y, z = min(PIX, q1 - q), q // width, q % width
+                    xq, oq, slot = xr + 4 * (y * rstep + z * s), orow + 4 * (y * ors + z), acc + 4 * lanes * PIX * t
+                    t += 1
+                    # (the stages, and wrapping or not, literals: each branch its own loop)
+                    if width - z < n or n < PIX:
+                        brk, wide = min(width - z, PIX), min(width, PIX)
+                        if c0 == 0:
+                            _tile(2, 3, 0, True, 1, BLOCKED, wc, xq, cs, rs, 3, cc, s, bb, slot, PIX, 0, 0, 0, n, cn,
+                                  0, brk, wide, ijump, 0, -inf, inf)
+                        elif not last:
+                            _tile(2, 3, RESUME, True, 1, BLOCKED, wc, xq, cs, rs, 3, cc, s, bb, slot, PIX, 0, 0, 0, n,
+                                  cn, slot, brk, wide, ijump, 0, -inf, inf)
+                        else:
+                            _tile(2, 3, RESUME, True, 1, NCHW, wc, xq, cs, rs, 3, cc, s, bb, oq, ocs, 0, 0, 0, n, cn,
+                                  slot, brk, wide, ijump, ojump, lo, hi)
+                    elif c0 == 0:
+                        _tile(2, 3, 0, False, 1, BLOCKED, wc, xq, cs, rs, 3, cc, s, bb, slot, PIX, 0, 0, 0, PIX, cn, 0,
+                              0, 0, 0, 0, -inf, inf)
+                    elif not last:
+                        _tile(2, 3, RESUME, False, 1, BLOCKED, wc, xq, cs, rs, 3, cc, s, bb, slot, PIX, 0, 0, 0, PIX,
+                              cn, slot, 0, 0, 0, 0, -inf, inf)
+                    else:
+                        _tile(2, 3, RESUME, False, 1, NCHW, wc, xq, cs, rs, 3, cc, s, bb, oq, ocs, 0, 0, 0, PIX, cn,
+                              slot, 0, 0, 0, 0, lo, hi)
+
+
+@njit(cache=True, inline="always")
 def _ones(chans, output, cb, kh, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, rrs, cout, b0, b1, rstep, width,
           r0, r1, q0, q1, lo, hi):
     """_tiles of a 1×1 conv with cb as a constant, a copy of the loops each, at stride s from NCHW to NCHW, else at
@@ -444,12 +503,15 @@ def _ones(chans, output, cb, kh, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rc
 
 
 @njit(cache=True, inline="always")
-def _widths(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi):
+def _widths(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, acc, chunk, cout, b0, b1, rstep, width, r0, r1, q0,
+            q1, lo, hi):
     """_tiles from NCHW to NCHW with cb and the kernel width kw as constants, a copy of the loops per pair
-    (WIDTHS)."""
+    (WIDTHS); a 3×3 given a chunk of input channels (and its partial sums' buffer acc) by _chunks."""
     if kw == 1:
         _ones(1, NCHW, cb, kh, w, b, x, cs, rs, cin, s, out, ocs, ors, 0, 0, 0, cout, b0, b1, rstep, width, r0, r1, q0,
               q1, lo, hi)
+    elif cb == 2 and kw == 3 and chunk:
+        _chunks(w, b, x, cs, rs, cin, s, out, ocs, ors, acc, chunk, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
     elif cb == 2 and kw == 3:
         _tiles(2, kh, 3, 1, NCHW, w, b, x, cs, rs, cin, s, out, ocs, ors, 0, 0, 0, cout, b0, b1, rstep, width, r0, r1,
                q0, q1, lo, hi)
@@ -473,8 +535,9 @@ def _work(x, out, res, rcs, rrs, chans, output, cb, kh, kw, w, b, cs, rs, cin, s
     residual addresses and the residual's pitches first, as a launcher() passes them."""
     if chans == 1 and output == NCHW and cb == 0:
         _strips(w, b, x, cs, cin, out, ocs, ors, b0, b1, rstep, r0, r1, q0, q1, lo, hi)
-    elif chans == 1 and output == NCHW:
-        _widths(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, cout, b0, b1, rstep, width, r0, r1, q0, q1, lo, hi)
+    elif chans == 1 and output == NCHW:  # (res and rcs: a 3×3's partial sums' buffer and chunk, _chunks)
+        _widths(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, cout, b0, b1, rstep, width, r0, r1, q0,
+                q1, lo, hi)
     elif chans == 1 and output == BLOCKED:
         _ones(1, BLOCKED, cb, kh, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, rrs, cout, b0, b1, rstep, width,
               r0, r1, q0, q1, lo, hi)
@@ -682,6 +745,17 @@ def from_blocked(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2)).reshape(cb * lanes, h, w)
 
 
+def _chunked(w_shape: tuple[int, ...], chans: int, bout: bool, cb: int, stride: tuple[int, int], tiles: int,
+             inputs: int) -> int:
+    """The input channels a chunk of _chunks holds for this conv, or 0 for none (_tiles): a 3×3 at stride 1 from NCHW
+    to NCHW, 2 vectors a tile, more input channels than a chunk, weights streamed (_streamed, against `inputs`
+    floats) over CHUNKS_FROM to CHUNKS_TO tiles."""
+    cout, cin, kh, kw = w_shape
+    return CHUNK if ((kh, kw) == (3, 3) and chans == 1 and not bout and cb == 2 and tuple(stride) == (1, 1)
+                     and cin > CHUNK and CHUNKS_FROM <= tiles <= CHUNKS_TO
+                     and cout * cin * 9 > max(WEIGHTS_STREAMED, inputs)) else 0
+
+
 def _split(nt: int, blocks: int, parts: int, weights: int, inputs: int) -> tuple[int, int]:
     """(ntb, ntp): nt threads as ntb shares of the output blocks × ntp shares of the `parts` runs (or of one run's
     tiles). Whichever splits more evenly first: 3 blocks on 2 threads left one thread twice the other's work
@@ -737,20 +811,24 @@ def launcher(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: 
         runs, run = 1, oh * ow
     cb = lanes
     wp, bp = _rows_packed(w) if cb == 0 else _packed(w), _padded(b)
-    ntb, ntp = _split(nt, len(wp), runs if runs > 1 else -(-run // (STRIP if cb == 0 else PIX)), w.size, p.size)
+    tiles = runs * -(-run // PIX)
+    chunk = _chunked(w.shape, chans, bout, cb, s, tiles, cin * run * runs)
+    acc = np.empty(len(wp) * tiles * PIX * 2 * LANES if chunk else 0, np.float32)  # (_chunks' partial sums)
+    ntb, ntp = (max(1, min(nt, len(wp))), 1) if chunk else \
+        _split(nt, len(wp), runs if runs > 1 else -(-run // (STRIP if cb == 0 else PIX)), w.size, p.size)
     fixed = (chans, FUSED if fused else BLOCKED if bout else NCHW, cb, kh, kw, address(wp), address(bp), cs, rs, cin,
              s[1], ocs, ors, cout)
     if ntb * ntp == 1:  # (a parallel loop's launch costs ~8 µs even on one thread: 8% of a 7² conv)
         kernel, fixed = _work, (*fixed, 0, len(wp), rstep, width, 0, runs, 0, run, lo, hi)
     else:
         kernel, fixed = _run, (*fixed, rstep, width, runs, run, ntb, ntp, lo, hi)
-    held = (wp, bp)  # (a launcher holds the packed weights whose addresses it passes)
+    held = (wp, bp, acc)  # (a launcher holds the packed weights and the buffer whose addresses it passes)
 
     def at(x: np.ndarray, out: np.ndarray, residual: np.ndarray | None) -> None:
         """The kernel on x's window at address x, into out, adding residual (fused: blocked, as out, any pitches; on
         one run over rows back to back, copied where its rows are not)."""
         if not fused:
-            kernel(x, address(out), 0, 0, 0, *fixed)
+            kernel(x, address(out), address(acc) if chunk else 0, chunk, 0, *fixed)
             return
         if not (blocked(residual) and residual.shape == out.shape):
             raise ValueError(f"conv: a residual {residual.shape}, strides {residual.strides}, to add to a "

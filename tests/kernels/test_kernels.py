@@ -318,6 +318,8 @@ BLOCKED = [
     (32, 48, 10, 3, 1, (2, 1), (0, 0, 0, 0), False),
     (32, 32, 9, 9, (3, 1), (1, 1), (1, 0, 1, 0), False),
     (512, 64, 7, 7, 3, (1, 1), (1, 1, 1, 1), True),  # (weights streamed: blocked._streamed)
+    (512, 64, 14, 14, 3, (1, 1), (1, 1, 1, 1), True),  # (so, its input channels in chunks: blocked._chunks)
+    (512, 64, 9, 12, 3, (1, 1), (1, 1, 1, 1), True),  # (so, its rows of 12 one run that wraps, its last tile short)
 ]
 
 
@@ -651,6 +653,45 @@ def test_convs_whose_weights_outweigh_their_inputs_run_each_block_over_all_pixel
         shares = [blocked._share(t, cb, steps, kw) for t in range(1, cb + 1)]
         assert shares == [block + k * steps * kw * line for k in range(cb)]  # (kw lines a step, `steps` each)
         assert blocked._share(0, cb, steps, kw) == blocked._share(cb + 1, cb, steps, kw) == 0
+
+
+def test_3x3s_whose_weights_stream_run_their_input_channels_in_chunks_to_the_same_bits(monkeypatch):
+    """_chunked: a 3×3 at stride 1 from NCHW to NCHW, 2 vectors a tile, more input channels than a chunk, weights
+    streamed over CHUNKS_FROM to CHUNKS_TO tiles (ResNet-50's 256→256 and VGG-16's 512→512 at 14², its 512→512 at 16²
+    at 512²), runs them in chunks; not at 7² (4 tiles) or 32² (96), nor with weights within a cache, at a stride,
+    onto a blocked map, or as a 1×1. Chunked, a
+    conv computes the bits it computes in one pass (each tile resumes its partial sums in the order one pass adds
+    them), on one thread and on three, whole tiles, rows that wrap and a short last tile alike."""
+    from nptp_mpi.kernels import blocked, threads
+
+    def chunk(cin, cout, hw, k=3, stride=(1, 1), bout=False):
+        tiles = -(-hw[0] * hw[1] // blocked.PIX) if blocked._wraps(hw[1]) else hw[0] * -(-hw[1] // blocked.PIX)
+        return blocked._chunked((cout, cin, k, k), 1, bout, blocked._cb(cout), stride, tiles, cin * hw[0] * hw[1])
+
+    assert chunk(256, 256, (14, 14)) == chunk(512, 512, (14, 14)) == chunk(512, 64, (14, 14)) == blocked.CHUNK
+    assert chunk(512, 64, (9, 12)) == chunk(512, 512, (16, 16)) == blocked.CHUNK  # (one run of 108 pixels: 8 tiles)
+    assert not chunk(512, 512, (32, 32))
+    assert not chunk(512, 48, (14, 14))  # (48 outputs: 1 vector a tile)
+    assert not chunk(512, 512, (7, 7)) and not chunk(128, 128, (28, 28)) and not chunk(256, 256, (14, 14), 1)
+    assert not chunk(256, 256, (14, 14), stride=(2, 2)) and not chunk(256, 256, (14, 14), bout=True)
+    assert not chunk(64, 1024, (14, 14))  # (one chunk's worth of inputs)
+    if not vectors.ENABLED:
+        pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
+    chunked = []
+    decide = blocked._chunked
+    monkeypatch.setattr(blocked, "_chunked", lambda *a: chunked.append(decide(*a)) or chunked[-1])
+    for case in [c for c in BLOCKED if c[0] > blocked.CHUNK and c[4] == 3]:
+        x, w, b, s, pads, out_hw = blocked_case(case)
+        got = {}
+        for nt in (1, 3):
+            for on in (True, False):
+                monkeypatch.setattr(blocked, "CHUNK", 64 if on else 1 << 30)
+                with threads.blocks(nt):
+                    got[nt, on] = K.conv2d(x, (0, 0), x.shape[1:], w.copy(), b, s, pads, (1, 1), 1, (0, 0, *out_hw),
+                                           "relu")
+                assert bool(chunked.pop()) == (on and out_hw[0] * out_hw[1] > 49), case  # (7²: 4 tiles)
+        for key, y in got.items():
+            np.testing.assert_array_equal(y, got[1, False], err_msg=f"{case}, {key}")
 
 
 def test_winograd_runs_where_it_pays_and_its_filter_transform_is_kept():
