@@ -753,7 +753,7 @@ def _chunked(w_shape: tuple[int, ...], chans: int, bout: bool, cb: int, stride: 
     cout, cin, kh, kw = w_shape
     return CHUNK if ((kh, kw) == (3, 3) and chans == 1 and not bout and cb == 2 and tuple(stride) == (1, 1)
                      and cin > CHUNK and CHUNKS_FROM <= tiles <= CHUNKS_TO
-                     and cout * cin * 9 > max(WEIGHTS_STREAMED, inputs)) else 0
+                     and _streamed.py_func(cout * cin * 9, inputs)) else 0  # (its Python: nothing to compile)
 
 
 def _split(nt: int, blocks: int, parts: int, weights: int, inputs: int) -> tuple[int, int]:
