@@ -67,9 +67,9 @@ def limit_threads(n: int) -> Iterator[None]:
         kernels.threads.use(before)
 
 
-def _options(threads: int, profile: str | None = None):
-    """onnxruntime's session options for the benchmarks: full graph optimisations, `threads` intra-op threads;
-    profile: a path prefix its profiler writes to."""
+def _session(model, threads: int, profile: str | None = None):
+    """An onnxruntime session of an ONNX model with its default (full) graph optimisations and `threads` intra-op
+    threads; profile: a path prefix its profiler writes to."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -77,15 +77,12 @@ def _options(threads: int, profile: str | None = None):
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     if profile:
         opts.enable_profiling, opts.profile_file_prefix = True, profile
-    return opts
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def ort_session(model, threads: int = 1):
-    """An onnxruntime session of an ONNX model with its default (full) graph optimisations and `threads`
-    intra-op threads; returns run(x) for a batch-less input."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(model.SerializeToString(), _options(threads), providers=["CPUExecutionProvider"])
+    """run(x) for a batch-less input, by onnxruntime (_session)."""
+    sess = _session(model, threads)
     name = sess.get_inputs()[0].name
     return lambda x: sess.run(None, {name: x[None]})[0][0]
 
@@ -238,9 +235,9 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
                  "kernels)")
     for spec, graph in graphs:
         x = np.random.default_rng(0).standard_normal(graph.input_shape, dtype=np.float32)
-        kinds = {n.name: kind(graph, n) for n in graph.nodes}
+        kinds, model = {n.name: kind(graph, n) for n in graph.nodes}, _ort_model(spec, graph)
         for t in threads:
-            ort_run = ort_session(_ort_model(spec, graph), t)
+            ort_run = ort_session(model, t)
             with contextlib.ExitStack() as stack:
                 pair = [stack.enter_context(Tree(d, spec, graph.input_shape[1:], t))  # (this tree's, then the other)
                         for d in ((_own_tree(), against) if against else ())]
@@ -275,7 +272,7 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
             row["ratio"] = row["ms_ours"] / row["ms_ort"]
             if nodes:
                 ms = {name: 1e3 * statistics.median(v) for name, v in per_node.items()}
-                row["nodes"] = conv_gaps(graph, ms, ort_node_ms(_ort_model(spec, graph), t, x, rounds))[:nodes]
+                row["nodes"] = conv_gaps(graph, ms, ort_node_ms(model, t, x, rounds))[:nodes]
             said = f"{row['ratio']:.2f}x"
             if against:
                 row.update(against=against, **_ms("tree", pair[0].seconds), **_ms("against", pair[1].seconds),
@@ -292,11 +289,8 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
 def ort_node_ms(model, threads: int, x: np.ndarray, rounds: int) -> list[tuple[tuple, tuple, float]]:
     """onnxruntime's convs in one inference of `model` on x, in the order it ran them, from its profiler: (weights'
     shape, output shape without the batch, median ms over `rounds` inferences after a warm-up)."""
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as folder:
-        sess = ort.InferenceSession(model.SerializeToString(), _options(threads, os.path.join(folder, "ort")),
-                                    providers=["CPUExecutionProvider"])
+        sess = _session(model, threads, os.path.join(folder, "ort"))
         feed = {sess.get_inputs()[0].name: x[None]}
         for _ in range(rounds + 1):
             sess.run(None, feed)
