@@ -2,7 +2,8 @@
 # nptp-mpi: set up what is missing, then run the demo, the tests, or a command.
 #   ./run.sh            set up if needed, then the 4-rank demo
 #   ./run.sh setup      create .venv, install the package and its MPI runtime, warm the Numba cache
-#   ./run.sh test       set up if needed, then every test (plain, then under MPI on NPTP_TEST_RANKS="2 3 4")
+#   ./run.sh test       set up if needed, then every test (plain, then under MPI on NPTP_TEST_RANKS="2 3 4"); the
+#                       plain ones NPTP_TEST_PLAIN names (default: all of tests/)
 #   ./run.sh run [-n N] [--hostfile F] ARGS…   python -m nptp_mpi ARGS on N ranks (default 4), on the
 #                       boards of hostfile F (MPICH host:slots or Open MPI "host slots=N", either works)
 #   ./run.sh cluster up N|down|status|run [-n N] -- ARGS…   virtual boards on this machine (root; netns + tc)
@@ -112,7 +113,8 @@ demo() {
 
 run_tests() {
   local rc=0
-  "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests || rc=$?
+  # shellcheck disable=SC2086
+  "$VENV/bin/python" -m pytest -q -p no:cacheprovider ${NPTP_TEST_PLAIN:-tests} || rc=$?
   [ "$rc" -eq 0 ] || { say "plain tests failed (exit $rc)"; return "$rc"; }
   for n in ${NPTP_TEST_RANKS:-2 3 4}; do
     say "MPI tests on $n ranks"

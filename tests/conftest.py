@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,26 @@ def run_cli(args: list[str], ranks: int | None = None, timeout: float = 120, env
         cmd = [*mpiexec(), "-n", str(ranks), *cmd]
     full_env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full_env)
+
+
+def cache_missing(module: str, into: Path, sources: Path) -> None:
+    """The kernels' warm Numba cache (run.sh's `warm`) copied to where Numba looks for the kernels at `sources` under
+    NUMBA_CACHE_DIR=into, but for `module`'s: a cache a rank must complete, compiling one module's kernels in
+    seconds (an empty one took three minutes, every kernel). No warm cache, or a stale one: nothing is copied, or
+    Numba and warm() drop what was (the kernels then compile from scratch, slower, to the same end)."""
+    from numba.core.caching import UserProvidedCacheLocator
+
+    from nptp_mpi.runtime.warm import _cache
+
+    warm, _ = _cache()
+    dest = into / UserProvidedCacheLocator.get_suitable_cache_subpath(str(sources / "__init__.py"))
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in (*warm.rglob("*.nbi"), *warm.rglob("*.nbc")):
+        if not f.name.startswith(f"{module}."):
+            shutil.copy(f, dest / f.name)
+    stamp = warm / "nptp-kernel-sources.sha256"  # (without it warm() takes the copy for stale and drops it)
+    if stamp.exists():
+        shutil.copy(stamp, into / stamp.name)
 
 
 # -- small graphs and checks several test modules share ---------------------------------------------

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, mpiexec
+from conftest import ROOT, cache_missing, mpiexec
 
 from nptp_mpi import kernels
 from nptp_mpi.runtime.warm import clear_stale_cache
@@ -62,8 +62,10 @@ print(json.dumps([world.rank, before, misses() - before]), flush=True)
 
 
 def test_a_cold_cache_is_compiled_by_one_rank_while_the_others_wait(tmp_path) -> None:
-    """Three ranks on one host, an empty cache: rank 0 compiles (cache misses), the others then only load
-    (no miss when they run every kernel). Without warm_first all three compile the same kernels at once."""
+    """Three ranks on one host, a cache that is not warm (the pool kernels missing): rank 0 compiles (cache
+    misses), the others then only load (no miss when they run every kernel). Without warm_first all three compile
+    the same kernels at once."""
+    cache_missing("pool", tmp_path, Path(kernels.__file__).parent)
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     p = subprocess.run([*mpiexec(), "-n", "3", sys.executable, "-c", COLD_JOB], capture_output=True, text=True,
                        timeout=300, env=env, cwd=ROOT)
