@@ -272,7 +272,8 @@ def bench_models(graphs: list[tuple[str, object]], threads: list[int], rounds: i
             row["ratio"] = row["ms_ours"] / row["ms_ort"]
             if nodes:
                 ms = {name: 1e3 * statistics.median(v) for name, v in per_node.items()}
-                row["nodes"] = conv_gaps(graph, ms, ort_node_ms(model, t, x, rounds))[:nodes]
+                gaps = conv_gaps(graph, ms, ort_node_ms(model, t, x, rounds))
+                row["nodes"], row["node_kinds"] = gaps[:nodes], gaps_by_kind(gaps)
             said = f"{row['ratio']:.2f}x"
             if against:
                 row.update(against=against, **_ms("tree", pair[0].seconds), **_ms("against", pair[1].seconds),
@@ -325,13 +326,28 @@ def conv_gaps(graph, ours_ms: dict[str, float], theirs: list[tuple[tuple, tuple,
     return sorted(rows, key=lambda r: -r["ms_gap"])
 
 
+def gaps_by_kind(gaps: list[dict]) -> list[dict]:
+    """conv_gaps' rows summed per kind of conv (every conv matched, not only the furthest behind): where the gap
+    inside the model lies in all, the largest first."""
+    sums: dict[str, dict] = {}
+    for g in gaps:
+        s = sums.setdefault(g["kind"], {"kind": g["kind"], "convs": 0, "ms_ours": 0.0, "ms_ort": 0.0, "ms_gap": 0.0})
+        s["convs"] += 1
+        for k in ("ms_ours", "ms_ort", "ms_gap"):
+            s[k] += g[k]
+    return sorted(sums.values(), key=lambda s: -s["ms_gap"])
+
+
 def format_nodes(rows: list[dict]) -> str:
-    """The convs of each bench_models row that carries them (--nodes): our ms and onnxruntime's inside the model."""
-    cols = [("node", "{}"), ("kind", "{}"), ("weights", "{}"), ("out", "{}"), ("ms_ours", "{:.3f}"),
-            ("ms_ort", "{:.3f}"), ("ms_gap", "{:+.3f}")]
-    parts = [f"{r['model']} {r['size']} threads={r['threads']}: the convs furthest behind onnxruntime's inside the "
-             f"model (ms; onnxruntime's from its profiler)\n" + _aligned([c.removeprefix("ms_") for c, _ in cols], cols,
-                                                                        r["nodes"])
+    """For each bench_models row that carries them (--nodes): our ms and onnxruntime's inside the model, summed per
+    kind of conv, then the convs furthest behind."""
+    ms = [("ms_ours", "{:.3f}"), ("ms_ort", "{:.3f}"), ("ms_gap", "{:+.3f}")]
+    kinds, cols = [("kind", "{}"), ("convs", "{}"), *ms], [("node", "{}"), ("kind", "{}"), ("weights", "{}"),
+                                                           ("out", "{}"), *ms]
+    parts = [f"{r['model']} {r['size']} threads={r['threads']}: our convs against onnxruntime's inside the model, by "
+             f"kind (ms; onnxruntime's from its profiler)\n" + _aligned([c.removeprefix("ms_") for c, _ in kinds],
+                                                                       kinds, r["node_kinds"])
+             + "\n\nthe convs furthest behind\n" + _aligned([c.removeprefix("ms_") for c, _ in cols], cols, r["nodes"])
              for r in rows if r.get("nodes")]
     return "\n\n".join(parts)
 

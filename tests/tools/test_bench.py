@@ -21,6 +21,7 @@ from nptp_mpi.tools.bench import (
     format_models,
     format_nodes,
     format_table,
+    gaps_by_kind,
     kind,
 )
 
@@ -49,10 +50,28 @@ def test_models_bench_lists_the_convs_furthest_behind_onnxruntimes_inside_the_mo
         node = convs[r["node"]]
         assert r["ms_ours"] > 0 and r["ms_ort"] > 0 and r["ms_gap"] == r["ms_ours"] - r["ms_ort"]
         assert r["kind"] == kind(graph, node) and r["weights"] == "×".join(map(str, node.params["w"].shape))
+    kinds = {k["kind"]: k for k in row["node_kinds"]}  # (every conv matched, summed per kind)
+    assert sum(k["convs"] for k in kinds.values()) > 4 and {r["kind"] for r in row["nodes"]} <= set(kinds)
+    assert all(k["ms_gap"] == pytest.approx(k["ms_ours"] - k["ms_ort"]) for k in kinds.values())
     table = format_nodes([row]).splitlines()
-    assert "furthest behind onnxruntime's" in table[0] and table[1].split() == ["node", "kind", "weights", "out",
-                                                                               "ours", "ort", "gap"]
-    assert len(table) == 3 + 4 and format_nodes([{**row, "nodes": []}]) == ""
+    assert "by kind" in table[0] and table[1].split() == ["kind", "convs", "ours", "ort", "gap"]
+    n = len(row["node_kinds"])
+    assert table[3 + n:6 + n] == ["", "the convs furthest behind", table[5 + n]]
+    assert table[5 + n].split() == ["node", "kind", "weights", "out", "ours", "ort", "gap"]
+    assert len(table) == 3 + n + 4 + 4 and format_nodes([{**row, "nodes": []}]) == ""
+
+
+def test_the_gap_inside_a_model_is_summed_per_kind_of_conv() -> None:
+    """gaps_by_kind: every matched conv counts once in its kind's sums; the kinds furthest behind first."""
+    gaps = [{"kind": k, "ms_ours": ours, "ms_ort": ort, "ms_gap": ours - ort}
+            for k, ours, ort in (("depthwise", 0.3, 0.1), ("conv1x1", 1.0, 1.1), ("depthwise", 0.2, 0.15),
+                                 ("conv1x1", 0.5, 0.3), ("conv3x3", 0.5, 0.2))]
+    got = gaps_by_kind(gaps)
+    assert [g["kind"] for g in got] == ["conv3x3", "depthwise", "conv1x1"]
+    assert [g["convs"] for g in got] == [1, 2, 2]
+    assert got[1]["ms_ours"] == pytest.approx(0.5) and got[1]["ms_ort"] == pytest.approx(0.25)
+    assert got[1]["ms_gap"] == pytest.approx(0.25) and got[2]["ms_gap"] == pytest.approx(0.1)
+    assert gaps_by_kind([]) == []
 
 
 def test_convs_are_matched_to_onnxruntimes_by_shape_in_order_and_unmatched_ones_left_out() -> None:
@@ -162,7 +181,8 @@ def test_the_command_prints_which_blas_ran_and_the_tables() -> None:
                 timeout=300)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("BLAS: ") and "resnet18 64x64 threads=1" in p.stdout and "conv3x3" in p.stdout
-    assert "resnet18 64x64 threads=1: the convs furthest behind onnxruntime's" in p.stdout
+    assert "resnet18 64x64 threads=1: our convs against onnxruntime's inside the model, by kind" in p.stdout
+    assert "\nthe convs furthest behind\n" in p.stdout
     for args in (["--threads", "0"], ["--nodes", "-1"]):
         bad = run_cli(["bench", "models", *args])
         assert bad.returncode == 2 and args[0] in bad.stderr and "Traceback" not in bad.stderr
