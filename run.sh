@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # nptp-mpi: set up what is missing, then run the demo, the tests, or a command.
-#   ./run.sh            set up if needed, then the 4-rank demo
+#   ./run.sh            set up if needed, then the demo on NPTP_RANKS ranks (default 4)
 #   ./run.sh setup      create .venv, install the package and its MPI runtime, warm the Numba cache
 #   ./run.sh test       set up if needed, then every test (plain, then under MPI on NPTP_TEST_RANKS="2 3 4"); the
 #                       plain ones NPTP_TEST_PLAIN names (default: all of tests/)
-#   ./run.sh run [-n N] [--hostfile F] ARGS…   python -m nptp_mpi ARGS on N ranks (default 4), on the
+#   ./run.sh run [-n N] [--hostfile F] ARGS…   python -m nptp_mpi ARGS on N ranks (default NPTP_RANKS), on the
 #                       boards of hostfile F (MPICH host:slots or Open MPI "host slots=N", either works)
 #   ./run.sh cluster up N|down|status|run [-n N] -- ARGS…   virtual boards on this machine (root; netns + tc)
 #   ./run.sh help       this text
@@ -146,7 +146,7 @@ launch() {
   "${launcher[@]}" -n "$n" "$VENV/bin/python" -m nptp_mpi "${args[@]}"
 }
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set /s/^# \{0,1\}//p' "$0"; }  # (the comment lines above `set`)
 
 case "${1:-demo}" in
   demo) setup; demo ;;

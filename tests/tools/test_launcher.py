@@ -4,7 +4,9 @@ check that mpi4py loads the same MPI. Fake launchers print what the real ones pr
 from __future__ import annotations
 
 import os
+import re
 import stat
+import subprocess
 
 import pytest
 from conftest import ROOT
@@ -78,3 +80,18 @@ def test_this_setup_is_consistent_and_run_sh_uses_the_module() -> None:
     found = L.find()
     L.check(found)  # what ./run.sh set up: mpi4py loads the launcher's MPI
     assert "nptp_mpi.tools.launcher" in (ROOT / "run.sh").read_text()
+
+
+def test_run_sh_help_names_every_command_and_variable_it_reads() -> None:
+    """`./run.sh help` prints its whole header (it grew a line once and lost `help` off its end); an unknown
+    command prints it on stderr and exits 2."""
+    script = (ROOT / "run.sh").read_text()
+    shown = subprocess.run([str(ROOT / "run.sh"), "help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and not shown.stderr, shown.stderr
+    commands = re.findall(r"^  ([a-z|-]+)\) ", script.split('case "${1:-demo}" in', 1)[1], re.M)
+    for command in commands:
+        assert f"./run.sh {command.split('|')[0]}" in shown.stdout or command == "demo", command
+    for variable in sorted(set(re.findall(r"\$\{?(NPTP_[A-Z_]+)", script))):
+        assert variable in shown.stdout, variable
+    bad = subprocess.run([str(ROOT / "run.sh"), "nosuch"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown command 'nosuch'" in bad.stderr and "./run.sh help" in bad.stderr
