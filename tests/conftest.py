@@ -47,7 +47,7 @@ def cache_missing(module: str, into: Path, sources: Path) -> None:
     Numba and warm() drop what was (the kernels then compile from scratch, slower, to the same end)."""
     from numba.core.caching import UserProvidedCacheLocator
 
-    from nptp_mpi.runtime.warm import _cache
+    from nptp_mpi.runtime.warm import SOURCES_STAMP, _cache
 
     warm, _ = _cache()
     dest = into / UserProvidedCacheLocator.get_suitable_cache_subpath(str(sources / "__init__.py"))
@@ -55,7 +55,7 @@ def cache_missing(module: str, into: Path, sources: Path) -> None:
     for f in (*warm.rglob("*.nbi"), *warm.rglob("*.nbc")):
         if not f.name.startswith(f"{module}."):
             shutil.copy(f, dest / f.name)
-    stamp = warm / "nptp-kernel-sources.sha256"  # (without it warm() takes the copy for stale and drops it)
+    stamp = warm / SOURCES_STAMP  # (without it warm() takes the copy for stale and drops it)
     if stamp.exists():
         shutil.copy(stamp, into / stamp.name)
 

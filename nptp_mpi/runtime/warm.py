@@ -86,6 +86,7 @@ def _cache() -> tuple[Path, str]:
 
 
 WARM_STAMP = "nptp-kernels-warm.sha256"  # written once warm() has compiled every kernel of these sources
+SOURCES_STAMP = "nptp-kernel-sources.sha256"  # the sources the cached kernels were compiled from (clear_stale_cache)
 
 
 def is_warm() -> bool:
@@ -106,7 +107,7 @@ def clear_stale_cache() -> bool:
     from nptp_mpi import kernels
 
     cache, digest = _cache()
-    stamp = cache / "nptp-kernel-sources.sha256"
+    stamp = cache / SOURCES_STAMP
     ours = tuple(f"{f.stem}." for f in Path(kernels.__file__).parent.glob("*.py"))  # the folder may be shared
     try:
         if stamp.exists() and stamp.read_text() == digest:
