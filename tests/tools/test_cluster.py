@@ -233,9 +233,9 @@ print("RESULT " + json.dumps({"k": k, "rate": 2 * 192 ** 3 * k * len(times) / su
 def test_a_capped_board_runs_steadily_at_its_share(virtual, tmp_path):
     """A board at 0.25 core computes at a quarter of an uncapped core's FLOP rate (within 10%), in steady
     steps: a chunk of ~32 ms of work takes about as long wherever it falls (the 100 ms default period gave
-    7.6 to 82 ms between the 10th and 90th percentile). Each side's best of two runs, for its rate and for its
-    steadiness: a shared host's load once slowed a single capped run to 0.208 of the free core's best, and once
-    spread one's steps to 23-46 ms."""
+    7.6 to 82 ms between the 10th and 90th percentile). The free core's best of two runs; the capped board's best
+    of up to four, stopping at the first that passes: a shared host's load slowed capped runs to 0.208 and 0.217
+    of the free core's best, and once spread one's steps to 23-46 ms. A broken cap fails every run."""
     up_with_cgroups(virtual, "1", "--cpu", "0.25")
     script = tmp_path / "steady.py"
     script.write_text(STEADY)
@@ -247,8 +247,12 @@ def test_a_capped_board_runs_steadily_at_its_share(virtual, tmp_path):
         return json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[len("RESULT "):])
 
     free = max((probe() for _ in range(2)), key=lambda r: r["rate"])  # an uncapped core, at its best
-    runs = [probe(str(cluster.LAUNCHER), cluster.board_ip(0), k=free["k"]) for _ in range(2)]
-    capped = max(runs, key=lambda r: r["rate"])
+    runs: list[dict] = []
+    while len(runs) < 4:  # a broken cap fails every run; a busy host only some
+        runs.append(probe(str(cluster.LAUNCHER), cluster.board_ip(0), k=free["k"]))
+        capped = max(runs, key=lambda r: r["rate"])
+        if capped["rate"] >= 0.9 * 0.25 * free["rate"] and min(r["p90"] / r["p10"] for r in runs) < 2.0:
+            break
     assert 0.9 * 0.25 <= capped["rate"] / free["rate"] <= 1.1 * 0.25, (capped, free)
     assert min(r["p90"] / r["p10"] for r in runs) < 2.0, runs
 
