@@ -12,7 +12,7 @@ import weakref
 import numpy as np
 from numba import njit, prange
 
-from . import blas, blocked, rows, vectors, winograd
+from . import blas, blocked, depthwise, rows, vectors, winograd
 from .derived import per_arguments, per_weights
 from .layout import whole
 from .pointwise import act1, act_code, clamp_bounds, constant, epilogue, finish, inline_code
@@ -302,7 +302,11 @@ class ConvCall:
         self.epi, self.launch, self.direct, self.wino = epi, None, False, False
         if 0 in self.shape:
             return
-        layouts = xin or bout  # (the vector GEMM alone reads and writes channel-blocked maps)
+        layouts = xin or bout  # (the vector GEMM and depthwise.py alone read and write channel-blocked maps)
+        if xin and bout and not residual and epi == self.whole and depthwise.takes(w.shape, groups, stride, dilation):
+            self.launch, self.direct = depthwise.launcher(x, origin, in_hw, w, b, stride, pads, region, into,
+                                                          *clamp_bounds(*epi), count()), True
+            return
         ob = 0 if layouts else rows.kind(w.shape, groups, stride, dilation, x, self.shape[2])
         lanes = -1 if ob else blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:3], bout=bout)
         if layouts and lanes <= 0:  # (a region the vector GEMM does not take: NCHW, on its window alone)

@@ -25,7 +25,7 @@ from numba.extending import intrinsic
 from . import vectors
 from .derived import per_arguments
 from .threads import block
-from .vectors import I32, I64, LANES, address, clamp, dest, fma, load, rowwise, scalar, splat, store, types_of
+from .vectors import I32, I64, LANES, address, clamp, dest, fma, inside, load, rowwise, scalar, splat, store, types_of
 from .window import staging
 
 
@@ -157,15 +157,9 @@ def _rows(x, b0, b1, top, left, in_h, in_w, lanes, k, sh, sw, ob, cin, op, w, b,
                     c = o // cout_g * cin
                     for i in range(i0, min(oh, i0 + BAND)):
                         r = top + i * sh
-                        rows = full
-                        if r < r_lo or r + k > r_hi:
-                            rows = 0
-                            for ky in range(k):
-                                if r_lo <= r + ky < r_hi:
-                                    rows |= 1 << ky
                         row(lanes, k, sw, ob, cin, op, oa + 4 * (o * ocs + i * ors + j0), ocs, n,
-                            xa + 4 * (c * cs + r * rs + col), cs, rs, rows, full, col - c_lo, c_hi - c_lo,
-                            wa + 4 * o * cin * k * k, cin * k * k, ba + 4 * o, lo, hi)
+                            xa + 4 * (c * cs + r * rs + col), cs, rs, inside(r, k, r_lo, r_hi), full, col - c_lo,
+                            c_hi - c_lo, wa + 4 * o * cin * k * k, cin * k * k, ba + 4 * o, lo, hi)
 
 
 BAND = 16  # output rows a chunk's masks serve (_rows)

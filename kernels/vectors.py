@@ -46,6 +46,19 @@ def address(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
+@njit(cache=True, inline="always")
+def inside(start, n, lo, hi):
+    """Bit t set for each t < n with start + t in [lo, hi): which of n rows or columns from `start` on lie inside the
+    image (the kernels' masks), every bit at once where all do."""
+    if lo <= start and start + n <= hi:
+        return (1 << n) - 1
+    bits = 0
+    for t in range(n):
+        if lo <= start + t < hi:
+            bits |= 1 << t
+    return bits
+
+
 def addressed() -> list[np.ndarray]:
     """Arrays of every type address() is given (float32, 1-3 dimensions, contiguous or a view, writable or not):
     warm() compiles it for each."""

@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from nptp_mpi.kernels import blocked
+from nptp_mpi.kernels import blocked, depthwise
+from nptp_mpi.kernels.pointwise import act_code, inline_code
 from nptp_mpi.model.graph import Node
 
 Use = tuple[Node, tuple[int, ...], tuple[str, ...], str, tuple[int, int]]  # node, weights' shape, inputs, output, hw
@@ -26,11 +27,24 @@ MIN_CHANNELS = 64
 
 
 def takes(node: Node, w_shape: tuple[int, ...], out_hw: tuple[int, int]) -> bool:
-    """Whether node is a 1×1 conv the vector GEMM runs with channel-blocked maps (on this host)."""
-    if node.op != "conv" or tuple(w_shape[2:]) != (1, 1):
+    """Whether node is a 1×1 conv the vector GEMM runs with channel-blocked maps, or a depthwise conv
+    kernels.depthwise runs on them, with an activation its kernel applies and no residual (on this host)."""
+    if node.op != "conv" or not w_shape:
         return False
+    win, groups = node.window, node.attrs.get("groups", 1)
+    if _depthwise(node, w_shape):
+        return len(node.inputs) == 1 and inline_code(act_code(node.attrs.get("act", ""))) == act_code(
+            node.attrs.get("act", ""))
+    return tuple(w_shape[2:]) == (1, 1) and blocked.runs_blocked(w_shape, groups, win.stride, win.pads, win.dilation,
+                                                                 out_hw)
+
+
+def _depthwise(node: Node, w_shape: tuple[int, ...]) -> bool:
+    """Whether node is a depthwise conv that kernels.depthwise runs on channel-blocked maps (its input and output
+    alike)."""
     win = node.window
-    return blocked.runs_blocked(w_shape, node.attrs.get("groups", 1), win.stride, win.pads, win.dilation, out_hw)
+    return node.op == "conv" and bool(w_shape) and depthwise.takes(w_shape, node.attrs.get("groups", 1), win.stride,
+                                                                    win.dilation)
 
 
 def blocked_maps(uses: Iterable[Use], nchw: set[str]) -> set[str]:
@@ -46,10 +60,11 @@ def blocked_maps(uses: Iterable[Use], nchw: set[str]) -> set[str]:
             readers[t].append(ok)
     maps = {t for t, oks in writers.items() if all(oks) and t not in nchw and readers.get(t) and all(readers[t])}
     changed = True
-    while changed:  # a residual's layout is its conv's output's (the kernel adds it in its registers)
-        changed = False
-        for _, _, inputs, output, _ in uses:
-            if len(inputs) > 1 and (output in maps) != (inputs[1] in maps):
-                maps -= {output, inputs[1]}
+    while changed:  # a residual's layout is its conv's output's (the kernel adds it in its registers); so is a
+        changed = False  # depthwise conv's input's
+        for node, w_shape, inputs, output, _ in uses:
+            other = inputs[1] if len(inputs) > 1 else inputs[0] if _depthwise(node, w_shape) else None
+            if other is not None and (output in maps) != (other in maps):
+                maps -= {output, other}
                 changed = True
     return maps

@@ -42,7 +42,8 @@ def every_op_graph(seed: int = 0) -> Graph:
              Window()),
         Node("conv", "b2", ("b0", "b1"), "b2", {"groups": 1}, {"w": w(64, 64, 1, 1), "b": w(64)}, Window()),
         conv("b3", "b2", 64, 64, 1, act="clip", lo=0.0, hi=6.0),
-        conv("b4", "b3", 64, 32, 1),
+        conv("d0", "b3", 64, 64, 3, groups=64, act="clip", lo=0.0, hi=6.0),  # depthwise, blocked (kernels/depthwise.py)
+        conv("b4", "d0", 64, 32, 1),
         conv("c2", "b4", 32, 8, 3, stride=2, groups=2, act="clip", lo=0.0, hi=6.0),
         conv("c3", "c2", 8, 8, 3, groups=8, act="leakyrelu", alpha=0.1),
         conv("c3b", "c3", 8, 8, 5, stride=2, groups=8, act="silu"),  # depthwise: vector rows, or phase planes

@@ -462,6 +462,92 @@ def test_convs_the_vector_gemm_leaves_read_and_write_channel_blocked_maps_throug
             assert_close(blocked.from_blocked(out), want)
 
 
+# Depthwise convs on channel-blocked maps (kernels/depthwise.py): channels, map, k, stride, region (None: whole), and
+# the tile that holds the input: (rows, columns) from the map's origin on, None for the whole map. MobileNetV2's
+# 96 at 112² at stride 2 and 144 at 56² (rows wider than rows.py takes: conv.py's loops on NCHW); a tile's interior,
+# its border strips, a corner touching two image borders, a 1-column strip, regions of fewer than a strip (8) and of
+# one more; 5×5 at both strides (MnasNet's, EfficientNet's); a map narrower than the kernel's reach.
+DEPTHWISE = [(96, 112, 3, 2, None, None), (144, 56, 3, 1, None, None),
+             (32, 28, 3, 1, (5, 6, 19, 21), ((4, 25), (5, 22))), (32, 28, 3, 1, (0, 0, 3, 28), ((0, 4), (0, 28))),
+             (48, 14, 3, 2, (4, 0, 7, 1), ((7, 14), (0, 2))), (16, 9, 3, 1, (0, 0, 9, 9), None),
+             (16, 10, 3, 2, (1, 1, 5, 5), ((1, 10), (1, 10))), (32, 14, 5, 1, (2, 3, 11, 12), ((0, 14), (1, 14))),
+             (64, 15, 5, 2, None, None), (16, 3, 5, 1, None, None), (960, 7, 3, 1, None, None)]
+
+
+@pytest.mark.parametrize("case", DEPTHWISE)
+@pytest.mark.parametrize("act", ["", "relu", "clip"])
+def test_depthwise_convs_on_channel_blocked_maps_give_the_nchw_result(case, act):
+    """A depthwise conv whose input and output are channel-blocked, from a tile buffer holding part of the map (its
+    origin not the map's; NaN beyond it), into a view with room for a halo (the room untouched), on one thread and on
+    three: what conv2d computes on NCHW, to the bit where rows.py runs it (the same sums in the same order), else to
+    float rounding; equal to onnxruntime."""
+    from nptp_mpi.kernels import blocked, depthwise, threads
+
+    if not vectors.ENABLED:
+        pytest.skip("this host has no AVX2 and FMA: depthwise.py never runs here")
+    c, hw, k, s, region, tile = case
+    p, on = k // 2, (hw + 2 * (k // 2) - k) // s + 1
+    region, tile = region or (0, 0, on, on), tile or ((0, hw), (0, hw))
+    x, wt, b = randn((c, hw, hw), 11), randn((c, 1, k, k), 12), randn(c, 13)
+    args = ((s, s), (p,) * 4, (1, 1), c, region, act, 0.0, -0.5, 0.7)
+    assert depthwise.takes(wt.shape, c, (s, s), (1, 1))
+    want = K.conv2d(x, (0, 0), (hw, hw), wt, b, *args)
+    full = region == (0, 0, on, on)
+    if full:
+        ort_act = {"": [], "relu": [("Relu", [], {})], "clip": [("Clip", [np.float32(-0.5), np.float32(0.7)], {})]}
+        assert_close(want, ort_run([x[None]], ("Conv", [wt, b], dict(group=c, pads=[p] * 4, strides=[s] * 2)),
+                                   *ort_act[act])[0])
+    (y0, y1), (x0, x1) = tile
+    xt = blocked.to_blocked(x[:, y0:y1, x0:x1])
+    # (the tile in a larger buffer, NaN around it: a tap outside the image that read memory would show)
+    held = np.full((xt.shape[0], xt.shape[1] + 2, xt.shape[2] + 3, 16), np.nan, np.float32)
+    held[:, 1:-1, 2:-1] = xt
+    exact = rows.kind(wt.shape, c, (s, s), (1, 1), x, region[3] - region[1]) > 0
+    for nt in (1, 3):
+        with threads.blocks(nt):
+            room = np.full((c // 16, region[2] - region[0] + 2, region[3] - region[1] + 3, 16), -7.0, np.float32)
+            out = room[:, 1:-1, 2:-1]
+            K.conv2d(held[:, 1:-1, 2:-1], (y0, x0), (hw, hw), wt, b, *args, into=out)
+            got = blocked.from_blocked(out)
+            if exact:
+                np.testing.assert_array_equal(got, want)
+            else:
+                assert_close(got, want)
+            assert (room[:, [0, -1]] == -7).all() and (room[:, :, [0, 1, -1]] == -7).all()
+
+
+def test_depthwise_on_channel_blocked_maps_takes_what_it_can_and_checks_its_tile(monkeypatch):
+    """depthwise.takes: a depthwise 3×3 or 5×5 at equal strides of 1 or 2, channels a multiple of 16, on a vector
+    host; a depthwise conv it leaves (7×7, unequal strides, 8 channels, dilated), or one with an activation its
+    kernel does not apply, or a residual, runs on blocked maps through NCHW. Its launcher refuses a tile that lacks
+    a row the region reads."""
+    from nptp_mpi.kernels import blocked, depthwise
+
+    monkeypatch.setattr(vectors, "ENABLED", True)
+    assert depthwise.takes((32, 1, 3, 3), 32, (2, 2), (1, 1)) and depthwise.takes((16, 1, 5, 5), 16, (1, 1), (1, 1))
+    for w_shape, g, s, d in [((32, 1, 7, 7), 32, (1, 1), (1, 1)), ((32, 1, 3, 3), 32, (1, 2), (1, 1)),
+                             ((8, 1, 3, 3), 8, (1, 1), (1, 1)), ((32, 1, 3, 3), 32, (1, 1), (2, 2)),
+                             ((32, 2, 3, 3), 16, (1, 1), (1, 1)), ((32, 1, 3, 3), 32, (3, 3), (1, 1))]:
+        assert not depthwise.takes(w_shape, g, s, d), w_shape
+    monkeypatch.setattr(vectors, "ENABLED", False)
+    assert not depthwise.takes((32, 1, 3, 3), 32, (1, 1), (1, 1))
+    monkeypatch.undo()
+    if not vectors.ENABLED:
+        return
+    x, wt, b = randn((32, 12, 12), 14), randn((32, 1, 3, 3), 15), randn(32, 16)
+    args = ((1, 1), (1,) * 4, (1, 1), 32, (0, 0, 12, 12))
+    for act, res in (("silu", None), ("relu", randn((32, 12, 12), 17))):
+        want = K.conv2d(x, (0, 0), (12, 12), wt, b, *args, act, residual=res)
+        out = np.empty((2, 12, 12, 16), np.float32)
+        K.conv2d(blocked.to_blocked(x), (0, 0), (12, 12), wt, b, *args, act,
+                 residual=None if res is None else blocked.to_blocked(res), into=out)
+        assert_close(blocked.from_blocked(out), want)
+    out = np.empty((2, 4, 12, 16), np.float32)
+    with pytest.raises(ValueError, match="lacks rows"):
+        depthwise.launcher(blocked.to_blocked(x[:, 1:]), (1, 0), (12, 12), wt, b, (1, 1), (1,) * 4, (0, 0, 4, 12),
+                           out, np.float32(0), np.float32(6), 1)
+
+
 def test_channel_blocked_maps_are_1x1_convs_maps(monkeypatch):
     """blocked.blocked: (C / 16, H, W, 16) float32 with each pixel's 16 channels contiguous (a view with room for a
     halo too), not NCHW, float64 or 8 lanes; to_blocked and from_blocked undo each other. runs_blocked: an unpadded

@@ -1,6 +1,6 @@
-"""Which maps the engines keep channel-blocked (runtime.layouts): those between 1×1 convs, on the reference and on
-every rank, never one that an exchange or anything but such a conv touches; the outputs are unchanged (the
-distributed and reference suites run with them)."""
+"""Which maps the engines keep channel-blocked (runtime.layouts): those between 1×1 convs and the depthwise convs
+between them, on the reference and on every rank, never one that an exchange or anything but such a conv touches;
+the outputs are unchanged (the distributed and reference suites run with them)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,54 @@ def test_small_maps_and_maps_other_ops_read_stay_nchw(monkeypatch):
     assert not reference.blocked(graph)
 
 
+def same_as_nchw(graph: Graph, tol: float = 1e-5) -> None:
+    """The reference, with its maps blocked, equals what it computes with every map NCHW (no vectors)."""
+    x = np.random.default_rng(1).standard_normal(graph.input_shape, dtype=np.float32)
+    want = reference.run(graph, x)
+    with vectors.enabled(False):
+        plain = reference.run(graph, x)
+    np.testing.assert_allclose(want, plain, rtol=tol, atol=tol * float(np.abs(plain).max()))
+
+
+def depthwise(node: Node) -> bool:
+    return node.op == "conv" and node.attrs.get("groups", 1) == node.params["w"].shape[0] > 1
+
+
+@needs_vectors
+def test_mobilenet_v2_keeps_its_depthwise_convs_maps_blocked_where_its_1x1s_do():
+    """MobileNetV2 at 224²: from its 28² blocks on (features.5-17: their 1×1s read and write blocked maps), each
+    inverted residual's expanded maps, in and out of its depthwise conv, are blocked, as onnxruntime's NCHWc chain
+    is; the first blocks' are not (their 1×1s of 16 and 24 channels run on NCHW). A depthwise conv's input and
+    output always share a layout. The model computes what it computes with every map NCHW."""
+    graph = zoo.build("mobilenet_v2", (224, 224))
+    maps = reference.blocked(graph)
+    dws = [n for n in graph.nodes if depthwise(n)]
+    assert len(dws) == 17
+    for n in dws:
+        assert (n.inputs[0] in maps) == (n.output in maps), n.name
+    assert {n.name for n in dws if n.output in maps} == {f"features.{i}.conv.1.0" for i in range(5, 18)}
+    same_as_nchw(graph, 1e-4)
+
+
+@needs_vectors
+def test_a_depthwise_conv_takes_its_maps_layout_only_where_its_kernel_and_its_neighbours_can():
+    """Between blocked 1×1s a depthwise conv with a clamp (relu, clip, none) is blocked; one with an activation its
+    kernel leaves (hardswish), or whose output a 3×3 reads, or 8 channels, keeps both its maps NCHW; its input's
+    writer then writes NCHW too. The reference equals what it computes with every map NCHW."""
+    def dw(name: str, src: str, c: int, act: str = "clip", k: int = 3) -> Node:
+        rng = np.random.default_rng(len(name) + 7)
+        return Node("conv", name, (src,), name, {"groups": c, "act": act, "lo": 0.0, "hi": 6.0},
+                    {"w": rng.standard_normal((c, 1, k, k), dtype=np.float32),
+                     "b": rng.standard_normal(c, dtype=np.float32)}, Window((k, k), (1, 1), (k // 2,) * 4))
+
+    nodes = [conv("a", ("x",), 32, 64), dw("d", "a", 64), conv("e", ("d",), 64, 64),
+             dw("h", "e", 64, act="hardswish"), conv("f", ("h",), 64, 64),
+             dw("g", "f", 64), conv("t", ("g",), 64, 64, 3), conv("u", ("t",), 64, 64)]
+    graph = Graph("depthwise", "x", (32, 14, 14), "u", nodes)
+    assert reference.blocked(graph) == {"a", "d"}
+    same_as_nchw(graph)
+
+
 def conv(name: str, inputs: tuple[str, ...], cin: int, cout: int, k: int = 1) -> Node:
     rng = np.random.default_rng(len(name))
     return Node("conv", name, inputs, name, {"groups": 1, "act": "relu"},
@@ -83,11 +131,7 @@ def test_a_residual_takes_the_layout_of_the_conv_that_adds_it():
              conv("v", ("u",), 64, 64), conv("w", ("v",), 64, 16)]
     graph = Graph("residual", "x", (32, 14, 14), "w", nodes)
     assert reference.blocked(graph) == {"a", "n", "u", "v"}
-    x = np.random.default_rng(1).standard_normal(graph.input_shape, dtype=np.float32)
-    want = reference.run(graph, x)
-    with vectors.enabled(False):
-        plain = reference.run(graph, x)
-    np.testing.assert_allclose(want, plain, rtol=1e-5, atol=1e-5 * float(np.abs(plain).max()))
+    same_as_nchw(graph)
 
 
 @needs_vectors
