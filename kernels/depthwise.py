@@ -24,6 +24,12 @@ from .vectors import I64, LANES, VB, address, clamp, fma, inside, load, splat, s
 
 PIX = 8  # output pixels a strip computes (8 sums and a kernel's 9 weights in registers; 25 for 5×5 reloaded)
 SIZES, STRIDES = (3, 5), (1, 2)
+# Output rows ahead whose inputs a strip at stride 2 prefetches (its last kernel row's columns, that far down): each
+# input row is read by one or two output rows, so the map streams from memory. One thread, input just written by its
+# expanding 1×1, ms, four runs: 144 at 128² → 64², 0.67-1.08 → 0.53-0.62; 96 at 256² → 128², 1.99-3.01 → 1.72-2.14;
+# 144 at 56² → 28², 0.09-0.19 → 0.09-0.13. At stride 1 (each row read by three output rows) slower: 384 at 32²,
+# 0.19 → 0.21-0.24; 192 at 64², 0.35-0.37 → 0.42-0.48.
+AHEAD = 2
 
 
 @intrinsic(prefer_literal=True)
@@ -50,6 +56,9 @@ def _strip(typingctx, k, s, out, x, rs, cols, rows, n, w, b, lo, hi):
             for t in range(span):
                 ok = builder.and_(row_ok, builder.icmp_unsigned("!=", builder.and_(cols, I64(1 << t)), I64(0)))
                 v = load(builder, builder.add(start, I64(4 * LANES * t)), splat(builder, ok, VB), 0.0)
+                if s == 2 and ky == k - 1:  # (the same column AHEAD output rows down: prefetched, never faulting)
+                    vectors.prefetch(builder, builder.add(builder.add(start, I64(4 * LANES * t)),
+                                                          builder.mul(rs, I64(4 * AHEAD * s))))
                 for p in range(PIX):
                     kx = t - p * s
                     if 0 <= kx < k:
