@@ -713,11 +713,12 @@ def _flat(w_shape: tuple[int, ...], stride: tuple[int, int], x: np.ndarray, ow: 
 
 
 def runs_blocked(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
-                 dilation: tuple[int, int], out_hw: tuple[int, int]) -> bool:
+                 dilation: tuple[int, int], out_hw: tuple[int, int], reads: bool = True) -> bool:
     """Whether the vector GEMM runs this conv over a whole map with its input or output channel-blocked (lanes()
-    with either side so): a 1×1, its input and output channels multiples of 16."""
+    with either side so): a 1×1, its output channels a multiple of 16, and its input channels too if it reads a
+    blocked map (reads; else it writes one from an NCHW map, and its input channels may be any)."""
     cout, cin = w_shape[:2]
-    if not (vectors.ENABLED and cin % LANES == 0 and cout % LANES == 0 and tuple(w_shape[2:]) == (1, 1)):
+    if not (vectors.ENABLED and (cin % LANES == 0 or not reads) and cout % LANES == 0 and tuple(w_shape[2:]) == (1, 1)):
         return False
     if _gathered(w_shape, stride):
         stride = (1, 1)

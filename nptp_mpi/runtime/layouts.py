@@ -26,9 +26,10 @@ Use = tuple[Node, tuple[int, ...], tuple[str, ...], str, tuple[int, int]]  # nod
 MIN_CHANNELS = 64
 
 
-def takes(node: Node, w_shape: tuple[int, ...], out_hw: tuple[int, int]) -> bool:
-    """Whether node is a 1×1 conv the vector GEMM runs with channel-blocked maps, or a depthwise conv
-    kernels.depthwise runs on them, with an activation its kernel applies and no residual (on this host)."""
+def takes(node: Node, w_shape: tuple[int, ...], out_hw: tuple[int, int], reads: bool = True) -> bool:
+    """Whether node is a 1×1 conv the vector GEMM runs with channel-blocked maps (reads: its input blocked, and its
+    output may be; else its output alone, from an NCHW input), or a depthwise conv kernels.depthwise runs on them,
+    with an activation its kernel applies and no residual (on this host)."""
     if node.op != "conv" or not w_shape:
         return False
     win, groups = node.window, node.attrs.get("groups", 1)
@@ -36,7 +37,7 @@ def takes(node: Node, w_shape: tuple[int, ...], out_hw: tuple[int, int]) -> bool
         return len(node.inputs) == 1 and inline_code(act_code(node.attrs.get("act", ""))) == act_code(
             node.attrs.get("act", ""))
     return tuple(w_shape[2:]) == (1, 1) and blocked.runs_blocked(w_shape, groups, win.stride, win.pads, win.dilation,
-                                                                 out_hw)
+                                                                 out_hw, reads)
 
 
 def _depthwise(node: Node, w_shape: tuple[int, ...]) -> bool:
@@ -54,10 +55,9 @@ def blocked_maps(uses: Iterable[Use], nchw: set[str]) -> set[str]:
     uses = list(uses)
     writers, readers = defaultdict(list), defaultdict(list)
     for node, w_shape, inputs, output, out_hw in uses:
-        ok = takes(node, w_shape, out_hw)
-        writers[output].append(ok and w_shape[0] >= MIN_CHANNELS)
+        writers[output].append(takes(node, w_shape, out_hw, reads=False) and w_shape[0] >= MIN_CHANNELS)
         for t in inputs:
-            readers[t].append(ok)
+            readers[t].append(takes(node, w_shape, out_hw))
     maps = {t for t, oks in writers.items() if all(oks) and t not in nchw and readers.get(t) and all(readers[t])}
     changed = True
     while changed:  # a residual's layout is its conv's output's (the kernel adds it in its registers); so is a

@@ -551,9 +551,9 @@ def test_depthwise_on_channel_blocked_maps_takes_what_it_can_and_checks_its_tile
 def test_channel_blocked_maps_are_1x1_convs_maps(monkeypatch):
     """blocked.blocked: (C / 16, H, W, 16) float32 with each pixel's 16 channels contiguous (a view with room for a
     halo too), not NCHW, float64 or 8 lanes; to_blocked and from_blocked undo each other. runs_blocked: an unpadded
-    1×1 of one group with channels multiples of 16 (at a stride, over its gathered pixels), where the host has the
-    vectors; lanes() with a blocked side: along output channels even where NCHW runs along pixels, and not at all
-    for other convs (the caller converts)."""
+    1×1 of one group with channels multiples of 16 (its outputs alone where it writes a blocked map from NCHW; at a
+    stride, over its gathered pixels), where the host has the vectors; lanes() with a blocked side: along output
+    channels even where NCHW runs along pixels, and not at all for other convs (the caller converts)."""
     from nptp_mpi.kernels import blocked
 
     x = randn((32, 5, 6), 9)
@@ -568,6 +568,9 @@ def test_channel_blocked_maps_are_1x1_convs_maps(monkeypatch):
     no = (0,) * 4
     assert blocked.runs_blocked((64, 32, 1, 1), 1, (1, 1), no, (1, 1), (14, 14))
     assert blocked.runs_blocked((64, 32, 1, 1), 1, (2, 2), no, (1, 1), (28, 28))
+    assert blocked.runs_blocked((144, 24, 1, 1), 1, (1, 1), no, (1, 1), (56, 56), reads=False)  # (from NCHW)
+    assert not blocked.runs_blocked((144, 24, 1, 1), 1, (1, 1), no, (1, 1), (56, 56))
+    assert not blocked.runs_blocked((24, 144, 1, 1), 1, (1, 1), no, (1, 1), (56, 56), reads=False)
     for w_shape, g, pads, hw in [((64, 32, 3, 3), 1, (1,) * 4, (14, 14)), ((64, 32, 1, 1), 1, (1,) * 4, (14, 14)),
                                  ((48, 24, 1, 1), 1, no, (14, 14)), ((64, 16, 1, 1), 2, no, (14, 14)),
                                  ((64, 32, 1, 1), 1, no, (14, 1))]:

@@ -81,17 +81,19 @@ def depthwise(node: Node) -> bool:
 
 @needs_vectors
 def test_mobilenet_v2_keeps_its_depthwise_convs_maps_blocked_where_its_1x1s_do():
-    """MobileNetV2 at 224²: from its 28² blocks on (features.5-17: their 1×1s read and write blocked maps), each
-    inverted residual's expanded maps, in and out of its depthwise conv, are blocked, as onnxruntime's NCHWc chain
-    is; the first blocks' are not (their 1×1s of 16 and 24 channels run on NCHW). A depthwise conv's input and
-    output always share a layout. The model computes what it computes with every map NCHW."""
+    """MobileNetV2 at 224²: from the block that first projects onto 32 channels on (features.4-17), each inverted
+    residual's expanded maps, in and out of its depthwise conv, are blocked, as onnxruntime's NCHWc chain is: its
+    expanding 1×1 writes a blocked map from an NCHW one of 24 or 32 channels, its projection reads one. The blocks
+    that project onto 16 or 24 channels keep NCHW (a projection reads a blocked map onto outputs in blocks of 16
+    alone). A depthwise conv's input and output always share a layout. The model computes what it computes with
+    every map NCHW."""
     graph = zoo.build("mobilenet_v2", (224, 224))
     maps = reference.blocked(graph)
     dws = [n for n in graph.nodes if depthwise(n)]
     assert len(dws) == 17
     for n in dws:
         assert (n.inputs[0] in maps) == (n.output in maps), n.name
-    assert {n.name for n in dws if n.output in maps} == {f"features.{i}.conv.1.0" for i in range(5, 18)}
+    assert {n.name for n in dws if n.output in maps} == {f"features.{i}.conv.1.0" for i in range(4, 18)}
     same_as_nchw(graph, 1e-4)
 
 
