@@ -1,6 +1,7 @@
 """2-D convolution of an output region: Winograd F(4×4, 3×3) where it pays (winograd.py), else on a vector host
 a GEMM micro-kernel over weights packed once (blocked.py: 1×1, 3×3 and 7×7 convs of one group; 1×1s also on
-channel-blocked maps, any other conv on them through NCHW: _Unblocked), else im2col into
+channel-blocked maps, as are depthwise 3×3 and 5×5 convs by depthwise.py, any other conv on them through NCHW:
+_Unblocked), else im2col into
 a bounded column buffer + float32 BLAS GEMM; depthwise convs and RGB stems by vector rows read straight from the
 tile (rows.py) where they fit, else depthwise by direct loops over each channel's slab (3×3 over rows, the others
 over the slab's phase planes, window.phase_layout)."""

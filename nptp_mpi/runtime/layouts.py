@@ -1,16 +1,21 @@
 """Which maps an engine keeps channel-blocked (kernels.blocked: (C / 16, H, W, 16), onnxruntime's NCHWc) rather
-than NCHW: those that 1×1 convs write and read alone.
+than NCHW: those that 1×1 convs, and the depthwise convs between them, write and read alone.
 
 On NCHW a 1×1 conv reads as many planes at once as it has inputs and transposes its sums to store them; on
 blocked maps it reads its pixels' channels back to back, stores its sums as they are and adds a residual in its
 registers (one thread, ms, NCHW → blocked: ResNet-50's 64→256 at 56² with its residual 1.17-1.27 → 0.83-0.86,
 256→64 at 56² 0.95-1.04 → 0.66-0.73, 128→512 at 28² with its residual 1.06 → 0.76-0.79; at 14² and 7², within
 5-10%). Maps of fewer than MIN_CHANNELS channels keep NCHW, where a 1×1 reading them runs its lanes along pixels,
-faster (MobileNetV2's 16→96 at 112², 0.44 → 0.57 ms reading a blocked map; 32→192 at 28², 0.10 → 0.12). Other
-convs keep NCHW: a 3×3 reads its input by Winograd at 28² and 56² (1.13 ms against 1.5 by the
-vector GEMM, 128→128 at 28²) and wraps rows of 7 faster on NCHW. A map that an exchange, a copy, a sum or a
-reduction touches, or any other op reads or writes, stays NCHW: the bytes on the wire stay those of the plan.
-A rank decides for its own buffers alone: its peers see NCHW.
+faster (MobileNetV2's 16→96 at 112², 0.44 → 0.57 ms reading a blocked map; 32→192 at 28², 0.10 → 0.12); a 1×1
+may still write a blocked map from one (24→144 at 56², 0.22 ms either way). A depthwise conv (kernels.depthwise)
+reads and writes blocked maps alike, where its activation is a clamp: inside MobileNetV2, whose expanded maps its
+1×1s write and its depthwise convs read back from memory, NCHW rows ran those at 1.4-2.4× their time in cache, and
+a blocked map is one stream of whole pixels a channel block (the model: 0.94-0.99 of its time; docs/BENCHMARKS.md).
+Where its reader cannot read one (a projection onto 24 channels), it keeps NCHW: written NCHW from a blocked input
+(transposed in registers) it ran no faster. Other convs keep NCHW: a 3×3 reads its input by Winograd at 28² and
+56² (1.13 ms against 1.5 by the vector GEMM, 128→128 at 28²) and wraps rows of 7 faster on NCHW. A map that an
+exchange, a copy, a sum or a reduction touches, or any other op reads or writes, stays NCHW: the bytes on the wire
+stay those of the plan. A rank decides for its own buffers alone: its peers see NCHW.
 """
 
 from __future__ import annotations
