@@ -39,8 +39,8 @@ def takes(node: Node, w_shape: tuple[int, ...], out_hw: tuple[int, int], reads: 
         return False
     win, groups = node.window, node.attrs.get("groups", 1)
     if _depthwise(node, w_shape):
-        return len(node.inputs) == 1 and inline_code(act_code(node.attrs.get("act", ""))) == act_code(
-            node.attrs.get("act", ""))
+        code = act_code(node.attrs.get("act", ""))
+        return len(node.inputs) == 1 and inline_code(code) == code
     return tuple(w_shape[2:]) == (1, 1) and blocked.runs_blocked(w_shape, groups, win.stride, win.pads, win.dilation,
                                                                  out_hw, reads)
 
