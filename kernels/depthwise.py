@@ -18,9 +18,11 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from . import vectors
+from .blocked import blocked
 from .derived import per_weights
 from .threads import block
 from .vectors import I64, LANES, VB, address, clamp, fma, inside, load, splat, store, vector
+from .window import staging
 
 PIX = 8  # output pixels a strip computes (8 sums and a kernel's 9 weights in registers; 25 for 5×5 reloaded)
 SIZES, STRIDES = (3, 5), (1, 2)
@@ -55,10 +57,10 @@ def _strip(typingctx, k, s, out, x, rs, cols, rows, n, w, b, lo, hi):
             start = builder.add(x, builder.mul(rs, I64(4 * ky)))
             for t in range(span):
                 ok = builder.and_(row_ok, builder.icmp_unsigned("!=", builder.and_(cols, I64(1 << t)), I64(0)))
-                v = load(builder, builder.add(start, I64(4 * LANES * t)), splat(builder, ok, VB), 0.0)
+                column = builder.add(start, I64(4 * LANES * t))
+                v = load(builder, column, splat(builder, ok, VB), 0.0)
                 if s == 2 and ky == k - 1:  # (the same column AHEAD output rows down: prefetched, never faulting)
-                    vectors.prefetch(builder, builder.add(builder.add(start, I64(4 * LANES * t)),
-                                                          builder.mul(rs, I64(4 * AHEAD * s))))
+                    vectors.prefetch(builder, builder.add(column, builder.mul(rs, I64(4 * AHEAD * s))))
                 for p in range(PIX):
                     kx = t - p * s
                     if 0 <= kx < k:
@@ -131,19 +133,14 @@ def launcher(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: 
     channel-blocked (any views laid out as these; x holding the image's rows and columns from `origin` on), for a
     conv takes(). Its geometry and packed weights are worked out here, once. Raises if x lacks an input the region
     reads."""
-    from .blocked import blocked
-
     k, s = w.shape[2], stride[0]
     (oy, ox), (h, wd), (y0, x0, y1, x1) = origin, in_hw, region
     oh, ow = y1 - y0, x1 - x0
-    rows_in = (max(0, y0 * s - pads[0]), min(h, (y1 - 1) * s - pads[0] + k))
-    cols_in = (max(0, x0 * s - pads[1]), min(wd, (x1 - 1) * s - pads[1] + k))
     if not (blocked(x) and blocked(out)) or out.shape != (w.shape[0] // LANES, oh, ow, LANES) or \
             x.shape[0] != out.shape[0]:
         raise ValueError(f"depthwise: a channel-blocked {x.shape} into {out.shape} for weights {w.shape}, region "
                          f"{region}")
-    if rows_in[0] < oy or cols_in[0] < ox or rows_in[1] > oy + x.shape[1] or cols_in[1] > ox + x.shape[2]:
-        raise ValueError(f"depthwise: a tile at {origin} of {x.shape[1:3]} lacks rows {rows_in}, columns {cols_in}")
+    staging(x, origin, in_hw, (k, k), stride, pads, (1, 1), region)  # (raises if x lacks a row or column it reads)
     wp, bp = packed(w), np.ascontiguousarray(b, np.float32)
     geometry = (x.strides[0] // 4, x.strides[1] // 4, y0 * s - pads[0] - oy, x0 * s - pads[1] - ox, -oy, h - oy,
                 -ox, wd - ox, address(wp), address(bp))

@@ -543,7 +543,7 @@ def test_depthwise_on_channel_blocked_maps_takes_what_it_can_and_checks_its_tile
                  residual=None if res is None else blocked.to_blocked(res), into=out)
         assert_close(blocked.from_blocked(out), want)
     out = np.empty((2, 4, 12, 16), np.float32)
-    with pytest.raises(ValueError, match="lacks rows"):
+    with pytest.raises(ValueError, match="missing rows"):
         depthwise.launcher(blocked.to_blocked(x[:, 1:]), (1, 0), (12, 12), wt, b, (1, 1), (1,) * 4, (0, 0, 4, 12),
                            out, np.float32(0), np.float32(6), 1)
 
