@@ -99,6 +99,11 @@ PANEL = 16384  # input floats (64 KiB) of the pixels _strips runs every block ov
 PIXELS_FROM = 28 * 28  # output pixels from which a 1×1 runs with its lanes along pixels (14²: within ±5%; 7²: slower)
 STRIPS_BELOW = 256  # input channels below which such a 1×1 runs along pixels whatever its outputs (lanes())
 NCHW, BLOCKED, FUSED = 0, 1, 2  # a tile's output: NCHW, channel-blocked, channel-blocked with a residual added
+# Input channels (an image's) up to which a 3×3 conv may write a channel-blocked map (runs_blocked): MobileNetV2's RGB
+# stem, 3→32 at stride 2, with the depthwise conv and the 32→16 projection after it then on blocked maps too, in the
+# model, one thread (ms): from 224², 0.85-0.98 → 0.69-0.75; from 512², 4.4-4.9 → 3.7-3.8 (the stem alone, caches
+# cold: 0.29-0.40 by rows.py → 0.27-0.30). A 3×3 of more inputs keeps NCHW, where Winograd reads it.
+STEM_INPUTS = 4
 WIDTHS = (1, 3, 7)  # kernel widths compiled (each its own unrolled taps; any height, but 1×1 alone 1 wide)
 _HALF, _HALF_MASK = ir.VectorType(I32, 8), ir.VectorType(VB.element, 8)  # (a row of 8 pixels: its lanes, its mask)
 
@@ -538,6 +543,12 @@ def _work(x, out, res, rcs, rrs, chans, output, cb, kh, kw, w, b, cs, rs, cin, s
     elif chans == 1 and output == NCHW:  # (res and rcs: a 3×3's partial sums' buffer and chunk, _chunks)
         _widths(cb, kh, kw, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, cout, b0, b1, rstep, width, r0, r1, q0,
                 q1, lo, hi)
+    elif chans == 1 and output == BLOCKED and kw == 3 and cb == 2:  # (an RGB stem: runs_blocked)
+        _tiles(2, kh, 3, 1, BLOCKED, w, b, x, cs, rs, cin, s, out, ocs, ors, 0, 0, 0, cout, b0, b1, rstep, width, r0,
+               r1, q0, q1, lo, hi)
+    elif chans == 1 and output == BLOCKED and kw == 3:
+        _tiles(1, kh, 3, 1, BLOCKED, w, b, x, cs, rs, cin, s, out, ocs, ors, 0, 0, 0, cout, b0, b1, rstep, width, r0,
+               r1, q0, q1, lo, hi)
     elif chans == 1 and output == BLOCKED:
         _ones(1, BLOCKED, cb, kh, w, b, x, cs, rs, cin, s, out, ocs, ors, res, rcs, rrs, cout, b0, b1, rstep, width,
               r0, r1, q0, q1, lo, hi)
@@ -616,7 +627,8 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
     """How conv() runs this conv into an output whose rows lie `pitch` pixels apart (None: back to back),
     channel-blocked if bout: -1 not at all, 0 lanes along pixels (_strip), else lanes along output channels (cb,
     _tile). A channel-blocked input (blocked()) or output runs along output channels alone, where the rest of these
-    rules let it. On a vector host, for x float32 with its rows contiguous, a conv of one group without dilation:
+    rules let it (a 3×3 writes one from an NCHW map too: an RGB stem, runs_blocked). On a vector host, for x float32
+    with its rows contiguous, a conv of one group without dilation:
     - a 1×1 at stride 1 (or at a stride, over its gathered pixels) with no padding, output channels a multiple of
       ROWS, an output of 28² or more, and fewer
       than STRIPS_BELOW input channels (along channels the transposed stores cost a share of the sums that grows as
@@ -643,7 +655,8 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
     vectors and strips of 16."""
     if not (vectors.ENABLED and x.shape[0] > 0 and (rowwise(x) or blocked(x))):
         return -1
-    if (bout or blocked(x)) and not (tuple(w_shape[2:]) == (1, 1) and not any(pads)):  # (_widths: 1×1s alone)
+    one = tuple(w_shape[2:]) == (1, 1) and not any(pads)
+    if (blocked(x) and not one) or (bout and not (one or w_shape[3] == 3)):  # (_work: 3×3s of NCHW maps, 1×1s)
         return -1
     if _gathered(w_shape, stride):  # (as a 1×1 at stride 1 over the gathered copy, its rows back to back)
         flat, stride = (pitch or out_hw[1]) == out_hw[1], (1, 1)
@@ -715,10 +728,13 @@ def _flat(w_shape: tuple[int, ...], stride: tuple[int, int], x: np.ndarray, ow: 
 def runs_blocked(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: tuple[int, int, int, int],
                  dilation: tuple[int, int], out_hw: tuple[int, int], reads: bool = True) -> bool:
     """Whether the vector GEMM runs this conv over a whole map with its input or output channel-blocked (lanes()
-    with either side so): a 1×1, its output channels a multiple of 16, and its input channels too if it reads a
-    blocked map (reads; else it writes one from an NCHW map, and its input channels may be any)."""
+    with either side so), its output channels a multiple of 16: a 1×1, its input channels too if it reads a blocked
+    map (reads; else it writes one from an NCHW map, and its input channels may be any); or a 3×3 of at most
+    STEM_INPUTS input channels writing one from an NCHW map (an RGB stem)."""
     cout, cin = w_shape[:2]
-    if not (vectors.ENABLED and (cin % LANES == 0 or not reads) and cout % LANES == 0 and tuple(w_shape[2:]) == (1, 1)):
+    one = tuple(w_shape[2:]) == (1, 1)
+    stem = not reads and tuple(w_shape[2:]) == (3, 3) and cin <= STEM_INPUTS
+    if not (vectors.ENABLED and (cin % LANES == 0 or not reads) and cout % LANES == 0 and (one or stem)):
         return False
     if _gathered(w_shape, stride):
         stride = (1, 1)

@@ -516,6 +516,46 @@ def test_depthwise_convs_on_channel_blocked_maps_give_the_nchw_result(case, act)
             assert (room[:, [0, -1]] == -7).all() and (room[:, :, [0, 1, -1]] == -7).all()
 
 
+# RGB stems writing channel-blocked maps (blocked.STEM_INPUTS): input channels, outputs, map, stride, region (None:
+# whole) and the tile holding the input as in DEPTHWISE. MobileNetV2's 3→32 at stride 2 (tiles of 14), rows of 18
+# that wrap from row to row, 4 inputs to 48 outputs (three blocks of one vector) on a tile's interior, a 1-column
+# border strip (which the vector GEMM leaves: through NCHW).
+STEMS = [(3, 32, 56, 2, None, None), (3, 16, 18, 1, None, None), (4, 48, 28, 1, (3, 2, 17, 26), ((2, 18), (1, 27))),
+         (3, 32, 28, 2, (0, 0, 14, 1), ((0, 28), (0, 3)))]
+
+
+@pytest.mark.parametrize("case", STEMS)
+def test_rgb_stems_write_channel_blocked_maps_with_the_nchw_result(case):
+    """A 3×3 conv of an image's few channels writing a channel-blocked map, from a tile buffer holding part of the
+    image (NaN beyond it), into a view with room for a halo (the room untouched), on one thread and on three: what
+    conv2d computes on NCHW, to float rounding (rows.py sums in another order); by the vector GEMM where it takes the
+    region."""
+    from nptp_mpi.kernels import blocked, threads
+
+    if not vectors.ENABLED:
+        pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
+    cin, cout, hw, s, region, tile = case
+    on = (hw - 1) // s + 1
+    region, tile = region or (0, 0, on, on), tile or ((0, hw), (0, hw))
+    x, wt, b = randn((cin, hw, hw), 21), randn((cout, cin, 3, 3), 22), randn(cout, 23)
+    args = ((s, s), (1,) * 4, (1, 1), 1, region, "clip", 0.0, -0.5, 0.7)
+    assert blocked.runs_blocked(wt.shape, 1, (s, s), (1,) * 4, (1, 1), (on, on), reads=False)
+    want = K.conv2d(x, (0, 0), (hw, hw), wt, b, *args)
+    (y0, y1), (x0, x1) = tile
+    held = np.full((cin, y1 - y0 + 2, x1 - x0 + 3), np.nan, np.float32)
+    held[:, 1:-1, 2:-1] = x[:, y0:y1, x0:x1]
+    shape = (region[2] - region[0], region[3] - region[1])
+    fast = blocked.lanes(wt.shape, 1, (s, s), (1,) * 4, (1, 1), held[:, 1:-1, 2:-1], shape, bout=True) > 0
+    assert fast == (shape[1] > 1)
+    for nt in (1, 3):
+        with threads.blocks(nt):
+            room = np.full((cout // 16, shape[0] + 2, shape[1] + 3, 16), -7.0, np.float32)
+            out = room[:, 1:-1, 2:-1]
+            K.conv2d(held[:, 1:-1, 2:-1], (y0, x0), (hw, hw), wt, b, *args, into=out)
+            assert_close(blocked.from_blocked(out), want)
+            assert (room[:, [0, -1]] == -7).all() and (room[:, :, [0, 1, -1]] == -7).all()
+
+
 def test_depthwise_on_channel_blocked_maps_takes_what_it_can_and_checks_its_tile(monkeypatch):
     """depthwise.takes: a depthwise 3×3 or 5×5 at equal strides of 1 or 2, channels a multiple of 16, on a vector
     host; a depthwise conv it leaves (7×7, unequal strides, 8 channels, dilated), or one with an activation its
@@ -552,8 +592,9 @@ def test_channel_blocked_maps_are_1x1_convs_maps(monkeypatch):
     """blocked.blocked: (C / 16, H, W, 16) float32 with each pixel's 16 channels contiguous (a view with room for a
     halo too), not NCHW, float64 or 8 lanes; to_blocked and from_blocked undo each other. runs_blocked: an unpadded
     1×1 of one group with channels multiples of 16 (its outputs alone where it writes a blocked map from NCHW; at a
-    stride, over its gathered pixels), where the host has the vectors; lanes() with a blocked side: along output
-    channels even where NCHW runs along pixels, and not at all for other convs (the caller converts)."""
+    stride, over its gathered pixels), or a 3×3 of an image's few channels writing one (an RGB stem), where the host
+    has the vectors; lanes() with a blocked side: along output channels even where NCHW runs along pixels; a 3×3
+    writing a blocked map from NCHW, but not reading one; not at all for other convs (the caller converts)."""
     from nptp_mpi.kernels import blocked
 
     x = randn((32, 5, 6), 9)
@@ -571,6 +612,9 @@ def test_channel_blocked_maps_are_1x1_convs_maps(monkeypatch):
     assert blocked.runs_blocked((144, 24, 1, 1), 1, (1, 1), no, (1, 1), (56, 56), reads=False)  # (from NCHW)
     assert not blocked.runs_blocked((144, 24, 1, 1), 1, (1, 1), no, (1, 1), (56, 56))
     assert not blocked.runs_blocked((24, 144, 1, 1), 1, (1, 1), no, (1, 1), (56, 56), reads=False)
+    assert blocked.runs_blocked((32, 3, 3, 3), 1, (2, 2), (1,) * 4, (1, 1), (112, 112), reads=False)  # (an RGB stem)
+    assert not blocked.runs_blocked((32, 3, 3, 3), 1, (2, 2), (1,) * 4, (1, 1), (112, 112))
+    assert not blocked.runs_blocked((32, 16, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), (56, 56), reads=False)
     for w_shape, g, pads, hw in [((64, 32, 3, 3), 1, (1,) * 4, (14, 14)), ((64, 32, 1, 1), 1, (1,) * 4, (14, 14)),
                                  ((48, 24, 1, 1), 1, no, (14, 14)), ((64, 16, 1, 1), 2, no, (14, 14)),
                                  ((64, 32, 1, 1), 1, no, (14, 1))]:
@@ -580,7 +624,9 @@ def test_channel_blocked_maps_are_1x1_convs_maps(monkeypatch):
     assert blocked.lanes((96, 16, 1, 1), 1, (1, 1), no, (1, 1), big, (56, 56), bout=True) == 2
     assert blocked.lanes((96, 16, 1, 1), 1, (1, 1), no, (1, 1), blocked.to_blocked(big), (56, 56)) == 2
     assert blocked.lanes((32, 16, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), big, (56, 56)) == 2
-    assert blocked.lanes((32, 16, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), big, (56, 56), bout=True) == -1
+    assert blocked.lanes((32, 16, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), big, (56, 56), bout=True) == 2
+    assert blocked.lanes((32, 16, 3, 3), 1, (1, 1), (1,) * 4, (1, 1), blocked.to_blocked(big), (56, 56)) == -1
+    assert blocked.lanes((32, 16, 5, 5), 1, (1, 1), (2,) * 4, (1, 1), big, (56, 56), bout=True) == -1
     monkeypatch.setattr(vectors, "ENABLED", False)
     assert not blocked.runs_blocked((64, 32, 1, 1), 1, (1, 1), no, (1, 1), (14, 14))
 

@@ -54,10 +54,14 @@ def test_resnet50_keeps_the_maps_between_its_1x1s_channel_blocked():
 @needs_vectors
 def test_small_maps_and_maps_other_ops_read_stay_nchw(monkeypatch):
     """MobileNetV2 keeps its projections of 64 channels and more blocked, not those of 16-32 (its 1×1s read those
-    faster along pixels); VGG-16 has no 1×1 and keeps none; without the vectors, no map is blocked."""
+    faster along pixels); a map of fewer channels only where depthwise convs or a 1×1 onto 16 channels read it (its
+    stem's and first depthwise conv's); VGG-16 has no 1×1 and keeps none; without the vectors, no map is blocked."""
     graph = zoo.build("mobilenet_v2", (224, 224))
     maps = reference.blocked(graph)
-    assert maps and all(graph.shapes[t][0] >= MIN_CHANNELS for t in maps)
+    assert maps and {t for t in maps if graph.shapes[t][0] < MIN_CHANNELS} == {"features.0.2", "features.1.conv.0.2"}
+    for t in maps:
+        assert all(depthwise(n) or n.params["w"].shape[0] == 16 or graph.shapes[t][0] >= MIN_CHANNELS
+                   for n, _ in readers(graph, t)), t
     small = [n.output for n in graph.nodes if one_by_one(n) and n.params["w"].shape[0] in (16, 32)
              and all(one_by_one(r) for r, _ in readers(graph, n.output))]
     assert small and not maps & set(small)
@@ -83,17 +87,19 @@ def depthwise(node: Node) -> bool:
 def test_mobilenet_v2_keeps_its_depthwise_convs_maps_blocked_where_its_1x1s_do():
     """MobileNetV2 at 224²: from the block that first projects onto 32 channels on (features.4-17), each inverted
     residual's expanded maps, in and out of its depthwise conv, are blocked, as onnxruntime's NCHWc chain is: its
-    expanding 1×1 writes a blocked map from an NCHW one of 24 or 32 channels, its projection reads one. The blocks
-    that project onto 16 or 24 channels keep NCHW (a projection reads a blocked map onto outputs in blocks of 16
-    alone). A depthwise conv's input and output always share a layout. The model computes what it computes with
-    every map NCHW."""
+    expanding 1×1 writes a blocked map from an NCHW one of 24 or 32 channels, its projection reads one. So are the
+    first block's (features.1: the stem writes them, the projection onto 16 channels reads them). The blocks that
+    project onto 24 channels keep NCHW (a projection reads a blocked map onto outputs in blocks of 16 alone). A
+    depthwise conv's input and output always share a layout. The model computes what it computes with every map
+    NCHW."""
     graph = zoo.build("mobilenet_v2", (224, 224))
     maps = reference.blocked(graph)
     dws = [n for n in graph.nodes if depthwise(n)]
     assert len(dws) == 17
     for n in dws:
         assert (n.inputs[0] in maps) == (n.output in maps), n.name
-    assert {n.name for n in dws if n.output in maps} == {f"features.{i}.conv.1.0" for i in range(4, 18)}
+    assert {n.name for n in dws if n.output in maps} == {"features.1.conv.0.0",
+                                                         *(f"features.{i}.conv.1.0" for i in range(4, 18))}
     same_as_nchw(graph, 1e-4)
 
 
@@ -102,17 +108,23 @@ def test_a_depthwise_conv_takes_its_maps_layout_only_where_its_kernel_and_its_ne
     """Between blocked 1×1s a depthwise conv with a clamp (relu, clip, none) is blocked; one with an activation its
     kernel leaves (hardswish), or whose output a 3×3 reads, or 8 channels, keeps both its maps NCHW; its input's
     writer then writes NCHW too. The reference equals what it computes with every map NCHW."""
-    def dw(name: str, src: str, c: int, act: str = "clip", k: int = 3) -> Node:
-        rng = np.random.default_rng(len(name) + 7)
-        return Node("conv", name, (src,), name, {"groups": c, "act": act, "lo": 0.0, "hi": 6.0},
-                    {"w": rng.standard_normal((c, 1, k, k), dtype=np.float32),
-                     "b": rng.standard_normal(c, dtype=np.float32)}, Window((k, k), (1, 1), (k // 2,) * 4))
-
-    nodes = [conv("a", ("x",), 32, 64), dw("d", "a", 64), conv("e", ("d",), 64, 64),
-             dw("h", "e", 64, act="hardswish"), conv("f", ("h",), 64, 64),
-             dw("g", "f", 64), conv("t", ("g",), 64, 64, 3), conv("u", ("t",), 64, 64)]
+    nodes = [conv("a", ("x",), 32, 64), dwconv("d", "a", 64), conv("e", ("d",), 64, 64),
+             dwconv("h", "e", 64, act="hardswish"), conv("f", ("h",), 64, 64),
+             dwconv("g", "f", 64), conv("t", ("g",), 64, 64, 3), conv("u", ("t",), 64, 64)]
     graph = Graph("depthwise", "x", (32, 14, 14), "u", nodes)
     assert reference.blocked(graph) == {"a", "d"}
+    same_as_nchw(graph)
+
+
+@needs_vectors
+def test_an_rgb_stem_writes_a_blocked_map_for_a_depthwise_conv_and_a_projection_onto_16_channels():
+    """A 3×3 of 3 input channels writes a blocked map that a depthwise conv reads, whose output a 1×1 onto 16
+    channels reads blocked; a 1×1 onto more channels reads those 16 from NCHW, and a 3×3 of 16 inputs writes NCHW
+    (Winograd reads it). The reference equals what it computes with every map NCHW."""
+    nodes = [conv("s", ("x",), 3, 32, 3), dwconv("d", "s", 32), conv("p", ("d",), 32, 16), conv("e", ("p",), 16, 32),
+             conv("t", ("e",), 32, 16, 3), conv("f", ("t",), 16, 16, 3), dwconv("g", "f", 16)]
+    graph = Graph("stem", "x", (3, 28, 28), "g", nodes)
+    assert reference.blocked(graph) == {"s", "d"}
     same_as_nchw(graph)
 
 
@@ -121,6 +133,13 @@ def conv(name: str, inputs: tuple[str, ...], cin: int, cout: int, k: int = 1) ->
     return Node("conv", name, inputs, name, {"groups": 1, "act": "relu"},
                 {"w": rng.standard_normal((cout, cin, k, k), dtype=np.float32) * 0.1,
                  "b": rng.standard_normal(cout, dtype=np.float32)}, Window((k, k), (1, 1), (k // 2,) * 4))
+
+
+def dwconv(name: str, src: str, c: int, act: str = "clip", k: int = 3) -> Node:
+    rng = np.random.default_rng(len(name) + 7)
+    return Node("conv", name, (src,), name, {"groups": c, "act": act, "lo": 0.0, "hi": 6.0},
+                {"w": rng.standard_normal((c, 1, k, k), dtype=np.float32),
+                 "b": rng.standard_normal(c, dtype=np.float32)}, Window((k, k), (1, 1), (k // 2,) * 4))
 
 
 @needs_vectors
