@@ -799,8 +799,9 @@ def launcher(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], w: 
     addresses."""
     cout, cin, kh, kw = w.shape
     chans, bout = (LANES if blocked(x) else 1), blocked(out)
-    if fused and not bout:
-        raise ValueError(f"a residual is added in the kernel to a channel-blocked output, not to {out.shape}")
+    if fused and not (bout and (kh, kw) == (1, 1)):
+        raise ValueError(f"a residual is added in the kernel to a 1×1's channel-blocked output, not to a {kh}×{kw}'s "
+                         f"{out.shape}")
     opx = LANES if bout else 1
     oh, ow, ocs, ors = *out.shape[1:3], out.strides[0] // 4 // opx, out.strides[1] // 4
     # a 1×1 at a stride: the buffer its pixels are gathered into, made once (every call gathers into it)

@@ -310,7 +310,9 @@ class ConvCall:
             return
         ob = 0 if layouts else rows.kind(w.shape, groups, stride, dilation, x, self.shape[2])
         lanes = -1 if ob else blocked.lanes(w.shape, groups, stride, pads, dilation, x, self.shape[1:3], bout=bout)
-        if layouts and lanes <= 0:  # (a region the vector GEMM does not take: NCHW, on its window alone)
+        # (a region the vector GEMM does not take, or a 3×3 writing a blocked map with a residual, which it adds to a
+        # 1×1's sums alone: NCHW, on its window alone)
+        if layouts and (lanes <= 0 or self.fused and (kh, kw) != (1, 1)):
             self.launch = _Unblocked(x, origin, in_hw, w, b, stride, pads, dilation, groups, region, act, alpha, lo,
                                      hi, residual, into)
             self.direct, self.fused, self.whole = into is not None, True, (0, *self.whole[1:])  # (all done in it)

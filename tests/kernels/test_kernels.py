@@ -529,7 +529,7 @@ def test_rgb_stems_write_channel_blocked_maps_with_the_nchw_result(case):
     """A 3×3 conv of an image's few channels writing a channel-blocked map, from a tile buffer holding part of the
     image (NaN beyond it), into a view with room for a halo (the room untouched), on one thread and on three: what
     conv2d computes on NCHW, to float rounding (rows.py sums in another order); by the vector GEMM where it takes the
-    region."""
+    region, and through NCHW where a blocked residual is added (the vector GEMM adds one to a 1×1's sums alone)."""
     from nptp_mpi.kernels import blocked, threads
 
     if not vectors.ENABLED:
@@ -547,13 +547,19 @@ def test_rgb_stems_write_channel_blocked_maps_with_the_nchw_result(case):
     shape = (region[2] - region[0], region[3] - region[1])
     fast = blocked.lanes(wt.shape, 1, (s, s), (1,) * 4, (1, 1), held[:, 1:-1, 2:-1], shape, bout=True) > 0
     assert fast == (shape[1] > 1)
+    res = randn((cout, *shape), 24)
     for nt in (1, 3):
         with threads.blocks(nt):
-            room = np.full((cout // 16, shape[0] + 2, shape[1] + 3, 16), -7.0, np.float32)
-            out = room[:, 1:-1, 2:-1]
-            K.conv2d(held[:, 1:-1, 2:-1], (y0, x0), (hw, hw), wt, b, *args, into=out)
-            assert_close(blocked.from_blocked(out), want)
-            assert (room[:, [0, -1]] == -7).all() and (room[:, :, [0, 1, -1]] == -7).all()
+            for residual, expected in ((None, want), (res, K.conv2d(x, (0, 0), (hw, hw), wt, b, *args, residual=res))):
+                room = np.full((cout // 16, shape[0] + 2, shape[1] + 3, 16), -7.0, np.float32)
+                out = room[:, 1:-1, 2:-1]
+                K.conv2d(held[:, 1:-1, 2:-1], (y0, x0), (hw, hw), wt, b, *args, into=out,
+                         residual=None if residual is None else blocked.to_blocked(residual))
+                assert_close(blocked.from_blocked(out), expected)
+                assert (room[:, [0, -1]] == -7).all() and (room[:, :, [0, 1, -1]] == -7).all()
+    with pytest.raises(ValueError, match="1×1"):  # (a residual: through NCHW, above)
+        blocked.launcher(x, (0, 0), (hw, hw), wt, b, (s, s), (1,) * 4, region, out, np.float32(0), np.float32(1), 1,
+                         1, fused=True)
 
 
 def test_depthwise_on_channel_blocked_maps_takes_what_it_can_and_checks_its_tile(monkeypatch):
