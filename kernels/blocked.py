@@ -627,7 +627,7 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
     """How conv() runs this conv into an output whose rows lie `pitch` pixels apart (None: back to back),
     channel-blocked if bout: -1 not at all, 0 lanes along pixels (_strip), else lanes along output channels (cb,
     _tile). A channel-blocked input (blocked()) or output runs along output channels alone, where the rest of these
-    rules let it (a 3×3 writes one from an NCHW map too: an RGB stem, runs_blocked). On a vector host, for x float32
+    rules let it (a 3×3 of an NCHW map may write one too; runs_blocked lets RGB stems). On a vector host, for x float32
     with its rows contiguous, a conv of one group without dilation:
     - a 1×1 at stride 1 (or at a stride, over its gathered pixels) with no padding, output channels a multiple of
       ROWS, an output of 28² or more, and fewer
