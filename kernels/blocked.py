@@ -639,7 +639,8 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
       at 56² 1.46 → 1.19 / 1.23 → 1.09, at 128² 6.9 → 5.8 / 7.3 → 5.8; 128→512 at 64² 6.6 → 6.2 / 5.9 → 5.3.
       From 256 on, either way by up to 5-10% (256→64 at 56² 0.89-0.95 of the time; 256→128 at 128² 0.99-1.05,
       256→1024 at 32² 1.03-1.04; 512→128 at 64², 1024→256 at 32² within ±5%): along channels;
-    - else a kernel width compiled (WIDTHS; of those 1 wide, 1×1 alone), output channels a multiple of 16, runs whose
+    - else a kernel width compiled (WIDTHS; of those 1 wide, 1×1 alone), output channels a multiple of 16 (from a
+      blocked input into an NCHW output, also as _padded_out() lets them), runs whose
       tiles waste at most a quarter of their pixels (rows of 14, 28 and 56 none; a tile's 1-column border strip 1 of
       14; rows of 7-13, and rows that would waste more, one run over the map, wrapping from row to row, at any
       output pitch: 7², 8², 13², 16², _wraps; a 1×1 reading and writing whole rows back to back is one run, as is
@@ -648,10 +649,10 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
       weights cold / warm, BLAS → wrapping, ms): 512→512 3×3 at 7², 3.1 / 2.6 → 2.6-2.9 / 1.8-2.1 (onnxruntime's
       conv alone: 2.4 / 1.9), at stride 2 from 14², 3.4 → 3.0; 256→256 at 7², 0.94 → 0.70; 512→512 at 16², 11.5 →
       10.4; 128→128 at 8², 0.28 → 0.21.
-    Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): 24 output channels along channels, their
-    vectors a quarter empty, 1.1-1.4×; 16 input channels at 14², the transposed stores outweighing the sums, 1.15×;
-    a 7×1 conv, 1.03×. Along pixels at 7², 1.2-1.3×. (The caller keeps the convs Winograd takes, and RGB stems,
-    rows.py.) These figures, and those of the two cases above, are AMD Zen 4's, with tiles of 7 pixels × up to 3
+    Elsewhere im2col and BLAS ran faster (bench in docs/BENCHMARKS.md): 24 output channels along channels from
+    NCHW, their vectors a quarter empty, 1.1-1.4×; 16 input channels at 14², the transposed stores outweighing the
+    sums, 1.15×; a 7×1 conv, 1.03×. Along pixels at 7², 1.2-1.3×. (The caller keeps the convs Winograd takes, and RGB
+    stems, rows.py.) These figures, and those of the two cases above, are AMD Zen 4's, with tiles of 7 pixels × up to 3
     vectors and strips of 16."""
     if not (vectors.ENABLED and x.shape[0] > 0 and (rowwise(x) or blocked(x))):
         return -1
@@ -681,9 +682,20 @@ def _choice(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads
             and (cin < STRIPS_BELOW or cout % LANES) and _fits(run, STRIP):
         return 0
     run = pixels if _wraps(out_hw[1]) else run
-    if not (kw in WIDTHS and (kw > 1 or kh == 1) and cout % LANES == 0 and _fits(run, PIX)):
+    if not (kw in WIDTHS and (kw > 1 or kh == 1) and (cout % LANES == 0 or layouts and _padded_out(cout))
+            and _fits(run, PIX)):
         return -1
     return -1 if one and (any(pads) or (cin < 32 and pixels < 28 * 28)) else _cb(cout)
+
+
+def _padded_out(cout: int) -> bool:
+    """Whether a 1×1 reading a channel-blocked map into an NCHW one may have cout output channels, no multiple of 16:
+    its last vector of sums then partly empty, at most a quarter of them (24 in two vectors of 16; not 8 in one).
+    MobileNetV2's projections onto 24 so let its features.2-3 run their expanded maps blocked: in the model, one
+    thread, per-node medians, their six convs 1.50-1.56 ms against 1.69-1.71 at 224², 9.9-10.4 against 11.6-11.8
+    at 512², though the projections ran 1.3× their time along pixels on NCHW (a vector of 8 lanes for the last 8
+    channels, or one of two pixels' 8, ran no faster on AMD Zen 4: LLVM built their broadcasts by shuffles)."""
+    return _fits(cout, LANES)
 
 
 def _wraps(ow: int) -> bool:
@@ -729,12 +741,14 @@ def runs_blocked(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int],
                  dilation: tuple[int, int], out_hw: tuple[int, int], reads: bool = True) -> bool:
     """Whether the vector GEMM runs this conv over a whole map with its input or output channel-blocked (lanes()
     with either side so), its output channels a multiple of 16: a 1×1, its input channels too if it reads a blocked
-    map (reads; else it writes one from an NCHW map, and its input channels may be any); or a 3×3 of at most
-    STEM_INPUTS input channels writing one from an NCHW map (an RGB stem)."""
+    map (reads; its outputs then may also be as _padded_out() lets them, written NCHW; else it writes one from an
+    NCHW map, and its input channels may be any); or a 3×3 of at most STEM_INPUTS input channels writing one from an
+    NCHW map (an RGB stem)."""
     cout, cin = w_shape[:2]
     one = tuple(w_shape[2:]) == (1, 1)
     stem = not reads and tuple(w_shape[2:]) == (3, 3) and cin <= STEM_INPUTS
-    if not (vectors.ENABLED and (cin % LANES == 0 or not reads) and cout % LANES == 0 and (one or stem)):
+    whole = cout % LANES == 0 or reads and one and _padded_out(cout)  # (written NCHW: a blocked map's are whole)
+    if not (vectors.ENABLED and (cin % LANES == 0 or not reads) and whole and (one or stem)):
         return False
     if _gathered(w_shape, stride):
         stride = (1, 1)

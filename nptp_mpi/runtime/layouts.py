@@ -12,10 +12,11 @@ reading a blocked map; 32→192 at 28², 0.10 → 0.12); a 1×1 may still write 
 reads and writes blocked maps alike, where its activation is a clamp: inside MobileNetV2, whose expanded maps its
 1×1s write and its depthwise convs read back from memory, NCHW rows ran those at 1.4-2.4× their time in cache, and
 a blocked map is one stream of whole pixels a channel block (the model: 0.94-0.99 of its time; docs/BENCHMARKS.md).
-Where its reader cannot read one (a projection onto 24 channels), it keeps NCHW: written NCHW from a blocked input
-(transposed in registers) it ran no faster, nor did MobileNetV2's features.2-3 with their projections reading
-blocked maps onto 24 channels in vectors of 16 (their six convs in the model at 512², one thread, 10.5-10.9 ms
-against 10.5-11.2 on NCHW). Other convs keep NCHW: a 3×3 reads its input by Winograd at 28² and
+A projection onto outputs no multiple of 16 (24: MobileNetV2's features.2-3) reads a blocked map too, its last
+vector of sums partly empty, and writes NCHW (kernels.blocked._padded_out): their depthwise convs then run blocked,
+and their six convs together gained more than the projections lost. Where a depthwise conv's reader cannot read a
+blocked map, it keeps NCHW: written NCHW from a blocked input (transposed in registers) it ran no faster. Other convs
+keep NCHW: a 3×3 reads its input by Winograd at 28² and
 56² (1.13 ms against 1.5 by the vector GEMM, 128→128 at 28²) and wraps rows of 7 faster on NCHW. A map that an
 exchange, a copy, a sum or a reduction touches, or any other op reads or writes, stays NCHW: the bytes on the wire
 stay those of the plan. A rank decides for its own buffers alone: its peers see NCHW.

@@ -440,6 +440,48 @@ def test_1x1_convs_read_and_write_channel_blocked_maps_to_the_same_bits(case, ac
                         assert (room[:, [0, -1]] == -7).all() and (room[:, :, [0, 1, -1]] == -7).all()
 
 
+# 1×1s reading a channel-blocked map onto outputs no multiple of 16 (blocked._padded_out), written NCHW: 24 at 56² as
+# one run (MobileNetV2's projections), 40 on rows of 7 that wrap, 24 at stride 2 over its gathered pixels
+PADDED = [(96, 24, 56, 56, (1, 1)), (64, 40, 7, 7, (1, 1)), (32, 24, 28, 27, (2, 2))]
+
+
+@pytest.mark.parametrize("case", PADDED)
+def test_1x1_convs_read_channel_blocked_maps_onto_outputs_no_multiple_of_16(case):
+    """The vector GEMM runs it (8 outputs, a vector half empty, it leaves), its last vector partly empty: over the
+    whole map the bits of the same conv with its weights padded by zero rows to whole vectors; what it computes from
+    NCHW to float rounding, over the whole map and an inner region, with an NCHW residual or none, into a view with
+    room for a halo (the room untouched), on one thread and on three."""
+    from nptp_mpi.kernels import blocked, threads
+
+    if not vectors.ENABLED:
+        pytest.skip("this host has no AVX2 and FMA: the vector GEMM never runs here")
+    cin, cout, h, w, s = case
+    x, wt, b, no = randn((cin, h, w), 1), randn((cout, cin, 1, 1), 2), randn(cout, 3), (0,) * 4
+    whole = -(-cout // 16) * 16
+    wp, bp = np.zeros((whole, cin, 1, 1), np.float32), np.zeros(whole, np.float32)
+    wp[:cout], bp[:cout] = wt, b
+    oh, ow, xb = (h - 1) // s[0] + 1, (w - 1) // s[1] + 1, blocked.to_blocked(x)
+    assert blocked.runs_blocked(wt.shape, 1, s, no, (1, 1), (oh, ow))
+    assert blocked.lanes(wt.shape, 1, s, no, (1, 1), xb, (oh, ow)) > 0
+    assert not blocked.runs_blocked(wt.shape, 1, s, no, (1, 1), (oh, ow), reads=False)
+    assert not blocked.runs_blocked((8, cin, 1, 1), 1, s, no, (1, 1), (oh, ow))
+    res = randn((cout, oh, ow), 4)
+    for region in [(0, 0, oh, ow), (1, 2, oh, ow - 1)]:
+        y0, x0, y1, x1 = region
+        for residual in (None, res[:, y0:y1, x0:x1]):
+            want = K.conv2d(x, (0, 0), (h, w), wt, b, s, no, (1, 1), 1, region, "relu", residual=residual)
+            for nt in (1, 3):
+                with threads.blocks(nt):
+                    padded = K.conv2d(xb, (0, 0), (h, w), wp, bp, s, no, (1, 1), 1, region, "relu")[:cout]
+                    room = np.full((cout, y1 - y0 + 2, x1 - x0 + 3), -7.0, np.float32)
+                    out = room[:, 1:-1, 2:-1]
+                    K.conv2d(xb, (0, 0), (h, w), wt, b, s, no, (1, 1), 1, region, "relu", residual=residual, into=out)
+                    if residual is None and region == (0, 0, oh, ow):  # (a region of rows of 4 goes through NCHW)
+                        np.testing.assert_array_equal(out, padded)
+                    np.testing.assert_allclose(out, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+                    assert (room[:, [0, -1]] == -7).all() and (room[:, :, [0, 1, -1]] == -7).all()
+
+
 def test_convs_the_vector_gemm_leaves_read_and_write_channel_blocked_maps_through_nchw():
     """A conv on channel-blocked maps that the vector GEMM does not run so (a 3×3, a padded 1×1, a 1-column strip,
     16 channels on a 7² map) converts its window and its residual to NCHW and its result back: what it computes on
