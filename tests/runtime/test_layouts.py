@@ -89,10 +89,10 @@ def depthwise(node: Node) -> bool:
 def test_mobilenet_v2_keeps_its_depthwise_convs_maps_blocked_where_its_1x1s_do():
     """MobileNetV2 at 224²: each inverted residual's expanded maps, in and out of its depthwise conv, are blocked, as
     onnxruntime's NCHWc chain is: its expanding 1×1 writes a blocked map from an NCHW one of 24 channels or a blocked
-    one of 16 or 32, its projection reads one, onto 24 channels too (features.2-3: the last of its two vectors of 16 half empty,
-    written NCHW, so the map it writes stays NCHW). So are the first block's (features.1: the stem writes them, the
-    projection onto 16 channels reads them). A depthwise conv's input and output always share a layout. The model
-    computes what it computes with every map NCHW."""
+    one of 16 or 32, its projection reads one, onto 24 channels too (features.2-3: the last of its two vectors of 16
+    half empty, written NCHW, so the map it writes stays NCHW). So are the first block's (features.1: the stem writes
+    them, the projection onto 16 channels reads them). A depthwise conv's input and output always share a layout.
+    The model computes what it computes with every map NCHW."""
     graph = zoo.build("mobilenet_v2", (224, 224))
     maps = reference.blocked(graph)
     dws = [n for n in graph.nodes if depthwise(n)]
