@@ -104,28 +104,39 @@ def pool2d(x: np.ndarray, origin: tuple[int, int], in_hw: tuple[int, int], kind:
 
 
 @njit(cache=True, fastmath={"reassoc"}, parallel=True)
-def _channel_sums(x, out):
+def _channel_sums(x, out, n):
+    """out[c] = the float64 sum of channel c of x, divided by n, stored as out's type."""
     for c in prange(x.shape[0]):
         s = 0.0
         for i in range(x.shape[1]):
             for j in range(x.shape[2]):
                 s += np.float64(x[c, i, j])
-        out[c] = s
+        out[c] = s / n
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """x (C, H, W) float32 as _channel_sums reads it: a C-contiguous map as one row a channel (7×7 maps get long
+    loops too)."""
+    x = np.asarray(x, np.float32)
+    return x.reshape(x.shape[0], 1, -1) if x.flags.c_contiguous else x
 
 
 def channel_sums(x: np.ndarray) -> np.ndarray:
     """(C, H, W) -> (C,) float64 sums. Reassociation lets LLVM keep vectors of partial sums: numpy's float64
     mean of float32 converted every value first (twice this loop's time), and float64 adds in order are one long
-    dependency chain. A C-contiguous map is one row per channel, so 7×7 maps get long loops too."""
-    x = np.asarray(x, np.float32)
+    dependency chain."""
     out = np.empty(x.shape[0], np.float64)
-    _channel_sums(x.reshape(x.shape[0], 1, -1) if x.flags.c_contiguous else x, out)
+    _channel_sums(_rows(x), out, 1)
     return out
 
 
 def global_avgpool(x: np.ndarray) -> np.ndarray:
-    """(C, H, W) -> (C, 1, 1) mean, accumulated in float64."""
-    return (channel_sums(x) / (x.shape[1] * x.shape[2])).astype(np.float32).reshape(-1, 1, 1)
+    """(C, H, W) -> (C, 1, 1) mean, accumulated in float64 and rounded once, in one call: inside MobileNetV2 the
+    numpy steps after the sums (a division, a cast) took 38-47 µs of the node's 80-100 (its caches just swept by
+    the conv before), the sums 34-46."""
+    out = np.empty((x.shape[0], 1, 1), np.float32)
+    _channel_sums(_rows(x), out.reshape(-1), x.shape[1] * x.shape[2])
+    return out
 
 
 def global_maxpool(x: np.ndarray) -> np.ndarray:

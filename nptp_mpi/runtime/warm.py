@@ -140,6 +140,7 @@ def warm() -> None:
     for act in ACTS:  # each activation's own vectorised pass (pointwise.finish)
         kernels.activation(np.zeros(4, np.float32), act)
     kernels.channel_sums(np.zeros((2, 3, 4), np.float32)[:, 1:, 1:])  # a tile's view: its part of a mean (engine)
+    kernels.global_avgpool(np.zeros((2, 3, 4), np.float32)[:, 1:, 1:])  # a map with spare rows (the reference)
     for a in kernels.vectors.addressed():  # (the engine's output views among them: conv2d's into)
         kernels.vectors.address(a)
     cache, digest = _cache()

@@ -160,6 +160,8 @@ def unsplit_kernels() -> list:
         lambda: K.affine(big, randn(70, 8), randn(70, 9)),
         lambda: K.channel_norm(big, randn(70, 8), randn(70, 9), 1e-6),
         lambda: K.channel_sums(big[:, 1:, 2:]),
+        lambda: K.global_avgpool(big[:, 1:, 2:]),
+        lambda: K.gemm(randn(300, 24), randn((700, 300), 25), randn(700, 26), "hardsigmoid", 0.2, 0.5),  # (rows)
         lambda: K.pad2d(big[:, 3:], (3, 0), (40, 40), (2, 1, 0, 3), 0.5, (5, 0, 42, 44)),  # (the padded copy)
     ]
 

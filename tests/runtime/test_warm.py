@@ -57,6 +57,7 @@ for vector in (True, False):  # the vector kernels where the host has them, and 
 for act in kernels.pointwise.ACTS:
     kernels.activation(np.ones(3, np.float32), act)
 kernels.channel_sums(np.ones((3, 4, 5), np.float32)[:, 1:, 2:])
+kernels.global_avgpool(np.ones((3, 4, 5), np.float32)[:, 1:, 2:])
 print(json.dumps([world.rank, before, misses() - before]), flush=True)
 """
 
