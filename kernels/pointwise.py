@@ -388,7 +388,7 @@ def gemm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, act: str = "", alph
     """Fully connected layer: act(w @ x + b) for x (K,), w (M, K), b (M,) or None, in one call (_gemv). Inside
     MobileNetV2, after the conv before had swept the caches, BLAS's product and numpy's bias and clamp took 0.37-0.44
     ms of its classifier (1280→1000), where the product alone took 0.20 with its weights cold; in one call 0.25-0.27.
-    MobileNetV3-Large's squeeze-and-excitation gates (two such calls each) 90-250 µs → 16-111."""
+    MobileNetV3-Large's squeeze-and-excitation gates (two such calls each) 52-250 µs → 16-111."""
     w = np.asarray(w, np.float32)
     y = np.empty(w.shape[0], np.float32)
     bias = constant(w.shape[0], 0.0) if b is None else np.asarray(b, np.float32)
