@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .derived import per_arguments
+from .derived import per_arguments, per_weights
 from .layout import planes
 from .threads import block, count
 
@@ -380,6 +380,13 @@ def _gemv(w, x, b, y, code, alpha, lo, hi, nt):
             y[i] = act1(_dot(w, i, x) + b[i], code, alpha, lo, hi)
 
 
+@per_weights
+def _rowwise(w: np.ndarray) -> np.ndarray:
+    """Weights w as a C-contiguous copy, made once per weight array (_gemv then reads each row as one stream, and
+    compiles for one layout)."""
+    return np.ascontiguousarray(w)
+
+
 GEMV_ROWS = 64  # rows a thread's share holds at least (an SE block's 24→96 runs on one)
 
 
@@ -390,6 +397,8 @@ def gemm(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, act: str = "", alph
     ms of its classifier (1280→1000), where the product alone took 0.20 with its weights cold; in one call 0.25-0.27.
     MobileNetV3-Large's squeeze-and-excitation gates (two such calls each) 52-250 µs → 16-111."""
     w = np.asarray(w, np.float32)
+    if not w.flags.c_contiguous:  # (an exporter's Gemm without transB: its weights transposed, column-major)
+        w = _rowwise(w)
     y = np.empty(w.shape[0], np.float32)
     bias = constant(w.shape[0], 0.0) if b is None else np.asarray(b, np.float32)
     _gemv(w, np.ascontiguousarray(x, np.float32).reshape(-1), bias, y, act_code(act), np.float32(alpha),

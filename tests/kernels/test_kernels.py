@@ -1381,6 +1381,9 @@ def test_gemm(act, bias):
     stages = [("Gemm", [w, b] if bias else [w], dict(transB=1))] + ([post] if post else [])
     want = ort_run([x[None]], *stages)[0]
     assert_close(K.gemm(x, w, b if bias else None, name, **kw), want)
+    columns = np.asfortranarray(w)  # (an exporter's Gemm without transB: its weights transposed)
+    np.testing.assert_array_equal(K.gemm(x, columns, b if bias else None, name, **kw),
+                                  K.gemm(x, w, b if bias else None, name, **kw))
 
 
 @pytest.mark.parametrize("c", [1, 7, 768])
