@@ -657,7 +657,8 @@ def lanes(w_shape: tuple[int, ...], groups: int, stride: tuple[int, int], pads: 
     if not (vectors.ENABLED and x.shape[0] > 0 and (rowwise(x) or blocked(x))):
         return -1
     one = tuple(w_shape[2:]) == (1, 1) and not any(pads)
-    if (blocked(x) and not one) or (bout and not (one or w_shape[3] == 3)):  # (_work: 3×3s of NCHW maps, 1×1s)
+    # (_work: 3×3s of NCHW maps, 1×1s; a blocked output holds whole blocks, whatever _padded_out lets NCHW ones)
+    if (blocked(x) and not one) or (bout and not (one or w_shape[3] == 3)) or (bout and w_shape[0] % LANES):
         return -1
     if _gathered(w_shape, stride):  # (as a 1×1 at stride 1 over the gathered copy, its rows back to back)
         flat, stride = (pitch or out_hw[1]) == out_hw[1], (1, 1)

@@ -43,9 +43,9 @@ MIN_CHANNELS = 64
 
 def takes(node: Node, w_shape: tuple[int, ...], out_hw: tuple[int, int], reads: bool = True) -> bool:
     """Whether node is a conv the vector GEMM runs with channel-blocked maps (reads: a 1×1, its input blocked, and
-    its output may be, onto one block if its input has fewer than MIN_CHANNELS; else its output alone, from an NCHW
-    input: a 1×1 or an RGB stem), or a depthwise conv kernels.depthwise runs on them, with an activation its kernel
-    applies and no residual (on this host)."""
+    its output may be; a thin one's input only where its output is too, which blocked_maps settles; else its output
+    alone, from an NCHW input: a 1×1 or an RGB stem), or a depthwise conv kernels.depthwise runs on them, with an
+    activation its kernel applies and no residual (on this host)."""
     if node.op != "conv" or not w_shape:
         return False
     win, groups = node.window, node.attrs.get("groups", 1)

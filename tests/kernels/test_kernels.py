@@ -463,6 +463,7 @@ def test_1x1_convs_read_channel_blocked_maps_onto_outputs_no_multiple_of_16(case
     oh, ow, xb = (h - 1) // s[0] + 1, (w - 1) // s[1] + 1, blocked.to_blocked(x)
     assert blocked.runs_blocked(wt.shape, 1, s, no, (1, 1), (oh, ow))
     assert blocked.lanes(wt.shape, 1, s, no, (1, 1), xb, (oh, ow)) > 0
+    assert blocked.lanes(wt.shape, 1, s, no, (1, 1), xb, (oh, ow), bout=True) == -1  # (a blocked map: whole blocks)
     assert not blocked.runs_blocked(wt.shape, 1, s, no, (1, 1), (oh, ow), reads=False)
     assert not blocked.runs_blocked((8, cin, 1, 1), 1, s, no, (1, 1), (oh, ow))
     res = randn((cout, oh, ow), 4)
